@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root with the install order verified in ENVIRONMENT.md:
+# CPU torch first, then the project under torch/torchvision constraints (also for sdist build
+# environments, so sam2's build does not pull CUDA torch), then groundingdino-py without its deps
+# (they would add opencv-python next to opencv-python-headless).
+# Re-running is a no-op while .venv is newer than pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=.venv/.pairmine-installed
+if [[ -f $stamp && $stamp -nt pyproject.toml && $stamp -nt infra/constraints.txt ]]; then
+    exit 0
+fi
+python=${PYTHON:-python3.11}
+echo "setting up .venv with $($python --version) (about 3 minutes the first time)"
+"$python" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+pip install -q -U "pip==26.3"
+pip install -q "torch==2.13.0"
+export PIP_CONSTRAINT=$PWD/infra/constraints.txt
+export PIP_BUILD_CONSTRAINT=$PWD/infra/constraints.txt
+export SAM2_BUILD_CUDA=0
+pip install -q -e ".[dev]"
+pip install -q --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0"
+touch "$stamp"
+echo "environment ready: .venv"

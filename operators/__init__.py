@@ -1,0 +1,1 @@
+"""Per-record and per-group work: pure functions on arrays and dicts, no Ray."""

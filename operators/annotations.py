@@ -1,0 +1,190 @@
+"""Parse SA-1B and COCO-panoptic annotations into segments, and decode one segment's mask.
+
+Parsing never decodes masks: area and box come from the RLE (pycocotools, batched) or from
+``segments_info``, so cheap filters run before any pixel work. Masks are decoded only for the
+segments that survive, cropped to their box, and RLE counts are validated first (a corrupt
+counts string must not write past the mask buffer).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .codecs import BadInput
+
+
+@dataclass
+class Segment:
+    """One annotated region of an image, before its mask is decoded."""
+
+    index: int  # position in the image's annotation list
+    box: tuple[float, float, float, float]  # x, y, w, h in pixels
+    area: float  # mask area in pixels
+    category: str | None = None
+    thing: bool = True  # panoptic: countable object (vs. stuff); SA-1B: always True
+    crowd: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+    rle: dict | None = None  # SA-1B: compressed COCO RLE
+    segment_id: int | None = None  # panoptic: id in the PNG
+
+
+@dataclass
+class Annotations:
+    segments: list[Segment]
+    invalid: list[tuple[int, str, str]]  # (segment index, reason, detail) of unusable annotations
+
+
+_SCORE_KEYS = ("predicted_iou", "stability_score")
+
+
+def _load_json(data: bytes | str) -> object:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput("malformed_json", str(exc)) from None
+
+
+def parse_sa1b(data: bytes, height: int, width: int) -> Annotations:
+    """Segments of an SA-1B per-image JSON, checked against the decoded image size."""
+    doc = _load_json(data)
+    anns = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(anns, list):
+        raise BadInput("malformed_json", "no 'annotations' list")
+    rles: list[dict] = []
+    kept: list[tuple[int, dict]] = []
+    invalid: list[tuple[int, str, str]] = []
+    for index, ann in enumerate(anns):
+        seg = ann.get("segmentation") if isinstance(ann, dict) else None
+        size = seg.get("size") if isinstance(seg, dict) else None
+        counts = seg.get("counts") if isinstance(seg, dict) else None
+        if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
+            invalid.append((index, "malformed_annotation", "segmentation is not a COCO RLE"))
+            continue
+        if list(size) != [height, width]:
+            invalid.append((index, "rle_size_mismatch", f"RLE size {size[1]}x{size[0]} != image {width}x{height}"))
+            continue
+        rle = {"size": [height, width], "counts": counts}
+        if isinstance(counts, list):  # uncompressed RLE: compress once so every later step sees one form
+            rle = mask_utils.frPyObjects(rle, height, width)
+            rle["counts"] = rle["counts"].decode("ascii")
+        rles.append(rle)
+        kept.append((index, ann))
+    if not rles:
+        return Annotations([], invalid)
+    areas = mask_utils.area(rles)
+    boxes = mask_utils.toBbox(rles)
+    segments = []
+    for (index, ann), rle, area, box in zip(kept, rles, areas, boxes):
+        scores = {k: float(ann[k]) for k in _SCORE_KEYS if isinstance(ann.get(k), (int, float))}
+        segments.append(Segment(index=index, box=tuple(float(v) for v in box), area=float(area), scores=scores, rle=rle))
+    return Annotations(segments, invalid)
+
+
+def load_panoptic_categories(categories: list) -> dict[int, dict]:
+    """Map category id -> {"name", "isthing"} from a COCO ``categories`` list."""
+    if not isinstance(categories, list):
+        raise BadInput("malformed_json", "'categories' is not a list")
+    try:
+        return {int(c["id"]): {"name": str(c["name"]), "isthing": bool(c.get("isthing", 1))} for c in categories}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInput("malformed_json", f"bad category entry: {exc}") from None
+
+
+def segments_info_of(doc: object) -> list:
+    """Accept both layouts of a per-image panoptic annotation: a dict with ``segments_info`` or a bare list."""
+    info = doc.get("segments_info") if isinstance(doc, dict) else doc
+    if not isinstance(info, list):
+        raise BadInput("malformed_json", "expected a 'segments_info' list or a bare list of segments")
+    return info
+
+
+def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int, width: int) -> Annotations:
+    """Segments of one panoptic image (areas and boxes as declared in ``segments_info``)."""
+    segments, invalid = [], []
+    for index, info in enumerate(segments_info):
+        try:
+            seg_id, cat_id = int(info["id"]), int(info["category_id"])
+            x, y, w, h = (float(v) for v in info["bbox"])
+            area = float(info["area"])
+        except (KeyError, TypeError, ValueError):
+            invalid.append((index, "malformed_annotation", "segment lacks id/category_id/bbox/area"))
+            continue
+        category = categories.get(cat_id)
+        if category is None:
+            invalid.append((index, "unknown_category", f"category_id {cat_id} is not in the categories"))
+            continue
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 1 or y + h > height + 1:
+            invalid.append((index, "bad_bbox", f"bbox {[x, y, w, h]} outside the {width}x{height} image"))
+            continue
+        segments.append(
+            Segment(
+                index=index,
+                box=(x, y, w, h),
+                area=area,
+                category=category["name"],
+                thing=category["isthing"],
+                crowd=bool(info.get("iscrowd", 0)),
+                segment_id=seg_id,
+            )
+        )
+    return Annotations(segments, invalid)
+
+
+def rle_runs(counts: str) -> np.ndarray:
+    """Run lengths of a compressed COCO RLE string (vectorised port of pycocotools' rleFrString)."""
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    if c.size == 0 or c.min() < 0 or c.max() > 63:
+        raise BadInput("corrupt_rle", "RLE counts hold characters outside the COCO alphabet")
+    last = (c & 0x20) == 0  # this character ends a value
+    if not last[-1]:
+        raise BadInput("corrupt_rle", "RLE counts end in the middle of a value")
+    value_of_char = np.concatenate(([0], np.cumsum(last)[:-1]))
+    first_char = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    shift = 5 * (np.arange(c.size) - first_char[value_of_char])
+    if shift.max() > 30:  # 7 characters = 35 bits, far beyond any image; keeps the float sums exact
+        raise BadInput("corrupt_rle", "RLE value too long")
+    values = np.bincount(value_of_char, weights=(c & 0x1F) << shift).astype(np.int64)
+    ends = np.flatnonzero(last)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (shift[ends][negative] + 5)
+    runs = values.copy()  # from the third value on, each is a delta to the value two places back
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def decode_rle_crop(rle: dict, height: int, width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Decode an RLE mask cropped to its exact bounds; returns (uint8 0/1 crop, (x0, y0, x1, y1))."""
+    runs = rle_runs(rle["counts"])
+    if runs.min() < 0 or runs.sum() != height * width:
+        raise BadInput("corrupt_rle", f"RLE runs cover {int(runs.sum())} px, image has {height * width}")
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    foreground = (np.arange(runs.size) % 2 == 1) & (runs > 0)
+    if not foreground.any():
+        raise BadInput("empty_mask", "RLE mask has no foreground")
+    # Runs are column-major: expand only the span of columns the object occupies.
+    x0 = int(starts[foreground].min()) // height
+    x1 = int(ends[foreground].max() - 1) // height + 1
+    lo, hi = x0 * height, x1 * height
+    lengths = np.clip(ends, lo, hi) - np.clip(starts, lo, hi)
+    columns = np.repeat((np.arange(runs.size) % 2).astype(np.uint8), lengths).reshape(x1 - x0, height)
+    rows = np.flatnonzero(columns.any(axis=0))
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    crop = np.ascontiguousarray(columns[:, y0:y1].T)
+    return crop, (x0, y0, x1, y1)
+
+
+def panoptic_crop(ids: np.ndarray, segment: Segment) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The mask of one panoptic segment, cropped to its declared box; same contract as decode_rle_crop."""
+    x, y, w, h = segment.box
+    x0, y0 = int(x), int(y)
+    x1, y1 = min(ids.shape[1], int(np.ceil(x + w))), min(ids.shape[0], int(np.ceil(y + h)))
+    crop = (ids[y0:y1, x0:x1] == segment.segment_id).astype(np.uint8)
+    if not crop.any():
+        raise BadInput("empty_mask", f"segment id {segment.segment_id} has no pixels inside its bbox")
+    return crop, (x0, y0, x1, y1)

@@ -1,0 +1,84 @@
+"""Backgrounds: which images may receive a pasted entity, and the instances they already hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from pydantic import Field, model_validator
+
+from .annotations import Segment
+from .params import Params
+from .records import Instance
+
+
+class BackgroundParams(Params):
+    """Background selection (the defaults admit COCO/COCONut, 640 px long side, and SA-1B, 1500 px short side)."""
+
+    min_short_side: int = Field(256, ge=1, description="shortest image side, px")
+    max_aspect_ratio: float = Field(3.0, ge=1, description="long side / short side, at most")
+    resize_short_side: int | None = Field(
+        None, ge=64, description="resize backgrounds to this short side before pasting (null: keep size)"
+    )
+    min_instance_area_ratio: float = Field(
+        0.001, ge=0, le=1, description="segments smaller than this share of the image are not instances"
+    )
+    max_instance_area_ratio: float = Field(
+        0.4, ge=0, le=1, description="boxes covering this share of the image or more are stuff, ignored"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_instance_area_ratio >= self.max_instance_area_ratio:
+            raise ValueError("min_instance_area_ratio must be below max_instance_area_ratio")
+        return self
+
+
+@dataclass
+class Background:
+    record: str  # "<unit>/<record>"
+    image: np.ndarray  # BGR
+    instances: list[Instance]
+    jpeg: bytes | None = None  # the input bytes, when they can be the output target.jpg unchanged
+    categories: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        self.categories = {i.category for i in self.instances if i.category}
+
+
+def background_reject(height: int, width: int, params: BackgroundParams) -> tuple[str, str] | None:
+    short, long = min(height, width), max(height, width)
+    if short < params.min_short_side:
+        return "background_too_small", f"short side {short}px < {params.min_short_side}px"
+    if long / short > params.max_aspect_ratio:
+        return "background_aspect", f"aspect ratio {long / short:.2f} > {params.max_aspect_ratio}"
+    return None
+
+
+def instances_of(segments: list[Segment], height: int, width: int, params: BackgroundParams) -> list[Instance]:
+    """Objects of an image for the overlap rule: things whose box is neither tiny nor stuff-sized."""
+    image_area = float(height * width)
+    instances = []
+    for seg in segments:
+        if not seg.thing:
+            continue
+        box_ratio = seg.box[2] * seg.box[3] / image_area
+        if seg.area / image_area < params.min_instance_area_ratio or box_ratio >= params.max_instance_area_ratio:
+            continue
+        instances.append(Instance(box=seg.box, area=seg.area, category=seg.category))
+    return instances
+
+
+def resize_background(background: Background, short_side: int) -> Background:
+    """Scale a background and its instances so that its short side is `short_side`."""
+    height, width = background.image.shape[:2]
+    scale = short_side / min(height, width)
+    size = (round(width * scale), round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    image = cv2.resize(background.image, size, interpolation=interpolation)
+    instances = [
+        Instance(box=tuple(v * scale for v in i.box), area=i.area * scale * scale, category=i.category)
+        for i in background.instances
+    ]
+    return Background(background.record, image, instances, jpeg=None)

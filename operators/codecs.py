@@ -1,0 +1,118 @@
+"""Image decoding that validates its input, and the encoders used for every output file.
+
+Decoding checks the declared size before allocating (decompression bombs) and the end marker
+before decoding (truncated files), so bad inputs fail with a reason instead of a crash or a
+half-grey image. Pixels stay in OpenCV's BGR order end to end.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_JPEG_EOI = b"\xff\xd9"
+_PNG_IEND = b"IEND"
+_TAIL = 4096  # the end marker must sit in the last bytes; trailing padding is tolerated
+
+
+class BadInput(ValueError):
+    """An input that cannot be used; `reason` is a short code for rejects and the summary."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    format: str  # PIL's format name: "JPEG", "PNG", ...
+    mode: str  # PIL's mode: "RGB", "L", "CMYK", ...
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Parse the image header only; reject unknown formats and absurd declared sizes."""
+    if not data:
+        raise BadInput("empty_file", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                header = ImageHeader(im.width, im.height, im.format or "?", im.mode)
+    except Image.DecompressionBombError as exc:
+        raise BadInput("image_too_large", str(exc)) from None
+    except Exception as exc:  # PIL raises many types for garbage
+        raise BadInput("not_an_image", f"{type(exc).__name__}: {exc}") from None
+    pixels = header.width * header.height
+    if header.width <= 0 or header.height <= 0 or pixels > max_pixels:
+        raise BadInput(
+            "image_too_large",
+            f"declared {header.width}x{header.height} ({pixels} px) exceeds max_image_pixels={max_pixels}",
+        )
+    return header
+
+
+def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
+    """Decode to a BGR uint8 array after header, size and truncation checks."""
+    header = read_header(data, max_pixels)
+    tail = data[-_TAIL:]
+    if header.format == "JPEG" and _JPEG_EOI not in tail:
+        raise BadInput("truncated_image", "JPEG data ends before its end-of-image marker")
+    if header.format == "PNG" and _PNG_IEND not in tail:
+        raise BadInput("truncated_image", "PNG data ends before its IEND chunk")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+    if image is None or image.shape[:2] != (header.height, header.width):
+        raise BadInput("corrupt_image", f"{header.format} data did not decode to {header.width}x{header.height}")
+    return image, header
+
+
+def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode a COCO panoptic PNG to its int32 segment-id map (id = R + 256 G + 256^2 B)."""
+    bgr, header = decode_image(data, max_pixels)
+    if header.format != "PNG":
+        raise BadInput("corrupt_panoptic_png", f"panoptic segmentation is {header.format}, expected PNG")
+    bgr = bgr.astype(np.int32)
+    return bgr[..., 2] + (bgr[..., 1] << 8) + (bgr[..., 0] << 16)
+
+
+def is_plain_rgb_jpeg(data: bytes, header: ImageHeader) -> bool:
+    """True when the input bytes can be written as an output ``.jpg`` unchanged (3-channel JPEG)."""
+    return header.format == "JPEG" and header.mode == "RGB" and data[:2] == b"\xff\xd8"
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def encode_png_gray(image: np.ndarray) -> bytes:
+    """Encode a single-channel uint8 image as PNG.
+
+    Masks and alpha maps are mostly constant rows, so unfiltered rows deflated with the RLE
+    strategy are ~3x faster than OpenCV's encoder here at a similar size.
+    """
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 array, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # leading 0 per row = PNG filter type "None"
+    rows[:, 1:] = image
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(rows.data) + deflate.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")

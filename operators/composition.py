@@ -1,0 +1,160 @@
+"""Composition: paste one entity into one background, and pair a group's entities with its backgrounds.
+
+An entity is never pasted into its own source image; when no entity finds room (R1 ∩ R2 empty at
+every scale), the background is skipped with the reason instead of forcing a bad paste.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from .backgrounds import Background
+from .blending import BlendParams, feather_alpha, feather_px, paste
+from .entities import Entity
+from .mask_enhance import MaskEnhanceParams, random_enhance
+from .params import Params
+from .placement import PlacementParams, choose_position, size_target
+from .records import Reject
+
+
+class PairingParams(Params):
+    pairs_per_background: int = Field(1, ge=1, le=64, description="triplets made from each background")
+    entity_attempts: int = Field(3, ge=1, le=100, description="entities tried per triplet before giving up")
+    max_entity_uses: int = Field(2, ge=1, description="times one entity may be pasted")
+    prefer_same_category: bool = Field(True, description="prefer entities whose category the background holds")
+
+
+@dataclass
+class Composite:
+    source: np.ndarray  # BGR
+    alpha: np.ndarray  # full-size uint8 blending alpha
+    mask: np.ndarray  # full-size uint8 0/1 training mask (after mask enhancement)
+    meta: dict
+
+
+@dataclass
+class Pair:
+    background: Background
+    entity: Entity
+    index: int  # triplet number within its background
+    composite: Composite
+
+
+def rng_for(seed: int, *names: str) -> np.random.Generator:
+    """A generator that depends only on the seed and the given ids (never on scheduling)."""
+    words = [int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little") for n in names]
+    return np.random.default_rng([seed, *words])
+
+
+def rotate_rgba(rgba: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate a BGRA crop about its centre on an expanded, transparent canvas."""
+    h, w = rgba.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    new_w, new_h = int(np.ceil(h * sin + w * cos)), int(np.ceil(h * cos + w * sin))
+    matrix[0, 2] += new_w / 2 - w / 2
+    matrix[1, 2] += new_h / 2 - h / 2
+    return cv2.warpAffine(rgba, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
+
+
+def compose_pair(
+    background: Background,
+    entity: Entity,
+    placement: PlacementParams,
+    blend: BlendParams,
+    enhance: MaskEnhanceParams,
+    rng: np.random.Generator,
+) -> Composite | tuple[str, str]:
+    """Paste `entity` into `background`; a (reject reason, detail) pair when it cannot be done."""
+    height, width = background.image.shape[:2]
+    rgba = entity.rgba
+    angle = float(rng.uniform(-placement.max_rotation_deg, placement.max_rotation_deg)) if placement.max_rotation_deg else 0.0
+    if angle:
+        rgba = rotate_rgba(rgba, angle)
+    target_area, rule = size_target(entity.area_ratio, entity.category, background.instances, height, width, placement, rng)
+    scale = float(np.sqrt(target_area / entity.area))
+    box_w, box_h = max(1, round(rgba.shape[1] * scale)), max(1, round(rgba.shape[0] * scale))
+    min_scale = float(np.sqrt(placement.min_paste_area_ratio * height * width / target_area))
+    spot = choose_position(box_w, box_h, height, width, background.instances, placement, rng, min_scale)
+    if spot is None:
+        return "no_position", f"R1 ∩ R2 is empty for a {box_w}x{box_h} box at scales {[round(s, 3) for s in placement.scales]}"
+    interpolation = cv2.INTER_AREA if spot.width < rgba.shape[1] else cv2.INTER_LINEAR
+    resized = cv2.resize(rgba, (spot.width, spot.height), interpolation=interpolation)
+    inside = (resized[..., 3] >= 128).astype(np.uint8)
+    area = int(inside.sum())
+    if area == 0:
+        return "mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}"
+    width_px = feather_px(area, blend)
+    source, alpha = paste(background.image, resized[..., :3], feather_alpha(inside, width_px), spot.x, spot.y)
+    exact = (alpha > 0).astype(np.uint8)
+    exact_area = int(exact.sum())
+    if exact_area == 0 or exact_area == exact.size:
+        return "degenerate_mask", f"pasted mask covers {exact_area} of {exact.size} px"
+    mask, variant = random_enhance(exact, enhance, rng)
+    x0, y0 = max(spot.x, 0), max(spot.y, 0)
+    meta = {
+        "paste": {
+            "box": [x0, y0, min(spot.x + spot.width, width) - x0, min(spot.y + spot.height, height) - y0],
+            "size_rule": rule,
+            "target_area_ratio": round(target_area / (height * width), 5),
+            "fallback_scale": round(spot.scale, 4),
+            "scale": round(scale * spot.scale, 5),
+            "rotation_deg": round(angle, 3),
+            "candidates": spot.candidates,
+            "max_instance_overlap": round(spot.max_overlap, 4),
+        },
+        "mask": {
+            "area_ratio": round(float(mask.sum()) / mask.size, 5),
+            "object_area_ratio": round(exact_area / exact.size, 5),
+            "variant": variant,
+        },
+        "blending": {"method": "feather", "feather_px": round(width_px, 3)},
+    }
+    return Composite(source, alpha, mask, meta)
+
+
+def pair_group(
+    backgrounds: list[Background],
+    entities: list[Entity],
+    pairing: PairingParams,
+    placement: PlacementParams,
+    blend: BlendParams,
+    enhance: MaskEnhanceParams,
+    seed: int,
+) -> tuple[list[Pair], list[Reject]]:
+    """Give each background its triplets, drawing entities from the other images of the group."""
+    uses: Counter[str] = Counter()
+    pairs, rejects = [], []
+    for background in backgrounds:
+        rng = rng_for(seed, background.record)
+        tried: set[str] = set()
+        for index in range(pairing.pairs_per_background):
+            failure = ("no_entity", "no entity from another image of the group is left")
+            for _ in range(pairing.entity_attempts):
+                pool = [
+                    e
+                    for e in entities
+                    if e.record != background.record and e.id not in tried and uses[e.id] < pairing.max_entity_uses
+                ]
+                if pairing.prefer_same_category and background.categories:
+                    pool = [e for e in pool if e.category in background.categories] or pool
+                if not pool:
+                    break
+                entity = pool[rng.integers(len(pool))]
+                tried.add(entity.id)
+                result = compose_pair(background, entity, placement, blend, enhance, rng)
+                if isinstance(result, Composite):
+                    uses[entity.id] += 1
+                    pairs.append(Pair(background, entity, index, result))
+                    failure = None
+                    break
+                failure = (result[0], f"{result[1]} (entity {entity.id})")
+            if failure is not None:
+                rejects.append(Reject(f"{background.record}:{index}", "compose", *failure))
+    return pairs, rejects

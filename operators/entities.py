@@ -1,0 +1,100 @@
+"""The entity bank's per-entity work: quality checks and cutting an RGBA crop out of its image.
+
+Checks run cheapest first: geometry from the annotation (area ratio, box side) before any mask is
+decoded, shape (fragmentation, truncation at the image border) on the decoded crop only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from pydantic import Field, model_validator
+
+from .annotations import Segment
+from .params import Params
+
+
+class EntityLimits(Params):
+    """Which segments make usable entities."""
+
+    min_area_ratio: float = Field(0.05, ge=0, le=1, description="smallest mask area / source image area")
+    max_area_ratio: float = Field(0.95, ge=0, le=1, description="largest mask area / source image area")
+    min_box_side: int = Field(32, ge=1, description="shortest side of the entity's box, px")
+    min_main_component: float = Field(
+        0.8, ge=0, le=1, description="fragmentation: largest connected part / mask area, at least"
+    )
+    max_border_contact: float = Field(
+        0.2, ge=0, le=1, description="truncation: share of the box perimeter on the image border, at most"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_area_ratio >= self.max_area_ratio:
+            raise ValueError(f"min_area_ratio ({self.min_area_ratio}) must be below max_area_ratio ({self.max_area_ratio})")
+        return self
+
+
+@dataclass
+class Entity:
+    """One object cut out of its source image, ready to be pasted elsewhere."""
+
+    id: str  # "<unit>/<record>#<segment index>"
+    record: str  # "<unit>/<record>" of the source image: never pasted back into it
+    segment: Segment
+    area_ratio: float  # mask area / source image area
+    rgba: np.ndarray | None = None  # BGRA crop, alpha 255 on the mask; set once the mask is decoded
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def category(self) -> str | None:
+        return self.segment.category
+
+    @property
+    def area(self) -> float:
+        return self.segment.area
+
+
+def geometry_reject(segment: Segment, height: int, width: int, limits: EntityLimits) -> tuple[str, str] | None:
+    """Area-ratio and box-size checks on the annotation alone; (reason, detail) or None."""
+    ratio = segment.area / float(height * width)
+    if ratio < limits.min_area_ratio:
+        return "area_too_small", f"mask covers {ratio:.4f} of the image < {limits.min_area_ratio}"
+    if ratio > limits.max_area_ratio:
+        return "area_too_large", f"mask covers {ratio:.4f} of the image > {limits.max_area_ratio}"
+    side = min(segment.box[2], segment.box[3])
+    if side < limits.min_box_side:
+        return "bbox_too_small", f"bbox side {side:.0f}px < {limits.min_box_side}px"
+    return None
+
+
+def shape_reject(
+    crop: np.ndarray, bounds: tuple[int, int, int, int], height: int, width: int, limits: EntityLimits
+) -> tuple[str, str] | None:
+    """Fragmentation and border-truncation checks on a decoded 0/1 mask crop."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    main = areas.max() / areas.sum()
+    if main < limits.min_main_component:
+        return "fragmented", f"largest of {count - 1} parts holds {main:.2f} of the mask < {limits.min_main_component}"
+    x0, y0, x1, y1 = bounds
+    on_border = (
+        (int(crop[0].sum()) if y0 == 0 else 0)
+        + (int(crop[-1].sum()) if y1 == height else 0)
+        + (int(crop[:, 0].sum()) if x0 == 0 else 0)
+        + (int(crop[:, -1].sum()) if x1 == width else 0)
+    )
+    contact = on_border / (2.0 * ((x1 - x0) + (y1 - y0)))
+    if contact > limits.max_border_contact:
+        return "truncated_at_border", f"{contact:.2f} of the bbox perimeter lies on the image border > {limits.max_border_contact}"
+    return None
+
+
+def cut_rgba(image: np.ndarray, crop: np.ndarray, bounds: tuple[int, int, int, int]) -> np.ndarray:
+    """BGRA crop of `image` inside `bounds`, alpha 255 where the 0/1 mask `crop` is set."""
+    x0, y0, x1, y1 = bounds
+    rgba = np.empty((y1 - y0, x1 - x0, 4), np.uint8)
+    rgba[..., :3] = image[y0:y1, x0:x1]
+    rgba[..., 3] = crop * np.uint8(255)
+    return rgba

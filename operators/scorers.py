@@ -1,0 +1,59 @@
+"""The pluggable entity-scorer interface and the weight-free ``annotation`` scorer.
+
+A scorer says whether each entity is worth pasting. Scorers that need no pixels run before any
+mask is decoded; scorers with ``needs_pixels`` (CLIP) see the RGBA crop and run as their own
+pipeline stage. Every scorer is chosen by the ``entities.scorer.name`` config key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, Sequence
+
+from pydantic import Field
+
+from .entities import Entity
+from .params import Params
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float
+    passed: bool
+    reason: str = ""  # reject reason code when not passed
+    detail: str = ""
+
+
+class EntityScorer(Protocol):
+    name: str
+    needs_pixels: bool
+
+    def score(self, entities: Sequence[Entity]) -> list[Score]: ...
+
+
+class AnnotationScorer(Params):
+    """Scores from the annotations themselves: SA-1B's predicted IoU and stability; panoptic: not crowd."""
+
+    name: Literal["annotation"] = "annotation"
+    min_predicted_iou: float = Field(0.88, ge=0, le=1, description="SA-1B predicted_iou, at least (SAM AMG default)")
+    min_stability_score: float = Field(0.95, ge=0, le=1, description="SA-1B stability_score, at least (SAM AMG default)")
+    needs_pixels: ClassVar[bool] = False
+
+    def score(self, entities: Sequence[Entity]) -> list[Score]:
+        return [self._score_one(e) for e in entities]
+
+    def _score_one(self, entity: Entity) -> Score:
+        segment = entity.segment
+        if segment.rle is None:  # panoptic segment: human-labelled, only crowd regions are unusable
+            if segment.crowd:
+                return Score(0.0, False, "crowd", "panoptic segment is marked iscrowd")
+            return Score(1.0, True)
+        iou = segment.scores.get("predicted_iou")
+        stability = segment.scores.get("stability_score")
+        if iou is None or stability is None:
+            return Score(0.0, False, "missing_scores", "annotation lacks predicted_iou or stability_score")
+        if iou < self.min_predicted_iou:
+            return Score(iou, False, "low_predicted_iou", f"predicted_iou {iou:.3f} < {self.min_predicted_iou}")
+        if stability < self.min_stability_score:
+            return Score(iou, False, "low_stability_score", f"stability_score {stability:.3f} < {self.min_stability_score}")
+        return Score(iou, True)

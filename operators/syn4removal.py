@@ -1,0 +1,241 @@
+"""Syn4Removal per group: decode images, build the entity bank and backgrounds, compose triplets.
+
+A group is a few consecutive images of one input unit (``group_size``). Each image is decoded once
+and serves twice: as a source of entities and as a background. Entities are pasted only into
+other images of the same group, so a worker holds one group at a time, whatever the dataset size,
+and the output depends only on the inputs and the config (never on scheduling).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+import numpy as np
+from pydantic import Field, field_validator
+
+from .. import __version__
+from .annotations import (
+    Annotations,
+    decode_rle_crop,
+    load_panoptic_categories,
+    panoptic_crop,
+    parse_panoptic,
+    parse_sa1b,
+    segments_info_of,
+)
+from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
+from .blending import BlendParams
+from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, is_plain_rgb_jpeg
+from .composition import PairingParams, pair_group
+from .entities import Entity, EntityLimits, cut_rgba, geometry_reject, shape_reject
+from .mask_enhance import MaskEnhanceParams
+from .params import Params
+from .placement import PlacementParams
+from .records import Reject, sample_key
+from .scorers import AnnotationScorer, EntityScorer
+from .stats import Stats
+
+PIPELINE = "syn4removal"
+
+
+class EntityParams(EntityLimits):
+    scorer: AnnotationScorer = Field(default_factory=AnnotationScorer, description="entity scorer, chosen by `name`")
+
+
+class SynMaskEnhanceParams(MaskEnhanceParams):
+    @field_validator("modes")
+    @classmethod
+    def _covering(cls, modes):
+        if "erode" in modes:
+            raise ValueError("'erode' shrinks the mask inside the object, so pixels outside the mask would differ "
+                             "between source and target; use it at training time only")
+        return modes
+
+
+class Syn4RemovalParams(Params):
+    """Everything that decides the triplets (hashed into ``config_hash`` and every sample key)."""
+
+    seed: int = Field(0, description="seed of every random draw (placement, size jitter, mask variant)")
+    group_size: int = Field(16, ge=2, le=4096, description="images decoded together; entities are pasted within a group")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="larger declared images are rejected (decompression bombs)")
+    max_file_bytes: int = Field(256 << 20, ge=1 << 10, description="larger input files are rejected unread")
+    jpeg_quality: int = Field(95, ge=50, le=100, description="quality of re-encoded source/target JPEGs")
+    entities: EntityParams = Field(default_factory=EntityParams)
+    backgrounds: BackgroundParams = Field(default_factory=BackgroundParams)
+    pairing: PairingParams = Field(default_factory=PairingParams)
+    placement: PlacementParams = Field(default_factory=PlacementParams)
+    blending: BlendParams = Field(default_factory=BlendParams)
+    mask_enhancement: SynMaskEnhanceParams = Field(default_factory=SynMaskEnhanceParams)
+
+
+@dataclass
+class Group:
+    """The decoded images of one group, between the extract, score and compose stages."""
+
+    unit: str
+    consumed: list[str]  # every input id this group accounts for (for incremental reruns)
+    unit_total: int  # -1, or on the unit's last group the number of input ids in the unit
+    backgrounds: list[Background] = field(default_factory=list)
+    entities: list[Entity] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+
+def _annotations(kind: str, record: dict, categories: dict | None, height: int, width: int, max_pixels: int):
+    """Parse a record's annotations; panoptic records also return their segment-id map."""
+    if kind == "sa1b":
+        return parse_sa1b(record["annotation"], height, width), None
+    ids = decode_panoptic_ids(record["segmentation"], max_pixels)
+    if ids.shape != (height, width):
+        raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {width}x{height}")
+    try:
+        info = segments_info_of(json.loads(record["annotation"]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput("malformed_json", str(exc)) from None
+    return parse_panoptic(info, categories, height, width), ids
+
+
+def score_entities(entities: list[Entity], scorer: EntityScorer, stage: str = "entity") -> tuple[list[Entity], list[Reject]]:
+    """Keep the entities the scorer passes; record its score on each and a reject for the others."""
+    if not entities:
+        return [], []
+    kept, rejects = [], []
+    for entity, score in zip(entities, scorer.score(entities)):
+        entity.scores[scorer.name] = round(score.value, 5)
+        if score.passed:
+            kept.append(entity)
+        else:
+            rejects.append(Reject(entity.id, stage, score.reason, score.detail))
+    return kept, rejects
+
+
+def _entities_of(
+    record_id: str, image: np.ndarray, annotations: Annotations, ids: np.ndarray | None, params: Syn4RemovalParams,
+    scorer: EntityScorer, stats: Stats,
+) -> tuple[list[Entity], list[Reject]]:
+    height, width = image.shape[:2]
+    candidates, rejects = [], []
+    for segment in annotations.segments:
+        if not segment.thing:
+            continue
+        entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width))
+        entity.scores.update(segment.scores)
+        rejected = geometry_reject(segment, height, width, params.entities)
+        if rejected:
+            rejects.append(Reject(entity.id, "entity", *rejected))
+        else:
+            candidates.append(entity)
+    stats.counts["entity_candidates"] += len(candidates) + len(rejects)
+    if not scorer.needs_pixels:
+        candidates, scored_out = score_entities(candidates, scorer)
+        rejects += scored_out
+    entities = []
+    for entity in candidates:
+        try:
+            if ids is None:
+                crop, bounds = decode_rle_crop(entity.segment.rle, height, width)
+            else:
+                crop, bounds = panoptic_crop(ids, entity.segment)
+        except BadInput as bad:
+            rejects.append(Reject(entity.id, "entity", bad.reason, bad.detail))
+            continue
+        rejected = shape_reject(crop, bounds, height, width, params.entities)
+        if rejected:
+            rejects.append(Reject(entity.id, "entity", *rejected))
+            continue
+        entity.rgba = cut_rgba(image, crop, bounds)
+        entities.append(entity)
+    return entities, rejects
+
+
+def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) -> Group:
+    """Decode a reader row's images; cut their entities and keep them as backgrounds."""
+    group = Group(row["unit"], list(row["consumed"]), int(row["unit_total"]))
+    group.rejects += [Reject(**r) for r in row["rejects"]]
+    stats = group.stats
+    kind = row["kind"]
+    categories = load_panoptic_categories(json.loads(row["categories"])) if kind == "panoptic" else None
+    for record in row["records"]:
+        record_id = f"{group.unit}/{record['id']}"
+        stats.counts["records"] += 1
+        try:
+            with stats.timed("decode"):
+                image, header = decode_image(record["image"], params.max_image_pixels)
+        except BadInput as bad:
+            group.rejects.append(Reject(record_id, "decode", bad.reason, bad.detail))
+            continue
+        height, width = image.shape[:2]
+        try:
+            with stats.timed("annotations"):
+                annotations, ids = _annotations(kind, record, categories, height, width, params.max_image_pixels)
+        except BadInput as bad:
+            group.rejects.append(Reject(record_id, "annotation", bad.reason, bad.detail))
+            continue
+        stats.counts["images"] += 1
+        group.rejects += [Reject(f"{record_id}#{i}", "annotation", r, d) for i, r, d in annotations.invalid]
+        with stats.timed("entities"):
+            entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats)
+        group.entities += entities
+        group.rejects += rejects
+        rejected = background_reject(height, width, params.backgrounds)
+        if annotations.invalid and not annotations.segments:
+            rejected = ("annotations_invalid", f"all {len(annotations.invalid)} annotations are unusable")
+        if rejected:
+            group.rejects.append(Reject(record_id, "background", *rejected))
+            continue
+        instances = instances_of(annotations.segments, height, width, params.backgrounds)
+        passthrough = is_plain_rgb_jpeg(record["image"], header) and params.backgrounds.resize_short_side is None
+        background = Background(record_id, image, instances, jpeg=record["image"] if passthrough else None)
+        if params.backgrounds.resize_short_side:
+            background = resize_background(background, params.backgrounds.resize_short_side)
+        group.backgrounds.append(background)
+    stats.counts["entities_kept"] += len(group.entities)
+    stats.counts["backgrounds_kept"] += len(group.backgrounds)
+    return group
+
+
+def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> list[dict]:
+    """Pair the group's entities and backgrounds and encode the triplets as WebDataset samples."""
+    stats = group.stats
+    with stats.timed("compose"):
+        pairs, rejects = pair_group(
+            group.backgrounds, group.entities, params.pairing, params.placement, params.blending,
+            params.mask_enhancement, params.seed,
+        )
+    group.rejects += rejects
+    samples = []
+    with stats.timed("encode"):
+        for pair in pairs:
+            background, entity, composite = pair.background, pair.entity, pair.composite
+            height, width = background.image.shape[:2]
+            key = sample_key(background.record, config_hash, pair.index)
+            meta = {
+                "pipeline": PIPELINE,
+                "key": key,
+                "background": {"id": background.record, "width": width, "height": height},
+                "entity": {
+                    "id": entity.id,
+                    "source": entity.record,
+                    "category": entity.category,
+                    "source_area_ratio": round(entity.area_ratio, 5),
+                    "source_box": [round(v, 1) for v in entity.segment.box],
+                    "scores": entity.scores,
+                },
+                **composite.meta,
+                "target": "input_bytes" if background.jpeg else "reencoded",
+                "seed": params.seed,
+                "config_hash": config_hash,
+                "version": __version__,
+            }
+            samples.append(
+                {
+                    "__key__": key,
+                    "source.jpg": encode_jpeg(composite.source, params.jpeg_quality),
+                    "target.jpg": background.jpeg or encode_jpeg(background.image, params.jpeg_quality),
+                    "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
+                    "alpha.png": encode_png_gray(composite.alpha),
+                    "json": json.dumps(meta, sort_keys=True).encode(),
+                }
+            )
+    stats.counts["pairs"] += len(samples)
+    return samples

@@ -1,0 +1,1 @@
+"""Ray Data graphs, readers, the shard writer, configuration and the ``pairmine`` CLI."""

@@ -1,0 +1,112 @@
+"""Pipeline configs: YAML + ``--set key=value`` overrides, validated into one typed object per pipeline.
+
+A pipeline config is the pipeline's parameters (which decide the samples and are hashed into
+``config_hash``) plus ``shards`` and ``ray`` (how and where it runs, not hashed). Errors name the
+key and fit on one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from ..operators.params import Params
+from ..operators.syn4removal import Syn4RemovalParams
+from . import storage
+from .writer import ShardParams
+
+RUNTIME_SECTIONS = frozenset({"shards", "ray"})
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line for the user."""
+
+
+class RayParams(Params):
+    address: str | None = Field(None, description="null: start an embedded local Ray; 'auto' or ray://HOST:10001 to join a cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (null: all of this machine's)")
+    object_store_memory: int | None = Field(None, ge=1 << 26, description="object store bytes of the embedded Ray (null: Ray's default)")
+
+
+class Syn4RemovalConfig(Syn4RemovalParams):
+    shards: ShardParams = Field(default_factory=ShardParams)
+    ray: RayParams = Field(default_factory=RayParams)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def config_hash(config: BaseModel) -> str:
+    """SHA-256 of the parameters that decide the samples (everything but the runtime sections)."""
+    semantic = config.model_dump(mode="json", exclude=set(RUNTIME_SECTIONS))
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _set(data: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}={raw}: empty key")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}={raw}: {key} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for key in loc[:-1]:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _describe(model: type[BaseModel], error: dict) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(model, loc)
+        return f"unknown key {key!r}" + (f" (known here: {', '.join(known)})" if known else "")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{key}: missing"
+    shown = json.dumps(error.get("input"), default=str)
+    return f"{key}: {message} (got {shown[:60]})" if loc else message
+
+
+def load_config(model: type[C], path: str | None = None, overrides: list[str] = ()) -> C:
+    """Read YAML (optional), apply ``key=value`` overrides, validate; ConfigError on any problem."""
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(storage.read_bytes(path)) or {}
+        except (OSError, storage.StorageError) as exc:
+            raise ConfigError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of keys to values")
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        _set(data, dotted.strip(), raw.strip())
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(model, e) for e in exc.errors())) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

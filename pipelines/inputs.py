@@ -1,0 +1,259 @@
+"""Turn ``--input`` arguments into input units, and plan the groups of image records to read.
+
+A unit is one SA-1B tar, one folder of loose SA-1B jpg+json, or one split of a COCO/COCONut panoptic
+root. Units are named after their file or folder; every input id is ``<unit>/<record>``. Records of
+a unit are cut into groups of ``group_size`` consecutive records (the last group takes the rest),
+after dropping records an earlier run already committed, so a resumed run rebuilds the very groups
+an uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, TypeVar
+
+import pyarrow.fs as pafs
+
+from ..operators.records import Reject
+from . import storage
+
+KINDS = ("sa1b-tar", "sa1b-dir", "panoptic")
+_KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic):(.+)$")
+_CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
+T = TypeVar("T")
+
+
+class InputError(ValueError):
+    """A bad --input argument; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str  # one of KINDS
+    name: str  # prefixes every input id of the unit
+    uri: str  # the tar, the folder, or (panoptic) the annotation json or the per-image json folder
+    png_dir: str | None = None  # panoptic: the segmentation PNGs
+    image_dir: str | None = None  # panoptic: the images
+    categories_uri: str | None = None  # panoptic per-image layout: where categories come from
+
+
+def groups_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive groups of `size`; the last group also takes a remainder shorter than `size`."""
+    buffer: list[T] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) == 2 * size:
+            yield buffer[:size]
+            buffer = buffer[size:]
+    if buffer:
+        yield buffer
+
+
+def _names(entries: list[pafs.FileInfo]) -> dict[str, pafs.FileInfo]:
+    return {storage.basename(e.path): e for e in entries}
+
+
+def _split_kind(arg: str) -> tuple[str | None, str]:
+    match = _KIND_PREFIX.match(arg)
+    return (match.group(1), match.group(2)) if match else (None, arg)
+
+
+def _panoptic_units(root: str, entries: dict[str, pafs.FileInfo]) -> list[Unit]:
+    """Splits of a panoptic root: ``annotations/panoptic_<split>.json`` or per-image json folders."""
+    units = []
+    annotations = _names(storage.list_dir(storage.join(root, "annotations"))) if "annotations" in entries else {}
+    for name in sorted(annotations):
+        match = re.fullmatch(r"panoptic_(.+)\.json", name)
+        if not match:
+            continue
+        split = match.group(1)
+        png_dir = storage.join(root, "annotations", f"panoptic_{split}")
+        if f"panoptic_{split}" not in annotations:
+            png_dir = storage.join(root, f"panoptic_{split}")
+        image_dir = storage.join(root, split) if split in entries else storage.join(root, "images", split)
+        units.append(Unit("panoptic", split, storage.join(root, "annotations", name), png_dir=png_dir, image_dir=image_dir))
+    done = {u.name for u in units}
+    for name in sorted(entries):  # per-image layout: panoptic_<split>/<stem>.png + <stem>.json, no global json
+        match = re.fullmatch(r"panoptic_(.+)", name)
+        if not match or match.group(1) in done or entries[name].type != pafs.FileType.Directory:
+            continue
+        split = match.group(1)
+        categories = next((storage.join(d, f) for d in (root, _parent(root)) for f in _CATEGORY_FILES if _exists(storage.join(d, f))), None)
+        if categories is None:
+            raise InputError(f"panoptic split {split!r} in {root} has per-image annotations but no {' or '.join(_CATEGORY_FILES)}")
+        image_dir = storage.join(root, split) if split in entries else storage.join(root, "images", split)
+        units.append(Unit("panoptic", split, storage.join(root, name), png_dir=storage.join(root, name), image_dir=image_dir, categories_uri=categories))
+    return units
+
+
+def _parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _exists(uri: str) -> bool:
+    return storage.info(uri).type == pafs.FileType.File
+
+
+def discover(arg: str) -> list[Unit]:
+    """The units of one ``--input`` (``[kind:]PATH``); raises InputError when it cannot be read."""
+    kind, uri = _split_kind(arg)
+    try:
+        found = storage.check_readable(uri)
+    except storage.StorageError as exc:
+        raise InputError(str(exc)) from None
+    if found.type == pafs.FileType.File:
+        if kind not in (None, "sa1b-tar") or not uri.endswith(".tar"):
+            raise InputError(f"input {uri} is a file: only SA-1B .tar files can be given directly")
+        return [Unit("sa1b-tar", storage.basename(uri), uri)]
+    entries = _names(storage.list_dir(uri))
+    tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type == pafs.FileType.File]
+    loose = any(n.endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
+    panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
+    candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic)}
+    if kind is None:
+        present = [k for k, v in candidates.items() if v]
+        if not present:
+            raise InputError(f"no SA-1B tars, loose SA-1B jpg+json or panoptic annotations found in {uri}")
+        if len(present) > 1:
+            raise InputError(f"{uri} holds several input kinds ({', '.join(present)}): say which with KIND:{uri}")
+        kind = present[0]
+    if not candidates[kind]:
+        raise InputError(f"{uri} holds no {kind} input")
+    if kind == "sa1b-tar":
+        return [Unit("sa1b-tar", storage.basename(t), t) for t in sorted(tars)]
+    if kind == "sa1b-dir":
+        return [Unit("sa1b-dir", storage.basename(uri), uri)]
+    return [Unit(u.kind, f"{storage.basename(uri)}/{u.name}", u.uri, u.png_dir, u.image_dir, u.categories_uri) for u in panoptic]
+
+
+def discover_all(args: list[str]) -> list[Unit]:
+    """Units of every input, with unit names made unique (a digest of the URI is added on a clash)."""
+    names: set[str] = set()
+    uris: set[str] = set()
+    unique = []
+    for unit in (u for arg in args for u in discover(arg)):
+        if unit.uri in uris:
+            continue  # the same unit given twice
+        name = unit.name
+        if name in names:
+            name = f"{name}~{hashlib.blake2b(unit.uri.encode(), digest_size=4).hexdigest()}"
+        names.add(name)
+        uris.add(unit.uri)
+        unique.append(Unit(unit.kind, name, unit.uri, unit.png_dir, unit.image_dir, unit.categories_uri))
+    return unique
+
+
+def unit_groups(
+    unit: str, kind: str, categories: str, items: Iterable[tuple[str | None, object]], group_size: int, skip: set[str]
+) -> Iterator[dict]:
+    """Reader rows of one unit from its (id, member-or-Reject) items, in order.
+
+    Members are opaque (URIs for planned units, bytes for tar members). Ids in `skip` were committed
+    by an earlier run. Rejects found while reading (id None: about the unit itself) travel with the
+    unit's last row, which also carries ``unit_total``: the number of ids in the unit.
+    """
+    total = 0
+    rejects: list[Reject] = []
+    rejected_ids: list[str] = []
+
+    def members():
+        nonlocal total
+        for item_id, item in items:
+            total += item_id is not None
+            if item_id in skip:
+                continue
+            if isinstance(item, Reject):
+                rejects.append(item)
+                if item_id is not None:
+                    rejected_ids.append(item_id)
+                continue
+            yield item_id, item
+
+    def row(group, last: bool) -> dict:
+        return {
+            "unit": unit,
+            "kind": kind,
+            "categories": categories,
+            "records": [member for _, member in group],
+            "rejects": [r.to_dict() for r in rejects] if last else [],
+            "consumed": [i for i, _ in group] + (rejected_ids if last else []),
+            "unit_total": total if last else -1,
+        }
+
+    pending = None
+    for group in groups_of(members(), group_size):
+        if pending is not None:
+            yield row(pending, last=False)
+        pending = group
+    yield row(pending or [], last=True)
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0]
+
+
+def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
+    files: dict[str, dict[str, str]] = {}
+    for entry in storage.list_dir(unit.uri):
+        name = storage.basename(entry.path)
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if entry.type == pafs.FileType.File and ext in ("jpg", "jpeg", "json"):
+            files.setdefault(_stem(name), {})["json" if ext == "json" else "jpg"] = storage.uri_of(unit.uri, entry)
+    items = []
+    for stem in sorted(files):
+        found = files[stem]
+        input_id = f"{unit.name}/{stem}"
+        if "jpg" not in found:
+            items.append((stem, Reject(input_id, "read", "missing_image", f"{found['json']} has no image beside it")))
+        elif "json" not in found:
+            items.append((stem, Reject(input_id, "read", "missing_annotations", f"{found['jpg']} has no json beside it")))
+        else:
+            items.append((stem, {"id": stem, "image": found["jpg"], "annotation": found["json"]}))
+    return items
+
+
+def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
+    """Categories (JSON text) and the items of a panoptic split, in either annotation layout."""
+    images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in storage.list_dir(unit.image_dir)}
+    items: list[tuple[str | None, object]] = []
+    if unit.categories_uri is None:  # one json for the split
+        try:
+            doc = json.loads(storage.read_bytes(unit.uri))
+            categories, annotations = doc["categories"], doc["annotations"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {exc}"))]
+        per_image = {}
+        for ann in annotations:
+            if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
+                per_image[_stem(ann["file_name"])] = (storage.join(unit.png_dir, ann["file_name"]), json.dumps(ann).encode())
+            else:
+                items.append((None, Reject(unit.name, "read", "malformed_annotation", "annotation entry without file_name")))
+    else:  # per-image json files beside the PNGs
+        categories = json.loads(storage.read_bytes(unit.categories_uri))
+        categories = categories.get("categories", categories) if isinstance(categories, dict) else categories
+        files: dict[str, dict[str, str]] = {}
+        for entry in storage.list_dir(unit.png_dir):
+            name = storage.basename(entry.path)
+            files.setdefault(_stem(name), {})[name.rsplit(".", 1)[-1].lower()] = storage.uri_of(unit.png_dir, entry)
+        per_image = {stem: (f["png"], f["json"]) for stem, f in files.items() if "png" in f and "json" in f}
+    for stem in sorted(set(per_image) | set(images)):
+        input_id = f"{unit.name}/{stem}"
+        if stem not in per_image:
+            items.append((stem, Reject(input_id, "read", "missing_annotations", "image has no panoptic annotation")))
+        elif stem not in images:
+            items.append((stem, Reject(input_id, "read", "missing_image", f"no image for {stem} in {unit.image_dir}")))
+        else:
+            png, annotation = per_image[stem]
+            items.append((stem, {"id": stem, "image": images[stem], "annotation": annotation, "segmentation": png}))
+    return json.dumps(categories), items
+
+
+def plan_groups(unit: Unit, group_size: int, skip: set[str]) -> list[dict]:
+    """Reader rows (members as URIs) of a loose SA-1B folder or a panoptic split."""
+    if unit.kind == "sa1b-dir":
+        return list(unit_groups(unit.name, "sa1b", "", _sa1b_dir_items(unit), group_size, skip))
+    categories, items = _panoptic_items(unit)
+    return list(unit_groups(unit.name, "panoptic", categories, items, group_size, skip))

@@ -1,0 +1,149 @@
+"""Ray Data sources of image records: SA-1B tars streamed member by member, and planned groups.
+
+Both emit the same rows (``READER_SCHEMA``): one row per group of records with their raw bytes,
+the rejects met while reading, the input ids the row accounts for and, on a unit's last row, the
+unit's id count. A tar is read once, front to back, pairing ``<stem>.jpg`` with ``<stem>.json``;
+members that escape the extraction directory, orphans and a truncated tail become rejects.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
+
+from ..operators.records import Reject
+from . import storage
+from .inputs import unit_groups
+
+_RECORD = pa.struct(
+    [("id", pa.string()), ("image", pa.large_binary()), ("annotation", pa.large_binary()), ("segmentation", pa.large_binary())]
+)
+_REJECT = pa.struct([("input", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+READER_SCHEMA = pa.schema(
+    [
+        ("unit", pa.string()),
+        ("kind", pa.string()),
+        ("categories", pa.string()),
+        ("records", pa.list_(_RECORD)),
+        ("rejects", pa.list_(_REJECT)),
+        ("consumed", pa.list_(pa.string())),
+        ("unit_total", pa.int64()),
+    ]
+)
+_TAR_EXTENSIONS = {"jpg": "image", "jpeg": "image", "json": "annotation"}
+
+
+def _table(row: dict) -> pa.Table:
+    return pa.Table.from_pylist([row], schema=READER_SCHEMA)
+
+
+def _unsafe(name: str) -> bool:
+    normal = posixpath.normpath(name)
+    return name.startswith("/") or normal == ".." or normal.startswith("../")
+
+
+def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tuple[str | None, object]]:
+    """(id, record-or-Reject) items of an SA-1B tar, read once as a stream, paired by stem."""
+    pending: dict[str, dict] = {}
+    seen: set[str] = set()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                stem, _, ext = member.name.rpartition(".")
+                field = _TAR_EXTENSIONS.get(ext.lower())
+                if _unsafe(member.name) or not member.isfile():
+                    if stem not in seen:
+                        seen.add(stem)
+                        yield stem, Reject(f"{unit}/{member.name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
+                    continue
+                if field is None:
+                    yield None, Reject(f"{unit}/{member.name}", "read", "unexpected_member", "not an SA-1B .jpg or .json")
+                    continue
+                if member.size > max_file_bytes:
+                    yield None, Reject(f"{unit}/{member.name}", "read", "file_too_large", f"{member.size} bytes > max_file_bytes={max_file_bytes}")
+                    continue
+                record = pending.setdefault(stem, {"id": stem})
+                if field in record or stem in seen:
+                    yield None, Reject(f"{unit}/{member.name}", "read", "duplicate_member", "a member of that name came earlier")
+                    continue
+                record[field] = tar.extractfile(member).read()
+                if "image" in record and "annotation" in record:
+                    seen.add(stem)
+                    yield stem, pending.pop(stem)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield None, Reject(unit, "read", "truncated_tar", f"tar ends early or is corrupt after {len(seen) + len(pending)} records: {exc}")
+    for stem, record in pending.items():
+        missing = "missing_image" if "image" not in record else "missing_annotations"
+        yield stem, Reject(f"{unit}/{stem}", "read", missing, f"{stem} has no {'.jpg' if missing == 'missing_image' else '.json'} in the tar")
+
+
+class SA1BTarDatasource(FileBasedDatasource):
+    """SA-1B tars, local or S3, each read once as a stream into group rows."""
+
+    def __init__(self, paths: list[str], *, filesystem, units: dict[str, str], skip: dict[str, set[str]], group_size: int, max_file_bytes: int):
+        super().__init__(paths, filesystem=filesystem, schema=READER_SCHEMA)
+        self._units, self._skip, self._group_size, self._max_file_bytes = units, skip, group_size, max_file_bytes
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        unit = self._units[path]
+        items = tar_items(f, unit, self._max_file_bytes)
+        for row in unit_groups(unit, "sa1b", "", items, self._group_size, self._skip.get(unit, set())):
+            yield _table(row)
+
+
+def _load(value, max_file_bytes: int) -> bytes | None:
+    """Member bytes: inline bytes as they are, a URI read from storage (None when it cannot be read)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    size = storage.info(value).size
+    if size is None or size > max_file_bytes:
+        raise ValueError(f"{value}: {'missing' if size is None else f'{size} bytes > max_file_bytes={max_file_bytes}'}")
+    return storage.read_bytes(value)
+
+
+def load_planned_row(row: dict, max_file_bytes: int) -> dict:
+    """Read the files a planned row names; unreadable records become rejects of that row."""
+    records, rejects = [], list(row["rejects"])
+
+    def load(member: dict):
+        try:
+            return {k: _load(member.get(k), max_file_bytes) for k in ("image", "annotation", "segmentation")} | {"id": member["id"]}
+        except (OSError, ValueError) as exc:
+            return Reject(f"{row['unit']}/{member['id']}", "read", "unreadable_file", str(exc).splitlines()[0])
+
+    with ThreadPoolExecutor(8) as pool:  # object stores reward concurrent GETs
+        for loaded in pool.map(load, row["records"]):
+            (rejects.append(loaded.to_dict()) if isinstance(loaded, Reject) else records.append(loaded))
+    return row | {"records": records, "rejects": rejects}
+
+
+class PlannedGroupsDatasource(Datasource):
+    """Rows planned on the driver (loose SA-1B folders, panoptic splits) whose files are read in tasks."""
+
+    def __init__(self, rows: list[dict], max_file_bytes: int):
+        self._rows, self._max_file_bytes = rows, max_file_bytes
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        chunks = [c.tolist() for c in np.array_split(np.array(self._rows, dtype=object), min(parallelism, len(self._rows))) if len(c)]
+        max_bytes = self._max_file_bytes
+        return [
+            ReadTask(
+                lambda chunk=chunk: (_table(load_planned_row(r, max_bytes)) for r in chunk),
+                BlockMetadata(num_rows=len(chunk), size_bytes=None, exec_stats=None, input_files=None),
+                schema=READER_SCHEMA,
+                per_task_row_limit=per_task_row_limit,
+            )
+            for chunk in chunks
+        ]

@@ -1,0 +1,32 @@
+"""Start or join Ray for a pipeline run: an embedded local Ray by default, a cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .config import RayParams
+
+
+def start_ray(params: RayParams, progress: bool) -> dict:
+    """Initialise Ray once per process; returns the cluster's resources (CPU, GPU, memory)."""
+    import ray
+    from ray.data import DataContext
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not ray.is_initialized():
+        common = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if params.address:
+            ray.init(address=params.address, **common)
+        else:
+            ray.init(
+                num_cpus=params.num_cpus,
+                object_store_memory=params.object_store_memory,
+                include_dashboard=False,
+                **common,
+            )
+    context = DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.enable_operator_progress_bars = progress
+    context.print_on_execution_start = progress
+    return ray.cluster_resources()

@@ -1,0 +1,188 @@
+"""Local paths and ``s3://`` URIs behind one small API.
+
+S3 settings come only from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, the
+credentials chain, ``AWS_REGION``), read the same way by pyarrow (reads, listings, small writes)
+and boto3 (shard uploads), so one command runs against AWS, MinIO or a local moto server.
+Every write is atomic: a temp file renamed into place locally; on S3 an object exists only once
+its upload completes (boto3 aborts an unfinished multipart upload).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import uuid
+
+import pyarrow.fs as pafs
+
+S3 = "s3://"
+
+
+class StorageError(RuntimeError):
+    """A path that cannot be read or written; the message is one line for the user."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@functools.cache
+def s3_filesystem() -> pafs.S3FileSystem:
+    kwargs = {"connect_timeout": 5, "request_timeout": 60, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    if _endpoint():
+        kwargs["endpoint_override"] = _endpoint()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+@functools.cache
+def _s3_client():
+    import boto3
+
+    return boto3.client("s3")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and in-filesystem path of a local path or s3:// URI."""
+    if is_s3(uri):
+        return s3_filesystem(), uri[len(S3) :].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def info(uri: str) -> pafs.FileInfo:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path)
+    except OSError as exc:
+        raise StorageError(f"cannot reach {uri}: {_first_line(exc)}") from None
+
+
+def list_dir(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    """Entries below a directory or prefix, sorted by path; empty if it does not exist."""
+    fs, path = resolve(uri)
+    try:
+        return sorted(fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)), key=lambda i: i.path)
+    except OSError as exc:
+        raise StorageError(f"cannot list {uri}: {_first_line(exc)}") from None
+
+
+def uri_of(uri_root: str, file_info: pafs.FileInfo) -> str:
+    """The URI of a FileInfo returned by `list_dir(uri_root)`."""
+    return S3 + file_info.path if is_s3(uri_root) else file_info.path
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object atomically."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def upload_file(local_path: str, uri: str) -> None:
+    """Move a finished local file to its final place atomically (rename, or a completed S3 upload)."""
+    if is_s3(uri):
+        bucket, _, key = uri[len(S3) :].partition("/")
+        _s3_client().upload_file(local_path, bucket, key)
+        os.remove(local_path)
+        return
+    path = os.path.abspath(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.replace(local_path, path)
+    except OSError:  # another device: copy next to the target, then rename
+        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+        os.remove(local_path)
+
+
+def staging_file(uri: str, suffix: str = "") -> str:
+    """A local temp path to build an output in: beside it locally (same device), in the temp dir for S3."""
+    if is_s3(uri):
+        fd, path = tempfile.mkstemp(prefix="pairmine-", suffix=suffix)
+    else:
+        directory = os.path.dirname(os.path.abspath(uri))
+        os.makedirs(directory, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    return path
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def check_readable(uri: str) -> pafs.FileInfo:
+    """Fail with a one-line message unless `uri` exists (and its bucket answers)."""
+    if is_s3(uri):
+        bucket = uri[len(S3) :].split("/", 1)[0]
+        if not bucket:
+            raise StorageError(f"no bucket in {uri}")
+        fs = s3_filesystem()
+        try:
+            fs.get_file_info(pafs.FileSelector(bucket, allow_not_found=False, recursive=False))
+        except OSError as exc:
+            raise StorageError(f"bucket {bucket!r} is not reachable{_endpoint_note()}: {_first_line(exc)}") from None
+    found = info(uri)
+    if found.type == pafs.FileType.NotFound:
+        raise StorageError(f"input not found: {uri}")
+    return found
+
+
+def check_writable(uri: str) -> None:
+    """Fail with a one-line message unless an output can be created at `uri`."""
+    if is_s3(uri):
+        bucket = uri[len(S3) :].split("/", 1)[0]
+        try:
+            _s3_client().head_bucket(Bucket=bucket)
+        except Exception as exc:  # botocore raises several unrelated types
+            raise StorageError(f"output bucket {bucket!r} is not usable{_endpoint_note()}: {_first_line(exc)}") from None
+        return
+    path = os.path.abspath(uri)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"output {uri} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create output {uri}: {exc.strerror}") from None
+
+
+def _endpoint_note() -> str:
+    return f" at {_endpoint()}" if _endpoint() else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

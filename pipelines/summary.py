@@ -1,0 +1,72 @@
+"""The run summary: what was read, kept, rejected and written, and how fast each stage went."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..operators.stats import Stats
+
+# stage -> the count its throughput is measured in
+_STAGE_ITEMS = {
+    "read": "records",
+    "decode": "records",
+    "annotations": "images",
+    "entities": "images",
+    "score": "entity_candidates",
+    "compose": "backgrounds_kept",
+    "encode": "pairs",
+    "screen": "frames",
+    "mog": "frames",
+    "pair": "frames",
+    "mask": "pairs",
+}
+
+
+def build_summary(task_results: list[dict], wall_seconds: float, **context) -> dict:
+    """Merge the writer's per-task results into one summary dict (written to ``_SUCCESS``)."""
+    stats = Stats()
+    reasons: Counter[str] = Counter()
+    shards = samples = size = rejects = 0
+    for result in task_results:
+        stats.merge(result["stats"])
+        for shard in result["shards"]:
+            shards += shard["shard"] is not None
+            samples += shard["samples"]
+            size += shard["bytes"]
+            rejects += shard["rejects"]
+            reasons.update(shard["reject_reasons"])
+    stages = {}
+    for stage, seconds in sorted(stats.seconds.items()):
+        items = stats.counts.get(_STAGE_ITEMS.get(stage, ""), 0)
+        stages[stage] = {
+            "cpu_seconds": round(seconds, 3),
+            "items": items,
+            "items_per_cpu_second": round(items / seconds, 2) if seconds > 0 else None,
+        }
+    return {
+        **context,
+        "counts": dict(sorted(stats.counts.items())),
+        "written": {"shards": shards, "samples": samples, "bytes": size},
+        "rejects": {"total": rejects, "by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))},
+        "stages": stages,
+        "wall_seconds": round(wall_seconds, 3),
+        "samples_per_second": round(samples / wall_seconds, 3) if wall_seconds > 0 else None,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """A short human-readable version for the terminal."""
+    written, rejects = summary["written"], summary["rejects"]
+    lines = [
+        f"{summary['pipeline']} run {summary['run']} finished in {summary['wall_seconds']:.1f} s "
+        f"({summary['samples_per_second'] or 0:.2f} samples/s)",
+        f"  inputs: {summary['units']['planned']} units to do, {summary['units']['already_complete']} already complete",
+        "  counts: " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()),
+        f"  written: {written['samples']} samples in {written['shards']} shards ({written['bytes'] / 1e6:.1f} MB)",
+        f"  rejects: {rejects['total']}" + ("" if not rejects["by_reason"] else " — " + ", ".join(f"{k} {v}" for k, v in rejects["by_reason"].items())),
+        "  stages (CPU seconds, items per CPU second): "
+        + ", ".join(f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}" for k, v in summary["stages"].items()),
+        f"  output: {summary['output']} (shards/, manifest/, rejects/, _SUCCESS)",
+        f"  totals in output: {summary['output_totals']['samples']} samples in {summary['output_totals']['shards']} shards",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""The Syn4Removal Ray Data graph.
+
+    read (SA-1B tars | planned folders and panoptic splits)   -> one row per group of images
+      -> map: decode, entity bank, backgrounds, compose, encode -> one writer row per group
+      -> ShardSink: shards/, manifest/, rejects/
+
+Reading takes a fraction of a CPU so that Ray does not fuse it with the CPU-heavy map: a tar is
+read by one task while its groups are processed in parallel.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+import ray
+
+from ..operators.syn4removal import PIPELINE, compose_group, extract_group
+from . import storage
+from .config import Syn4RemovalConfig
+from .inputs import Unit, discover_all, plan_groups
+from .readers import PlannedGroupsDatasource, SA1BTarDatasource
+from .run import Job
+from .writer import Progress, pack_group
+
+READ_CPUS = 0.25
+
+
+def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
+    """One reader row in, one writer row out."""
+    group = extract_group(row, config, config.entities.scorer)
+    samples = compose_group(group, config, config_hash)
+    return pack_group(group.unit, group.consumed, group.unit_total, samples, group.rejects, group.stats)
+
+
+def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset:
+    """Reader rows of the pending units; ids committed by earlier runs are skipped."""
+    parts = []
+    tars = sorted((u for u in units if u.kind == "sa1b-tar"), key=lambda u: storage.is_s3(u.uri))
+    for _, same_fs in groupby(tars, key=lambda u: storage.is_s3(u.uri)):
+        same_fs = list(same_fs)
+        fs = storage.resolve(same_fs[0].uri)[0]
+        paths = {storage.resolve(u.uri)[1]: u for u in same_fs}
+        source = SA1BTarDatasource(
+            list(paths),
+            filesystem=fs,
+            units={path: u.name for path, u in paths.items()},
+            skip={u.name: progress.consumed[u.name] for u in same_fs if u.name in progress.consumed},
+            group_size=config.group_size,
+            max_file_bytes=config.max_file_bytes,
+        )
+        parts.append(ray.data.read_datasource(source, override_num_blocks=len(paths), num_cpus=READ_CPUS))
+    rows = [
+        row
+        for unit in units
+        if unit.kind != "sa1b-tar"
+        for row in plan_groups(unit, config.group_size, progress.consumed.get(unit.name, set()))
+    ]
+    if rows:
+        source = PlannedGroupsDatasource(rows, config.max_file_bytes)
+        parts.append(ray.data.read_datasource(source, override_num_blocks=len(rows), num_cpus=READ_CPUS))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, config_hash: str) -> ray.data.Dataset:
+    return read_groups(units, progress, config).map(process_group, fn_kwargs={"config": config, "config_hash": config_hash})
+
+
+def rows_per_shard(config: Syn4RemovalConfig) -> int:
+    return config.shards.max_samples // (config.group_size * config.pairing.pairs_per_background)
+
+
+JOB = Job(PIPELINE, Syn4RemovalConfig, discover_all, build, rows_per_shard)

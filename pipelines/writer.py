@@ -1,0 +1,268 @@
+"""The one writer of every pipeline: WebDataset shards, ``manifest/``, ``rejects/`` and progress.
+
+Pipelines hand the writer one row per group (``pack_group``): the group's samples already
+serialised as tar members, its rejects, the input ids it accounts for and its stats. A group is
+never split across shards, so a shard commits whole groups. Each shard commits in three atomic
+steps, the manifest row last: ``shards/<name>.tar`` (temp + rename, or a completed S3 upload),
+``rejects/<name>.parquet``, ``manifest/<name>.parquet``. A shard without a manifest row is an orphan
+of a killed run and is removed by the next run, which also skips every input id already listed in
+the manifest: reruns are incremental and never duplicate a sample. Names derive from the run id,
+the write task and a part number, so a retried write task overwrites its own files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from ..operators.params import Params
+from ..operators.records import Reject
+from ..operators.stats import Stats
+from . import storage
+
+SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
+_END_OF_ARCHIVE = b"\0" * 1024
+
+WRITER_SCHEMA = pa.schema(
+    [
+        ("unit", pa.string()),
+        ("consumed", pa.list_(pa.string())),
+        ("unit_total", pa.int64()),
+        ("samples", pa.large_binary()),  # tar members of the group's samples
+        ("keys", pa.list_(pa.string())),
+        ("rejects", pa.list_(pa.struct([(k, pa.string()) for k in ("input", "stage", "reason", "detail")]))),
+        ("stats", pa.string()),  # JSON of Stats.to_dict()
+    ]
+)
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),  # path under the output; null when the shard's groups made no sample
+        ("pipeline", pa.string()),
+        ("run", pa.string()),
+        ("config_hash", pa.string()),
+        ("version", pa.string()),
+        ("samples", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("keys", pa.list_(pa.string())),
+        ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
+        ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
+        ("rejects", pa.int64()),
+        ("created", pa.timestamp("s", tz="UTC")),
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [(k, pa.string()) for k in ("pipeline", "run", "shard", "input", "stage", "reason", "detail")]
+)
+
+
+class ShardParams(Params):
+    """Shard cutting; does not change the samples, so it is not part of the config hash."""
+
+    max_samples: int = Field(1000, ge=1, description="samples per shard, at most")
+    max_bytes: int = Field(1 << 30, ge=1 << 16, description="bytes per shard, at most (a group is never split)")
+
+
+def _tar_member(name: str, data: bytes) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def pack_samples(samples: list[dict]) -> bytes:
+    """Serialise WebDataset samples ({"__key__": k, "<ext>": bytes, ...}) as tar members, keys in order."""
+    return b"".join(
+        _tar_member(f"{s['__key__']}.{ext}", data) for s in samples for ext, data in s.items() if ext != "__key__"
+    )
+
+
+def pack_group(unit: str, consumed: list[str], unit_total: int, samples: list[dict], rejects: list[Reject], stats: Stats) -> dict:
+    """The writer's input row for one group."""
+    return {
+        "unit": unit,
+        "consumed": consumed,
+        "unit_total": unit_total,
+        "samples": pack_samples(samples),
+        "keys": [s["__key__"] for s in samples],
+        "rejects": [r.to_dict() for r in rejects],
+        "stats": json.dumps(stats.to_dict()),
+    }
+
+
+@dataclass
+class _OpenShard:
+    """A shard being written to a local staging file, and what it accounts for."""
+
+    path: str
+    file: io.BufferedWriter
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    unit_totals: dict[str, int] = field(default_factory=dict)
+    rejects: list[dict] = field(default_factory=list)
+
+    def add(self, row: dict) -> None:
+        self.file.write(row["samples"])
+        self.digest.update(row["samples"])
+        self.bytes += len(row["samples"])
+        self.keys += row["keys"]
+        self.inputs.setdefault(row["unit"], []).extend(row["consumed"])
+        if row["unit_total"] >= 0:
+            self.unit_totals[row["unit"]] = row["unit_total"]
+        self.rejects += row["rejects"]
+
+
+class ShardSink(Datasink):
+    """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
+
+    def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int):
+        self.output, self.pipeline, self.run = output, pipeline, run
+        self.config_hash, self.version, self.limits = config_hash, version, shards
+        self._rows_per_shard = max(1, rows_per_shard)
+        self.results: list[dict] = []
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self._rows_per_shard
+
+    def write(self, blocks: Iterable, ctx) -> dict:
+        part, shard, committed, stats = 0, None, [], Stats()
+        for block in blocks:
+            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
+                stats.merge(json.loads(row["stats"]))
+                if shard is None:
+                    shard = self._open(ctx.task_idx, part)
+                shard.add(row)
+                if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
+                    committed.append(self._commit(shard, ctx.task_idx, part))
+                    part, shard = part + 1, None
+        if shard is not None:
+            committed.append(self._commit(shard, ctx.task_idx, part))
+        return {"shards": committed, "stats": stats.to_dict()}
+
+    def on_write_complete(self, write_result) -> None:
+        self.results = [r for r in write_result.write_returns if r]
+
+    def _name(self, task: int, part: int) -> str:
+        return f"{self.pipeline}-{self.run}-{task:06d}-{part:03d}"
+
+    def _open(self, task: int, part: int) -> _OpenShard:
+        path = storage.staging_file(storage.join(self.output, SHARDS, self._name(task, part) + ".tar"), ".tar")
+        return _OpenShard(path, open(path, "wb"))
+
+    def _commit(self, shard: _OpenShard, task: int, part: int) -> dict:
+        name = self._name(task, part)
+        shard.file.write(_END_OF_ARCHIVE)
+        shard.file.close()
+        shard_rel = None
+        if shard.keys:
+            shard_rel = f"{SHARDS}/{name}.tar"
+            storage.upload_file(shard.path, storage.join(self.output, shard_rel))
+        else:
+            os.remove(shard.path)
+        if shard.rejects:
+            table = pa.Table.from_pylist(
+                [r | {"pipeline": self.pipeline, "run": self.run, "shard": shard_rel} for r in shard.rejects], schema=REJECTS_SCHEMA
+            )
+            storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), _parquet(table))
+        row = {
+            "shard": shard_rel,
+            "pipeline": self.pipeline,
+            "run": self.run,
+            "config_hash": self.config_hash,
+            "version": self.version,
+            "samples": len(shard.keys),
+            "bytes": shard.bytes + len(_END_OF_ARCHIVE) if shard.keys else 0,
+            "sha256": shard.digest.copy().hexdigest() if shard.keys else None,
+            "keys": shard.keys,
+            "inputs": [{"unit": u, "ids": ids} for u, ids in shard.inputs.items()],
+            "unit_totals": [{"unit": u, "total": t} for u, t in shard.unit_totals.items()],
+            "rejects": len(shard.rejects),
+            "created": int(time.time()),
+        }
+        storage.write_bytes(storage.join(self.output, MANIFEST, f"{name}.parquet"), _parquet(pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)))
+        return {k: row[k] for k in ("shard", "samples", "bytes", "rejects")} | {
+            "reject_reasons": Counter(f"{r['stage']}/{r['reason']}" for r in shard.rejects),
+            "units": len(shard.inputs),
+        }
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+@dataclass
+class Progress:
+    """What earlier runs committed to an output: complete units, ids done in the others."""
+
+    complete_units: set[str] = field(default_factory=set)
+    consumed: dict[str, set[str]] = field(default_factory=dict)
+    shards: int = 0
+    samples: int = 0
+
+
+class OutputConflict(RuntimeError):
+    """The output holds work of another pipeline or config; the message is one line."""
+
+
+def read_manifest(output: str) -> pa.Table:
+    files = [e for e in storage.list_dir(storage.join(output, MANIFEST)) if e.path.endswith(".parquet")]
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(storage.uri_of(output, e))), schema=MANIFEST_SCHEMA) for e in files]
+    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
+    """Progress of earlier runs; refuses an output written by another pipeline or config."""
+    manifest = read_manifest(output).to_pylist()
+    others = {(r["pipeline"], r["config_hash"]) for r in manifest} - {(pipeline, config_hash)}
+    if others:
+        other_pipeline, other_hash = sorted(others)[0]
+        raise OutputConflict(
+            f"{output} already holds {other_pipeline} shards made with config {other_hash[:12]} (this run: {pipeline}, "
+            f"{config_hash[:12]}); write to another --output or remove it"
+        )
+    progress = Progress(shards=sum(1 for r in manifest if r["shard"]), samples=sum(r["samples"] for r in manifest))
+    totals: dict[str, int] = {}
+    for row in manifest:
+        for entry in row["inputs"]:
+            progress.consumed.setdefault(entry["unit"], set()).update(entry["ids"])
+        totals.update({t["unit"]: t["total"] for t in row["unit_totals"]})
+    for unit, total in totals.items():
+        if len(progress.consumed.get(unit, ())) >= total:
+            progress.complete_units.add(unit)
+            progress.consumed.pop(unit, None)
+    return progress
+
+
+def remove_orphans(output: str) -> int:
+    """Delete shards and rejects that no manifest row lists (left by a killed run), and staging files."""
+    committed = {os.path.splitext(storage.basename(e.path))[0] for e in storage.list_dir(storage.join(output, MANIFEST))}
+    removed = 0
+    for folder in (SHARDS, REJECTS):
+        for entry in storage.list_dir(storage.join(output, folder)):
+            name = storage.basename(entry.path)
+            if name.startswith(".tmp-") or os.path.splitext(name)[0] not in committed:
+                storage.delete(storage.uri_of(output, entry))
+                removed += 1
+    return removed
+
+
+def write_success(output: str, summary: dict) -> None:
+    storage.write_bytes(storage.join(output, SUCCESS), json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
