@@ -69,6 +69,9 @@ def parse_sa1b(data: bytes, height: int, width: int) -> Annotations:
             continue
         rle = {"size": [height, width], "counts": counts}
         if isinstance(counts, list):  # uncompressed RLE: compress once so every later step sees one form
+            if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= height * width for n in counts):
+                invalid.append((index, "malformed_annotation", "uncompressed RLE counts are not run lengths in [0, h*w]"))
+                continue
             rle = mask_utils.frPyObjects(rle, height, width)
             rle["counts"] = rle["counts"].decode("ascii")
         rles.append(rle)
@@ -136,6 +139,8 @@ def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int
 
 def rle_runs(counts: str) -> np.ndarray:
     """Run lengths of a compressed COCO RLE string (vectorised port of pycocotools' rleFrString)."""
+    if not counts.isascii():  # checked first: .encode("ascii") would raise a non-BadInput error
+        raise BadInput("corrupt_rle", "RLE counts hold non-ASCII characters")
     c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
     if c.size == 0 or c.min() < 0 or c.max() > 63:
         raise BadInput("corrupt_rle", "RLE counts hold characters outside the COCO alphabet")

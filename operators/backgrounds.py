@@ -40,7 +40,6 @@ class Background:
     record: str  # "<unit>/<record>"
     image: np.ndarray  # BGR
     instances: list[Instance]
-    jpeg: bytes | None = None  # the input bytes, when they can be the output target.jpg unchanged
     categories: set[str] = field(default_factory=set)
 
     def __post_init__(self):
@@ -81,4 +80,4 @@ def resize_background(background: Background, short_side: int) -> Background:
         Instance(box=tuple(v * scale for v in i.box), area=i.area * scale * scale, category=i.category)
         for i in background.instances
     ]
-    return Background(background.record, image, instances, jpeg=None)
+    return Background(background.record, image, instances)

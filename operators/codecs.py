@@ -85,11 +85,6 @@ def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:
     return bgr[..., 2] + (bgr[..., 1] << 8) + (bgr[..., 0] << 16)
 
 
-def is_plain_rgb_jpeg(data: bytes, header: ImageHeader) -> bool:
-    """True when the input bytes can be written as an output ``.jpg`` unchanged (3-channel JPEG)."""
-    return header.format == "JPEG" and header.mode == "RGB" and data[:2] == b"\xff\xd8"
-
-
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:

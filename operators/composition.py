@@ -55,11 +55,14 @@ def rng_for(seed: int, *names: str) -> np.random.Generator:
 def rotate_rgba(rgba: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate a BGRA crop about its centre on an expanded, transparent canvas."""
     h, w = rgba.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    # Pixel centres run from 0 to w-1, so the centre is (w-1)/2: (w/2, h/2) would shift the crop by half a
+    # pixel (blurring it) and push its last row or column off the canvas.
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
     cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
-    new_w, new_h = int(np.ceil(h * sin + w * cos)), int(np.ceil(h * cos + w * sin))
-    matrix[0, 2] += new_w / 2 - w / 2
-    matrix[1, 2] += new_h / 2 - h / 2
+    eps = 1e-6  # cos(90°) is 6e-17, not 0: without slack the canvas grows by a pixel
+    new_w, new_h = int(np.ceil(h * sin + w * cos - eps)), int(np.ceil(h * cos + w * sin - eps))
+    matrix[0, 2] += (new_w - w) / 2
+    matrix[1, 2] += (new_h - h) / 2
     return cv2.warpAffine(rgba, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
 
 

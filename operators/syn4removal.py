@@ -25,7 +25,7 @@ from .annotations import (
 )
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
-from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, is_plain_rgb_jpeg
+from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray
 from .composition import PairingParams, pair_group
 from .entities import Entity, EntityLimits, cut_rgba, geometry_reject, shape_reject
 from .mask_enhance import MaskEnhanceParams
@@ -59,7 +59,7 @@ class Syn4RemovalParams(Params):
     group_size: int = Field(16, ge=2, le=4096, description="images decoded together; entities are pasted within a group")
     max_image_pixels: int = Field(50_000_000, ge=1, description="larger declared images are rejected (decompression bombs)")
     max_file_bytes: int = Field(256 << 20, ge=1 << 10, description="larger input files are rejected unread")
-    jpeg_quality: int = Field(95, ge=50, le=100, description="quality of re-encoded source/target JPEGs")
+    jpeg_quality: int = Field(95, ge=50, le=100, description="quality of the source/target JPEGs (both encoded alike)")
     entities: EntityParams = Field(default_factory=EntityParams)
     backgrounds: BackgroundParams = Field(default_factory=BackgroundParams)
     pairing: PairingParams = Field(default_factory=PairingParams)
@@ -160,7 +160,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         stats.counts["records"] += 1
         try:
             with stats.timed("decode"):
-                image, header = decode_image(record["image"], params.max_image_pixels)
+                image, _ = decode_image(record["image"], params.max_image_pixels)
         except BadInput as bad:
             group.rejects.append(Reject(record_id, "decode", bad.reason, bad.detail))
             continue
@@ -184,8 +184,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             group.rejects.append(Reject(record_id, "background", *rejected))
             continue
         instances = instances_of(annotations.segments, height, width, params.backgrounds)
-        passthrough = is_plain_rgb_jpeg(record["image"], header) and params.backgrounds.resize_short_side is None
-        background = Background(record_id, image, instances, jpeg=record["image"] if passthrough else None)
+        background = Background(record_id, image, instances)
         if params.backgrounds.resize_short_side:
             background = resize_background(background, params.backgrounds.resize_short_side)
         group.backgrounds.append(background)
@@ -222,7 +221,6 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
                     "scores": entity.scores,
                 },
                 **composite.meta,
-                "target": "input_bytes" if background.jpeg else "reencoded",
                 "seed": params.seed,
                 "config_hash": config_hash,
                 "version": __version__,
@@ -231,7 +229,8 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
                 {
                     "__key__": key,
                     "source.jpg": encode_jpeg(composite.source, params.jpeg_quality),
-                    "target.jpg": background.jpeg or encode_jpeg(background.image, params.jpeg_quality),
+                    # the same encoder as the source: outside the mask's JPEG blocks both are identical
+                    "target.jpg": encode_jpeg(background.image, params.jpeg_quality),
                     "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
                     "alpha.png": encode_png_gray(composite.alpha),
                     "json": json.dumps(meta, sort_keys=True).encode(),

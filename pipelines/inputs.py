@@ -147,13 +147,21 @@ def discover_all(args: list[str]) -> list[Unit]:
 
 
 def unit_groups(
-    unit: str, kind: str, categories: str, items: Iterable[tuple[str | None, object]], group_size: int, skip: set[str]
+    unit: str,
+    kind: str,
+    categories: str,
+    items: Iterable[tuple[str | None, object]],
+    group_size: int,
+    skip: set[str],
+    immutable: bool,
 ) -> Iterator[dict]:
     """Reader rows of one unit from its (id, member-or-Reject) items, in order.
 
     Members are opaque (URIs for planned units, bytes for tar members). Ids in `skip` were committed
     by an earlier run. Rejects found while reading (id None: about the unit itself) travel with the
-    unit's last row, which also carries ``unit_total``: the number of ids in the unit.
+    unit's last row. For an immutable unit (a tar) that row also carries ``unit_total``, the number
+    of ids in the unit, so that a later run can skip the whole unit unread; folders may grow, so
+    they are listed again by every run.
     """
     total = 0
     rejects: list[Reject] = []
@@ -180,7 +188,7 @@ def unit_groups(
             "records": [member for _, member in group],
             "rejects": [r.to_dict() for r in rejects] if last else [],
             "consumed": [i for i, _ in group] + (rejected_ids if last else []),
-            "unit_total": total if last else -1,
+            "unit_total": total if last and immutable else -1,
         }
 
     pending = None
@@ -188,7 +196,8 @@ def unit_groups(
         if pending is not None:
             yield row(pending, last=False)
         pending = group
-    yield row(pending or [], last=True)
+    if pending or rejects or immutable:
+        yield row(pending or [], last=True)
 
 
 def _stem(name: str) -> str:
@@ -254,6 +263,6 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
 def plan_groups(unit: Unit, group_size: int, skip: set[str]) -> list[dict]:
     """Reader rows (members as URIs) of a loose SA-1B folder or a panoptic split."""
     if unit.kind == "sa1b-dir":
-        return list(unit_groups(unit.name, "sa1b", "", _sa1b_dir_items(unit), group_size, skip))
+        return list(unit_groups(unit.name, "sa1b", "", _sa1b_dir_items(unit), group_size, skip, immutable=False))
     categories, items = _panoptic_items(unit)
-    return list(unit_groups(unit.name, "panoptic", categories, items, group_size, skip))
+    return list(unit_groups(unit.name, "panoptic", categories, items, group_size, skip, immutable=False))

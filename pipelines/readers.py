@@ -96,7 +96,7 @@ class SA1BTarDatasource(FileBasedDatasource):
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
         unit = self._units[path]
         items = tar_items(f, unit, self._max_file_bytes)
-        for row in unit_groups(unit, "sa1b", "", items, self._group_size, self._skip.get(unit, set())):
+        for row in unit_groups(unit, "sa1b", "", items, self._group_size, self._skip.get(unit, set()), immutable=True):
             yield _table(row)
 
 

@@ -34,7 +34,7 @@ class Job:
     name: str
     config_model: type[BaseModel]
     discover: Callable[[list[str]], list[Unit]]
-    build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows
+    build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows, or None
     rows_per_shard: Callable[[BaseModel], int]  # writer rows (groups) that fill about one shard
 
 
@@ -68,11 +68,13 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
     resources = {}
     if pending:
         resources = start_ray(config.ray, progress_bars)
-        sink = ShardSink(output, job.name, run_id, digest, __version__, config.shards, job.rows_per_shard(config))
-        # A fraction of a CPU keeps the (I/O-bound) write from fusing with the compute before it,
-        # which would otherwise run a whole shard's groups serially in the write task.
-        job.build(pending, progress, config, digest).write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
-        results = sink.results
+        dataset = job.build(pending, progress, config, digest)
+        if dataset is not None:
+            sink = ShardSink(output, job.name, run_id, digest, __version__, config.shards, job.rows_per_shard(config))
+            # A fraction of a CPU keeps the (I/O-bound) write from fusing with the compute before it,
+            # which would otherwise run a whole shard's groups serially in the write task.
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+            results = sink.results
     wall = time.perf_counter() - started
     totals = read_progress(output, job.name, digest)
     summary = build_summary(

@@ -7,6 +7,8 @@ import os
 
 from .config import RayParams
 
+_SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+
 
 def start_ray(params: RayParams, progress: bool) -> dict:
     """Initialise Ray once per process; returns the cluster's resources (CPU, GPU, memory)."""
@@ -15,7 +17,9 @@ def start_ray(params: RayParams, progress: bool) -> dict:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not ray.is_initialized():
-        common = {"logging_level": logging.WARNING, "log_to_driver": True}
+        # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
+        env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV}
+        common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": {"env_vars": env}}
         if params.address:
             ray.init(address=params.address, **common)
         else:

@@ -32,8 +32,8 @@ def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dic
     return pack_group(group.unit, group.consumed, group.unit_total, samples, group.rejects, group.stats)
 
 
-def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset:
-    """Reader rows of the pending units; ids committed by earlier runs are skipped."""
+def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset | None:
+    """Reader rows of the pending units (None if nothing is left); ids committed earlier are skipped."""
     parts = []
     tars = sorted((u for u in units if u.kind == "sa1b-tar"), key=lambda u: storage.is_s3(u.uri))
     for _, same_fs in groupby(tars, key=lambda u: storage.is_s3(u.uri)):
@@ -58,11 +58,14 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
     if rows:
         source = PlannedGroupsDatasource(rows, config.max_file_bytes)
         parts.append(ray.data.read_datasource(source, override_num_blocks=len(rows), num_cpus=READ_CPUS))
+    if not parts:
+        return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, config_hash: str) -> ray.data.Dataset:
-    return read_groups(units, progress, config).map(process_group, fn_kwargs={"config": config, "config_hash": config_hash})
+def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, config_hash: str) -> ray.data.Dataset | None:
+    groups = read_groups(units, progress, config)
+    return groups.map(process_group, fn_kwargs={"config": config, "config_hash": config_hash}) if groups else None
 
 
 def rows_per_shard(config: Syn4RemovalConfig) -> int:

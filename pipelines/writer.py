@@ -116,15 +116,22 @@ class _OpenShard:
     unit_totals: dict[str, int] = field(default_factory=dict)
     rejects: list[dict] = field(default_factory=list)
 
+    def _write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
+
     def add(self, row: dict) -> None:
-        self.file.write(row["samples"])
-        self.digest.update(row["samples"])
-        self.bytes += len(row["samples"])
+        self._write(row["samples"])
         self.keys += row["keys"]
         self.inputs.setdefault(row["unit"], []).extend(row["consumed"])
         if row["unit_total"] >= 0:
             self.unit_totals[row["unit"]] = row["unit_total"]
         self.rejects += row["rejects"]
+
+    def close(self) -> None:
+        self._write(_END_OF_ARCHIVE)
+        self.file.close()
 
 
 class ShardSink(Datasink):
@@ -167,8 +174,7 @@ class ShardSink(Datasink):
 
     def _commit(self, shard: _OpenShard, task: int, part: int) -> dict:
         name = self._name(task, part)
-        shard.file.write(_END_OF_ARCHIVE)
-        shard.file.close()
+        shard.close()
         shard_rel = None
         if shard.keys:
             shard_rel = f"{SHARDS}/{name}.tar"
@@ -187,7 +193,7 @@ class ShardSink(Datasink):
             "config_hash": self.config_hash,
             "version": self.version,
             "samples": len(shard.keys),
-            "bytes": shard.bytes + len(_END_OF_ARCHIVE) if shard.keys else 0,
+            "bytes": shard.bytes if shard.keys else 0,
             "sha256": shard.digest.copy().hexdigest() if shard.keys else None,
             "keys": shard.keys,
             "inputs": [{"unit": u, "ids": ids} for u, ids in shard.inputs.items()],

@@ -1,0 +1,54 @@
+"""Readers of a pipeline output and the FORMATS.md contract checks every test applies to it."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+REQUIRED_FILES = {"syn4removal": {"source.jpg", "target.jpg", "mask.png", "alpha.png", "json"},
+                  "video4removal": {"source.jpg", "target.jpg", "mask.png", "json"}}
+
+
+def shard_paths(output: str) -> list[str]:
+    return sorted(p for p in glob.glob(os.path.join(output, "shards", "*.tar")))
+
+
+def read_samples(output: str) -> list[dict]:
+    """Every sample of every shard, raw bytes, read with webdataset."""
+    return list(wds.WebDataset(shard_paths(output), shardshuffle=False, empty_check=False))
+
+
+def read_parquet_dir(path: str) -> list[dict]:
+    files = sorted(glob.glob(os.path.join(path, "*.parquet")))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(data)))
+
+
+def check_sample(sample: dict, pipeline: str) -> dict:
+    """Assert the output contract on one sample; returns its decoded json."""
+    assert REQUIRED_FILES[pipeline] <= set(sample), f"{sample['__key__']} lacks {REQUIRED_FILES[pipeline] - set(sample)}"
+    meta = json.loads(sample["json"])
+    assert meta["pipeline"] == pipeline and meta["key"] == sample["__key__"]
+    assert meta["config_hash"] and meta["version"]
+    source, target, mask = (decode(sample[k]) for k in ("source.jpg", "target.jpg", "mask.png"))
+    assert source.ndim == 3 and source.shape[2] == 3 and target.shape == source.shape
+    assert mask.ndim == 2 and mask.dtype == np.uint8 and mask.shape == source.shape[:2]
+    assert set(np.unique(mask)) <= {0, 255}
+    assert 0 < np.count_nonzero(mask) < mask.size, "mask is empty or the whole image"
+    if pipeline == "syn4removal":
+        assert decode(sample["alpha.png"]).shape == mask.shape
+        # both JPEGs come from the same encoder: outside the 16-px blocks touching the mask they are identical
+        near = cv2.dilate((mask > 0).astype(np.uint8), np.ones((33, 33), np.uint8)) > 0
+        assert np.array_equal(source[~near], target[~near]), "source differs from target outside the mask"
+    return meta

@@ -1,0 +1,260 @@
+"""codecs: validated decoding (reasons for bad bytes) and the PNG/JPEG encoders, checked against PIL."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pairmine.operators.codecs import (
+    BadInput,
+    decode_image,
+    decode_panoptic_ids,
+    encode_jpeg,
+    encode_png_gray,
+    read_header,
+)
+
+BIG = 10**8  # a max_pixels that admits every test image
+
+
+def _rgb(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth RGB test picture (gradients plus a little noise), JPEG-friendly."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), (xx + yy) % 256], -1)
+    return np.clip(image + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+
+
+def _pil_bytes(array: np.ndarray, fmt: str, mode: str | None = None, **kwargs) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny, well-formed PNG whose IHDR declares `width` x `height` RGB pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _bomb_jpeg(width: int, height: int) -> bytes:
+    """A real small JPEG with its SOF0 frame header patched to declare `width` x `height`."""
+    data = bytearray(_pil_bytes(_rgb(), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def _corrupt_png_idat() -> bytes:
+    """A PNG whose IDAT payload is zeroed (CRC no longer matches) but which still ends with IEND."""
+    data = bytearray(cv2.imencode(".png", _rgb(64, 64))[1].tobytes())
+    i = data.find(b"IDAT")
+    data[i + 20 : i + 200] = bytes(180)
+    return bytes(data)
+
+
+def _jpeg() -> bytes:
+    return _pil_bytes(_rgb(), "JPEG", quality=90)
+
+
+def _png() -> bytes:
+    return _pil_bytes(_rgb(), "PNG")
+
+
+BAD_INPUTS = {
+    "zero_bytes": (lambda: b"", "empty_file"),
+    "garbage": (lambda: bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "not_an_image"),
+    "text": (lambda: b'{"not": "an image"}', "not_an_image"),
+    "truncated_jpeg": (lambda: _jpeg()[: len(_jpeg()) // 2], "truncated_image"),
+    "jpeg_without_eoi": (lambda: _jpeg()[:-2], "truncated_image"),
+    "truncated_png": (lambda: _png()[: len(_png()) // 2], "truncated_image"),
+    "png_without_iend": (lambda: _png()[:-12], "truncated_image"),
+    "jpeg_bomb_header": (lambda: _bomb_jpeg(65000, 65000), "image_too_large"),
+    "png_bomb_header": (lambda: _bomb_png(65000, 65000), "image_too_large"),
+    "corrupt_png_data": (_corrupt_png_idat, "corrupt_image"),
+    "padding_past_tail": (lambda: _jpeg() + bytes(5000), "truncated_image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_bytes_raise_badinput_with_reason(name):
+    make, reason = BAD_INPUTS[name]
+    with pytest.raises(BadInput) as info:
+        decode_image(make(), BIG)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError) and info.value.detail
+
+
+def test_header_over_max_pixels_is_too_large_before_decoding():
+    """A declared size over the caller's limit (far below PIL's own bomb limit) is refused."""
+    data = _png()  # 64 x 48 = 3072 px
+    assert read_header(data, 3072).width == 64
+    with pytest.raises(BadInput) as info:
+        decode_image(data, 3071)
+    assert info.value.reason == "image_too_large"
+
+
+def test_sample_bomb_jpeg_from_tar_is_too_large(sa1b_members):
+    with pytest.raises(BadInput) as info:
+        read_header(sa1b_members["sa_900004.jpg"], 50_000_000)
+    assert info.value.reason == "image_too_large"
+
+
+def test_sample_truncated_jpeg_from_tar_is_truncated(sa1b_members):
+    with pytest.raises(BadInput) as info:
+        decode_image(sa1b_members["sa_900001.jpg"], 50_000_000)
+    assert info.value.reason == "truncated_image"
+
+
+def test_small_trailing_padding_is_tolerated():
+    image, header = decode_image(_jpeg() + bytes(100), BIG)
+    assert image.shape == (48, 64, 3) and header.format == "JPEG"
+
+
+def test_png_decodes_exactly_to_bgr():
+    rgb = _rgb(37, 53, seed=3)
+    image, header = decode_image(_pil_bytes(rgb, "PNG"), BIG)
+    assert (header.width, header.height, header.format, header.mode) == (53, 37, "PNG", "RGB")
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, rgb[..., ::-1])
+
+
+def test_grayscale_png_decodes_to_three_channels():
+    gray = _rgb()[..., 0]
+    image, header = decode_image(_pil_bytes(gray, "PNG"), BIG)
+    assert header.mode == "L" and image.shape == gray.shape + (3,)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], gray)
+
+
+def test_jpeg_decode_matches_pil_within_idct_rounding():
+    data = _jpeg()
+    image, header = decode_image(data, BIG)
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[..., ::-1]
+    assert image.shape == reference.shape
+    assert np.abs(image.astype(int) - reference).max() <= 3
+
+
+def test_exif_orientation_is_ignored():
+    """A rotated-by-EXIF JPEG keeps its stored size, so it matches its header instead of failing as corrupt."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW" on display
+    data = _pil_bytes(_rgb(40, 70), "JPEG", exif=exif.tobytes())
+    image, header = decode_image(data, BIG)
+    assert image.shape[:2] == (40, 70) == (header.height, header.width)
+
+
+def test_real_sample_jpeg_decodes(sa1b_members):
+    data = sa1b_members["sa_100.jpg"]
+    image, header = decode_image(data, 50_000_000)
+    with Image.open(io.BytesIO(data)) as im:
+        assert image.shape == (im.height, im.width, 3)
+        assert (header.width, header.height, header.format, header.mode) == (im.width, im.height, "JPEG", "RGB")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 1), (97, 131), (256, 256)])
+def test_png_gray_encoder_roundtrips_through_pil_and_opencv(shape):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image[: shape[0] // 2] = 255  # mask-like constant rows too
+    data = encode_png_gray(image)
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # verifies CRCs and the zlib stream
+        assert (im.format, im.mode, im.size) == ("PNG", "L", (shape[1], shape[0]))
+        np.testing.assert_array_equal(np.asarray(im), image)
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), image)
+
+
+def test_png_gray_encoder_accepts_non_contiguous_views():
+    base = np.arange(40 * 60, dtype=np.uint32).reshape(40, 60).astype(np.uint8)
+    view = base[::2, ::3]
+    with Image.open(io.BytesIO(encode_png_gray(view))) as im:
+        np.testing.assert_array_equal(np.asarray(im), view)
+
+
+def test_png_gray_encoder_output_passes_our_own_decoder():
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 10:30] = 255
+    image, header = decode_image(encode_png_gray(mask), BIG)
+    assert header.format == "PNG" and header.mode == "L"
+    np.testing.assert_array_equal(image[..., 0], mask)
+
+
+@pytest.mark.parametrize(
+    "array", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint16), np.zeros((4, 4), bool), np.zeros(4, np.uint8)]
+)
+def test_png_gray_encoder_rejects_non_2d_uint8(array):
+    with pytest.raises(ValueError):
+        encode_png_gray(array)
+
+
+def _jpeg_error(data: bytes, image_bgr: np.ndarray) -> float:
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[..., ::-1]
+    assert decoded.shape == image_bgr.shape
+    return float(np.abs(decoded.astype(int) - image_bgr).mean())
+
+
+@pytest.mark.parametrize("quality", [60, 95])
+def test_jpeg_encoder_error_is_that_of_a_reference_encoder(quality):
+    """Our bytes decode to the image with about the error of PIL's encoder at the same quality."""
+    image = _rgb(64, 80)[..., ::-1].copy()
+    data = encode_jpeg(image, quality)
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    reference = _jpeg_error(_pil_bytes(image[..., ::-1], "JPEG", quality=quality), image)
+    assert _jpeg_error(data, image) <= 1.25 * reference + 0.25
+
+
+def test_jpeg_encoder_quality_orders_size_and_error():
+    image = _rgb(64, 80)
+    low, high = encode_jpeg(image, 60), encode_jpeg(image, 95)
+    assert len(low) < len(high)
+    assert _jpeg_error(high, image) < _jpeg_error(low, image)
+
+
+def _id_png(ids: np.ndarray) -> bytes:
+    """Independent COCO panoptic encoding: R = id % 256, G = id // 256 % 256, B = id // 256**2."""
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    return _pil_bytes(rgb, "PNG")
+
+
+def test_panoptic_ids_decode_random_map():
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 256**3, (33, 47))
+    np.testing.assert_array_equal(decode_panoptic_ids(_id_png(ids), BIG), ids)
+
+
+def test_panoptic_ids_of_the_sample_are_its_segments(panoptic):
+    ids = decode_panoptic_ids(panoptic["png"], BIG)
+    declared = {s["id"]: s["area"] for s in panoptic["annotation"]["segments_info"]}
+    assert ids.shape == (panoptic["image_info"]["height"], panoptic["image_info"]["width"])
+    assert set(np.unique(ids).tolist()) <= set(declared) | {0}
+    for seg_id, area in declared.items():
+        assert int((ids == seg_id).sum()) == area
+
+
+def test_panoptic_ids_refuse_a_jpeg():
+    with pytest.raises(BadInput) as info:
+        decode_panoptic_ids(_jpeg(), BIG)
+    assert info.value.reason == "corrupt_panoptic_png"
+
+
+@pytest.mark.parametrize("data, reason", [(b"", "empty_file"), (_bomb_png(65000, 65000), "image_too_large")])
+def test_panoptic_ids_bad_bytes(data, reason):
+    with pytest.raises(BadInput) as info:
+        decode_panoptic_ids(data, BIG)
+    assert info.value.reason == reason

@@ -1,0 +1,144 @@
+"""entities: geometry checks on the annotation, shape checks on the decoded crop, and the RGBA cut."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pairmine.operators.annotations import Segment
+from pairmine.operators.entities import Entity, EntityLimits, cut_rgba, geometry_reject, shape_reject
+
+H, W = 200, 300
+LIMITS = EntityLimits()  # 0.05 <= area ratio <= 0.95, box side >= 32, main part >= 0.8, border contact <= 0.2
+
+
+def segment(area_ratio: float, box_w: float = 100, box_h: float = 100) -> Segment:
+    return Segment(index=0, box=(10.0, 10.0, box_w, box_h), area=area_ratio * H * W)
+
+
+@pytest.mark.parametrize(
+    "area_ratio, box_w, box_h, reason",
+    [
+        (0.049, 100, 100, "area_too_small"),
+        (0.05, 100, 100, None),  # the bound itself passes
+        (0.5, 100, 100, None),
+        (0.95, 290, 199, None),
+        (0.951, 290, 199, "area_too_large"),
+        (0.2, 31, 200, "bbox_too_small"),
+        (0.2, 200, 31.9, "bbox_too_small"),
+        (0.2, 32, 32, None),
+    ],
+)
+def test_geometry_reject(area_ratio, box_w, box_h, reason):
+    result = geometry_reject(segment(area_ratio, box_w, box_h), H, W, LIMITS)
+    assert (result[0] if result else None) == reason
+    if result:
+        assert result[1]  # a detail for the rejects table
+
+
+def test_geometry_reject_follows_the_limits():
+    loose = EntityLimits(min_area_ratio=0.001, max_area_ratio=0.999, min_box_side=1)
+    assert geometry_reject(segment(0.002, 2, 2), H, W, loose) is None
+    assert geometry_reject(segment(0.002, 2, 2), H, W, LIMITS)[0] == "area_too_small"
+
+
+@pytest.mark.parametrize(
+    "values", [{"min_area_ratio": 0.5, "max_area_ratio": 0.5}, {"min_area_ratio": 0.6, "max_area_ratio": 0.4}, {"min_box_side": 0}, {"foo": 1}]
+)
+def test_entity_limits_reject_bad_values(values):
+    with pytest.raises(ValidationError):
+        EntityLimits(**values)
+
+
+def disk(h: int, w: int, cx: int, cy: int, r: int) -> np.ndarray:
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, (cx, cy), r, 1, -1)
+    return mask
+
+
+def crop_of(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    return mask[y0:y1, x0:x1].copy(), (int(x0), int(y0), int(x1), int(y1))
+
+
+def test_compact_interior_mask_passes_shape_checks():
+    crop, bounds = crop_of(disk(H, W, 150, 100, 40))
+    assert shape_reject(crop, bounds, H, W, LIMITS) is None
+
+
+@pytest.mark.parametrize("speck_ratio, fragmented", [(0.05, False), (0.2, False), (0.3, True), (1.0, True)])
+def test_fragmentation_is_the_main_part_share(speck_ratio, fragmented):
+    """Two separate squares: the main part holds 1 / (1 + speck_ratio) of the mask (bound 0.8)."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[50:90, 50:90] = 1  # 1600 px
+    side = int(round(np.sqrt(1600 * speck_ratio)))
+    mask[120 : 120 + side, 150 : 150 + side] = 1
+    crop, bounds = crop_of(mask)
+    main = 1600 / mask.sum()
+    assert (main < LIMITS.min_main_component) == fragmented
+    result = shape_reject(crop, bounds, H, W, LIMITS)
+    assert (result is not None and result[0] == "fragmented") == fragmented
+
+
+def test_diagonal_touching_parts_are_one_component():
+    """8-connectivity: squares that touch at a corner are one object, not fragments."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[40:80, 40:80] = 1
+    mask[80:120, 80:120] = 1
+    crop, bounds = crop_of(mask)
+    assert shape_reject(crop, bounds, H, W, LIMITS) is None
+
+
+def border_contact(crop: np.ndarray, bounds, h: int, w: int) -> float:
+    """Independent count: mask pixels lying on the image's outermost rows/columns / box perimeter."""
+    x0, y0, x1, y1 = bounds
+    full = np.zeros((h, w), np.uint8)
+    full[y0:y1, x0:x1] = crop
+    on_edge = full[0].sum() + full[-1].sum() + full[:, 0].sum() + full[:, -1].sum()
+    return on_edge / (2.0 * ((x1 - x0) + (y1 - y0)))
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("cut_by_left_edge", lambda: disk(H, W, 10, 100, 50)),  # chord of ~98 px on a 120+100 px box
+        ("slightly_touching_top", lambda: disk(H, W, 150, 38, 40)),  # a few pixels on the top edge
+        ("corner_quarter", lambda: disk(H, W, 0, 0, 60)),
+        ("full_width_band", lambda: np.pad(np.ones((40, W), np.uint8), ((80, 80), (0, 0)))),
+        ("interior", lambda: disk(H, W, 150, 100, 30)),
+    ],
+)
+def test_border_truncation_is_the_share_of_the_box_perimeter_on_the_border(name, make):
+    crop, bounds = crop_of(make())
+    contact = border_contact(crop, bounds, H, W)
+    result = shape_reject(crop, bounds, H, W, LIMITS)
+    assert (result is not None and result[0] == "truncated_at_border") == (contact > LIMITS.max_border_contact)
+    if name == "interior":
+        assert contact == 0 and result is None
+    if name in ("cut_by_left_edge", "corner_quarter"):
+        assert result is not None  # the cases are built to cross the 0.2 bound
+
+
+def test_border_contact_bound_is_configurable():
+    crop, bounds = crop_of(disk(H, W, 10, 100, 50))
+    assert shape_reject(crop, bounds, H, W, EntityLimits(max_border_contact=1.0)) is None
+
+
+def test_cut_rgba_copies_pixels_and_sets_alpha_from_the_mask():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    crop, bounds = crop_of(disk(H, W, 150, 100, 30))
+    x0, y0, x1, y1 = bounds
+    rgba = cut_rgba(image, crop, bounds)
+    assert rgba.shape == (y1 - y0, x1 - x0, 4) and rgba.dtype == np.uint8
+    np.testing.assert_array_equal(rgba[..., :3], image[y0:y1, x0:x1])
+    np.testing.assert_array_equal(rgba[..., 3], np.where(crop == 1, 255, 0))
+
+
+def test_entity_properties_come_from_its_segment():
+    seg = Segment(index=3, box=(0, 0, 10, 10), area=42.0, category="dog")
+    entity = Entity("u/r#3", "u/r", seg, 0.1)
+    assert (entity.category, entity.area, entity.rgba, entity.scores) == ("dog", 42.0, None, {})

@@ -1,0 +1,168 @@
+"""Syn4Removal end to end on a local Ray: contract of every sample, rejects, reruns, S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import pytest
+import ray
+from helpers import check_sample, read_parquet_dir, read_samples, shard_paths
+from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
+
+from pairmine.pipelines.run import run
+from pairmine.pipelines.syn4removal import JOB
+from pairmine.pipelines.writer import OutputConflict
+
+SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
+EXPECTED_BAD = {  # input id -> (stage, reason), from testdata/README.md
+    "sa_000000.tar/sa_900001": ("decode", "truncated_image"),
+    "sa_000000.tar/sa_900002": ("annotation", "malformed_json"),
+    "sa_000000.tar/sa_900003": ("background", "annotations_invalid"),
+    "sa_000000.tar/sa_900004": ("decode", "image_too_large"),
+    "sa_000000.tar/sa_900005": ("read", "missing_image"),
+}
+
+
+def _run(inputs, output, *overrides):
+    return run(JOB, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
+
+
+def _keys(output) -> list[str]:
+    return [s["__key__"] for s in read_samples(str(output))]
+
+
+def test_every_sample_meets_the_contract_and_every_bad_record_is_rejected(tmp_path, ray_local):
+    out = tmp_path / "out"
+    summary = _run([SA1B_TAR], out)
+    samples = read_samples(str(out))
+    assert samples, "the sample tar yields triplets"
+    metas = [check_sample(s, "syn4removal") for s in samples]
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys))
+    assert all(m["entity"]["source"] != m["background"]["id"] for m in metas), "entity pasted into its own image"
+
+    rejects = read_parquet_dir(str(out / "rejects"))
+    by_input = {(r["input"], r["stage"], r["reason"]) for r in rejects}
+    for input_id, (stage, reason) in EXPECTED_BAD.items():
+        assert (input_id, stage, reason) in by_input, f"{input_id} not rejected with {stage}/{reason}"
+    assert any(r["reason"] == "unsafe_member" and "../../sa_900006" in r["input"] for r in rejects)
+    assert sum(r["reason"] == "rle_size_mismatch" and r["input"].startswith("sa_000000.tar/sa_900003#") for r in rejects) == 57
+    assert all(r["detail"] for r in rejects if r["stage"] in ("read", "decode", "annotation"))
+
+    assert summary["written"]["samples"] == len(samples)
+    assert summary["rejects"]["total"] == len(rejects)
+    assert summary["rejects"]["by_reason"] == dict(Counter(f"{r['stage']}/{r['reason']}" for r in rejects))
+    assert json.loads((out / "_SUCCESS").read_text())["run"] == summary["run"]
+
+
+def test_manifest_lists_complete_shards_readable_by_webdataset_and_ray(tmp_path, loose_sa1b, ray_local):
+    out = tmp_path / "out"
+    _run([SA1B_TAR, loose_sa1b], out, "shards.max_samples=2", "group_size=2")
+    manifest = read_parquet_dir(str(out / "manifest"))
+    listed = sorted(str(out / r["shard"]) for r in manifest if r["shard"])
+    assert listed == shard_paths(str(out)) and len(listed) >= 2
+    for row in manifest:
+        if row["shard"]:
+            data = (out / row["shard"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == row["sha256"] and len(data) == row["bytes"]
+    consumed = sorted(i for r in manifest for entry in r["inputs"] for i in entry["ids"])
+    assert len(consumed) == len(set(consumed)) == 11 + 12, "every input id consumed exactly once"
+    keys = _keys(out)
+    assert sorted(keys) == sorted(k for r in manifest for k in r["keys"])
+    ds = ray.data.read_webdataset([str(p) for p in listed])
+    assert sorted(r["__key__"] for r in ds.take_all()) == sorted(keys)
+
+
+def test_rerun_is_idempotent_and_outputs_are_deterministic(tmp_path, ray_local):
+    first, again = tmp_path / "a", tmp_path / "b"
+    _run([SA1B_TAR], first)
+    manifest_before = sorted(os.listdir(first / "manifest"))
+    summary = _run([SA1B_TAR], first)
+    assert summary["units"] == {"given": 1, "planned": 0, "already_complete": 1}
+    assert sorted(os.listdir(first / "manifest")) == manifest_before and (first / "_SUCCESS").exists()
+    _run([SA1B_TAR], again)
+    a, b = read_samples(str(first)), read_samples(str(again))
+    assert [s["__key__"] for s in a] == [s["__key__"] for s in b]
+    assert [s["source.jpg"] for s in a] == [s["source.jpg"] for s in b], "same config + inputs => same bytes"
+
+
+def test_another_config_on_the_same_output_is_refused(tmp_path, ray_local):
+    _run([SA1B_TAR], tmp_path / "out")
+    with pytest.raises(OutputConflict, match="config"):
+        _run([SA1B_TAR], tmp_path / "out", "seed=7")
+
+
+def test_resume_after_partial_commit_finishes_without_duplicates(tmp_path, ray_local):
+    """A run that committed only some shards (the others lost or orphaned) is finished by a rerun."""
+    loose = tmp_path / "loose"
+    write_loose_sa1b(loose, 12)
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    _run([loose], clean, "group_size=2", "shards.max_samples=2")
+    _run([loose], resumed, "group_size=2", "shards.max_samples=2")
+    manifests = sorted((resumed / "manifest").iterdir())
+    assert len(manifests) >= 3
+    for lost in manifests[1::2]:  # as if killed after the shard upload but before its manifest row
+        lost.unlink()
+    (resumed / "shards" / ".tmp-half-written.tar").write_bytes(b"partial")
+    _run([loose], resumed, "group_size=2", "shards.max_samples=2")
+    keys = _keys(resumed)
+    assert len(keys) == len(set(keys)), "no duplicate samples after the resume"
+    assert sorted(keys) == sorted(_keys(clean)), "the resumed output equals an uninterrupted one"
+    assert not any(p.name.startswith(".tmp-") for p in (resumed / "shards").iterdir())
+
+
+def test_new_inputs_are_processed_incrementally(tmp_path, ray_local):
+    loose = tmp_path / "loose"
+    old = write_loose_sa1b(loose, 6)
+    out = tmp_path / "out"
+    _run([loose], out, "group_size=3")
+    before = set(_keys(out))
+    new = write_loose_sa1b(loose, 6, first=2000)
+    summary = _run([loose], out, "group_size=3")
+    added = set(_keys(out)) - before
+    assert before <= set(_keys(out)) and added
+    sources = {json.loads(s["json"])["background"]["id"].split("/")[-1] for s in read_samples(str(out)) if s["__key__"] in added}
+    assert sources <= set(new) and not sources & set(old)
+    assert summary["counts"]["records"] == len(new)
+
+
+@pytest.mark.parametrize("per_image_layout", [False, True], ids=["global-json", "per-image-json"])
+def test_panoptic_root_in_both_layouts(tmp_path, ray_local, per_image_layout):
+    root = write_panoptic_root(tmp_path / "coco", copies=3, per_image_layout=per_image_layout)
+    out = tmp_path / "out"
+    _run([root], out, "entities.min_area_ratio=0.005", "placement.min_paste_area_ratio=0.005")  # COCO's people are small
+    metas = [check_sample(s, "syn4removal") for s in read_samples(str(out))]
+    assert metas and all(m["entity"]["category"] for m in metas)
+    assert any(m["paste"]["size_rule"] == "same_category" for m in metas)
+
+
+def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_bucket):
+    s3 = boto3.client("s3")
+    s3.upload_file(SA1B_TAR, s3_bucket, "in/sa1b/sa_000000.tar")
+    loose = tmp_path / "loose"
+    for stem in write_loose_sa1b(loose, 4):
+        for ext in ("jpg", "json"):
+            s3.upload_file(str(loose / f"{stem}.{ext}"), s3_bucket, f"in/loose/{stem}.{ext}")
+    output = f"s3://{s3_bucket}/out/run1"
+    summary = _run([f"s3://{s3_bucket}/in/sa1b/", f"s3://{s3_bucket}/in/loose"], output)
+    listing = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/run1/")["Contents"]]
+    shards = [k for k in listing if k.startswith("out/run1/shards/") and k.endswith(".tar")]
+    assert shards and any(k.startswith("out/run1/manifest/") for k in listing) and "out/run1/_SUCCESS" in listing
+    local = tmp_path / "mirror"
+    for key in listing:
+        target = local / key.removeprefix("out/run1/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(s3_bucket, key, str(target))
+    samples = read_samples(str(local))
+    assert len(samples) == summary["written"]["samples"] > 0
+    for sample in samples:
+        check_sample(sample, "syn4removal")
+    assert any(r["reason"] == "truncated_image" for r in read_parquet_dir(str(local / "rejects")))
+    again = _run([f"s3://{s3_bucket}/in/sa1b/sa_000000.tar", f"s3://{s3_bucket}/in/loose"], output)
+    assert again["units"]["already_complete"] == 1 and again["written"]["samples"] == 0, "the rerun redid work"
+    assert again["output_totals"]["samples"] == len(samples)
