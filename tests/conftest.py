@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def s3_bucket(s3_endpoint, request):
     """A fresh, empty bucket per test."""
     import boto3
 
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
     boto3.client("s3").create_bucket(Bucket=name)
     return name
 

@@ -1,0 +1,106 @@
+"""The ``pairmine`` command as users run it: help, one-line errors before any work, kill and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers import read_parquet_dir, read_samples, shard_paths
+from sample_inputs import TESTDATA, write_loose_sa1b
+
+from pairmine.pipelines.run import run
+from pairmine.pipelines.syn4removal import JOB
+
+PAIRMINE = [sys.executable, "-m", "pairmine.pipelines.cli"]
+SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
+
+
+def pairmine(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*PAIRMINE, *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["syn4removal", "--help"]])
+def test_help_says_what_it_does_with_examples(args):
+    result = pairmine(*args)
+    assert result.returncode == 0
+    assert "syn4removal" in result.stdout
+    if len(args) == 2:
+        assert "examples:" in result.stdout and "--input" in result.stdout and "s3://" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--input", "no/such/path"], "input not found"),
+        (["--input", SA1B_TAR, "--set", "placement.nope=1"], "unknown key 'placement.nope'"),
+        (["--input", SA1B_TAR, "--set", "placement.max_instance_overlap=2"], "placement.max_instance_overlap"),
+        (["--input", SA1B_TAR, "--set", "group_size=many"], "group_size"),
+        (["--input", SA1B_TAR, "--set", "seed"], "KEY=VALUE"),
+        (["--input", SA1B_TAR, "--set", "mask_enhancement.modes=[erode]"], "training time only"),
+        (["--input", SA1B_TAR, "--config", "missing.yaml"], "cannot read config missing.yaml"),
+    ],
+)
+def test_bad_arguments_fail_fast_with_one_line(tmp_path, extra, message):
+    out = tmp_path / "out"
+    result = pairmine("syn4removal", "--output", str(out), *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pairmine: error:") and message in lines[0], result.stderr
+    assert not (out / "shards").exists(), "work started despite the error"
+
+
+def test_unreachable_bucket_fails_fast(tmp_path, s3_endpoint):
+    result = pairmine("syn4removal", "--input", "s3://no-such-bucket/sa1b/", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "no-such-bucket" in result.stderr
+
+
+def test_print_config_and_dry_run(tmp_path):
+    shown = pairmine("syn4removal", "--input", SA1B_TAR, "--output", str(tmp_path / "o"), "--print-config", "--set", "seed=5")
+    assert shown.returncode == 0 and "seed: 5" in shown.stdout and "# config_hash: " in shown.stdout
+    plan = pairmine("syn4removal", "--input", SA1B_TAR, "--output", str(tmp_path / "o"), "--dry-run")
+    assert plan.returncode == 0 and '"name": "sa_000000.tar"' in plan.stdout and '"done": false' in plan.stdout
+    assert not (tmp_path / "o" / "shards").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, ray_local):
+    loose = tmp_path / "loose"
+    stems = write_loose_sa1b(loose, 80)
+    args = ["--input", str(loose), "--set", "group_size=2", "--set", "shards.max_samples=2", "--set", "ray.num_cpus=2", "--no-progress"]
+    out = tmp_path / "killed"
+    job = subprocess.Popen([*PAIRMINE, "syn4removal", "--output", str(out), *args], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((out / "manifest").glob("*.parquet"))) < 3:
+        assert job.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    time.sleep(2)  # anything still writing would show up now
+    listed = {r["shard"]: r for r in read_parquet_dir(str(out / "manifest")) if r["shard"]}
+    assert 0 < len(listed) and len(set(r["shard"] for r in read_parquet_dir(str(out / "manifest")))) < 40, "not killed mid-way"
+    for path in shard_paths(str(out)):
+        with tarfile.open(path) as tar:  # every visible .tar is a complete archive
+            assert tar.getmembers()
+        rel = f"shards/{Path(path).name}"
+        if rel in listed:
+            assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == listed[rel]["sha256"]
+
+    rerun = pairmine("syn4removal", "--output", str(out), *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    keys = [s["__key__"] for s in read_samples(str(out))]
+    assert len(keys) == len(set(keys)), "duplicates after the rerun"
+    consumed = [i for r in read_parquet_dir(str(out / "manifest")) for e in r["inputs"] for i in e["ids"]]
+    assert sorted(consumed) == sorted(stems), "every input consumed exactly once"
+
+    clean = tmp_path / "clean"
+    run(JOB, [str(loose)], str(clean), overrides=["group_size=2", "shards.max_samples=2"], progress_bars=False)
+    assert sorted(keys) == sorted(s["__key__"] for s in read_samples(str(clean)))

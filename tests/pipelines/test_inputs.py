@@ -1,0 +1,102 @@
+"""Input discovery and group planning."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
+
+from pairmine.pipelines.inputs import InputError, discover, discover_all, groups_of, plan_groups, unit_groups
+
+SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
+
+
+def test_kinds_are_detected(tmp_path):
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    for name in ("sa_000001.tar", "sa_000002.tar"):
+        shutil.copy(SA1B_TAR, tars / name)
+    write_loose_sa1b(tmp_path / "loose", 2)
+    assert [(u.kind, u.name) for u in discover(str(SA1B_TAR))] == [("sa1b-tar", "sa_000000.tar")]
+    assert [u.name for u in discover(str(tars))] == ["sa_000001.tar", "sa_000002.tar"]
+    assert [(u.kind, u.name) for u in discover(str(tmp_path / "loose"))] == [("sa1b-dir", "loose")]
+    assert [(u.kind, u.name) for u in discover(str(TESTDATA / "coconut" / "panoptic"))] == [("panoptic", "panoptic/val2017")]
+
+
+def test_ambiguous_folder_needs_a_kind_prefix(tmp_path):
+    write_loose_sa1b(tmp_path, 2)
+    shutil.copy(SA1B_TAR, tmp_path / "sa_000009.tar")
+    with pytest.raises(InputError, match="several input kinds"):
+        discover(str(tmp_path))
+    assert [u.kind for u in discover(f"sa1b-tar:{tmp_path}")] == ["sa1b-tar"]
+    assert [u.kind for u in discover(f"sa1b-dir:{tmp_path}")] == ["sa1b-dir"]
+
+
+@pytest.mark.parametrize("arg, message", [("no/such/dir", "input not found"), (__file__, "only SA-1B .tar files")])
+def test_unusable_inputs_are_input_errors(arg, message):
+    with pytest.raises(InputError, match=message):
+        discover(arg)
+
+
+def test_empty_folder_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no SA-1B tars"):
+        discover(str(tmp_path))
+
+
+def test_unit_names_are_unique_and_duplicates_dropped(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(SA1B_TAR, tmp_path / d / "sa_000000.tar")
+    units = discover_all([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "sa_000000.tar")])
+    assert len(units) == 2 and len({u.name for u in units}) == 2 and units[0].name == "sa_000000.tar"
+
+
+@pytest.mark.parametrize("count, size", [(1, 4), (4, 4), (7, 4), (8, 4), (9, 4), (23, 5)])
+def test_groups_keep_order_and_only_the_last_takes_the_rest(count, size):
+    groups = list(groups_of(range(count), size))
+    assert [i for g in groups for i in g] == list(range(count))
+    assert all(len(g) == size for g in groups[:-1]) and (len(groups) == 1 or size <= len(groups[-1]) < 2 * size)
+
+
+@pytest.mark.parametrize("done", [[0], [2], [0, 2], [1, 3], [3]])
+def test_regrouping_without_committed_groups_rebuilds_the_same_groups(done):
+    """The resume rule: dropping whole committed groups leaves the other groups unchanged."""
+    groups = list(groups_of(range(23), 5))
+    skip = {i for g in done for i in groups[g]}
+    regrouped = list(groups_of((i for i in range(23) if i not in skip), 5))
+    assert regrouped == [g for n, g in enumerate(groups) if n not in done]
+
+
+def test_unit_groups_account_for_every_id_once():
+    from pairmine.operators.records import Reject
+
+    items = [(f"r{i}", {"id": f"r{i}"}) for i in range(5)] + [("bad", Reject("u/bad", "read", "x")), (None, Reject("u", "read", "truncated_tar"))]
+    rows = list(unit_groups("u", "sa1b", "", items, 2, skip={"r0"}, immutable=True))
+    consumed = [i for r in rows for i in r["consumed"]]
+    assert sorted(consumed) == ["bad", "r1", "r2", "r3", "r4"]
+    assert [r["unit_total"] for r in rows] == [-1, 6] and len(rows[-1]["rejects"]) == 2
+    assert list(unit_groups("u", "sa1b", "", [], 2, set(), immutable=False)) == []
+
+
+def test_planned_folders_pair_files_and_reject_orphans(tmp_path):
+    folder = tmp_path / "loose"
+    write_loose_sa1b(folder, 5)
+    (folder / "sa_1000.json").unlink()
+    (folder / "sa_4242.json").write_text("{}")
+    (unit,) = discover(str(folder))
+    rows = plan_groups(unit, group_size=2, skip={"sa_1004"})
+    members = [m["id"] for r in rows for m in r["records"]]
+    assert members == ["sa_1001", "sa_1002", "sa_1003"]
+    reasons = {r["input"]: r["reason"] for row in rows for r in row["rejects"]}
+    assert reasons == {"loose/sa_1000": "missing_annotations", "loose/sa_4242": "missing_image"}
+    assert all(r["unit_total"] == -1 for r in rows), "folders are never marked complete"
+
+
+@pytest.mark.parametrize("per_image_layout", [False, True])
+def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
+    (unit,) = discover(str(write_panoptic_root(tmp_path / "p", 3, per_image_layout)))
+    rows = plan_groups(unit, group_size=16, skip=set())
+    assert [m["id"] for r in rows for m in r["records"]] == ["000000000001", "000000000002", "000000000003"]
+    assert all(m["segmentation"].endswith(".png") for r in rows for m in r["records"])
+    assert '"isthing"' in rows[0]["categories"]

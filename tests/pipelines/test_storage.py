@@ -1,0 +1,50 @@
+"""Local paths and s3:// URIs through the same calls (S3 via a moto server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+
+from pairmine.pipelines import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "root")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/root"
+
+
+def test_write_read_list_upload_delete(root, tmp_path):
+    storage.check_writable(root)
+    storage.write_bytes(storage.join(root, "a", "x.bin"), b"hello")
+    staged = storage.staging_file(storage.join(root, "a", "y.bin"))
+    with open(staged, "wb") as f:
+        f.write(b"world" * 1000)
+    storage.upload_file(staged, storage.join(root, "a", "y.bin"))
+    assert not os.path.exists(staged)
+    names = [storage.basename(e.path) for e in storage.list_dir(storage.join(root, "a"))]
+    assert names == ["x.bin", "y.bin"], "no temp file is ever visible"
+    assert storage.read_bytes(storage.join(root, "a", "y.bin")) == b"world" * 1000
+    assert storage.check_readable(storage.join(root, "a", "x.bin")).size == 5
+    storage.delete(storage.join(root, "a", "x.bin"))
+    storage.delete(storage.join(root, "a", "x.bin"))  # deleting twice is fine
+    with pytest.raises(storage.StorageError, match="input not found"):
+        storage.check_readable(storage.join(root, "a", "x.bin"))
+
+
+def test_missing_buckets_are_one_line_errors(s3_endpoint):
+    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' is not reachable at http://127.0.0.1"):
+        storage.check_readable("s3://no-such-bucket/x")
+    with pytest.raises(storage.StorageError, match="output bucket 'no-such-bucket'"):
+        storage.check_writable("s3://no-such-bucket/out")
+
+
+def test_s3_settings_come_from_the_aws_environment(s3_bucket):
+    fs, path = storage.resolve(f"s3://{s3_bucket}/k")
+    assert path == f"{s3_bucket}/k"
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="k", Body=b"v")
+    assert storage.read_bytes(f"s3://{s3_bucket}/k") == b"v"

@@ -1,0 +1,89 @@
+"""The shard writer: tar members, cutting whole groups into shards, manifest, progress, orphans."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+import ray
+import webdataset as wds
+from helpers import read_parquet_dir, shard_paths
+
+from pairmine.operators.records import Reject
+from pairmine.operators.stats import Stats
+from pairmine.pipelines.writer import (
+    OutputConflict,
+    ShardParams,
+    ShardSink,
+    pack_group,
+    pack_samples,
+    read_progress,
+    remove_orphans,
+)
+
+
+def _sample(key: str, size: int = 10) -> dict:
+    return {"__key__": key, "a.txt": key.encode() * size, "json": b'{"k": 1}'}
+
+
+def test_packed_samples_are_a_deterministic_tar_stream():
+    samples = [_sample("k0"), _sample("k1", 700)]
+    data = pack_samples(samples) + b"\0" * 1024
+    assert pack_samples(samples) == pack_samples(samples) and len(data) % 512 == 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["k0.a.txt", "k0.json", "k1.a.txt", "k1.json"]
+        assert tar.extractfile("k1.a.txt").read() == b"k1" * 700 and all(m.mtime == 0 for m in members)
+
+
+def _rows(groups: int, per_group: int, unit: str = "u") -> list[dict]:
+    rows = []
+    for g in range(groups):
+        samples = [_sample(f"g{g}-s{s}") for s in range(per_group)]
+        stats = Stats()
+        stats.counts["pairs"] = per_group
+        rows.append(pack_group(unit, [f"id{g}"], groups if g == groups - 1 else -1, samples, [Reject(f"{unit}/id{g}", "compose", "no_position", "d")], stats))
+    return rows
+
+
+def _write(rows, output, max_samples=4, rows_per_shard=2, run="r1", config_hash="h1"):
+    sink = ShardSink(str(output), "test", run, config_hash, "0", ShardParams(max_samples=max_samples), rows_per_shard)
+    ray.data.from_items(rows).write_datasink(sink)
+    return sink
+
+
+def test_shards_hold_whole_groups_and_commit_with_manifest_and_rejects(tmp_path, ray_local):
+    sink = _write(_rows(groups=6, per_group=3), tmp_path)
+    manifest = read_parquet_dir(str(tmp_path / "manifest"))
+    assert sorted(str(tmp_path / r["shard"]) for r in manifest) == shard_paths(str(tmp_path))
+    for row in manifest:
+        keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / row["shard"]), shardshuffle=False, empty_check=False)]
+        assert keys == row["keys"] and row["samples"] == len(keys)
+        groups = {k.split("-")[0] for k in keys}
+        assert len(keys) == 3 * len(groups), "a group was split across shards"
+        assert row["samples"] < 4 + 3, "shard kept growing past its limit"
+    assert sum(r["samples"] for r in manifest) == 18
+    assert len(read_parquet_dir(str(tmp_path / "rejects"))) == 6
+    assert sum(s["pairs"] for r in sink.results for s in [r["stats"]["counts"]]) == 18
+
+
+def test_progress_marks_finished_immutable_units_and_refuses_other_configs(tmp_path, ray_local):
+    _write(_rows(groups=3, per_group=1, unit="done.tar") + _rows(groups=2, per_group=1, unit="half.tar")[:1], tmp_path)
+    progress = read_progress(str(tmp_path), "test", "h1")
+    assert progress.complete_units == {"done.tar"} and progress.consumed == {"half.tar": {"id0"}}
+    assert progress.samples == 4
+    with pytest.raises(OutputConflict, match="config"):
+        read_progress(str(tmp_path), "test", "h2")
+
+
+def test_orphans_of_a_killed_run_are_removed(tmp_path, ray_local):
+    _write(_rows(groups=2, per_group=2), tmp_path, max_samples=2, rows_per_shard=1)
+    committed = shard_paths(str(tmp_path))
+    orphan = tmp_path / "shards" / "test-r0-000009-000.tar"
+    orphan.write_bytes(open(committed[0], "rb").read())
+    (tmp_path / "shards" / ".tmp-abc.tar").write_bytes(b"half")
+    (tmp_path / "rejects" / "test-r0-000009-000.parquet").write_bytes(b"x")
+    assert remove_orphans(str(tmp_path)) == 3
+    assert shard_paths(str(tmp_path)) == committed and len(os.listdir(tmp_path / "rejects")) == 2
