@@ -30,7 +30,8 @@ def feather_alpha(mask: np.ndarray, width_px: float) -> np.ndarray:
         return mask * np.uint8(255)
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the crop edge is an outline too
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
-    return np.clip(distance * (255.0 / width_px), 0, 255).astype(np.uint8)
+    # at least 1 on every mask pixel, however wide the feather: the alpha's support is the mask
+    return np.where(distance > 0, np.clip(distance * (255.0 / width_px), 1, 255), 0).astype(np.uint8)
 
 
 def paste(

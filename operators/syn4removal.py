@@ -154,7 +154,12 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
     group.rejects += [Reject(**r) for r in row["rejects"]]
     stats = group.stats
     kind = row["kind"]
-    categories = load_panoptic_categories(json.loads(row["categories"])) if kind == "panoptic" else None
+    try:
+        categories = load_panoptic_categories(json.loads(row["categories"])) if kind == "panoptic" else None
+    except (BadInput, json.JSONDecodeError) as bad:  # the unit's categories are unusable: so is every record
+        reason, detail = (bad.reason, bad.detail) if isinstance(bad, BadInput) else ("malformed_json", str(bad))
+        group.rejects += [Reject(f"{group.unit}/{r['id']}", "annotation", reason, f"categories: {detail}") for r in row["records"]]
+        return group
     for record in row["records"]:
         record_id = f"{group.unit}/{record['id']}"
         stats.counts["records"] += 1

@@ -17,7 +17,6 @@ SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
 PANOPTIC_ROOT = TESTDATA / "coconut" / "panoptic"
 
 SA1B_UNIT = "sa_000000.tar"
-SA1B_GOOD = ("sa_142238", "sa_100", "sa_101", "sa_102", "sa_103")
 
 
 @pytest.fixture(scope="session")

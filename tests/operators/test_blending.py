@@ -51,6 +51,12 @@ def test_feather_alpha_grows_monotonically_towards_the_inside():
     assert len(set(row[(row > 0) & (row < 255)])) >= 5  # a real ramp, not a step
 
 
+def test_a_feather_wider_than_the_object_still_covers_every_mask_pixel():
+    mask = disk_mask()
+    alpha = feather_alpha(mask, 1000.0)
+    assert np.array_equal(alpha > 0, mask == 1)
+
+
 def test_feather_alpha_treats_the_crop_edge_as_an_outline():
     alpha = feather_alpha(np.ones((20, 30), np.uint8), 5.0)
     assert (alpha[0] < 255).all() and (alpha[:, -1] < 255).all() and alpha[10, 15] == 255
