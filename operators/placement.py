@@ -2,7 +2,7 @@
 
 R1: the pasted box buries no existing object (for every instance box, overlap / that box's area
 stays under a bound; optionally at least one instance is touched enough to sit "next to" it; the
-box centre lies outside every instance box and outside a border band). R2: the box lies inside the
+box centre stays out of a border band and, optionally, out of every instance box). R2: the box lies inside the
 image (fully, by default). Both are evaluated exactly on a grid of candidate top-left corners, at
 scales 1, 1/2, 1/3, 1/4 of the matched size, and one feasible corner is drawn with the caller's RNG.
 """
@@ -28,7 +28,11 @@ class PlacementParams(Params):
     min_instance_overlap: float = Field(
         0.0, ge=0, le=1, description="R1: the largest such overlap, at least (0: no lower bound)"
     )
-    centre_outside_instances: bool = Field(True, description="R1: the pasted box centre is outside every instance box")
+    centre_outside_instances: bool = Field(
+        False,
+        description="R1: the pasted box centre is also outside every instance box (the SmartEraser release's "
+        "rule; never satisfiable on SA-1B's masks, which tile the whole image)",
+    )
     border_band: float = Field(0.2, ge=0, lt=0.5, description="R1: the centre stays this share of W/H from the edges")
     min_inside_fraction: float = Field(1.0, gt=0, le=1, description="R2: share of the pasted box inside the image")
     scales: tuple[float, ...] = Field((1.0, 1 / 2, 1 / 3, 1 / 4), description="fallback scales, tried in order")

@@ -24,6 +24,7 @@ from pairmine.operators.records import Instance
 
 H, W = 240, 320
 PLACEMENT = PlacementParams()
+CENTRE_OUTSIDE = PlacementParams(centre_outside_instances=True)  # with it, one central instance blocks every spot
 BLEND = BlendParams()
 EXACT = MaskEnhanceParams()
 LOOSE = MaskEnhanceParams(modes=("exact", "dilate", "hull", "ellipse", "bbox", "brush"))
@@ -109,7 +110,7 @@ def test_compose_pair_with_rotation_keeps_the_contract():
 def test_compose_pair_rejects_when_r1_and_r2_are_empty():
     """An instance box over the whole admissible centre region: no position at any scale."""
     blocker = Instance((0.2 * W, 0.2 * H, 0.6 * W, 0.6 * H), 500.0)
-    result = compose_pair(make_background("u/bg", [blocker]), make_entity("u/src"), PLACEMENT, BLEND, EXACT, np.random.default_rng(0))
+    result = compose_pair(make_background("u/bg", [blocker]), make_entity("u/src"), CENTRE_OUTSIDE, BLEND, EXACT, np.random.default_rng(0))
     assert isinstance(result, tuple) and result[0] == "no_position" and result[1]
 
 
@@ -197,7 +198,7 @@ def test_no_position_becomes_a_compose_reject():
     blocker = Instance((0.2 * W, 0.2 * H, 0.6 * W, 0.6 * H), 500.0)
     backgrounds = [make_background("u/bg", [blocker])]
     entities = [make_entity("u/a"), make_entity("u/b")]
-    pairs, rejects = pair_group(backgrounds, entities, PairingParams(entity_attempts=5), PLACEMENT, BLEND, EXACT, 0)
+    pairs, rejects = pair_group(backgrounds, entities, PairingParams(entity_attempts=5), CENTRE_OUTSIDE, BLEND, EXACT, 0)
     assert pairs == []
     assert len(rejects) == 1 and (rejects[0].input, rejects[0].stage, rejects[0].reason) == ("u/bg:0", "compose", "no_position")
     assert "u/a#0" in rejects[0].detail or "u/b#0" in rejects[0].detail

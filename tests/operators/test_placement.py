@@ -53,7 +53,7 @@ PARAM_CASES = {
     "defaults": {},
     "partial_inside": {"min_inside_fraction": 0.6, "border_band": 0.0},
     "lower_bound": {"min_instance_overlap": 0.05, "max_instance_overlap": 0.4},
-    "centre_anywhere": {"centre_outside_instances": False, "border_band": 0.1},
+    "centre_outside": {"centre_outside_instances": True, "border_band": 0.1},
     "tight_overlap": {"max_instance_overlap": 0.0, "border_band": 0.05},
     "coarse_grid": {"grid": 7, "min_inside_fraction": 0.3, "border_band": 0.0},
 }
@@ -162,7 +162,7 @@ def test_first_scale_is_tried_even_below_min_scale():
 
 def test_none_when_every_centre_falls_inside_an_instance():
     """An instance covering the whole admissible centre region (inside the border band) leaves no room."""
-    p = PlacementParams(border_band=0.2, max_instance_overlap=1.0)
+    p = PlacementParams(border_band=0.2, max_instance_overlap=1.0, centre_outside_instances=True)
     blocker = [Instance((0.2 * W, 0.2 * H, 0.6 * W, 0.6 * H), 1000.0)]
     for box in ((80, 60), (10, 10), (2, 2)):
         assert choose_position(*box, H, W, blocker, p, np.random.default_rng(0)) is None
