@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from .backgrounds import Background
 from .blending import BlendParams, feather_alpha, feather_px, paste
-from .entities import Entity
+from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
 from .placement import PlacementParams, choose_position, size_target
@@ -52,9 +53,9 @@ def rng_for(seed: int, *names: str) -> np.random.Generator:
     return np.random.default_rng([seed, *words])
 
 
-def rotate_rgba(rgba: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate a BGRA crop about its centre on an expanded, transparent canvas."""
-    h, w = rgba.shape[:2]
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate an image (any channel count) about its centre on an expanded canvas, zero outside."""
+    h, w = image.shape[:2]
     # Pixel centres run from 0 to w-1, so the centre is (w-1)/2: (w/2, h/2) would shift the crop by half a
     # pixel (blurring it) and push its last row or column off the canvas.
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
@@ -63,7 +64,7 @@ def rotate_rgba(rgba: np.ndarray, degrees: float) -> np.ndarray:
     new_w, new_h = int(np.ceil(h * sin + w * cos - eps)), int(np.ceil(h * cos + w * sin - eps))
     matrix[0, 2] += (new_w - w) / 2
     matrix[1, 2] += (new_h - h) / 2
-    return cv2.warpAffine(rgba, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
+    return cv2.warpAffine(image, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
 def compose_pair(
@@ -76,25 +77,26 @@ def compose_pair(
 ) -> Composite | tuple[str, str]:
     """Paste `entity` into `background`; a (reject reason, detail) pair when it cannot be done."""
     height, width = background.image.shape[:2]
-    rgba = entity.rgba
+    pixels, alpha = entity.pixels, entity.mask * np.uint8(255)
     angle = float(rng.uniform(-placement.max_rotation_deg, placement.max_rotation_deg)) if placement.max_rotation_deg else 0.0
     if angle:
-        rgba = rotate_rgba(rgba, angle)
+        pixels, alpha = rotate(pixels, angle), rotate(alpha, angle)
     target_area, rule = size_target(entity.area_ratio, entity.category, background.instances, height, width, placement, rng)
     scale = float(np.sqrt(target_area / entity.area))
-    box_w, box_h = max(1, round(rgba.shape[1] * scale)), max(1, round(rgba.shape[0] * scale))
+    box_w, box_h = max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))
     min_scale = float(np.sqrt(placement.min_paste_area_ratio * height * width / target_area))
     spot = choose_position(box_w, box_h, height, width, background.instances, placement, rng, min_scale)
     if spot is None:
         return "no_position", f"R1 ∩ R2 is empty for a {box_w}x{box_h} box at scales {[round(s, 3) for s in placement.scales]}"
-    interpolation = cv2.INTER_AREA if spot.width < rgba.shape[1] else cv2.INTER_LINEAR
-    resized = cv2.resize(rgba, (spot.width, spot.height), interpolation=interpolation)
-    inside = (resized[..., 3] >= 128).astype(np.uint8)
+    interpolation = cv2.INTER_AREA if spot.width < pixels.shape[1] else cv2.INTER_LINEAR
+    size = (spot.width, spot.height)
+    inside = (cv2.resize(alpha, size, interpolation=interpolation) >= 128).astype(np.uint8)
     area = int(inside.sum())
     if area == 0:
         return "mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}"
     width_px = feather_px(area, blend)
-    source, alpha = paste(background.image, resized[..., :3], feather_alpha(inside, width_px), spot.x, spot.y)
+    resized = cv2.resize(pixels, size, interpolation=interpolation)
+    source, alpha = paste(background.image, resized, feather_alpha(inside, width_px), spot.x, spot.y)
     exact = (alpha > 0).astype(np.uint8)
     exact_area = int(exact.sum())
     if exact_area == 0 or exact_area == exact.size:
@@ -129,21 +131,30 @@ def pair_group(
     placement: PlacementParams,
     blend: BlendParams,
     enhance: MaskEnhanceParams,
+    limits: EntityLimits,
     seed: int,
-) -> tuple[list[Pair], list[Reject]]:
-    """Give each background its triplets, drawing entities from the other images of the group."""
+    rejects: list[Reject],
+) -> Iterator[Pair]:
+    """Yield each background's triplets, drawing entities from the other images of the group.
+
+    Triplets come one at a time so that a group never holds more than one full-size composite.
+    An entity is cut when first drawn; one that fails its shape checks is rejected and not drawn
+    again. Rejects are appended to `rejects`.
+    """
     uses: Counter[str] = Counter()
-    pairs, rejects = [], []
+    unusable: set[str] = set()
     for background in backgrounds:
         rng = rng_for(seed, background.record)
         tried: set[str] = set()
         for index in range(pairing.pairs_per_background):
             failure = ("no_entity", "no entity from another image of the group is left")
-            for _ in range(pairing.entity_attempts):
+            attempts = 0
+            while attempts < pairing.entity_attempts:
                 pool = [
                     e
                     for e in entities
-                    if e.record != background.record and e.id not in tried and uses[e.id] < pairing.max_entity_uses
+                    if e.record != background.record and e.id not in tried and e.id not in unusable
+                    and uses[e.id] < pairing.max_entity_uses
                 ]
                 if pairing.prefer_same_category and background.categories:
                     pool = [e for e in pool if e.category in background.categories] or pool
@@ -151,13 +162,18 @@ def pair_group(
                     break
                 entity = pool[rng.integers(len(pool))]
                 tried.add(entity.id)
+                rejected = materialize(entity, limits)
+                if rejected:  # a bad entity, not a failed placement: draw another
+                    unusable.add(entity.id)
+                    rejects.append(Reject(entity.id, "entity", *rejected))
+                    continue
+                attempts += 1
                 result = compose_pair(background, entity, placement, blend, enhance, rng)
                 if isinstance(result, Composite):
                     uses[entity.id] += 1
-                    pairs.append(Pair(background, entity, index, result))
                     failure = None
+                    yield Pair(background, entity, index, result)
                     break
                 failure = (result[0], f"{result[1]} (entity {entity.id})")
             if failure is not None:
                 rejects.append(Reject(f"{background.record}:{index}", "compose", *failure))
-    return pairs, rejects

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reject:
     """One skipped input or candidate; becomes a row of ``rejects/`` and a summary count."""
 
@@ -17,7 +17,7 @@ class Reject:
     detail: str = ""  # human-readable specifics (values, limits)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"input": self.input, "stage": self.stage, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,12 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .. import __version__
-from .annotations import (
-    Annotations,
-    decode_rle_crop,
-    load_panoptic_categories,
-    panoptic_crop,
-    parse_panoptic,
-    parse_sa1b,
-    segments_info_of,
-)
+from .annotations import Annotations, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray
 from .composition import PairingParams, pair_group
-from .entities import Entity, EntityLimits, cut_rgba, geometry_reject, shape_reject
+from .entities import Entity, EntityLimits, geometry_reject, materialize
 from .mask_enhance import MaskEnhanceParams
 from .params import Params
 from .placement import PlacementParams
@@ -113,39 +105,36 @@ def _entities_of(
     record_id: str, image: np.ndarray, annotations: Annotations, ids: np.ndarray | None, params: Syn4RemovalParams,
     scorer: EntityScorer, stats: Stats,
 ) -> tuple[list[Entity], list[Reject]]:
+    """Candidate entities of one image after the cheap checks (and a scorer that needs no pixels)."""
     height, width = image.shape[:2]
     candidates, rejects = [], []
     for segment in annotations.segments:
         if not segment.thing:
             continue
-        entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width))
+        stats.counts["entity_candidates"] += 1
+        entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width), image, ids)
         entity.scores.update(segment.scores)
         rejected = geometry_reject(segment, height, width, params.entities)
         if rejected:
             rejects.append(Reject(entity.id, "entity", *rejected))
         else:
             candidates.append(entity)
-    stats.counts["entity_candidates"] += len(candidates) + len(rejects)
     if not scorer.needs_pixels:
         candidates, scored_out = score_entities(candidates, scorer)
         rejects += scored_out
-    entities = []
-    for entity in candidates:
-        try:
-            if ids is None:
-                crop, bounds = decode_rle_crop(entity.segment.rle, height, width)
-            else:
-                crop, bounds = panoptic_crop(ids, entity.segment)
-        except BadInput as bad:
-            rejects.append(Reject(entity.id, "entity", bad.reason, bad.detail))
-            continue
-        rejected = shape_reject(crop, bounds, height, width, params.entities)
+    return candidates, rejects
+
+
+def materialize_all(entities: list[Entity], limits: EntityLimits) -> tuple[list[Entity], list[Reject]]:
+    """Cut every entity now (for scorers that look at pixels); the unusable ones become rejects."""
+    kept, rejects = [], []
+    for entity in entities:
+        rejected = materialize(entity, limits)
         if rejected:
             rejects.append(Reject(entity.id, "entity", *rejected))
-            continue
-        entity.rgba = cut_rgba(image, crop, bounds)
-        entities.append(entity)
-    return entities, rejects
+        else:
+            kept.append(entity)
+    return kept, rejects
 
 
 def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) -> Group:
@@ -180,6 +169,9 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         group.rejects += [Reject(f"{record_id}#{i}", "annotation", r, d) for i, r, d in annotations.invalid]
         with stats.timed("entities"):
             entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats)
+            if scorer.needs_pixels:
+                entities, cut_out = materialize_all(entities, params.entities)
+                rejects += cut_out
         group.entities += entities
         group.rejects += rejects
         rejected = background_reject(height, width, params.backgrounds)
@@ -193,7 +185,6 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         if params.backgrounds.resize_short_side:
             background = resize_background(background, params.backgrounds.resize_short_side)
         group.backgrounds.append(background)
-    stats.counts["entities_kept"] += len(group.entities)
     stats.counts["backgrounds_kept"] += len(group.backgrounds)
     return group
 
@@ -201,45 +192,51 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
 def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> list[dict]:
     """Pair the group's entities and backgrounds and encode the triplets as WebDataset samples."""
     stats = group.stats
-    with stats.timed("compose"):
-        pairs, rejects = pair_group(
-            group.backgrounds, group.entities, params.pairing, params.placement, params.blending,
-            params.mask_enhancement, params.seed,
-        )
-    group.rejects += rejects
+    pairs = pair_group(
+        group.backgrounds, group.entities, params.pairing, params.placement, params.blending,
+        params.mask_enhancement, params.entities, params.seed, group.rejects,
+    )
     samples = []
-    with stats.timed("encode"):
+    encoding = stats.seconds["encode"]
+    with stats.timed("compose"):
         for pair in pairs:
-            background, entity, composite = pair.background, pair.entity, pair.composite
-            height, width = background.image.shape[:2]
-            key = sample_key(background.record, config_hash, pair.index)
-            meta = {
-                "pipeline": PIPELINE,
-                "key": key,
-                "background": {"id": background.record, "width": width, "height": height},
-                "entity": {
-                    "id": entity.id,
-                    "source": entity.record,
-                    "category": entity.category,
-                    "source_area_ratio": round(entity.area_ratio, 5),
-                    "source_box": [round(v, 1) for v in entity.segment.box],
-                    "scores": entity.scores,
-                },
-                **composite.meta,
-                "seed": params.seed,
-                "config_hash": config_hash,
-                "version": __version__,
-            }
-            samples.append(
-                {
-                    "__key__": key,
-                    "source.jpg": encode_jpeg(composite.source, params.jpeg_quality),
-                    # the same encoder as the source: outside the mask's JPEG blocks both are identical
-                    "target.jpg": encode_jpeg(background.image, params.jpeg_quality),
-                    "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
-                    "alpha.png": encode_png_gray(composite.alpha),
-                    "json": json.dumps(meta, sort_keys=True).encode(),
-                }
-            )
+            with stats.timed("encode"):
+                samples.append(_sample(pair, params, config_hash))
+    stats.seconds["compose"] -= stats.seconds["encode"] - encoding  # compose time excludes encoding
     stats.counts["pairs"] += len(samples)
+    stats.counts["entities_kept"] += sum(e.mask is not None for e in group.entities)
+    stats.counts["entities_unused"] += sum(e.source is not None for e in group.entities)
     return samples
+
+
+def _sample(pair, params: Syn4RemovalParams, config_hash: str) -> dict:
+    """One triplet as a WebDataset sample: the files and the json metadata."""
+    background, entity, composite = pair.background, pair.entity, pair.composite
+    height, width = background.image.shape[:2]
+    key = sample_key(background.record, config_hash, pair.index)
+    meta = {
+        "pipeline": PIPELINE,
+        "key": key,
+        "background": {"id": background.record, "width": width, "height": height},
+        "entity": {
+            "id": entity.id,
+            "source": entity.record,
+            "category": entity.category,
+            "source_area_ratio": round(entity.area_ratio, 5),
+            "source_box": [round(v, 1) for v in entity.segment.box],
+            "scores": entity.scores,
+        },
+        **composite.meta,
+        "seed": params.seed,
+        "config_hash": config_hash,
+        "version": __version__,
+    }
+    return {
+        "__key__": key,
+        "source.jpg": encode_jpeg(composite.source, params.jpeg_quality),
+        # the same encoder as the source: outside the mask's JPEG blocks both are identical
+        "target.jpg": encode_jpeg(background.image, params.jpeg_quality),
+        "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
+        "alpha.png": encode_png_gray(composite.alpha),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }

@@ -23,7 +23,6 @@ from .summary import build_summary
 from .writer import SUCCESS, OutputConflict, Progress, ShardSink, read_progress, remove_orphans, write_success
 
 log = logging.getLogger("pairmine")
-WRITE_CPUS = 0.25
 USER_ERRORS = (ConfigError, InputError, storage.StorageError, OutputConflict)
 
 
@@ -36,6 +35,13 @@ class Job:
     discover: Callable[[list[str]], list[Unit]]
     build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows, or None
     rows_per_shard: Callable[[BaseModel], int]  # writer rows (groups) that fill about one shard
+
+
+def io_concurrency() -> int:
+    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU of the cluster."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def new_run_id() -> str:
@@ -71,9 +77,9 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
         dataset = job.build(pending, progress, config, digest)
         if dataset is not None:
             sink = ShardSink(output, job.name, run_id, digest, __version__, config.shards, job.rows_per_shard(config))
-            # A fraction of a CPU keeps the (I/O-bound) write from fusing with the compute before it,
-            # which would otherwise run a whole shard's groups serially in the write task.
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_CPUS})
+            # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the
+            # compute before it (that would run a whole shard's groups serially in the write task).
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=io_concurrency())
             results = sink.results
     wall = time.perf_counter() - started
     totals = read_progress(output, job.name, digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 from .config import RayParams
 
@@ -16,6 +17,8 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     from ray.data import DataContext
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # I/O operators get a concurrency cap sized for the cluster; Ray warns when a run has fewer inputs.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for", category=UserWarning)
     if not ray.is_initialized():
         # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
         env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV}
@@ -30,6 +33,9 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                 **common,
             )
     context = DataContext.get_current()
+    # Rows are whole groups (seconds of work each): one row per block makes one task per group,
+    # instead of Ray packing a tar's groups into one block processed serially.
+    context.target_max_block_size = 1
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
     context.print_on_execution_start = progress

@@ -4,8 +4,11 @@
       -> map: decode, entity bank, backgrounds, compose, encode -> one writer row per group
       -> ShardSink: shards/, manifest/, rejects/
 
-Reading takes a fraction of a CPU so that Ray does not fuse it with the CPU-heavy map: a tar is
-read by one task while its groups are processed in parallel.
+Reading reserves no CPU: it is I/O-bound, a tar's read task lives as long as the tar streams, and a
+reservation would keep map tasks off the cores. Without a reservation nothing limits how many
+read tasks start, so their concurrency is capped explicitly (Ray's streaming backpressure bounds
+their memory). The different resources also keep Ray from fusing the read with the map, so the
+groups of one tar are processed in parallel.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from . import storage
 from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
 from .readers import PlannedGroupsDatasource, SA1BTarDatasource
-from .run import Job
+from .run import Job, io_concurrency
 from .writer import Progress, pack_group
 
-READ_CPUS = 0.25
 
 
 def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
@@ -34,6 +36,7 @@ def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dic
 
 def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset | None:
     """Reader rows of the pending units (None if nothing is left); ids committed earlier are skipped."""
+    io_tasks = {"num_cpus": 0, "concurrency": io_concurrency()}
     parts = []
     tars = sorted((u for u in units if u.kind == "sa1b-tar"), key=lambda u: storage.is_s3(u.uri))
     for _, same_fs in groupby(tars, key=lambda u: storage.is_s3(u.uri)):
@@ -48,7 +51,7 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
             group_size=config.group_size,
             max_file_bytes=config.max_file_bytes,
         )
-        parts.append(ray.data.read_datasource(source, override_num_blocks=len(paths), num_cpus=READ_CPUS))
+        parts.append(ray.data.read_datasource(source, override_num_blocks=len(paths), **io_tasks))
     rows = [
         row
         for unit in units
@@ -57,7 +60,7 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
     ]
     if rows:
         source = PlannedGroupsDatasource(rows, config.max_file_bytes)
-        parts.append(ray.data.read_datasource(source, override_num_blocks=len(rows), num_cpus=READ_CPUS))
+        parts.append(ray.data.read_datasource(source, override_num_blocks=len(rows), **io_tasks))
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

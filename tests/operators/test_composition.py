@@ -15,14 +15,23 @@ from pairmine.operators.composition import (
     compose_pair,
     pair_group,
     rng_for,
-    rotate_rgba,
+    rotate,
 )
-from pairmine.operators.entities import Entity
+from pairmine.operators.entities import Entity, EntityLimits
 from pairmine.operators.mask_enhance import MaskEnhanceParams
 from pairmine.operators.placement import PlacementParams
 from pairmine.operators.records import Instance
 
 H, W = 240, 320
+
+
+def pairs_of(backgrounds, entities, pairing, placement, blend, enhance, seed, limits=EntityLimits()):
+    """All triplets and rejects of pair_group (which yields triplets and appends rejects)."""
+    rejects = []
+    pairs = list(pair_group(backgrounds, entities, pairing, placement, blend, enhance, limits, seed, rejects))
+    return pairs, rejects
+
+
 PLACEMENT = PlacementParams()
 CENTRE_OUTSIDE = PlacementParams(centre_outside_instances=True)  # with it, one central instance blocks every spot
 BLEND = BlendParams()
@@ -41,10 +50,9 @@ def make_entity(record: str, index: int = 0, category: str | None = None, size: 
     """A disk-shaped entity cut from a random picture; its source image is `record`."""
     mask = np.zeros((size, size), np.uint8)
     cv2.circle(mask, (size // 2, size // 2), size // 2 - 1, 1, -1)
-    rgba = np.dstack([picture(seed + 100, size, size), mask * 255])
     area = float(mask.sum())
     seg = Segment(index=index, box=(0.0, 0.0, float(size), float(size)), area=area, category=category)
-    return Entity(f"{record}#{index}", record, seg, area / (H * W), rgba=rgba)
+    return Entity(f"{record}#{index}", record, seg, area / (H * W), pixels=picture(seed + 100, size, size), mask=mask)
 
 
 def make_background(record: str, instances=(), seed: int = 0) -> Background:
@@ -125,24 +133,24 @@ def test_compose_pair_is_deterministic():
 
 @pytest.mark.parametrize("shape", [(7, 11), (8, 12), (1, 5), (30, 17)])
 @pytest.mark.parametrize("degrees, k", [(90, 1), (-90, -1), (180, 2), (0, 0)])
-def test_rotate_rgba_by_right_angles_is_exact(shape, degrees, k):
-    rgba = np.random.default_rng(0).integers(0, 256, shape + (4,), dtype=np.uint8)
-    np.testing.assert_array_equal(rotate_rgba(rgba, degrees), np.rot90(rgba, k))
+@pytest.mark.parametrize("channels", [(), (3,)])
+def test_rotate_by_right_angles_is_exact(shape, degrees, k, channels):
+    image = np.random.default_rng(0).integers(0, 256, shape + channels, dtype=np.uint8)
+    np.testing.assert_array_equal(rotate(image, degrees), np.rot90(image, k))
 
 
 @pytest.mark.parametrize("degrees", [17, 45, -60, 137])
-def test_rotate_rgba_keeps_the_whole_crop(degrees):
-    """An opaque crop keeps its alpha mass (bilinear resampling conserves it up to rounding) on a canvas
+def test_rotate_keeps_the_whole_crop(degrees):
+    """An opaque alpha keeps its mass (bilinear resampling conserves it up to rounding) on a canvas
     of the rotated bounding-box size."""
     h, w = 30, 50
-    rgba = np.full((h, w, 4), 255, np.uint8)
-    out = rotate_rgba(rgba, degrees)
+    out = rotate(np.full((h, w), 255, np.uint8), degrees)
     t = np.deg2rad(degrees)
     assert out.shape[:2] == (
         int(np.ceil(abs(w * np.sin(t)) + abs(h * np.cos(t)) - 1e-6)),
         int(np.ceil(abs(w * np.cos(t)) + abs(h * np.sin(t)) - 1e-6)),
     )
-    assert out[..., 3].sum() / 255 == pytest.approx(h * w, rel=0.02)
+    assert out.sum() / 255 == pytest.approx(h * w, rel=0.02)
 
 
 def test_rng_for_depends_only_on_seed_and_names():
@@ -165,7 +173,7 @@ def test_entities_are_never_pasted_into_their_own_source():
     backgrounds, entities = group()
     pairing = PairingParams(pairs_per_background=3, max_entity_uses=10)
     for seed in range(5):
-        pairs, rejects = pair_group(backgrounds, entities, pairing, PLACEMENT, BLEND, EXACT, seed)
+        pairs, rejects = pairs_of(backgrounds, entities, pairing, PLACEMENT, BLEND, EXACT, seed)
         assert len(pairs) == 3 * len(backgrounds) and rejects == []
         for pair in pairs:
             assert pair.entity.record != pair.background.record
@@ -174,7 +182,7 @@ def test_entities_are_never_pasted_into_their_own_source():
 def test_a_background_with_only_its_own_entities_gets_no_entity():
     backgrounds, entities = group(2)
     own = [e for e in entities if e.record == "u/r0"]
-    pairs, rejects = pair_group(backgrounds[:1], own, PairingParams(), PLACEMENT, BLEND, EXACT, 0)
+    pairs, rejects = pairs_of(backgrounds[:1], own, PairingParams(), PLACEMENT, BLEND, EXACT, 0)
     assert pairs == []
     assert [(r.input, r.stage, r.reason) for r in rejects] == [("u/r0:0", "compose", "no_entity")]
 
@@ -183,14 +191,14 @@ def test_max_entity_uses_is_respected():
     backgrounds = [make_background(f"u/bg{i}", seed=i) for i in range(5)]
     entity = make_entity("u/src")
     for uses in (1, 2, 3):
-        pairs, rejects = pair_group(backgrounds, [entity], PairingParams(max_entity_uses=uses), PLACEMENT, BLEND, EXACT, 0)
+        pairs, rejects = pairs_of(backgrounds, [entity], PairingParams(max_entity_uses=uses), PLACEMENT, BLEND, EXACT, 0)
         assert len(pairs) == uses
         assert len(rejects) == 5 - uses and {r.reason for r in rejects} == {"no_entity"}
 
 
 def test_an_entity_is_used_once_per_background():
     backgrounds = [make_background("u/bg")]
-    pairs, rejects = pair_group(backgrounds, [make_entity("u/src")], PairingParams(pairs_per_background=3, max_entity_uses=10), PLACEMENT, BLEND, EXACT, 0)
+    pairs, rejects = pairs_of(backgrounds, [make_entity("u/src")], PairingParams(pairs_per_background=3, max_entity_uses=10), PLACEMENT, BLEND, EXACT, 0)
     assert len(pairs) == 1 and [r.input for r in rejects] == ["u/bg:1", "u/bg:2"]
 
 
@@ -198,7 +206,7 @@ def test_no_position_becomes_a_compose_reject():
     blocker = Instance((0.2 * W, 0.2 * H, 0.6 * W, 0.6 * H), 500.0)
     backgrounds = [make_background("u/bg", [blocker])]
     entities = [make_entity("u/a"), make_entity("u/b")]
-    pairs, rejects = pair_group(backgrounds, entities, PairingParams(entity_attempts=5), CENTRE_OUTSIDE, BLEND, EXACT, 0)
+    pairs, rejects = pairs_of(backgrounds, entities, PairingParams(entity_attempts=5), CENTRE_OUTSIDE, BLEND, EXACT, 0)
     assert pairs == []
     assert len(rejects) == 1 and (rejects[0].input, rejects[0].stage, rejects[0].reason) == ("u/bg:0", "compose", "no_position")
     assert "u/a#0" in rejects[0].detail or "u/b#0" in rejects[0].detail
@@ -208,9 +216,9 @@ def test_same_category_entities_are_preferred():
     backgrounds = [make_background("u/bg", [Instance((30.0, 40.0, 50.0, 60.0), 2000.0, "dog")])]
     entities = [make_entity("u/a", 0, "cat"), make_entity("u/b", 0, "dog"), make_entity("u/c", 0, "cat")]
     for seed in range(10):
-        pairs, _ = pair_group(backgrounds, entities, PairingParams(), PLACEMENT, BLEND, EXACT, seed)
+        pairs, _ = pairs_of(backgrounds, entities, PairingParams(), PLACEMENT, BLEND, EXACT, seed)
         assert [p.entity.category for p in pairs] == ["dog"]
-    picked = {pair_group(backgrounds, entities, PairingParams(prefer_same_category=False), PLACEMENT, BLEND, EXACT, s)[0][0].entity.id for s in range(20)}
+    picked = {pairs_of(backgrounds, entities, PairingParams(prefer_same_category=False), PLACEMENT, BLEND, EXACT, s)[0][0].entity.id for s in range(20)}
     assert len(picked) > 1
 
 
@@ -219,7 +227,7 @@ def test_pairing_is_deterministic_and_seed_dependent():
     pairing = PairingParams(pairs_per_background=2)
 
     def run(seed):
-        pairs, rejects = pair_group(backgrounds, entities, pairing, PLACEMENT, BLEND, LOOSE, seed)
+        pairs, rejects = pairs_of(backgrounds, entities, pairing, PLACEMENT, BLEND, LOOSE, seed)
         return [(p.background.record, p.index, p.entity.id, p.composite.source.tobytes(), p.composite.mask.tobytes()) for p in pairs], rejects
 
     assert run(7) == run(7)
@@ -231,8 +239,8 @@ def test_a_background_result_does_not_depend_on_the_other_backgrounds():
     (with unlimited uses, so the shared use counter cannot interfere)."""
     backgrounds, entities = group()
     pairing = PairingParams(max_entity_uses=100)
-    full, _ = pair_group(backgrounds, entities, pairing, PLACEMENT, BLEND, EXACT, 1)
-    alone, _ = pair_group(backgrounds[2:3], entities, pairing, PLACEMENT, BLEND, EXACT, 1)
+    full, _ = pairs_of(backgrounds, entities, pairing, PLACEMENT, BLEND, EXACT, 1)
+    alone, _ = pairs_of(backgrounds[2:3], entities, pairing, PLACEMENT, BLEND, EXACT, 1)
     (mine,) = [p for p in full if p.background.record == "u/r2"]
     assert mine.entity.id == alone[0].entity.id
     np.testing.assert_array_equal(mine.composite.source, alone[0].composite.source)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pairmine.operators.annotations import Segment
-from pairmine.operators.entities import Entity, EntityLimits, cut_rgba, geometry_reject, shape_reject
+from pairmine.operators.entities import Entity, EntityLimits, geometry_reject, materialize, shape_reject
 
 H, W = 200, 300
 LIMITS = EntityLimits()  # 0.05 <= area ratio <= 0.95, box side >= 32, main part >= 0.8, border contact <= 0.2
@@ -127,18 +127,38 @@ def test_border_contact_bound_is_configurable():
     assert shape_reject(crop, bounds, H, W, EntityLimits(max_border_contact=1.0)) is None
 
 
-def test_cut_rgba_copies_pixels_and_sets_alpha_from_the_mask():
+def test_materialize_cuts_pixels_and_mask_once_and_releases_the_source():
+    from pycocotools import mask as mask_utils
+
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    crop, bounds = crop_of(disk(H, W, 150, 100, 30))
-    x0, y0, x1, y1 = bounds
-    rgba = cut_rgba(image, crop, bounds)
-    assert rgba.shape == (y1 - y0, x1 - x0, 4) and rgba.dtype == np.uint8
-    np.testing.assert_array_equal(rgba[..., :3], image[y0:y1, x0:x1])
-    np.testing.assert_array_equal(rgba[..., 3], np.where(crop == 1, 255, 0))
+    full = disk(H, W, 150, 100, 30)
+    rle = mask_utils.encode(np.asfortranarray(full))
+    rle["counts"] = rle["counts"].decode()
+    seg = Segment(index=0, box=tuple(mask_utils.toBbox(rle)), area=float(full.sum()), rle=rle)
+    entity = Entity("u/r#0", "u/r", seg, full.sum() / (H * W), source=image)
+    assert materialize(entity, EntityLimits()) is None and entity.source is None
+    ys, xs = np.nonzero(full)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    np.testing.assert_array_equal(entity.pixels, image[y0:y1, x0:x1])
+    np.testing.assert_array_equal(entity.mask, full[y0:y1, x0:x1])
+    assert materialize(entity, EntityLimits()) is None  # a second call is a no-op
+
+
+def test_materialize_reports_a_failed_shape_check_and_keeps_no_pixels():
+    from pycocotools import mask as mask_utils
+
+    full = disk(H, W, 150, 100, 30) | disk(H, W, 20, 20, 12)  # two parts: the small one holds ~14 %
+    rle = mask_utils.encode(np.asfortranarray(full))
+    rle["counts"] = rle["counts"].decode()
+    seg = Segment(index=0, box=tuple(mask_utils.toBbox(rle)), area=float(full.sum()), rle=rle)
+    entity = Entity("u/r#0", "u/r", seg, 0.1, source=np.zeros((H, W, 3), np.uint8))
+    reason, detail = materialize(entity, EntityLimits(min_main_component=0.9))
+    assert reason == "fragmented" and "largest of 2 parts" in detail
+    assert entity.mask is None and entity.pixels is None and entity.source is None
 
 
 def test_entity_properties_come_from_its_segment():
     seg = Segment(index=3, box=(0, 0, 10, 10), area=42.0, category="dog")
     entity = Entity("u/r#3", "u/r", seg, 0.1)
-    assert (entity.category, entity.area, entity.rgba, entity.scores) == ("dog", 42.0, None, {})
+    assert (entity.category, entity.area, entity.mask, entity.scores) == ("dog", 42.0, None, {})

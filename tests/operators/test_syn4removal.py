@@ -25,6 +25,7 @@ from pairmine.operators.syn4removal import (
     SynMaskEnhanceParams,
     compose_group,
     extract_group,
+    materialize_all,
     score_entities,
 )
 
@@ -85,9 +86,17 @@ def test_only_good_sa1b_records_give_backgrounds_and_entities(sa1b_row):
     assert (group.unit, group.consumed, group.unit_total) == (UNIT, [r["id"] for r in sa1b_row()["records"]], -1)
 
 
+def extract_and_cut(row: dict, params: Syn4RemovalParams = DEFAULT):
+    """extract_group, then every candidate cut now (as for a scorer that needs pixels)."""
+    group = extract(row, params)
+    group.entities, rejects = materialize_all(group.entities, params.entities)
+    group.rejects += rejects
+    return group
+
+
 @pytest.fixture(scope="module")
 def sa1b_group(sa1b_row):
-    return extract(sa1b_row())
+    return extract_and_cut(sa1b_row())
 
 
 def test_every_annotation_of_a_good_record_is_kept_or_rejected_once(sa1b_group, sa1b_members):
@@ -116,8 +125,8 @@ def test_kept_sa1b_entities_pass_every_limit_recomputed_from_the_json(sa1b_group
         # the RGBA crop: alpha is the mask inside its tight box, colour the image's pixels there
         image = cv2.imdecode(np.frombuffer(sa1b_members[f"{stem}.jpg"], np.uint8), cv2.IMREAD_COLOR)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        np.testing.assert_array_equal(entity.rgba[..., 3], full[y0:y1, x0:x1] * 255)
-        np.testing.assert_array_equal(entity.rgba[..., :3], image[y0:y1, x0:x1])
+        np.testing.assert_array_equal(entity.mask, full[y0:y1, x0:x1])
+        np.testing.assert_array_equal(entity.pixels, image[y0:y1, x0:x1])
 
 
 def test_sa1b_entity_rejects_are_truthful(sa1b_group, sa1b_members):
@@ -156,12 +165,23 @@ def test_sa1b_stats_count_what_happened(sa1b_row, sa1b_group, sa1b_members):
     failed = {r.input for r in sa1b_group.rejects if r.stage in ("decode", "annotation") and "#" not in r.input}
     assert counts["records"] == n_records
     assert counts["images"] == n_records - len(failed)
-    assert counts["entities_kept"] == len(sa1b_group.entities)
     assert counts["backgrounds_kept"] == len(sa1b_group.backgrounds)
     assert counts["entity_candidates"] == sum(
         len(sa1b_json(sa1b_members, b.record.split("/")[1])["annotations"]) for b in sa1b_group.backgrounds
     )
     assert {"decode", "annotations", "entities"} <= set(sa1b_group.stats.seconds)
+
+
+def test_entities_are_cut_only_when_composition_draws_them(sa1b_row):
+    group = extract(sa1b_row())
+    candidates = len(group.entities)
+    assert candidates and all(e.mask is None for e in group.entities)
+    samples = compose_group(group, DEFAULT, "cfg0")
+    counts = group.stats.counts
+    cut_out = [r for r in group.rejects if r.stage == "entity" and r.reason in ("fragmented", "truncated_at_border", "corrupt_rle")]
+    assert counts["entities_kept"] + counts["entities_unused"] + len(cut_out) == candidates
+    assert counts["entities_unused"] > 0 and counts["entities_kept"] >= len({json.loads(s["json"])["entity"]["id"] for s in samples})
+    assert all((e.mask is None) == (e.source is not None) for e in group.entities if e.id not in {r.input for r in cut_out})
 
 
 def test_a_record_without_image_bytes_is_a_decode_reject(sa1b_members):
@@ -319,7 +339,7 @@ def panoptic_row(panoptic, *, ids=("a",), annotation=None, segmentation=None, ca
 
 
 def test_panoptic_entities_are_the_usable_things(panoptic):
-    group = extract(panoptic_row(panoptic), PANOPTIC)
+    group = extract_and_cut(panoptic_row(panoptic), PANOPTIC)
     info = panoptic["image_info"]
     image_area = info["height"] * info["width"]
     things = {c["id"]: c["name"] for c in panoptic["categories"] if c["isthing"]}
@@ -340,8 +360,8 @@ def test_panoptic_entities_are_the_usable_things(panoptic):
     for index, entity in entity_index.items():
         segment = panoptic["annotation"]["segments_info"][index]
         assert entity.category == things[segment["category_id"]] and entity.record == record
-        assert (entity.rgba[..., 3] == 255).sum() == segment["area"]  # panopticapi areas are pixel counts
-        assert entity.rgba.shape[:2] == (segment["bbox"][3], segment["bbox"][2])
+        assert entity.mask.sum() == segment["area"]  # panopticapi areas are pixel counts
+        assert entity.mask.shape == entity.pixels.shape[:2] == (segment["bbox"][3], segment["bbox"][2])
     stuff = [i for i, s in enumerate(panoptic["annotation"]["segments_info"]) if s["category_id"] not in things]
     assert stuff and not any(r.input.endswith(f"#{i}") for r in group.rejects for i in stuff)
     (background,) = group.backgrounds
