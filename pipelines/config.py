@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..operators.params import Params
 from ..operators.syn4removal import Syn4RemovalParams
-from . import storage
+from .. import storage
 from .writer import ShardParams
 
 RUNTIME_SECTIONS = frozenset({"shards", "ray"})

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, TypeVar
 import pyarrow.fs as pafs
 
 from ..operators.records import Reject
-from . import storage
+from .. import storage
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic")
 _KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic):(.+)$")

@@ -19,7 +19,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
 
 from ..operators.records import Reject
-from . import storage
+from .. import storage
 from .inputs import unit_groups
 
 _RECORD = pa.struct(

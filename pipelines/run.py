@@ -15,7 +15,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from .. import __version__
-from . import storage
+from .. import storage
 from .config import ConfigError, config_hash, load_config
 from .inputs import InputError, Unit
 from .runtime import start_ray

@@ -18,7 +18,7 @@ from itertools import groupby
 import ray
 
 from ..operators.syn4removal import PIPELINE, compose_group, extract_group
-from . import storage
+from .. import storage
 from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
 from .readers import PlannedGroupsDatasource, SA1BTarDatasource

@@ -31,7 +31,7 @@ from ray.data.block import BlockAccessor
 from ..operators.params import Params
 from ..operators.records import Reject
 from ..operators.stats import Stats
-from . import storage
+from .. import storage
 
 SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
 _END_OF_ARCHIVE = b"\0" * 1024

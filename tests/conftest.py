@@ -30,7 +30,7 @@ def s3_endpoint():
     """A real S3 protocol server (moto) on 127.0.0.1; AWS_* variables point every client at it."""
     from moto.server import ThreadedMotoServer
 
-    from pairmine.pipelines import storage
+    from pairmine import storage
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

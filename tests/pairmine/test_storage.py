@@ -7,7 +7,7 @@ import os
 import boto3
 import pytest
 
-from pairmine.pipelines import storage
+from pairmine import storage
 
 
 @pytest.fixture(params=["local", "s3"])
