@@ -87,6 +87,12 @@ def uri_of(uri_root: str, file_info: pafs.FileInfo) -> str:
     return S3 + file_info.path if is_s3(uri_root) else file_info.path
 
 
+def open_input_file(uri: str):
+    """A seekable binary file (pyarrow NativeFile): S3 objects are read with ranged GETs, not copied."""
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

@@ -29,6 +29,9 @@ def test_write_read_list_upload_delete(root, tmp_path):
     names = [storage.basename(e.path) for e in storage.list_dir(storage.join(root, "a"))]
     assert names == ["x.bin", "y.bin"], "no temp file is ever visible"
     assert storage.read_bytes(storage.join(root, "a", "y.bin")) == b"world" * 1000
+    with storage.open_input_file(storage.join(root, "a", "y.bin")) as f:  # random access, as video readers need
+        f.seek(4995)
+        assert f.read(5) == b"world" and f.tell() == 5000
     assert storage.check_readable(storage.join(root, "a", "x.bin")).size == 5
     storage.delete(storage.join(root, "a", "x.bin"))
     storage.delete(storage.join(root, "a", "x.bin"))  # deleting twice is fine
