@@ -1,0 +1,162 @@
+"""Video reading: probe, index-exact segment decoding, PyAV/decord agreement, file-likes, bad files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+
+from pairmine.operators.codecs import BadInput
+from pairmine.operators.video_io import READERS, DecodeParams, analysis_size, probe, read_frames
+
+BOTH = ("pyav", "decord")
+
+
+@pytest.fixture(scope="module")
+def videos(testdata):
+    return testdata / "video"
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b).mean())
+
+
+def test_probe_reads_resolution_fps_frames_and_codec(videos):
+    info = probe(str(videos / "synth_static_dev.mp4"), DecodeParams())
+    assert (info.width, info.height, info.fps, info.frames, info.codec) == (960, 540, 25.0, 150, "h264")
+    assert info.duration == pytest.approx(150 / 25)
+
+
+@pytest.mark.parametrize("clip", ["synth_static_dev.mp4", "01_dog.mp4", "carphone_pristine.mp4"])
+def test_pyav_and_decord_agree_on_frame_count_and_frames(videos, clip):
+    path = str(videos / clip)
+    infos = {name: READERS[name].probe(path) for name in BOTH}
+    assert infos["pyav"].frames == infos["decord"].frames
+    assert infos["pyav"].fps == pytest.approx(infos["decord"].fps)
+    frames = infos["pyav"].frames
+    picks = [0, 7, frames // 2, frames - 1]
+    full = {name: read_frames(path, picks, (name,), None, 1) for name in BOTH}
+    assert [f.index for f in full["pyav"].frames] == [f.index for f in full["decord"].frames] == picks
+    for a, b in zip(full["pyav"].frames, full["decord"].frames):
+        assert a.image.shape == b.image.shape == (infos["pyav"].height, infos["pyav"].width, 3)
+        assert a.time == pytest.approx(b.time, abs=0.5 / infos["pyav"].fps)
+        assert mae(a.image, b.image) < 1.0
+    size = analysis_size(infos["pyav"].width, infos["pyav"].height, 320)
+    small = {name: read_frames(path, picks, (name,), size, 1) for name in BOTH}
+    for a, b in zip(small["pyav"].frames, small["decord"].frames):
+        assert a.image.shape == b.image.shape == (size[1], size[0], 3)
+        assert mae(a.image, b.image) < 6.0  # same frame, different scalers (swscale area vs decord's)
+
+
+@pytest.mark.parametrize("reader", BOTH)
+def test_a_segment_decodes_alone_to_the_same_frames(videos, reader):
+    path = str(videos / "02_cups.mp4")  # keyframes at 0 and 250: both a seek back to a keyframe and a mid-GOP start
+    everything = {f.index: f.image for f in read_frames(path, range(0, 300, 1), (reader,), (160, 90), 1).frames}
+    for wanted in (range(60, 90, 3), range(252, 300, 5), [5, 299, 120]):
+        decoded = read_frames(path, wanted, (reader,), (160, 90), 1)
+        assert decoded.error is None
+        assert [f.index for f in decoded.frames] == sorted(wanted)
+        assert all(np.array_equal(f.image, everything[f.index]) for f in decoded.frames)
+
+
+@pytest.mark.parametrize("reader", BOTH)
+def test_file_like_source_gives_the_same_frames_as_the_path(videos, reader):
+    path = videos / "synth_static_dev.mp4"
+    info = READERS[reader].probe(lambda: open(path, "rb"))
+    assert (info.width, info.height, info.fps, info.frames) == (960, 540, 25.0, 150)
+    from_path = read_frames(str(path), range(40, 70, 3), (reader,), None, 1)
+    from_file = read_frames(lambda: open(path, "rb"), range(40, 70, 3), (reader,), None, 1)
+    assert from_file.error is None and len(from_file.frames) == 10
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(from_path.frames, from_file.frames))
+
+
+class CountingFile(io.FileIO):
+    """A real file that counts the bytes read through it."""
+
+    def __init__(self, path, counter: list):
+        super().__init__(path, "rb")
+        self.counter = counter
+
+    def readinto(self, buffer):
+        n = super().readinto(buffer)
+        self.counter.append(n or 0)
+        return n
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.counter.append(len(data))
+        return data
+
+
+def test_pyav_reads_a_late_segment_by_range_decord_copies_everything(videos):
+    path = videos / "02_cups.mp4"
+    size = path.stat().st_size
+    read = {}
+    for reader in BOTH:
+        counter: list[int] = []
+        decoded = read_frames(lambda: CountingFile(path, counter), range(252, 300, 3), (reader,), (160, 90), 1)
+        assert len(decoded.frames) == 16
+        read[reader] = sum(counter)
+    assert read["decord"] >= size
+    assert read["pyav"] < size / 2  # the last GOP (frames 250-299) is a sixth of the clip
+
+
+def test_indices_past_the_end_are_absent(videos):
+    decoded = read_frames(str(videos / "synth_static_dev.mp4"), [148, 149, 150, 400], ("pyav",), (96, 54), 1)
+    assert [f.index for f in decoded.frames] == [148, 149] and decoded.error is None
+
+
+@pytest.fixture
+def bad_files(videos, testdata, tmp_path):
+    """Broken copies of real files: truncated (index at the end, index at the start), empty, garbage, a still image."""
+    static, dog = (videos / "synth_static_dev.mp4").read_bytes(), (videos / "01_dog.mp4").read_bytes()
+    files = {
+        "truncated_index_at_end": static[: len(static) // 2],
+        "truncated_index_at_start": dog[: len(dog) * 2 // 5],
+        "empty": b"",
+        "garbage": np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes(),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.mp4"
+        paths[name].write_bytes(data)
+    paths["still_image"] = tmp_path / "still_image.mp4"
+    shutil.copy(testdata / "photos" / "astronaut.png", paths["still_image"])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [("truncated_index_at_end", "unreadable"), ("empty", "empty_file"), ("garbage", "unreadable"), ("still_image", "not_a_video")],
+)
+def test_unreadable_files_are_rejected_with_a_reason(bad_files, name, reason):
+    with pytest.raises(BadInput) as caught:
+        probe(str(bad_files[name]), DecodeParams())
+    assert caught.value.reason == reason and caught.value.detail
+
+
+@pytest.mark.parametrize("order", [("pyav", "decord"), ("decord", "pyav")])
+def test_truncated_stream_keeps_what_decodes_and_falls_back_to_pyav(bad_files, order):
+    path = str(bad_files["truncated_index_at_start"])
+    info = probe(path, DecodeParams())  # the index survives: the header still promises every frame
+    decoded = read_frames(path, range(0, info.frames, 3), order, (160, 90), 1)
+    assert decoded.reader == "pyav"  # decord fails on the whole file, PyAV decodes up to the cut
+    assert decoded.error is not None and decoded.error.reason == "decode_error"
+    assert 0 < len(decoded.frames) < len(range(0, info.frames, 3))
+    assert decoded.failed == ("decord: unreadable",)
+
+
+def test_absurd_resolution_and_too_short_videos_are_rejected(videos):
+    path = str(videos / "synth_static_dev.mp4")
+    with pytest.raises(BadInput, match="video_too_large"):
+        probe(path, DecodeParams(max_pixels=960 * 540 - 1))
+    with pytest.raises(BadInput, match="too_short"):
+        probe(path, DecodeParams(min_frames=151))
+
+
+def test_analysis_size_keeps_the_aspect_and_never_upscales():
+    assert analysis_size(1920, 1080, 480) == (480, 270)
+    assert analysis_size(1080, 1920, 480) == (270, 480)
+    assert analysis_size(176, 144, 480) == (176, 144)
