@@ -30,13 +30,44 @@ environment (AWS_ENDPOINT_URL, credentials, AWS_REGION).
 Rerunning with the same --output and config continues where the last run stopped and skips
 finished inputs; exit codes: 0 done, 2 bad arguments/config/inputs (nothing was run), 1 failure.
 """,
+    "video4removal": """examples:
+  # a folder of static-camera clips, embedded local Ray
+  pairmine video4removal --input videos/ --output out/video
+
+  # from S3 to S3, analysing every 2nd frame at 640 px
+  pairmine video4removal --input s3://data/cctv/ --output s3://pairs/video/v1 \\
+      --config configs/video4removal.yaml --set decode.stride=2 --set decode.analysis_long_side=640
+
+inputs: a video file or a folder (searched recursively) of .mp4/.mov/.mkv/.avi/.webm/... videos,
+local or s3:// (read by range, not copied). Videos are cut into segments processed in parallel;
+a video or part with a moving camera, cuts, flicker or no clean background frame yields no pair
+and a reject that says why.
+
+Rerunning with the same --output and config continues where the last run stopped and skips
+finished segments; exit codes: 0 done, 2 bad arguments/config/inputs (nothing was run), 1 failure.
+""",
+}
+DESCRIPTIONS = {
+    "syn4removal": (
+        "synthetic triplets: entities from segmented images pasted into other images",
+        "Syn4Removal (SmartEraser): cut entities out of SA-1B / COCO-panoptic images and paste them into other "
+        "images at positions that bury no object, with feathered alpha blending; writes (source.jpg, mask.png, "
+        "target.jpg, alpha.png, json) samples.",
+    ),
+    "video4removal": (
+        "real pairs from static-camera videos: frames with and without a moving object",
+        "Video4Removal (OmniEraser): MOG2 background subtraction on static segments of each video, frames paired "
+        "by MSE outside the object, object masks from the MOG foreground; writes (source.jpg, mask.png, "
+        "target.jpg, json) samples.",
+    ),
 }
 
 
 def _jobs():
     from .syn4removal import JOB as SYN4REMOVAL
+    from .video4removal import JOB as VIDEO4REMOVAL
 
-    return {"syn4removal": SYN4REMOVAL}
+    return {"syn4removal": SYN4REMOVAL, "video4removal": VIDEO4REMOVAL}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,23 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pairmine {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    syn = commands.add_parser(
-        "syn4removal",
-        help="synthetic triplets: entities from segmented images pasted into other images",
-        description="Syn4Removal (SmartEraser): cut entities out of SA-1B / COCO-panoptic images and paste "
-        "them into other images at positions that bury no object, with feathered alpha blending; "
-        "writes (source.jpg, mask.png, target.jpg, alpha.png, json) samples.",
-        epilog=EXAMPLES["syn4removal"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    syn.add_argument("--input", action="append", required=True, metavar="PATH", help="input path or s3:// URI (repeatable)")
-    syn.add_argument("--output", required=True, metavar="PATH", help="output directory or s3:// prefix")
-    syn.add_argument("--config", metavar="FILE", help="YAML config (default: the packaged defaults, see configs/)")
-    syn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. seed=3 (repeatable)")
-    syn.add_argument("--dry-run", action="store_true", help="validate and print the plan without running")
-    syn.add_argument("--print-config", action="store_true", help="print the resolved config and its hash, then exit")
-    syn.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    syn.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    for name, (summary, description) in DESCRIPTIONS.items():
+        command = commands.add_parser(
+            name, help=summary, description=description, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        command.add_argument("--input", action="append", required=True, metavar="PATH", help="input path or s3:// URI (repeatable)")
+        command.add_argument("--output", required=True, metavar="PATH", help="output directory or s3:// prefix")
+        command.add_argument("--config", metavar="FILE", help=f"YAML config (default: the packaged defaults, see configs/{name}.yaml)")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. seed=3 (repeatable)")
+        command.add_argument("--dry-run", action="store_true", help="validate and print the plan without running")
+        command.add_argument("--print-config", action="store_true", help="print the resolved config and its hash, then exit")
+        command.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+        command.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..operators.params import Params
 from ..operators.syn4removal import Syn4RemovalParams
+from ..operators.video4removal import Video4RemovalParams
 from .. import storage
 from .writer import ShardParams
 
@@ -33,6 +34,11 @@ class RayParams(Params):
 
 
 class Syn4RemovalConfig(Syn4RemovalParams):
+    shards: ShardParams = Field(default_factory=ShardParams)
+    ray: RayParams = Field(default_factory=RayParams)
+
+
+class Video4RemovalConfig(Video4RemovalParams):
     shards: ShardParams = Field(default_factory=ShardParams)
     ray: RayParams = Field(default_factory=RayParams)
 

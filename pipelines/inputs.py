@@ -21,6 +21,7 @@ from ..operators.records import Reject
 from .. import storage
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
 _KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic):(.+)$")
 _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
 T = TypeVar("T")
@@ -32,7 +33,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    kind: str  # one of KINDS
+    kind: str  # one of KINDS, or "video"
     name: str  # prefixes every input id of the unit
     uri: str  # the tar, the folder, or (panoptic) the annotation json or the per-image json folder
     png_dir: str | None = None  # panoptic: the segmentation PNGs
@@ -129,12 +130,34 @@ def discover(arg: str) -> list[Unit]:
     return [Unit(u.kind, f"{storage.basename(uri)}/{u.name}", u.uri, u.png_dir, u.image_dir, u.categories_uri) for u in panoptic]
 
 
-def discover_all(args: list[str]) -> list[Unit]:
+def discover_videos(arg: str) -> list[Unit]:
+    """One unit per video: a video file, or every video below a folder (named by its relative path)."""
+    try:
+        found = storage.check_readable(arg)
+    except storage.StorageError as exc:
+        raise InputError(str(exc)) from None
+    if found.type == pafs.FileType.File:
+        if not arg.lower().endswith(VIDEO_EXTENSIONS):
+            raise InputError(f"input {arg} is not a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of videos")
+        return [Unit("video", storage.basename(arg), arg)]
+    root = arg.rstrip("/")
+    root_path = storage.resolve(root)[1]
+    videos = [
+        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e))
+        for e in storage.list_dir(root, recursive=True)
+        if e.type == pafs.FileType.File and e.path.lower().endswith(VIDEO_EXTENSIONS)
+    ]
+    if not videos:
+        raise InputError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) found below {arg}")
+    return videos
+
+
+def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
     """Units of every input, with unit names made unique (a digest of the URI is added on a clash)."""
     names: set[str] = set()
     uris: set[str] = set()
     unique = []
-    for unit in (u for arg in args for u in discover(arg)):
+    for unit in (u for arg in args for u in discover_one(arg)):
         if unit.uri in uris:
             continue  # the same unit given twice
         name = unit.name

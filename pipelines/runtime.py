@@ -22,7 +22,8 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     if not ray.is_initialized():
         # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
         env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV}
-        common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": {"env_vars": env}}
+        runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
+        common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
         if params.address:
             ray.init(address=params.address, **common)
         else:
@@ -40,3 +41,10 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     context.enable_operator_progress_bars = progress
     context.print_on_execution_start = progress
     return ray.cluster_resources()
+
+
+def setup_worker() -> None:
+    """Ray worker setup hook: one OpenCV thread per task, since Ray already runs one task per CPU."""
+    import cv2
+
+    cv2.setNumThreads(1)

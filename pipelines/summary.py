@@ -6,19 +6,18 @@ from collections import Counter
 
 from ..operators.stats import Stats
 
-# stage -> the count its throughput is measured in
+# stage -> the counts its throughput is measured in (the first one present)
 _STAGE_ITEMS = {
-    "read": "records",
-    "decode": "records",
-    "annotations": "images",
-    "entities": "images",
-    "score": "entity_candidates",
-    "compose": "backgrounds_kept",
-    "encode": "pairs",
-    "screen": "frames",
-    "mog": "frames",
-    "pair": "frames",
-    "mask": "pairs",
+    "decode": ("frames", "records"),
+    "annotations": ("images",),
+    "entities": ("images",),
+    "score": ("entities_scored",),
+    "compose": ("backgrounds_kept",),
+    "encode": ("pairs",),
+    "screen": ("frames",),
+    "mog": ("frames",),
+    "pair": ("frames",),
+    "mask": ("pairs_selected",),
 }
 
 
@@ -37,7 +36,7 @@ def build_summary(task_results: list[dict], wall_seconds: float, **context) -> d
             reasons.update(shard["reject_reasons"])
     stages = {}
     for stage, seconds in sorted(stats.seconds.items()):
-        items = stats.counts.get(_STAGE_ITEMS.get(stage, ""), 0)
+        items = next((stats.counts[k] for k in _STAGE_ITEMS.get(stage, ()) if k in stats.counts), 0)
         stages[stage] = {
             "cpu_seconds": round(seconds, 3),
             "items": items,

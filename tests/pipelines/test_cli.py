@@ -26,11 +26,11 @@ def pairmine(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*PAIRMINE, *args], capture_output=True, text=True, timeout=300, **kwargs)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["syn4removal", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["syn4removal", "--help"], ["video4removal", "--help"]])
 def test_help_says_what_it_does_with_examples(args):
     result = pairmine(*args)
     assert result.returncode == 0
-    assert "syn4removal" in result.stdout
+    assert args[0].strip("-") in result.stdout or ("syn4removal" in result.stdout and "video4removal" in result.stdout)
     if len(args) == 2:
         assert "examples:" in result.stdout and "--input" in result.stdout and "s3://" in result.stdout
 
@@ -54,6 +54,16 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, extra, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pairmine: error:") and message in lines[0], result.stderr
     assert not (out / "shards").exists(), "work started despite the error"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--input", __file__], "is not a video"),
+    (["--input", str(TESTDATA / "sa1b")], "no videos"),
+    (["--input", str(TESTDATA / "video"), "--set", "decode.reader=opencv"], "decode.reader"),
+])
+def test_video_arguments_fail_fast_with_one_line(tmp_path, extra, message):
+    result = pairmine("video4removal", "--output", str(tmp_path / "out"), *extra)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
 
 
 def test_unreachable_bucket_fails_fast(tmp_path, s3_endpoint):

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pairmine.pipelines.config import ConfigError, Syn4RemovalConfig, config_hash, load_config, to_yaml
+from pairmine.pipelines.config import ConfigError, Syn4RemovalConfig, Video4RemovalConfig, config_hash, load_config, to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_shipped_yaml_equals_the_packaged_defaults():
-    assert load_config(Syn4RemovalConfig, str(REPO / "configs" / "syn4removal.yaml")) == Syn4RemovalConfig()
+@pytest.mark.parametrize("name, model", [("syn4removal", Syn4RemovalConfig), ("video4removal", Video4RemovalConfig)])
+def test_shipped_yaml_equals_the_packaged_defaults(name, model):
+    assert load_config(model, str(REPO / "configs" / f"{name}.yaml")) == model()
 
 
 def test_set_overrides_nested_keys_with_yaml_values(tmp_path):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
-from pairmine.pipelines.inputs import InputError, discover, discover_all, groups_of, plan_groups, unit_groups
+from pairmine.pipelines.inputs import InputError, discover, discover_all, discover_videos, groups_of, plan_groups, unit_groups
 
 SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
 
@@ -100,3 +100,14 @@ def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
     assert [m["id"] for r in rows for m in r["records"]] == ["000000000001", "000000000002", "000000000003"]
     assert all(m["segmentation"].endswith(".png") for r in rows for m in r["records"])
     assert '"isthing"' in rows[0]["categories"]
+
+
+def test_videos_are_found_recursively_and_named_by_relative_path(tmp_path):
+    video = TESTDATA / "video" / "bikes.mp4"
+    for rel in ("cam1/a.mp4", "cam2/a.mp4", "top.MOV"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, tmp_path / rel)
+    (tmp_path / "cam1" / "notes.txt").write_text("not a video")
+    units = discover_all([str(tmp_path), str(video)], discover_videos)
+    assert [u.name for u in units] == ["cam1/a.mp4", "cam2/a.mp4", "top.MOV", "bikes.mp4"]
+    assert {u.kind for u in units} == {"video"}

@@ -1,0 +1,109 @@
+"""Video4Removal end to end on a local Ray: ground truth, moving cameras, bad files, segments, S3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import boto3
+import numpy as np
+import pytest
+from helpers import check_sample, decode, read_parquet_dir, read_samples
+from sample_inputs import TESTDATA
+
+from pairmine.pipelines.run import run
+from pairmine.pipelines.video4removal import JOB
+
+VIDEO = TESTDATA / "video"
+STATIC = VIDEO / "synth_static_dev.mp4"
+MOVING = ("synth_pan_dev.mp4", "bikes.mp4", "carphone_pristine.mp4")
+
+
+def _run(inputs, output, *overrides):
+    return run(JOB, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
+
+
+def test_pairs_match_the_ground_truth_and_moving_cameras_give_none(tmp_path, ray_local):
+    out = tmp_path / "out"
+    summary = _run([STATIC, *(VIDEO / m for m in MOVING)], out)
+    samples = read_samples(str(out))
+    assert samples and summary["written"]["samples"] == len(samples)
+    truth = np.load(VIDEO / "synth_static_dev.gt.npz")["masks"] > 0
+    for sample in samples:
+        meta = check_sample(sample, "video4removal")
+        assert meta["video"] == "synth_static_dev.mp4" and meta["masker"] == "mog"
+        mask = decode(sample["mask.png"]) > 0
+        source_truth = truth[meta["source"]["frame"]]
+        assert mask.shape == source_truth.shape
+        iou = (mask & source_truth).sum() / (mask | source_truth).sum()
+        assert iou >= 0.6, f"{sample['__key__']}: IoU {iou:.3f} with the ground truth"
+        assert truth[meta["target"]["frame"]].sum() == 0, "the target frame still shows the object"
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys))
+    rejects = read_parquet_dir(str(out / "rejects"))
+    for name in MOVING:
+        reasons = {r["reason"] for r in rejects if r["input"].startswith(f"{name}#")}
+        assert reasons == {"camera_motion"}, f"{name}: {reasons}"
+        assert all("camera motion" in r["detail"] for r in rejects if r["input"].startswith(f"{name}#"))
+
+
+def test_bad_video_files_are_rejected_and_the_job_completes(tmp_path, ray_local):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(STATIC, folder / "good.mp4")
+    data = STATIC.read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("this is not a video\n" * 100)
+    (folder / "noise.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    out = tmp_path / "out"
+    summary = _run([folder], out)
+    rejects = read_parquet_dir(str(out / "rejects"))
+    by_video = {}
+    for r in rejects:
+        by_video.setdefault(r["input"].split("#")[0], set()).add((r["stage"], r["reason"]))
+    for name in ("truncated.mp4", "empty.mp4", "notes.mp4", "noise.mkv"):
+        assert name in by_video, f"{name} vanished without a reject"
+    assert ("read", "empty_file") in by_video["empty.mp4"]
+    assert all(stage in ("read", "decode") for stage, _ in by_video["notes.mp4"] | by_video["noise.mkv"])
+    assert {json.loads(s["json"])["video"] for s in read_samples(str(out))} == {"good.mp4"}
+    assert summary["units"]["given"] == 5
+
+
+def test_long_videos_are_split_into_segments_resumed_and_not_redone(tmp_path, ray_local):
+    overrides = ("segment_seconds=3", "shards.max_samples=1")
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    summary = _run([STATIC], clean, *overrides)
+    assert summary["counts"]["segments"] == 2 and summary["written"]["samples"] >= 2  # 6 s of video
+    consumed = sorted(i for r in read_parquet_dir(str(clean / "manifest")) for e in r["inputs"] for i in e["ids"])
+    assert consumed == ["0-75", "75-150"]
+
+    _run([STATIC], resumed, *overrides)
+    import pyarrow.parquet as pq
+
+    lost = sorted((resumed / "manifest").iterdir())[0]
+    lost_segments = [i for e in pq.read_table(lost).to_pylist()[0]["inputs"] for i in e["ids"]]
+    lost.unlink()  # as if killed before that shard was committed
+    again = _run([STATIC], resumed, *overrides)
+    assert again["counts"]["segments"] == len(lost_segments) == 1, "only the lost segment is redone"
+    keys = sorted(s["__key__"] for s in read_samples(str(resumed)))
+    assert keys == sorted(s["__key__"] for s in read_samples(str(clean))) and len(keys) == len(set(keys))
+    assert _run([STATIC], resumed, *overrides)["units"]["already_complete"] == 1
+
+
+def test_s3_videos_in_and_shards_out(tmp_path, ray_local, s3_bucket):
+    s3 = boto3.client("s3")
+    s3.upload_file(str(STATIC), s3_bucket, "in/cam1/static.mp4")
+    s3.upload_file(str(VIDEO / "synth_pan_dev.mp4"), s3_bucket, "in/cam2/pan.mp4")
+    summary = _run([f"s3://{s3_bucket}/in/"], f"s3://{s3_bucket}/out")
+    assert summary["units"]["given"] == 2 and summary["written"]["samples"] > 0
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]]
+    shards = [k for k in keys if k.endswith(".tar")]
+    local = tmp_path / "mirror" / "shards"
+    local.mkdir(parents=True)
+    for key in shards:
+        s3.download_file(s3_bucket, key, str(local / key.rsplit("/", 1)[1]))
+    samples = read_samples(str(local.parent))
+    assert len(samples) == summary["written"]["samples"]
+    assert {json.loads(check_sample(s, "video4removal") and s["json"])["video"] for s in samples} == {"cam1/static.mp4"}
+    assert "out/_SUCCESS" in keys and any(k.startswith("out/rejects/") for k in keys)
