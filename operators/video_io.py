@@ -40,7 +40,11 @@ class DecodeParams(Params):
     fallback: bool = Field(True, description="when the preferred reader fails on a file, try the other one")
     threads: int = Field(1, ge=0, le=64, description="decoder threads per video (0: FFmpeg's choice); 1 suits one Ray task per CPU")
     stride: int = Field(3, ge=1, le=300, description="analyse every stride-th frame (3: ~10 fps analysis for 25-30 fps video)")
-    analysis_long_side: int = Field(480, ge=64, le=4096, description="analysis frames are scaled to this long side (never up)")
+    analysis_long_side: int = Field(
+        320, ge=64, le=4096,
+        description="analysis frames are scaled to this long side (never up); 320 and 480 find the same pairs and "
+        "rejects on the sample clips, 320 with ~25% less CPU",
+    )
     max_pixels: int = Field(4096 * 2304, ge=1, description="videos with more pixels per frame are rejected (an 8K BGR frame is 100 MB)")
     min_frames: int = Field(8, ge=2, description="videos or segments with fewer frames are rejected as too short")
 

@@ -1,0 +1,149 @@
+"""Syn4Removal throughput against the codec bound, with 1 and 2 Ray workers.
+
+Inputs: SA-1B-sized records made from the five good records of the shared sample tar: each photo
+is resized to 2250x1500 (JPEG q90), each of its masks is resized with it (nearest) and, to reach
+~100 masks per image like SA-1B, every mask also contributes its left and right halves as extra
+part masks (SAM's multi-granularity), with scores drawn like the originals'. The records are
+written into SA-1B tars of --images records.
+
+Bound, measured in the same run on the same data: decoding every input JPEG once plus encoding
+every written output (source.jpg, target.jpg, mask.png, alpha.png) with the pipeline's encoders,
+in one process. The pipeline runs the real CLI code path (run()) on an embedded Ray with 1, then
+2 CPUs; triplets/s per core is divided by the bound's triplets/s (one core) to give the ratio.
+
+    .venv/bin/python benchmarks/syn4removal_bench.py [--images 160] [--workdir /tmp/pairmine-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from common import timed_run
+from pycocotools import mask as mask_utils
+
+from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
+from pairmine.pipelines.syn4removal import JOB
+
+SAMPLE_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "sa1b" / "sa_000000.tar"
+GOOD = ("sa_100", "sa_101", "sa_102", "sa_103", "sa_142238")
+WIDTH, HEIGHT = 2250, 1500
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode("ascii")}
+
+
+def sa1b_sized_record(jpg: bytes, doc: dict, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """Upscale one sample record to 2250x1500 with about 3x its masks (wholes and halves)."""
+    image = cv2.resize(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+    annotations = []
+    for ann in doc["annotations"]:
+        small = mask_utils.decode(ann["segmentation"])
+        mask = cv2.resize(small, (WIDTH, HEIGHT), interpolation=cv2.INTER_NEAREST)
+        x, _, w, _ = cv2.boundingRect(mask)
+        parts = [mask]
+        for lo, hi in ((x, x + w // 2), (x + w // 2, x + w)):
+            half = np.zeros_like(mask)
+            half[:, lo:hi] = mask[:, lo:hi]
+            if half.any():
+                parts.append(half)
+        for i, part in enumerate(parts):
+            scores = {k: ann[k] if i == 0 else float(np.clip(ann[k] + rng.normal(0, 0.03), 0, 1)) for k in ("predicted_iou", "stability_score")}
+            rle = _rle(part)
+            annotations.append({"id": len(annotations), "segmentation": rle, "area": int(mask_utils.area(rle)),
+                                "bbox": [float(v) for v in mask_utils.toBbox(rle)], **scores})
+    return encode_jpeg(image, 90), {"image": {"width": WIDTH, "height": HEIGHT}, "annotations": annotations}
+
+
+def make_inputs(workdir: Path, images: int) -> Path:
+    """Tars of `images` SA-1B-sized records (cached in workdir)."""
+    folder = workdir / f"sa1b-{images}"
+    if folder.exists():
+        return folder
+    with tarfile.open(SAMPLE_TAR) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.split(".")[0] in GOOD}
+    rng = np.random.default_rng(0)
+    records = [sa1b_sized_record(members[f"{s}.jpg"], json.loads(members[f"{s}.json"]), rng) for s in GOOD]
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    per_tar = 80
+    for t in range(0, images, per_tar):
+        with tarfile.open(tmp / f"sa_{t // per_tar:06d}.tar", "w") as out:
+            for i in range(t, min(t + per_tar, images)):
+                jpg, doc = records[i % len(records)]
+                doc = doc | {"image": doc["image"] | {"image_id": i, "file_name": f"sa_{i}.jpg"}}
+                for name, data in ((f"sa_{i}.jpg", jpg), (f"sa_{i}.json", json.dumps(doc).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    out.addfile(info, io.BytesIO(data))
+    tmp.rename(folder)
+    return folder
+
+
+def codec_bound(inputs: Path, outputs: int, quality: int) -> float:
+    """Seconds to decode every input JPEG once and encode `outputs` triplets of the same size, one core
+    (one OpenCV thread, like the pipeline's workers)."""
+    cv2.setNumThreads(1)
+    jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
+    start = time.perf_counter()
+    decoded = [decode_image(j, 50_000_000)[0] for j in jpgs]
+    decode_s = time.perf_counter() - start
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    cv2.ellipse(mask, (WIDTH // 2, HEIGHT // 2), (300, 200), 0, 0, 360, 255, -1)
+    start = time.perf_counter()
+    for i in range(outputs):
+        image = decoded[i % len(decoded)]
+        encode_jpeg(image, quality), encode_jpeg(image, quality), encode_png_gray(mask), encode_png_gray(mask)
+    return decode_s + time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--workdir", default="/tmp/pairmine-bench")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    inputs = make_inputs(workdir, args.images)
+    masks = [len(json.loads(t.extractfile(m).read())["annotations"]) for t in [tarfile.open(next(inputs.glob("*.tar")))] for m in t.getmembers() if m.name.endswith(".json")]
+    results = {}
+    for cpus in (1, 2):
+        # the sample tar in groups of 2 gives one warm-up task per CPU
+        results[cpus] = timed_run(JOB, [str(inputs)], [str(SAMPLE_TAR)], workdir / f"out-{cpus}", cpus, ["group_size=2"])
+    triplets = results[1]["summary"]["written"]["samples"]
+    assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"
+    bound_s = codec_bound(inputs, triplets, 95)
+    bound_rate = triplets / bound_s
+    report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "masks_per_image": round(float(np.mean(masks)), 1),
+              "triplets": triplets, "bound_triplets_per_s_per_core": round(bound_rate, 3)}
+    for cpus, result in results.items():
+        rate = triplets / result["summary"]["wall_seconds"]
+        report[f"{cpus}_cpu"] = {
+            "wall_s": result["summary"]["wall_seconds"],
+            "triplets_per_s": round(rate, 3),
+            "triplets_per_s_per_core": round(rate / cpus, 3),
+            "ratio_to_bound_per_core": round(rate / cpus / bound_rate, 3),
+            "peak_worker_rss_mb": result["peak_worker_rss_mb"],
+            "stages_cpu_s": {k: v["cpu_seconds"] for k, v in result["summary"]["stages"].items()},
+        }
+    report["speedup_1_to_2"] = round(report["2_cpu"]["triplets_per_s"] / report["1_cpu"]["triplets_per_s"], 3)
+    print(json.dumps(report, indent=2))
+    print(f"\nbound (decode inputs + encode outputs, 1 core): {bound_rate:.2f} triplets/s")
+    for cpus in (1, 2):
+        r = report[f"{cpus}_cpu"]
+        print(f"{cpus} Ray CPU(s): {r['triplets_per_s']:.2f} triplets/s = {r['triplets_per_s_per_core']:.2f}/core "
+              f"= {r['ratio_to_bound_per_core']:.2f} of the bound per core; peak worker RSS {r['peak_worker_rss_mb']} MB")
+    print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    main()
