@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .annotations import Segment
 from .params import Params
@@ -28,11 +28,7 @@ class BackgroundParams(Params):
         0.4, ge=0, le=1, description="boxes covering this share of the image or more are stuff, ignored"
     )
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_instance_area_ratio >= self.max_instance_area_ratio:
-            raise ValueError("min_instance_area_ratio must be below max_instance_area_ratio")
-        return self
+    ORDERED = (("min_instance_area_ratio", "max_instance_area_ratio", True),)
 
 
 @dataclass

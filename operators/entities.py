@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .annotations import Segment, decode_rle_crop, panoptic_crop
 from .codecs import BadInput
@@ -32,11 +32,7 @@ class EntityLimits(Params):
         0.2, ge=0, le=1, description="truncation: share of the box perimeter on the image border, at most"
     )
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_area_ratio >= self.max_area_ratio:
-            raise ValueError(f"min_area_ratio ({self.min_area_ratio}) must be below max_area_ratio ({self.max_area_ratio})")
-        return self
+    ORDERED = (("min_area_ratio", "max_area_ratio", True),)
 
 
 @dataclass

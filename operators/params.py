@@ -4,8 +4,21 @@ Each operator defines its parameters once, next to its code; the pipeline config
 so a YAML key, its default, its bounds and its description live in one place.
 """
 
-from pydantic import BaseModel, ConfigDict
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # (low, high, strict): field `low` must be below (strict) or at most `high`
+    ORDERED: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_order(self):
+        for low, high, strict in self.ORDERED:
+            a, b = getattr(self, low), getattr(self, high)
+            if a > b or (strict and a == b):
+                raise ValueError(f"{low} ({a}) must {'be below' if strict else 'not exceed'} {high} ({b})")
+        return self

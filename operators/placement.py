@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from .params import Params
 from .records import Instance
@@ -46,13 +46,7 @@ class PlacementParams(Params):
             raise ValueError("scales must be a non-empty list of values in (0, 1]")
         return scales
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_paste_area_ratio > self.max_paste_area_ratio:
-            raise ValueError("min_paste_area_ratio must not exceed max_paste_area_ratio")
-        if self.min_instance_overlap > self.max_instance_overlap:
-            raise ValueError("min_instance_overlap must not exceed max_instance_overlap")
-        return self
+    ORDERED = (("min_paste_area_ratio", "max_paste_area_ratio", False), ("min_instance_overlap", "max_instance_overlap", False))
 
 
 @dataclass(frozen=True)

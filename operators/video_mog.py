@@ -18,7 +18,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from .params import Params
 
@@ -36,13 +36,7 @@ class MogParams(Params):
     max_object: float = Field(0.3, ge=0, le=1, description="foreground frame: all objects together cover this share, at most")
     max_objects: int = Field(4, ge=1, description="foreground frame: this many objects, at most (crowds give poor masks)")
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.min_object > self.max_object:
-            raise ValueError("min_object must not exceed max_object")
-        if self.background_max_ratio >= self.min_object:
-            raise ValueError("background_max_ratio must be below min_object, or a frame could be both")
-        return self
+    ORDERED = (("min_object", "max_object", False), ("background_max_ratio", "min_object", True))  # else a frame could be both
 
 
 @dataclass(frozen=True)

@@ -76,3 +76,18 @@ def panoptic(testdata) -> dict:
         "image": (PANOPTIC_ROOT / "val2017" / f"{stem}.jpg").read_bytes(),
         "png": (PANOPTIC_ROOT / "panoptic_val2017" / annotation["file_name"]).read_bytes(),
     }
+
+
+@pytest.fixture(scope="session")
+def static_clip(testdata) -> tuple[list, list]:
+    """synth_static_dev at 480x270, every 3rd frame: BGR images and their ground-truth masks at that size."""
+    import cv2
+    import numpy as np
+
+    from pairmine.operators.video_io import read_frames
+
+    video = testdata / "video"
+    frames = read_frames(str(video / "synth_static_dev.mp4"), range(0, 150, 3), ("pyav",), (480, 270), 1).frames
+    truth = np.load(video / "synth_static_dev.gt.npz")["masks"]
+    masks = [cv2.resize(truth[f.index].astype(np.uint8), (480, 270), interpolation=cv2.INTER_NEAREST) for f in frames]
+    return [f.image for f in frames], masks

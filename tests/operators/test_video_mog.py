@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pairmine.operators.video_io import read_frames
 from pairmine.operators.video_mog import MogParams, classify, subtract_background
 
 PARAMS = MogParams()
 
 
-@pytest.fixture(scope="module")
-def static_run(testdata):
-    """synth_static_dev at 480x270, every 3rd frame, with the ground-truth masks at that size."""
-    video = testdata / "video"
-    frames = read_frames(str(video / "synth_static_dev.mp4"), range(0, 150, 3), ("pyav",), (480, 270), 1).frames
-    truth = np.load(video / "synth_static_dev.gt.npz")["masks"]
-    small = [cv2.resize(truth[f.index].astype(np.uint8), (480, 270), interpolation=cv2.INTER_NEAREST) for f in frames]
-    return [f.image for f in frames], small
-
-
-def test_frames_are_classified_as_the_ground_truth_says(static_run):
-    images, truth = static_run
+def test_frames_are_classified_as_the_ground_truth_says(static_clip):
+    images, truth = static_clip
     classes = [classify(labels, PARAMS) for labels in subtract_background(images, PARAMS)]
     for cls, gt in zip(classes, truth):
         assert cls.kind == ("foreground" if gt.any() else "background")
@@ -32,8 +20,8 @@ def test_frames_are_classified_as_the_ground_truth_says(static_run):
     assert min(ious) >= 0.6
 
 
-def test_the_first_frames_of_a_run_are_judged_like_the_others(static_run):
-    images, truth = static_run
+def test_the_first_frames_of_a_run_are_judged_like_the_others(static_clip):
+    images, truth = static_clip
     object_first = images[17:34] + images[:17]  # the run starts while the object is in view
     classes = [classify(labels, PARAMS) for labels in subtract_background(object_first, PARAMS)]
     assert [c.kind for c in classes] == ["foreground"] * 17 + ["background"] * 17

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from pairmine.operators.video_io import read_frames
 from pairmine.operators.video_pairing import Miss, Pair, PairingParams, masked_mse, pair_frame, residual_shift, select_diverse
 
 PARAMS = PairingParams()
@@ -15,13 +14,9 @@ SOURCE = 25  # sample 25 = frame 75: the object mid-way across the scene
 
 
 @pytest.fixture(scope="module")
-def run(testdata):
-    """synth_static_dev at 480x270, every 3rd frame: images, greys, ground-truth masks (analysis size)."""
-    video = testdata / "video"
-    frames = read_frames(str(video / "synth_static_dev.mp4"), range(0, 150, 3), ("pyav",), (480, 270), 1).frames
-    truth = np.load(video / "synth_static_dev.gt.npz")["masks"]
-    masks = [cv2.resize(truth[f.index].astype(np.uint8), (480, 270), interpolation=cv2.INTER_NEAREST) for f in frames]
-    images = [f.image for f in frames]
+def run(static_clip):
+    """The static clip's images, greys and ground-truth masks (analysis size)."""
+    images, masks = static_clip
     return images, [cv2.cvtColor(i, cv2.COLOR_BGR2GRAY) for i in images], masks
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import tarfile
 
-import pytest
 import ray
 from sample_inputs import TESTDATA, sa1b_members, write_loose_sa1b
 

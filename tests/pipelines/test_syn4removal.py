@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 from collections import Counter
-from pathlib import Path
 
 import boto3
 import pytest

@@ -7,7 +7,6 @@ import shutil
 
 import boto3
 import numpy as np
-import pytest
 from helpers import check_sample, decode, read_parquet_dir, read_samples
 from sample_inputs import TESTDATA
 
