@@ -8,6 +8,10 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+# Field(..., json_schema_extra=RUNTIME): how or where a step runs (batch size, device, actors), not what it
+# produces; such fields stay out of the config hash, so changing them keeps an output's sample keys.
+RUNTIME = {"runtime": True}
+
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

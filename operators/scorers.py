@@ -2,7 +2,8 @@
 
 A scorer says whether each entity is worth pasting. Scorers that need no pixels run before any
 mask is decoded; scorers with ``needs_pixels`` (CLIP) see the RGBA crop and run as their own
-pipeline stage. Every scorer is chosen by the ``entities.scorer.name`` config key.
+pipeline stage. Every scorer is chosen by the ``entities.scorer.name`` config key, and its config's
+``build()`` gives the scorer (model-backed ones, like ``clip_scorer``, load their weights there).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class AnnotationScorer(Params):
     min_predicted_iou: float = Field(0.88, ge=0, le=1, description="SA-1B predicted_iou, at least (SAM AMG default)")
     min_stability_score: float = Field(0.95, ge=0, le=1, description="SA-1B stability_score, at least (SAM AMG default)")
     needs_pixels: ClassVar[bool] = False
+
+    def build(self) -> "AnnotationScorer":
+        """Every scorer config's ``build()`` gives its scorer; this one needs no model, so it is its own."""
+        return self
 
     def score(self, entities: Sequence[Entity]) -> list[Score]:
         return [self._score_one(e) for e in entities]

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Annotated, Union
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from .. import __version__
 from .annotations import Annotations, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
+from .clip_scorer import ClipScorerParams
 from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray
 from .composition import PairingParams, pair_group
 from .entities import Entity, EntityLimits, geometry_reject, materialize
@@ -30,8 +32,16 @@ from .stats import Stats
 PIPELINE = "syn4removal"
 
 
+def _scorer_name(value) -> str:
+    """The scorer a config names; without a name, the default one (so `--set entities.scorer.x=...` works)."""
+    return value.get("name", "annotation") if isinstance(value, dict) else value.name
+
+
 class EntityParams(EntityLimits):
-    scorer: AnnotationScorer = Field(default_factory=AnnotationScorer, description="entity scorer, chosen by `name`")
+    scorer: Annotated[
+        Union[Annotated[AnnotationScorer, Tag("annotation")], Annotated[ClipScorerParams, Tag("clip")]],
+        Discriminator(_scorer_name),
+    ] = Field(default_factory=AnnotationScorer, description="entity scorer, chosen by `name`: annotation or clip")
 
 
 class SynMaskEnhanceParams(MaskEnhanceParams):

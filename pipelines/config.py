@@ -1,27 +1,25 @@
 """Pipeline configs: YAML + ``--set key=value`` overrides, validated into one typed object per pipeline.
 
-A pipeline config is the pipeline's parameters (which decide the samples and are hashed into
-``config_hash``) plus ``shards`` and ``ray`` (how and where it runs, not hashed). Errors name the
-key and fit on one line.
+A pipeline config is the pipeline's parameters, which decide the samples and are hashed into
+``config_hash``, plus fields marked runtime (``shards``, ``ray``, a model stage's batch size, device,
+GPUs and actors): how and where it runs, not hashed. Errors name the key and fit on one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from ..operators.params import Params
+from ..operators.params import RUNTIME, Params
 from ..operators.syn4removal import Syn4RemovalParams
 from ..operators.video4removal import Video4RemovalParams
 from .. import storage
 from .writer import ShardParams
-
-RUNTIME_SECTIONS = frozenset({"shards", "ray"})
-
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message is one line for the user."""
@@ -34,22 +32,32 @@ class RayParams(Params):
 
 
 class Syn4RemovalConfig(Syn4RemovalParams):
-    shards: ShardParams = Field(default_factory=ShardParams)
-    ray: RayParams = Field(default_factory=RayParams)
+    shards: ShardParams = Field(default_factory=ShardParams, json_schema_extra=RUNTIME)
+    ray: RayParams = Field(default_factory=RayParams, json_schema_extra=RUNTIME)
 
 
 class Video4RemovalConfig(Video4RemovalParams):
-    shards: ShardParams = Field(default_factory=ShardParams)
-    ray: RayParams = Field(default_factory=RayParams)
+    shards: ShardParams = Field(default_factory=ShardParams, json_schema_extra=RUNTIME)
+    ray: RayParams = Field(default_factory=RayParams, json_schema_extra=RUNTIME)
 
 
 C = TypeVar("C", bound=BaseModel)
 
 
+def _semantic(model: BaseModel) -> dict:
+    """The model as JSON data without its runtime fields, at any depth."""
+    data = {}
+    for name, field in type(model).model_fields.items():
+        if (field.json_schema_extra or {}).get("runtime"):
+            continue
+        value = getattr(model, name)
+        data[name] = _semantic(value) if isinstance(value, BaseModel) else model.model_dump(mode="json", include={name})[name]
+    return data
+
+
 def config_hash(config: BaseModel) -> str:
-    """SHA-256 of the parameters that decide the samples (everything but the runtime sections)."""
-    semantic = config.model_dump(mode="json", exclude=set(RUNTIME_SECTIONS))
-    return hashlib.sha256(json.dumps(semantic, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """SHA-256 of the parameters that decide the samples (runtime fields left out)."""
+    return hashlib.sha256(json.dumps(_semantic(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _set(data: dict, dotted: str, raw: str) -> None:
@@ -68,23 +76,39 @@ def _set(data: dict, dotted: str, raw: str) -> None:
         raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
 
 
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    for key in loc[:-1]:
-        field = model.model_fields.get(key) if isinstance(key, str) else None
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return sorted(model.model_fields)
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The config models a field holds: its type, or the members of a (discriminated) union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _key_path(model: type[BaseModel], loc: tuple) -> tuple[tuple, list[str]]:
+    """The YAML key path of an error location (union tags dropped) and the keys known where it ends."""
+    path, known = [], sorted(model.model_fields)
+    models = [model]
+    for part in loc:
+        tagged = [m for m in models if part == getattr(m.model_fields.get("name"), "default", None)]
+        if tagged and len(models) > 1:  # pydantic adds the union member's tag: not a YAML key
+            models, known = tagged, sorted(tagged[0].model_fields)
+            continue
+        path.append(part)
+        field = next((m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields), None)
+        models = _models_in(field.annotation) if field else []
+        if models:
+            known = sorted(models[0].model_fields)
+    return tuple(path), known
 
 
 def _describe(model: type[BaseModel], error: dict) -> str:
-    loc = tuple(error["loc"])
+    loc, known = _key_path(model, tuple(error["loc"]))
     key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        known = _known_keys(model, loc)
+        _, known = _key_path(model, tuple(error["loc"])[:-1])
         return f"unknown key {key!r}" + (f" (known here: {', '.join(known)})" if known else "")
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "union_tag_invalid":  # our unions are chosen by `name`
+        return f"{key}.name: {error['ctx']['tag']!r} is not one of {error['ctx']['expected_tags']}"
     if error["type"] == "missing":
         return f"{key}: missing"
     shown = json.dumps(error.get("input"), default=str)

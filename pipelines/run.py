@@ -14,8 +14,8 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from .. import __version__
-from .. import storage
+from .. import __version__, storage
+from ..operators.checkpoints import CheckpointError
 from .config import ConfigError, config_hash, load_config
 from .inputs import InputError, Unit
 from .runtime import start_ray
@@ -23,7 +23,7 @@ from .summary import build_summary
 from .writer import SUCCESS, OutputConflict, Progress, ShardSink, read_progress, remove_orphans, write_success
 
 log = logging.getLogger("pairmine")
-USER_ERRORS = (ConfigError, InputError, storage.StorageError, OutputConflict)
+USER_ERRORS = (ConfigError, InputError, storage.StorageError, OutputConflict, CheckpointError)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Job:
     discover: Callable[[list[str]], list[Unit]]
     build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows, or None
     rows_per_shard: Callable[[BaseModel], int]  # writer rows (groups) that fill about one shard
+    check: Callable[[BaseModel], None] = lambda config: None  # config checks beyond validation (model files)
 
 
 def io_concurrency() -> int:
@@ -51,6 +52,7 @@ def new_run_id() -> str:
 def prepare(job: Job, inputs: list[str], output: str, config_path: str | None, overrides: list[str]):
     """All user-facing checks: returns (config, hash, units, progress, pending units)."""
     config = load_config(job.config_model, config_path, overrides)
+    job.check(config)
     digest = config_hash(config)
     if not inputs:
         raise InputError("no --input given")

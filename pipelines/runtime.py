@@ -44,7 +44,11 @@ def start_ray(params: RayParams, progress: bool) -> dict:
 
 
 def setup_worker() -> None:
-    """Ray worker setup hook: one OpenCV thread per task, since Ray already runs one task per CPU."""
+    """Ray worker setup hook: the torchvision CPU shim armed (inert where torchvision's own ops load),
+    and one OpenCV thread per task, since Ray already runs one task per CPU."""
     import cv2
 
+    from .. import tv_cpu_shim
+
+    tv_cpu_shim.install_lazy()
     cv2.setNumThreads(1)

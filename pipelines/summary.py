@@ -21,6 +21,9 @@ _STAGE_ITEMS = {
 }
 
 
+_IDLE = "_idle"  # seconds["<stage>_idle"]: an actor stage's time between calls
+
+
 def build_summary(task_results: list[dict], wall_seconds: float, **context) -> dict:
     """Merge the writer's per-task results into one summary dict (written to ``_SUCCESS``)."""
     stats = Stats()
@@ -36,12 +39,17 @@ def build_summary(task_results: list[dict], wall_seconds: float, **context) -> d
             reasons.update(shard["reject_reasons"])
     stages = {}
     for stage, seconds in sorted(stats.seconds.items()):
+        if stage.endswith(_IDLE):
+            continue
         items = next((stats.counts[k] for k in _STAGE_ITEMS.get(stage, ()) if k in stats.counts), 0)
         stages[stage] = {
             "cpu_seconds": round(seconds, 3),
             "items": items,
             "items_per_cpu_second": round(items / seconds, 2) if seconds > 0 else None,
         }
+        if stage + _IDLE in stats.seconds:  # an actor stage: how busy its actors were between calls
+            busy = seconds / (seconds + stats.seconds[stage + _IDLE]) if seconds > 0 else 0.0
+            stages[stage]["actor_busy_fraction"] = round(busy, 3)
     return {
         **context,
         "counts": dict(sorted(stats.counts.items())),
@@ -63,8 +71,12 @@ def format_summary(summary: dict) -> str:
         "  counts: " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()),
         f"  written: {written['samples']} samples in {written['shards']} shards ({written['bytes'] / 1e6:.1f} MB)",
         f"  rejects: {rejects['total']}" + ("" if not rejects["by_reason"] else " — " + ", ".join(f"{k} {v}" for k, v in rejects["by_reason"].items())),
-        "  stages (CPU seconds, items per CPU second): "
-        + ", ".join(f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}" for k, v in summary["stages"].items()),
+        "  stages (seconds, items per second): "
+        + ", ".join(
+            f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}"
+            + (f" ({v['actor_busy_fraction']:.0%} busy)" if "actor_busy_fraction" in v else "")
+            for k, v in summary["stages"].items()
+        ),
         f"  output: {summary['output']} (shards/, manifest/, rejects/, _SUCCESS)",
         f"  totals in output: {summary['output_totals']['samples']} samples in {summary['output_totals']['shards']} shards",
     ]

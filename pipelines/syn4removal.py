@@ -4,6 +4,10 @@
       -> map: decode, entity bank, backgrounds, compose, encode -> one writer row per group
       -> ShardSink: shards/, manifest/, rejects/
 
+With a scorer that looks at pixels (CLIP), the map is split around it: extract (CPU tasks) ->
+score (an actor pool that loads the model once per actor, on GPUs when configured) -> compose and
+encode (CPU tasks); groups travel between them as Python objects.
+
 Reading reserves no CPU: it is I/O-bound, a tar's read task lives as long as the tar streams, and a
 reservation would keep map tasks off the cores. Without a reservation nothing limits how many
 read tasks start, so their concurrency is capped explicitly (Ray's streaming backpressure bounds
@@ -17,7 +21,8 @@ from itertools import groupby
 
 import ray
 
-from ..operators.syn4removal import PIPELINE, compose_group, extract_group
+from ..operators.clip_stage import ClipScoreStage
+from ..operators.syn4removal import PIPELINE, Group, compose_group, extract_group
 from .. import storage
 from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
@@ -27,11 +32,23 @@ from .writer import Progress, pack_group
 
 
 
-def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
-    """One reader row in, one writer row out."""
-    group = extract_group(row, config, config.entities.scorer)
+GROUPS_PER_SCORE_CALL = 4  # groups whose entities one scoring call batches together
+
+
+def extract(row: dict, config: Syn4RemovalConfig) -> dict:
+    return {"group": extract_group(row, config, config.entities.scorer)}
+
+
+def finish(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
+    """Compose and encode the triplets of an extracted group: its writer row."""
+    group: Group = row["group"]
     samples = compose_group(group, config, config_hash)
     return pack_group(group.unit, group.consumed, group.unit_total, samples, group.rejects, group.stats)
+
+
+def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
+    """One reader row in, one writer row out (scorers that need no model)."""
+    return finish(extract(row, config), config, config_hash)
 
 
 def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset | None:
@@ -68,11 +85,32 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
 
 def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, config_hash: str) -> ray.data.Dataset | None:
     groups = read_groups(units, progress, config)
-    return groups.map(process_group, fn_kwargs={"config": config, "config_hash": config_hash}) if groups else None
+    if groups is None:
+        return None
+    scorer = config.entities.scorer
+    if not scorer.needs_pixels:
+        return groups.map(process_group, fn_kwargs={"config": config, "config_hash": config_hash})
+    extracted = groups.map(extract, fn_kwargs={"config": config})
+    scored = extracted.map_batches(
+        ClipScoreStage,
+        fn_constructor_args=(scorer,),
+        batch_size=GROUPS_PER_SCORE_CALL,
+        batch_format="numpy",
+        concurrency=scorer.concurrency,
+        num_gpus=scorer.num_gpus,
+        num_cpus=0 if scorer.num_gpus else 1,
+    )
+    return scored.map(finish, fn_kwargs={"config": config, "config_hash": config_hash})
+
+
+def check(config: Syn4RemovalConfig) -> None:
+    """Checks that need no Ray: the scorer's model files exist."""
+    if hasattr(config.entities.scorer, "check_files"):
+        config.entities.scorer.check_files()
 
 
 def rows_per_shard(config: Syn4RemovalConfig) -> int:
     return config.shards.max_samples // (config.group_size * config.pairing.pairs_per_background)
 
 
-JOB = Job(PIPELINE, Syn4RemovalConfig, discover_all, build, rows_per_shard)
+JOB = Job(PIPELINE, Syn4RemovalConfig, discover_all, build, rows_per_shard, check)

@@ -1,0 +1,62 @@
+"""Model stages inside the pipelines: tiny random models saved as checkpoints, loaded by Ray actors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import check_sample, read_parquet_dir, read_samples
+from models import tiny_clip
+from sample_inputs import TESTDATA
+
+from pairmine.operators.checkpoints import CheckpointError
+from pairmine.pipelines.run import run
+from pairmine.pipelines.syn4removal import JOB as SYN4REMOVAL
+
+SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
+
+
+def _clip(tmp_path, *extra) -> list[str]:
+    config, checkpoint = tiny_clip(tmp_path / "clip")
+    # random weights give cosines around 0: the cosine scale with a threshold between the scores
+    return [
+        "entities.scorer.name=clip", f"entities.scorer.model={config}", f"entities.scorer.checkpoint={checkpoint}",
+        "entities.scorer.scale=cosine", "entities.scorer.batch_size=3", *extra,
+    ]
+
+
+def test_syn4removal_with_the_clip_scorer_actor(tmp_path, ray_local):
+    out = tmp_path / "out"
+    summary = run(SYN4REMOVAL, [SA1B_TAR], str(out), overrides=_clip(tmp_path, "entities.scorer.threshold=-1"), progress_bars=False)
+    samples = read_samples(str(out))
+    assert samples and summary["counts"]["entities_scored"] > 0
+    for sample in samples:
+        meta = check_sample(sample, "syn4removal")
+        assert isinstance(meta["entity"]["scores"]["clip"], float)
+    score = summary["stages"]["score"]
+    assert score["items"] == summary["counts"]["entities_scored"] and 0 < score["actor_busy_fraction"] <= 1
+
+
+def test_clip_threshold_rejects_with_the_score(tmp_path, ray_local):
+    out = tmp_path / "out"
+    summary = run(SYN4REMOVAL, [SA1B_TAR], str(out), overrides=_clip(tmp_path, "entities.scorer.threshold=1"), progress_bars=False)
+    rejected = [r for r in read_parquet_dir(str(out / "rejects")) if r["reason"] == "clip_score_below_threshold"]
+    assert len(rejected) == summary["counts"]["entities_scored"] > 0, "a cosine threshold of 1 keeps nothing"
+    assert all("clip cosine" in r["detail"] and "< 1" in r["detail"] for r in rejected)
+    assert summary["written"]["samples"] == 0
+
+
+def test_a_missing_checkpoint_stops_the_run_before_ray_starts(tmp_path):
+    overrides = ["entities.scorer.name=clip", f"entities.scorer.checkpoint={tmp_path / 'nope.pt'}"]
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        run(SYN4REMOVAL, [SA1B_TAR], str(tmp_path / "out"), overrides=overrides, progress_bars=False)
+    assert not (tmp_path / "out" / "shards").exists()
+
+
+def test_runtime_settings_of_a_model_stage_keep_the_sample_keys(tmp_path, ray_local):
+    first, second = tmp_path / "a", tmp_path / "b"
+    run(SYN4REMOVAL, [SA1B_TAR], str(first), overrides=_clip(tmp_path, "entities.scorer.threshold=-1"), progress_bars=False)
+    run(SYN4REMOVAL, [SA1B_TAR], str(second), progress_bars=False,
+        overrides=_clip(tmp_path, "entities.scorer.threshold=-1", "entities.scorer.batch_size=16", "entities.scorer.concurrency=[1,2]"))
+    keys = lambda out: sorted(json.loads(s["json"])["key"] for s in read_samples(str(out)))  # noqa: E731
+    assert keys(first) == keys(second)
