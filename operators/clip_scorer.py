@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from .checkpoints import check_exists
 from .devices import Device
 from .entities import Entity
-from .params import RUNTIME, Params
+from .params import RUNTIME, Concurrency, Params
 from .scorers import Score
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -84,7 +84,7 @@ class ClipScorerParams(Params):
     num_gpus: float = Field(
         0.0, ge=0, le=1, description="GPUs per scoring actor; a fraction shares a GPU between actors", json_schema_extra=RUNTIME
     )
-    concurrency: tuple[int, int] = Field((1, 1), description="(min, max) scoring actors", json_schema_extra=RUNTIME)
+    concurrency: Concurrency = Field((1, 1), description="(min, max) scoring actors", json_schema_extra=RUNTIME)
     needs_pixels: ClassVar[bool] = True
 
     @field_validator("prompt")
@@ -97,13 +97,6 @@ class ClipScorerParams(Params):
         if "\0" not in filled:
             raise ValueError("prompt must hold {category}")
         return prompt
-
-    @field_validator("concurrency")
-    @classmethod
-    def _concurrency(cls, concurrency):
-        if not 1 <= concurrency[0] <= concurrency[1]:
-            raise ValueError("concurrency is (min, max) actors with 1 <= min <= max")
-        return concurrency
 
     @model_validator(mode="after")
     def _thresholds_fit_scale(self):

@@ -13,7 +13,7 @@ object, holes filled; optionally GrabCut on the source frame, seeded by that mas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import ClassVar, Literal, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +41,7 @@ class MaskResult:
 
 class Masker(Protocol):
     name: str
+    items_are_clip: bool  # one masks() call takes one segment's frames (a model that tracks across them)
 
     def masks(self, items: Sequence[MaskInput]) -> list[MaskResult]: ...
 
@@ -49,6 +50,8 @@ class MogMasker(Params):
     """MOG2 mask refined by the pair's full-resolution difference (CPU, no weights)."""
 
     name: Literal["mog"] = "mog"
+    items_are_clip: ClassVar[bool] = False
+    runs_model: ClassVar[bool] = False  # masker configs whose masker loads weights run as an actor stage
     diff_threshold: int = Field(20, ge=1, le=255, description="a pixel belongs to the object where a blurred channel differs by more")
     search_radius: float = Field(
         0.02, ge=0, le=0.2, description="the object is looked for this far around the MOG2 mask, fraction of the long side",
@@ -59,6 +62,10 @@ class MogMasker(Params):
     min_area: float = Field(0.002, ge=0, le=1, description="mask share of the frame, at least")
     max_area: float = Field(0.5, ge=0, le=1, description="mask share of the frame, at most")
     min_prior_iou: float = Field(0.3, ge=0, le=1, description="IoU with the MOG2 mask, at least (else the difference found something else)")
+
+    def build(self) -> "MogMasker":
+        """Every masker config's ``build()`` gives its masker; this one needs no model, so it is its own."""
+        return self
 
     def masks(self, items: Sequence[MaskInput]) -> list[MaskResult]:
         return [self.refine(item) for item in items]

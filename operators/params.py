@@ -4,13 +4,23 @@ Each operator defines its parameters once, next to its code; the pipeline config
 so a YAML key, its default, its bounds and its description live in one place.
 """
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 # Field(..., json_schema_extra=RUNTIME): how or where a step runs (batch size, device, actors), not what it
 # produces; such fields stay out of the config hash, so changing them keeps an output's sample keys.
 RUNTIME = {"runtime": True}
+
+
+def _min_max_actors(concurrency: tuple[int, int]) -> tuple[int, int]:
+    if not 1 <= concurrency[0] <= concurrency[1]:
+        raise ValueError("concurrency is (min, max) actors with 1 <= min <= max")
+    return concurrency
+
+
+# (min, max) actors of a Ray actor stage (a model stage)
+Concurrency = Annotated[tuple[int, int], AfterValidator(_min_max_actors)]
 
 
 class Params(BaseModel):

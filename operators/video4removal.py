@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Annotated, Union
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from .. import __version__
 from .codecs import BadInput, encode_jpeg, encode_png_gray
+from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
 from .records import Reject, sample_key
@@ -32,6 +34,11 @@ from .video_pairing import Miss, Pair, PairingParams, pair_frame, select_diverse
 from .video_screen import Screening, ScreenParams, Span, screen
 
 PIPELINE = "video4removal"
+
+
+def _masker_name(value) -> str:
+    """The masker a config names; without a name, the default one (so `--set masker.x=...` works)."""
+    return value.get("name", "mog") if isinstance(value, dict) else value.name
 
 
 class Video4RemovalParams(Params):
@@ -45,7 +52,10 @@ class Video4RemovalParams(Params):
     screen: ScreenParams = Field(default_factory=ScreenParams)
     mog: MogParams = Field(default_factory=MogParams)
     pairing: PairingParams = Field(default_factory=PairingParams)
-    masker: MogMasker = Field(default_factory=MogMasker, description="object masker, chosen by `name`")
+    masker: Annotated[
+        Union[Annotated[MogMasker, Tag("mog")], Annotated[GdinoSam2MaskerParams, Tag("gdino_sam2")]],
+        Discriminator(_masker_name),
+    ] = Field(default_factory=MogMasker, description="object masker, chosen by `name`: mog (CPU) or gdino_sam2")
 
 
 def split_video(info: VideoInfo, params: Video4RemovalParams) -> list[tuple[int, int]]:
@@ -271,7 +281,7 @@ def process_segment(
     is opened twice (analysis, then the selected frames at full resolution). ``masker`` defaults
     to ``params.masker``; pass a loaded model-based masker to reuse it across segments.
     """
-    masker = masker or params.masker
+    masker = masker or params.masker.build()
     work = analyse_segment(video_id, source, start, stop, params)
     with work.stats.timed("mask"):
         results = masker.masks([c.mask_input() for c in work.candidates]) if work.candidates else []

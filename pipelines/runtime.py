@@ -37,6 +37,8 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     # Rows are whole groups (seconds of work each): one row per block makes one task per group,
     # instead of Ray packing a tar's groups into one block processed serially.
     context.target_max_block_size = 1
+    # Between model stages, groups and segments travel as pickled Python objects, by design.
+    context.enable_fallback_to_arrow_object_ext_type = True
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
     context.print_on_execution_start = progress

@@ -17,7 +17,7 @@ _STAGE_ITEMS = {
     "screen": ("frames",),
     "mog": ("frames",),
     "pair": ("frames",),
-    "mask": ("pairs_selected",),
+    "mask": ("masked", "pairs_selected"),
 }
 
 

@@ -105,7 +105,7 @@ def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, conf
 
 def check(config: Syn4RemovalConfig) -> None:
     """Checks that need no Ray: the scorer's model files exist."""
-    if hasattr(config.entities.scorer, "check_files"):
+    if config.entities.scorer.needs_pixels:
         config.entities.scorer.check_files()
 
 

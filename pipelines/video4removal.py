@@ -6,6 +6,9 @@
 
 A segment is the unit of parallelism and of incremental progress: its id is its frame range, which
 depends only on the video and the config. S3 videos are read through seekable files (ranged GETs).
+With a masker that runs a model (GroundingDINO + SAM2), the map is split around it: analyse
+(CPU tasks) -> mask (an actor pool loading the models once per actor, on GPUs when configured) ->
+encode (CPU tasks).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import ray
 
 from .. import storage
 from ..operators.codecs import BadInput
-from ..operators.video4removal import PIPELINE, process_segment, split_video
+from ..operators.mask_stage import MaskStage
+from ..operators.video4removal import PIPELINE, analyse_segment, encode_samples, process_segment, split_video
 from ..operators.video_io import probe
 from .config import Video4RemovalConfig
 from .inputs import Unit, discover_all, discover_videos
@@ -42,10 +46,26 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     ]
 
 
+WORKS_PER_MASK_CALL = 2  # segments whose candidates one masking call takes together
+
+
 def process_video_segment(row: dict, config: Video4RemovalConfig, config_hash: str) -> dict:
-    """One segment in, one writer row out."""
+    """One segment in, one writer row out (maskers that run no model)."""
     samples, rejects, stats = process_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, config_hash)
     return pack_group(row["unit"], [row["segment"]], row["unit_total"], samples, rejects, stats)
+
+
+def analyse(row: dict, config: Video4RemovalConfig) -> dict:
+    """A segment up to its masks: the SegmentWork travels to the masking actors."""
+    work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config)
+    return {"work": work, "segment": row["segment"], "unit_total": row["unit_total"]}
+
+
+def encode(row: dict, config: Video4RemovalConfig, config_hash: str) -> dict:
+    """A masked segment's samples: its writer row."""
+    work = row["work"]
+    samples = encode_samples(work, list(row["results"]), config.masker.name, config, config_hash)
+    return pack_group(work.video_id, [row["segment"]], row["unit_total"], samples, work.rejects, work.stats)
 
 
 def build(units: list[Unit], progress: Progress, config: Video4RemovalConfig, config_hash: str) -> ray.data.Dataset:
@@ -53,11 +73,29 @@ def build(units: list[Unit], progress: Progress, config: Video4RemovalConfig, co
     segments = videos.flat_map(
         segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0, concurrency=io_concurrency()
     )
-    return segments.map(process_video_segment, fn_kwargs={"config": config, "config_hash": config_hash})
+    masker = config.masker
+    if not masker.runs_model:
+        return segments.map(process_video_segment, fn_kwargs={"config": config, "config_hash": config_hash})
+    masked = segments.map(analyse, fn_kwargs={"config": config}).map_batches(
+        MaskStage,
+        fn_constructor_args=(masker,),
+        batch_size=WORKS_PER_MASK_CALL,
+        batch_format="numpy",
+        concurrency=masker.concurrency,
+        num_gpus=masker.num_gpus,
+        num_cpus=0 if masker.num_gpus else 1,
+    )
+    return masked.map(encode, fn_kwargs={"config": config, "config_hash": config_hash})
+
+
+def check(config: Video4RemovalConfig) -> None:
+    """Checks that need no Ray: the masker's model files exist."""
+    if config.masker.runs_model:
+        config.masker.check_files()
 
 
 def rows_per_shard(config: Video4RemovalConfig) -> int:
     return config.shards.max_samples // config.pairing.max_pairs
 
 
-JOB = Job(PIPELINE, Video4RemovalConfig, lambda args: discover_all(args, discover_videos), build, rows_per_shard)
+JOB = Job(PIPELINE, Video4RemovalConfig, lambda args: discover_all(args, discover_videos), build, rows_per_shard, check)

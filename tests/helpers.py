@@ -23,7 +23,8 @@ def shard_paths(output: str) -> list[str]:
 
 def read_samples(output: str) -> list[dict]:
     """Every sample of every shard, raw bytes, read with webdataset."""
-    return list(wds.WebDataset(shard_paths(output), shardshuffle=False, empty_check=False))
+    paths = shard_paths(output)
+    return list(wds.WebDataset(paths, shardshuffle=False, empty_check=False)) if paths else []
 
 
 def read_parquet_dir(path: str) -> list[dict]:

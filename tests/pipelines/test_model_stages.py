@@ -6,12 +6,13 @@ import json
 
 import pytest
 from helpers import check_sample, read_parquet_dir, read_samples
-from models import tiny_clip
+from models import tiny_clip, tiny_gdino, tiny_sam2
 from sample_inputs import TESTDATA
 
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.pipelines.run import run
 from pairmine.pipelines.syn4removal import JOB as SYN4REMOVAL
+from pairmine.pipelines.video4removal import JOB as VIDEO4REMOVAL
 
 SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
 
@@ -60,3 +61,19 @@ def test_runtime_settings_of_a_model_stage_keep_the_sample_keys(tmp_path, ray_lo
         overrides=_clip(tmp_path, "entities.scorer.threshold=-1", "entities.scorer.batch_size=16", "entities.scorer.concurrency=[1,2]"))
     keys = lambda out: sorted(json.loads(s["json"])["key"] for s in read_samples(str(out)))  # noqa: E731
     assert keys(first) == keys(second)
+
+
+def test_video4removal_with_the_gdino_sam2_masker_actor(tmp_path, ray_local):
+    """Random weights detect nothing meaningful, so every pair must end as a reject with the masker's
+    reason (no motion explained), or as a sample that meets the contract: never a half-made sample."""
+    models = tiny_gdino(tmp_path / "gdino") | tiny_sam2(tmp_path / "sam2")
+    overrides = ["masker.name=gdino_sam2", "masker.detect_short_side=256", "masker.box_threshold=0.05", *(f"masker.{k}={v}" for k, v in models.items())]
+    out = tmp_path / "out"
+    summary = run(VIDEO4REMOVAL, [str(TESTDATA / "video" / "synth_static_dev.mp4")], str(out), overrides=overrides, progress_bars=False)
+    counts, stage = summary["counts"], summary["stages"]["mask"]
+    assert counts["masked"] == counts["pairs_selected"] > 0 and 0 < stage["actor_busy_fraction"] <= 1
+    rejects = [r for r in read_parquet_dir(str(out / "rejects")) if r["stage"] == "mask"]
+    assert len(rejects) + summary["written"]["samples"] == counts["pairs_selected"]
+    assert all(r["reason"] in ("no_detection_explains_motion", "mask_full", "invalid_mask") for r in rejects)
+    for sample in read_samples(str(out)):
+        assert check_sample(sample, "video4removal")["masker"] == "gdino_sam2"
