@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -21,12 +22,20 @@ def _watch_rss(stop: threading.Event, peak: dict) -> None:
         stop.wait(0.2)
 
 
-def timed_run(job: Job, inputs: list[str], warmup: list[str], output: Path, cpus: int, warmup_overrides: list[str] = ()) -> dict:
+def timed_run(
+    job: Job, inputs: list[str], warmup: list[str], output: Path, cpus: int, overrides: list[str] = (), warmup_overrides: list[str] = ()
+) -> dict:
     """Run `job` on an embedded Ray with `cpus` CPUs after a warm-up run on `warmup` (inputs giving at
     least one task per CPU, so every worker is started and has imported everything); returns the run
-    summary and the peak RSS of any Ray worker in MB."""
+    summary and the peak RSS of any Ray worker in MB.
+
+    The whole process tree (driver, Ray's services, workers) is pinned to `cpus` cores: otherwise a
+    1-CPU run would get the I/O tasks, the driver and Ray's services on the other cores for free.
+    """
     import ray
 
+    all_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(all_cores)[:cpus])
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     try:
         for path in (output, output.parent / f"{output.name}-warmup"):
@@ -35,9 +44,10 @@ def timed_run(job: Job, inputs: list[str], warmup: list[str], output: Path, cpus
         stop, peak = threading.Event(), {}
         watcher = threading.Thread(target=_watch_rss, args=(stop, peak), daemon=True)
         watcher.start()
-        summary = run(job, inputs, str(output), progress_bars=False)
+        summary = run(job, inputs, str(output), overrides=list(overrides), progress_bars=False)
         stop.set()
         watcher.join()
     finally:
         ray.shutdown()
+        os.sched_setaffinity(0, all_cores)
     return {"summary": summary, "peak_worker_rss_mb": round(max(peak.values(), default=0) / 2**20, 1)}
