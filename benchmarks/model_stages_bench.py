@@ -20,7 +20,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 from common import timed_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,7 @@ def real_size_gdino_sam2(directory: Path) -> dict[str, str]:
     """GroundingDINO SwinT (the shipped config, a small BERT) and SAM2.1 hiera-t, random weights."""
     from importlib.util import find_spec
 
-    import sam2  # noqa: F401
+    import sam2  # noqa: F401  (registers its configs with hydra)
     import torch
     from groundingdino.models import build_model
     from groundingdino.util.slconfig import SLConfig
