@@ -16,6 +16,7 @@ import numpy as np
 from .clip_scorer import ClipScorer, ClipScorerParams
 from .entities import Entity
 from .scorers import Score
+from .stats import ActorClock
 from .syn4removal import score_entities
 
 
@@ -36,7 +37,7 @@ class ClipScoreStage:
 
     def __init__(self, params: ClipScorerParams):
         self.scorer = ClipScorer(params)
-        self._last_return: float | None = None  # when the previous call ended: the idle time starts there
+        self.clock = ActorClock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -46,10 +47,6 @@ class ClipScoreStage:
             group.stats.counts["entities_scored"] += len(group.entities)
             group.entities, rejects = score_entities(group.entities, scored)
             group.rejects += rejects
-        end = time.perf_counter()
-        idle = 0.0 if self._last_return is None else start - self._last_return
-        for group in groups:  # the actor's time, shared equally: the groups' sums are the actor's totals
-            group.stats.seconds["score"] += (end - start) / len(groups)
-            group.stats.seconds["score_idle"] += idle / len(groups)
-        self._last_return = time.perf_counter()
+        # the actor's time, shared equally: the groups' sums are the actor's totals
+        self.clock.record("score", start, [g.stats for g in groups], [1.0] * len(groups))
         return batch

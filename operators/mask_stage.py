@@ -14,6 +14,7 @@ import numpy as np
 
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import MaskInput, MaskResult, MogMasker
+from .stats import ActorClock
 
 
 def _split(results: list[MaskResult], sizes: list[int]) -> list[list[MaskResult]]:
@@ -27,7 +28,7 @@ class MaskStage:
 
     def __init__(self, params: GdinoSam2MaskerParams | MogMasker):
         self.masker = params.build()
-        self._last_return: float | None = None  # when the previous call ended: the idle time starts there
+        self.clock = ActorClock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -37,16 +38,10 @@ class MaskStage:
             grouped = [self.masker.masks(clip) if clip else [] for clip in clips]
         else:
             grouped = _split(self.masker.masks([item for clip in clips for item in clip]), [len(c) for c in clips])
-        end = time.perf_counter()
-        idle = 0.0 if self._last_return is None else start - self._last_return
-        total = sum(len(clip) for clip in clips)
         results = np.empty(len(works), dtype=object)
         for k, (work, clip) in enumerate(zip(works, clips)):
             results[k] = grouped[k]
-            # the actor's time, shared by item count (equally when no work has any): the works' sums are its totals
-            share = len(clip) / total if total else 1 / len(works)
             work.stats.counts["masked"] += len(clip)
-            work.stats.seconds["mask"] += (end - start) * share
-            work.stats.seconds["mask_idle"] += idle * share
-        self._last_return = time.perf_counter()
+        # the actor's time, shared by item count: the works' sums are its totals
+        self.clock.record("mask", start, [w.stats for w in works], [float(len(c)) for c in clips])
         return {**batch, "results": results}

@@ -54,3 +54,17 @@ def setup_worker() -> None:
 
     tv_cpu_shim.install_lazy()
     cv2.setNumThreads(1)
+
+
+def actor_stage(dataset, stage: type, params, batch_size: int):
+    """A model stage: an actor pool of `stage(params)` (each actor loads its model once) on batches of
+    `batch_size` rows, with the GPUs and the (min, max) actor count that `params` configure."""
+    return dataset.map_batches(
+        stage,
+        fn_constructor_args=(params,),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=params.concurrency,
+        num_gpus=params.num_gpus,
+        num_cpus=0 if params.num_gpus else 1,  # a GPU actor leaves the CPUs to the stages that feed it
+    )

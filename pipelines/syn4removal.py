@@ -28,6 +28,7 @@ from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
 from .readers import PlannedGroupsDatasource, SA1BTarDatasource
 from .run import Job, io_concurrency
+from .runtime import actor_stage
 from .writer import Progress, pack_group
 
 
@@ -91,15 +92,7 @@ def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, conf
     if not scorer.needs_pixels:
         return groups.map(process_group, fn_kwargs={"config": config, "config_hash": config_hash})
     extracted = groups.map(extract, fn_kwargs={"config": config})
-    scored = extracted.map_batches(
-        ClipScoreStage,
-        fn_constructor_args=(scorer,),
-        batch_size=GROUPS_PER_SCORE_CALL,
-        batch_format="numpy",
-        concurrency=scorer.concurrency,
-        num_gpus=scorer.num_gpus,
-        num_cpus=0 if scorer.num_gpus else 1,
-    )
+    scored = actor_stage(extracted, ClipScoreStage, scorer, GROUPS_PER_SCORE_CALL)
     return scored.map(finish, fn_kwargs={"config": config, "config_hash": config_hash})
 
 

@@ -23,6 +23,7 @@ from ..operators.video_io import probe
 from .config import Video4RemovalConfig
 from .inputs import Unit, discover_all, discover_videos
 from .run import Job, io_concurrency
+from .runtime import actor_stage
 from .writer import Progress, pack_group
 
 
@@ -76,15 +77,7 @@ def build(units: list[Unit], progress: Progress, config: Video4RemovalConfig, co
     masker = config.masker
     if not masker.runs_model:
         return segments.map(process_video_segment, fn_kwargs={"config": config, "config_hash": config_hash})
-    masked = segments.map(analyse, fn_kwargs={"config": config}).map_batches(
-        MaskStage,
-        fn_constructor_args=(masker,),
-        batch_size=WORKS_PER_MASK_CALL,
-        batch_format="numpy",
-        concurrency=masker.concurrency,
-        num_gpus=masker.num_gpus,
-        num_cpus=0 if masker.num_gpus else 1,
-    )
+    masked = actor_stage(segments.map(analyse, fn_kwargs={"config": config}), MaskStage, masker, WORKS_PER_MASK_CALL)
     return masked.map(encode, fn_kwargs={"config": config, "config_hash": config_hash})
 
 
