@@ -18,11 +18,11 @@ import json
 import os
 import tarfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 from ray.data import Datasink
@@ -36,17 +36,7 @@ from .. import storage
 SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
 _END_OF_ARCHIVE = b"\0" * 1024
 
-WRITER_SCHEMA = pa.schema(
-    [
-        ("unit", pa.string()),
-        ("consumed", pa.list_(pa.string())),
-        ("unit_total", pa.int64()),
-        ("samples", pa.large_binary()),  # tar members of the group's samples
-        ("keys", pa.list_(pa.string())),
-        ("rejects", pa.list_(pa.struct([(k, pa.string()) for k in ("input", "stage", "reason", "detail")]))),
-        ("stats", pa.string()),  # JSON of Stats.to_dict()
-    ]
-)
+_REJECT = pa.struct([(k, pa.string()) for k in ("input", "stage", "reason", "detail")])
 MANIFEST_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),  # path under the output; null when the shard's groups made no sample
@@ -114,24 +104,34 @@ class _OpenShard:
     keys: list[str] = field(default_factory=list)
     inputs: dict[str, list[str]] = field(default_factory=dict)
     unit_totals: dict[str, int] = field(default_factory=dict)
-    rejects: list[dict] = field(default_factory=list)
+    rejects: list[pa.StructArray] = field(default_factory=list)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data) -> None:
         self.file.write(data)
         self.digest.update(data)
         self.bytes += len(data)
 
-    def add(self, row: dict) -> None:
-        self._write(row["samples"])
-        self.keys += row["keys"]
-        self.inputs.setdefault(row["unit"], []).extend(row["consumed"])
-        if row["unit_total"] >= 0:
-            self.unit_totals[row["unit"]] = row["unit_total"]
-        self.rejects += row["rejects"]
+    def add(self, rows: pa.Table, i: int) -> None:
+        """Row `i` of a block of writer rows; the sample bytes and rejects stay Arrow buffers (no copies)."""
+        unit, total = rows["unit"][i].as_py(), rows["unit_total"][i].as_py()
+        self._write(rows["samples"][i].as_buffer())
+        self.keys += rows["keys"][i].as_py()
+        self.inputs.setdefault(unit, []).extend(rows["consumed"][i].as_py())
+        if total >= 0:
+            self.unit_totals[unit] = total
+        self.rejects.append(rows["rejects"][i].values)
 
     def close(self) -> None:
         self._write(_END_OF_ARCHIVE)
         self.file.close()
+
+    def rejects_table(self, **constants: str | None) -> pa.Table:
+        """The shard's rejects as a ``REJECTS_SCHEMA`` table, `constants` filling the other columns."""
+        present = [r for r in self.rejects if len(r)]  # an empty list arrives untyped (Ray infers each block)
+        found = pa.concat_arrays(present) if present else pa.array([], _REJECT)
+        columns = {name: found.field(name) for name in ("input", "stage", "reason", "detail")}
+        columns |= {name: pa.repeat(pa.scalar(value, pa.string()), len(found)) for name, value in constants.items()}
+        return pa.table({name: columns[name] for name in REJECTS_SCHEMA.names}, schema=REJECTS_SCHEMA)
 
 
 class ShardSink(Datasink):
@@ -150,11 +150,12 @@ class ShardSink(Datasink):
     def write(self, blocks: Iterable, ctx) -> dict:
         part, shard, committed, stats = 0, None, [], Stats()
         for block in blocks:
-            for row in BlockAccessor.for_block(block).iter_rows(public_row_format=True):
-                stats.merge(json.loads(row["stats"]))
+            rows = BlockAccessor.for_block(block).to_arrow().combine_chunks()
+            for i in range(rows.num_rows):
+                stats.merge(json.loads(rows["stats"][i].as_py()))
                 if shard is None:
                     shard = self._open(ctx.task_idx, part)
-                shard.add(row)
+                shard.add(rows, i)
                 if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
                     committed.append(self._commit(shard, ctx.task_idx, part))
                     part, shard = part + 1, None
@@ -181,11 +182,9 @@ class ShardSink(Datasink):
             storage.upload_file(shard.path, storage.join(self.output, shard_rel))
         else:
             os.remove(shard.path)
-        if shard.rejects:
-            table = pa.Table.from_pylist(
-                [r | {"pipeline": self.pipeline, "run": self.run, "shard": shard_rel} for r in shard.rejects], schema=REJECTS_SCHEMA
-            )
-            storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), _parquet(table))
+        rejects = shard.rejects_table(pipeline=self.pipeline, run=self.run, shard=shard_rel)
+        if rejects.num_rows:
+            storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), _parquet(rejects))
         row = {
             "shard": shard_rel,
             "pipeline": self.pipeline,
@@ -198,12 +197,13 @@ class ShardSink(Datasink):
             "keys": shard.keys,
             "inputs": [{"unit": u, "ids": ids} for u, ids in shard.inputs.items()],
             "unit_totals": [{"unit": u, "total": t} for u, t in shard.unit_totals.items()],
-            "rejects": len(shard.rejects),
+            "rejects": rejects.num_rows,
             "created": int(time.time()),
         }
         storage.write_bytes(storage.join(self.output, MANIFEST, f"{name}.parquet"), _parquet(pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)))
+        reasons = pc.value_counts(pc.binary_join_element_wise(rejects["stage"], rejects["reason"], "/")).to_pylist()
         return {k: row[k] for k in ("shard", "samples", "bytes", "rejects")} | {
-            "reject_reasons": Counter(f"{r['stage']}/{r['reason']}" for r in shard.rejects),
+            "reject_reasons": {r["values"]: r["counts"] for r in reasons},
             "units": len(shard.inputs),
         }
 
