@@ -18,9 +18,9 @@ from .. import __version__, storage
 from ..operators.checkpoints import CheckpointError
 from .config import ConfigError, config_hash, load_config
 from .inputs import InputError, Unit
-from .runtime import start_ray
+from .runtime import io_concurrency, start_ray
 from .summary import build_summary
-from .writer import SUCCESS, OutputConflict, Progress, ShardSink, read_progress, remove_orphans, write_success
+from .writer import SUCCESS, OutputConflict, ShardSink, read_progress, remove_orphans, write_success
 
 log = logging.getLogger("pairmine")
 USER_ERRORS = (ConfigError, InputError, storage.StorageError, OutputConflict, CheckpointError)
@@ -36,13 +36,6 @@ class Job:
     build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows, or None
     rows_per_shard: Callable[[BaseModel], int]  # writer rows (groups) that fill about one shard
     check: Callable[[BaseModel], None] = lambda config: None  # config checks beyond validation (model files)
-
-
-def io_concurrency() -> int:
-    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU of the cluster."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def new_run_id() -> str:
@@ -114,5 +107,3 @@ def plan_only(job: Job, inputs: list[str], output: str, config_path: str | None,
         "output_totals": {"shards": progress.shards, "samples": progress.samples},
     }
 
-
-__all__ = ["Job", "Progress", "USER_ERRORS", "plan_only", "run"]

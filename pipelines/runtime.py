@@ -56,6 +56,13 @@ def setup_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def io_concurrency() -> int:
+    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU of the cluster."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def actor_stage(dataset, stage: type, params, batch_size: int):
     """A model stage: an actor pool of `stage(params)` (each actor loads its model once) on batches of
     `batch_size` rows, with the GPUs and the (min, max) actor count that `params` configure."""

@@ -27,8 +27,8 @@ from .. import storage
 from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
 from .readers import PlannedGroupsDatasource, SA1BTarDatasource
-from .run import Job, io_concurrency
-from .runtime import actor_stage
+from .run import Job
+from .runtime import actor_stage, io_concurrency
 from .writer import Progress, pack_group
 
 

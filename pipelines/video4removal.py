@@ -22,8 +22,8 @@ from ..operators.video4removal import PIPELINE, analyse_segment, encode_samples,
 from ..operators.video_io import probe
 from .config import Video4RemovalConfig
 from .inputs import Unit, discover_all, discover_videos
-from .run import Job, io_concurrency
-from .runtime import actor_stage
+from .run import Job
+from .runtime import actor_stage, io_concurrency
 from .writer import Progress, pack_group
 
 
