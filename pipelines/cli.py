@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pairmine").setLevel(logging.DEBUG if args.verbose else logging.INFO)  # libraries stay at WARNING
     from .config import config_hash, load_config, to_yaml
     from .run import USER_ERRORS, plan_only, run
     from .summary import format_summary

@@ -38,6 +38,14 @@ class Job:
     check: Callable[[BaseModel], None] = lambda config: None  # config checks beyond validation (model files)
 
 
+def verify_model_stage(params) -> None:
+    """Before Ray starts: the stage's files exist (a quick one-line error) and its weights load into
+    its architecture, here on the CPU with the actors' own loader (a mismatch is a one-line error
+    naming the path and the model, instead of an actor dying inside the run)."""
+    params.check_files()
+    params.model_copy(update={"device": "cpu"}).build()
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + secrets.token_hex(2)
 

@@ -27,7 +27,7 @@ from .. import storage
 from .config import Syn4RemovalConfig
 from .inputs import Unit, discover_all, plan_groups
 from .readers import PlannedGroupsDatasource, SA1BTarDatasource
-from .run import Job
+from .run import Job, verify_model_stage
 from .runtime import actor_stage, io_concurrency
 from .writer import Progress, pack_group
 
@@ -97,9 +97,9 @@ def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, conf
 
 
 def check(config: Syn4RemovalConfig) -> None:
-    """Checks that need no Ray: the scorer's model files exist."""
+    """Checks before Ray starts: the scorer's weights exist and fit its model."""
     if config.entities.scorer.needs_pixels:
-        config.entities.scorer.check_files()
+        verify_model_stage(config.entities.scorer)
 
 
 def rows_per_shard(config: Syn4RemovalConfig) -> int:

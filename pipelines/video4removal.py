@@ -22,7 +22,7 @@ from ..operators.video4removal import PIPELINE, analyse_segment, encode_samples,
 from ..operators.video_io import probe
 from .config import Video4RemovalConfig
 from .inputs import Unit, discover_all, discover_videos
-from .run import Job
+from .run import Job, verify_model_stage
 from .runtime import actor_stage, io_concurrency
 from .writer import Progress, pack_group
 
@@ -82,9 +82,9 @@ def build(units: list[Unit], progress: Progress, config: Video4RemovalConfig, co
 
 
 def check(config: Video4RemovalConfig) -> None:
-    """Checks that need no Ray: the masker's model files exist."""
+    """Checks before Ray starts: the masker's weights exist and fit its models."""
     if config.masker.runs_model:
-        config.masker.check_files()
+        verify_model_stage(config.masker)
 
 
 def rows_per_shard(config: Video4RemovalConfig) -> int:

@@ -54,6 +54,15 @@ def test_a_missing_checkpoint_stops_the_run_before_ray_starts(tmp_path):
     assert not (tmp_path / "out" / "shards").exists()
 
 
+def test_a_checkpoint_of_another_model_stops_the_run_before_ray_starts(tmp_path):
+    config, _ = tiny_clip(tmp_path / "a", width=32)
+    _, other = tiny_clip(tmp_path / "b", name="wider-clip", width=64)
+    overrides = ["entities.scorer.name=clip", f"entities.scorer.model={config}", f"entities.scorer.checkpoint={other}"]
+    with pytest.raises(CheckpointError, match=r"wider-clip\.pt does not fit model pairmine-tiny-clip"):
+        run(SYN4REMOVAL, [SA1B_TAR], str(tmp_path / "out"), overrides=overrides, progress_bars=False)
+    assert not (tmp_path / "out" / "shards").exists()
+
+
 def test_runtime_settings_of_a_model_stage_keep_the_sample_keys(tmp_path, ray_local):
     first, second = tmp_path / "a", tmp_path / "b"
     run(SYN4REMOVAL, [SA1B_TAR], str(first), overrides=_clip(tmp_path, "entities.scorer.threshold=-1"), progress_bars=False)
