@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from .. import storage
 from .codecs import BadInput
 from .params import Params
 
@@ -204,8 +205,7 @@ class PyAVReader:
 
 def _first_line(exc: Exception) -> str:
     """An exception's first line, without decord's "[time] source.cc:line: " prefix."""
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0])[:300]
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", storage.first_line(exc))[:300]
 
 
 def _frame_rate(stream) -> float:

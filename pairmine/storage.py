@@ -70,7 +70,7 @@ def info(uri: str) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except OSError as exc:
-        raise StorageError(f"cannot reach {uri}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot reach {uri}: {first_line(exc)}") from None
 
 
 def list_dir(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
@@ -79,7 +79,7 @@ def list_dir(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
     try:
         return sorted(fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)), key=lambda i: i.path)
     except OSError as exc:
-        raise StorageError(f"cannot list {uri}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot list {uri}: {first_line(exc)}") from None
 
 
 def uri_of(uri_root: str, file_info: pafs.FileInfo) -> str:
@@ -161,7 +161,7 @@ def check_readable(uri: str) -> pafs.FileInfo:
         try:
             fs.get_file_info(pafs.FileSelector(bucket, allow_not_found=False, recursive=False))
         except OSError as exc:
-            raise StorageError(f"bucket {bucket!r} is not reachable{_endpoint_note()}: {_first_line(exc)}") from None
+            raise StorageError(f"bucket {bucket!r} is not reachable{_endpoint_note()}: {first_line(exc)}") from None
     found = info(uri)
     if found.type == pafs.FileType.NotFound:
         raise StorageError(f"input not found: {uri}")
@@ -175,7 +175,7 @@ def check_writable(uri: str) -> None:
         try:
             _s3_client().head_bucket(Bucket=bucket)
         except Exception as exc:  # botocore raises several unrelated types
-            raise StorageError(f"output bucket {bucket!r} is not usable{_endpoint_note()}: {_first_line(exc)}") from None
+            raise StorageError(f"output bucket {bucket!r} is not usable{_endpoint_note()}: {first_line(exc)}") from None
         return
     path = os.path.abspath(uri)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -190,5 +190,6 @@ def _endpoint_note() -> str:
     return f" at {_endpoint()}" if _endpoint() else ""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line for a one-line message (its type when the message is empty)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

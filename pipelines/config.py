@@ -122,9 +122,9 @@ def load_config(model: type[C], path: str | None = None, overrides: list[str] = 
         try:
             data = yaml.safe_load(storage.read_bytes(path)) or {}
         except (OSError, storage.StorageError) as exc:
-            raise ConfigError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"cannot read config {path}: {storage.first_line(exc)}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"config {path} is not valid YAML: {storage.first_line(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of keys to values")
     for item in overrides:

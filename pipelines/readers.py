@@ -118,7 +118,7 @@ def load_planned_row(row: dict, max_file_bytes: int) -> dict:
         try:
             return {k: _load(member.get(k), max_file_bytes) for k in ("image", "annotation", "segmentation")} | {"id": member["id"]}
         except (OSError, ValueError) as exc:
-            return Reject(f"{row['unit']}/{member['id']}", "read", "unreadable_file", str(exc).splitlines()[0])
+            return Reject(f"{row['unit']}/{member['id']}", "read", "unreadable_file", storage.first_line(exc))
 
     with ThreadPoolExecutor(8) as pool:  # object stores reward concurrent GETs
         for loaded in pool.map(load, row["records"]):
