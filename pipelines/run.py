@@ -85,7 +85,6 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
             dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=io_concurrency())
             results = sink.results
     wall = time.perf_counter() - started
-    totals = read_progress(output, job.name, digest)
     summary = build_summary(
         results,
         wall,
@@ -97,9 +96,10 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
         output=output,
         inputs=list(inputs),
         units={"given": len(units), "planned": len(pending), "already_complete": len(units) - len(pending)},
-        output_totals={"shards": totals.shards, "samples": totals.samples},
         cluster={k: resources.get(k) for k in ("CPU", "GPU")},
     )
+    written = summary["written"]  # what earlier runs committed plus this run's shards: no second manifest read
+    summary["output_totals"] = {"shards": progress.shards + written["shards"], "samples": progress.samples + written["samples"]}
     write_success(output, summary)
     return summary
 
