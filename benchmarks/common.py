@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from pairmine.pipelines.run import Job, run
+from pairmine.pipelines.run import Pipeline, run
 
 
 def _watch_rss(stop: threading.Event, peak: dict) -> None:
@@ -23,9 +23,9 @@ def _watch_rss(stop: threading.Event, peak: dict) -> None:
 
 
 def timed_run(
-    job: Job, inputs: list[str], warmup: list[str], output: Path, cpus: int, overrides: list[str] = (), warmup_overrides: list[str] = ()
+    pipeline: Pipeline, inputs: list[str], warmup: list[str], output: Path, cpus: int, overrides: list[str] = (), warmup_overrides: list[str] = ()
 ) -> dict:
-    """Run `job` on an embedded Ray with `cpus` CPUs after a warm-up run on `warmup` (inputs giving at
+    """Run `pipeline` on an embedded Ray with `cpus` CPUs after a warm-up run on `warmup` (inputs giving at
     least one task per CPU, so every worker is started and has imported everything); returns the run
     summary and the peak RSS of any Ray worker in MB.
 
@@ -40,11 +40,11 @@ def timed_run(
     try:
         for path in (output, output.parent / f"{output.name}-warmup"):
             shutil.rmtree(path, ignore_errors=True)
-        run(job, warmup, str(output.parent / f"{output.name}-warmup"), overrides=list(warmup_overrides), progress_bars=False)
+        run(pipeline, warmup, str(output.parent / f"{output.name}-warmup"), overrides=list(warmup_overrides), progress_bars=False)
         stop, peak = threading.Event(), {}
         watcher = threading.Thread(target=_watch_rss, args=(stop, peak), daemon=True)
         watcher.start()
-        summary = run(job, inputs, str(output), overrides=list(overrides), progress_bars=False)
+        summary = run(pipeline, inputs, str(output), overrides=list(overrides), progress_bars=False)
         stop.set()
         watcher.join()
     finally:

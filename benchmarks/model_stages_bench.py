@@ -30,8 +30,8 @@ from pairmine.operators.clip_scorer import ClipScorerParams  # noqa: E402
 from pairmine.operators.gdino_sam2 import GdinoSam2MaskerParams  # noqa: E402
 from pairmine.operators.syn4removal import Syn4RemovalParams, extract_group, materialize_all  # noqa: E402
 from pairmine.operators.video4removal import Video4RemovalParams, analyse_segment  # noqa: E402
-from pairmine.pipelines.syn4removal import JOB as SYN4REMOVAL  # noqa: E402
-from pairmine.pipelines.video4removal import JOB as VIDEO4REMOVAL  # noqa: E402
+from pairmine.pipelines.syn4removal import SYN4REMOVAL  # noqa: E402
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL  # noqa: E402
 
 TESTDATA = REPO.parent / "shared" / "testdata"
 SA1B_SIZED = Path("/tmp/pairmine-bench/sa1b-480/sa_000000.tar")  # made by syn4removal_bench.py

@@ -32,10 +32,10 @@ from common import timed_run
 from pycocotools import mask as mask_utils
 
 from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
-from pairmine.pipelines.config import Syn4RemovalConfig, config_hash
+from pairmine.pipelines.config import config_hash
 from pairmine.pipelines.inputs import unit_groups
 from pairmine.pipelines.readers import tar_items
-from pairmine.pipelines.syn4removal import JOB, process_group
+from pairmine.pipelines.syn4removal import SYN4REMOVAL, Syn4RemovalConfig, extract, finish
 
 SAMPLE_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "sa1b" / "sa_000000.tar"
 GOOD = ("sa_100", "sa_101", "sa_102", "sa_103", "sa_142238")
@@ -121,7 +121,7 @@ def without_ray(inputs: Path) -> tuple[int, float]:
         with open(tar, "rb") as f:
             rows = list(unit_groups(tar.name, "sa1b", "", tar_items(f, tar.name, config.max_file_bytes), config.group_size, set(), True))
         start = time.perf_counter()
-        triplets += sum(len(process_group(row, config, digest)["keys"]) for row in rows)
+        triplets += sum(len(finish(extract(row, config), config, digest)["keys"]) for row in rows)
         seconds += time.perf_counter() - start
     return triplets, seconds
 
@@ -138,7 +138,7 @@ def main() -> None:
     for cpus in (1, 2):
         # the sample tar in groups of 2 gives one warm-up task per CPU; shards of 100 samples let shard
         # writes overlap the compute, as they do at scale (default 1000: one shard, written at the end)
-        results[cpus] = timed_run(JOB, [str(inputs)], [str(SAMPLE_TAR)], workdir / f"out-{cpus}", cpus,
+        results[cpus] = timed_run(SYN4REMOVAL, [str(inputs)], [str(SAMPLE_TAR)], workdir / f"out-{cpus}", cpus,
                                   ["shards.max_samples=100"], ["group_size=2"])
     triplets = results[1]["summary"]["written"]["samples"]
     assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"

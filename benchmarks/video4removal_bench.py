@@ -28,8 +28,8 @@ from common import timed_run
 
 from pairmine.operators.video4removal import process_segment, split_video
 from pairmine.operators.video_io import DecodeParams, analysis_size, probe, read_frames
-from pairmine.pipelines.config import Video4RemovalConfig, config_hash
-from pairmine.pipelines.video4removal import JOB
+from pairmine.pipelines.config import config_hash
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL, Video4RemovalConfig
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "video"
 
@@ -75,7 +75,7 @@ def main() -> None:
     inputs = make_inputs(workdir, args.copies)
     videos = sorted(inputs.rglob("*.mp4"))
     warmup = [str(VIDEOS / "synth_static_dev.mp4"), str(VIDEOS / "synth_pan_dev.mp4")]  # one task per CPU
-    results = {cpus: timed_run(JOB, [str(inputs)], warmup, workdir / f"out-{cpus}", cpus) for cpus in (1, 2)}
+    results = {cpus: timed_run(VIDEO4REMOVAL, [str(inputs)], warmup, workdir / f"out-{cpus}", cpus) for cpus in (1, 2)}
 
     cv2.setNumThreads(1)  # like the pipeline's workers
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..dataset import Reject
 from .codecs import BadInput
 
 
@@ -35,13 +36,13 @@ class Segment:
 @dataclass
 class Annotations:
     segments: list[Segment]
-    invalid: list[tuple[int, str, str]]  # (segment index, reason, detail) of unusable annotations
+    invalid: dict[int, Reject]  # segment index -> why its annotation is unusable
 
 
 _SCORE_KEYS = ("predicted_iou", "stability_score")
 
 
-def _load_json(data: bytes | str) -> object:
+def load_json(data: bytes | str) -> object:
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -50,27 +51,27 @@ def _load_json(data: bytes | str) -> object:
 
 def parse_sa1b(data: bytes, height: int, width: int) -> Annotations:
     """Segments of an SA-1B per-image JSON, checked against the decoded image size."""
-    doc = _load_json(data)
+    doc = load_json(data)
     anns = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(anns, list):
         raise BadInput("malformed_json", "no 'annotations' list")
     rles: list[dict] = []
     kept: list[tuple[int, dict]] = []
-    invalid: list[tuple[int, str, str]] = []
+    invalid: dict[int, Reject] = {}
     for index, ann in enumerate(anns):
         seg = ann.get("segmentation") if isinstance(ann, dict) else None
         size = seg.get("size") if isinstance(seg, dict) else None
         counts = seg.get("counts") if isinstance(seg, dict) else None
         if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
-            invalid.append((index, "malformed_annotation", "segmentation is not a COCO RLE"))
+            invalid[index] = Reject.because("malformed_annotation", "segmentation is not a COCO RLE")
             continue
         if list(size) != [height, width]:
-            invalid.append((index, "rle_size_mismatch", f"RLE size {size[1]}x{size[0]} != image {width}x{height}"))
+            invalid[index] = Reject.because("rle_size_mismatch", f"RLE size {size[1]}x{size[0]} != image {width}x{height}")
             continue
         rle = {"size": [height, width], "counts": counts}
         if isinstance(counts, list):  # uncompressed RLE: compress once so every later step sees one form
             if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= height * width for n in counts):
-                invalid.append((index, "malformed_annotation", "uncompressed RLE counts are not run lengths in [0, h*w]"))
+                invalid[index] = Reject.because("malformed_annotation", "uncompressed RLE counts are not run lengths in [0, h*w]")
                 continue
             rle = mask_utils.frPyObjects(rle, height, width)
             rle["counts"] = rle["counts"].decode("ascii")
@@ -107,21 +108,21 @@ def segments_info_of(doc: object) -> list:
 
 def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int, width: int) -> Annotations:
     """Segments of one panoptic image (areas and boxes as declared in ``segments_info``)."""
-    segments, invalid = [], []
+    segments, invalid = [], {}
     for index, info in enumerate(segments_info):
         try:
             seg_id, cat_id = int(info["id"]), int(info["category_id"])
             x, y, w, h = (float(v) for v in info["bbox"])
             area = float(info["area"])
         except (KeyError, TypeError, ValueError):
-            invalid.append((index, "malformed_annotation", "segment lacks id/category_id/bbox/area"))
+            invalid[index] = Reject.because("malformed_annotation", "segment lacks id/category_id/bbox/area")
             continue
         category = categories.get(cat_id)
         if category is None:
-            invalid.append((index, "unknown_category", f"category_id {cat_id} is not in the categories"))
+            invalid[index] = Reject.because("unknown_category", f"category_id {cat_id} is not in the categories")
             continue
         if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 1 or y + h > height + 1:
-            invalid.append((index, "bad_bbox", f"bbox {[x, y, w, h]} outside the {width}x{height} image"))
+            invalid[index] = Reject.because("bad_bbox", f"bbox {[x, y, w, h]} outside the {width}x{height} image")
             continue
         segments.append(
             Segment(

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .annotations import Segment
 from .params import Params
-from .records import Instance
 
 
 class BackgroundParams(Params):
@@ -31,6 +31,15 @@ class BackgroundParams(Params):
     ORDERED = (("min_instance_area_ratio", "max_instance_area_ratio", True),)
 
 
+@dataclass(frozen=True)
+class Instance:
+    """An object already present in an image: its box (x, y, w, h in px), mask area and category."""
+
+    box: tuple[float, float, float, float]
+    area: float
+    category: str | None = None
+
+
 @dataclass
 class Background:
     record: str  # "<unit>/<record>"
@@ -42,12 +51,12 @@ class Background:
         self.categories = {i.category for i in self.instances if i.category}
 
 
-def background_reject(height: int, width: int, params: BackgroundParams) -> tuple[str, str] | None:
+def background_reject(height: int, width: int, params: BackgroundParams) -> Reject | None:
     short, long = min(height, width), max(height, width)
     if short < params.min_short_side:
-        return "background_too_small", f"short side {short}px < {params.min_short_side}px"
+        return Reject.because("background_too_small", f"short side {short}px < {params.min_short_side}px")
     if long / short > params.max_aspect_ratio:
-        return "background_aspect", f"aspect ratio {long / short:.2f} > {params.max_aspect_ratio}"
+        return Reject.because("background_aspect", f"aspect ratio {long / short:.2f} > {params.max_aspect_ratio}")
     return None
 
 

@@ -17,9 +17,10 @@ import uuid
 import pyarrow.fs as pafs
 
 from .. import storage
+from ..errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """Weights that are missing, unreadable or of another model; the message is one line for the user."""
 
 

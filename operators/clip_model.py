@@ -20,8 +20,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from .checkpoints import CheckpointError, local_path
-from .clip_scorer import Precision
-from .devices import Device, resolve_device
+from .devices import Device, Precision, resolve_device
 
 
 def resolve_model(model: str) -> str:

@@ -2,7 +2,7 @@
 
 Each entity's crop is composited on a plain grey square (outside its mask, and the padding, turn grey),
 encoded by an open_clip image tower and compared with "a photo of a {category}"; entities without a
-category take the best of generic object prompts (docs/METHODS.md §1, as in SmartEraser and X-Paste).
+category take the best of generic object prompts (as in SmartEraser and X-Paste; docs/METHODS.md, Syn4Removal).
 This module holds the config and the thresholds and imports no torch: the model (``clip_model``) loads
 only where a scorer is built, once per process or Ray actor.
 """
@@ -14,13 +14,14 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from ..dataset import Reject
 from .checkpoints import check_exists
-from .devices import Device
+from .devices import Precision
 from .entities import Entity
-from .params import RUNTIME, Concurrency, Params
+from .model_stage import ModelStageParams
+from .params import RUNTIME
 from .scorers import Score
 
-Precision = Literal["fp32", "fp16", "bf16"]
 LOGIT_SCALE = 100.0  # CLIP's trained logit scale: logit = 100 × cosine similarity
 # Valid thresholds per scale. A logit threshold under 1 (cosine 0.01) is a cosine given on the wrong
 # scale: SmartEraser's script compares 0.2 with logits and so keeps every entity.
@@ -32,7 +33,7 @@ _HINTS = {
 }
 
 
-class ClipScorerParams(Params):
+class ClipScorerParams(ModelStageParams):
     """The CLIP scorer: which model, where its weights are, how to threshold, how to run it."""
 
     name: Literal["clip"] = "clip"
@@ -50,10 +51,6 @@ class ClipScorerParams(Params):
     batch_size: int = Field(32, ge=1, le=4096, description="entity crops per forward pass", json_schema_extra=RUNTIME)
     precision: Precision = Field(
         "fp16", description="on CUDA; the CPU always runs fp32 (half precision there is slow or unsupported)"
-    )
-    device: Device = Field(
-        "auto", description="auto: CUDA when the scoring actor sees a GPU (num_gpus > 0), else the CPU",
-        json_schema_extra=RUNTIME,
     )
     scale: Literal["logit", "cosine"] = Field(
         "logit", description="score unit: logit = cosine similarity × 100 (CLIP's own logits, 15-35 for a match), or cosine"
@@ -81,10 +78,6 @@ class ClipScorerParams(Params):
         description="also score the entity's box with its real surroundings, recorded as scores['clip_context']; "
         "the threshold always applies to the masked crop, the pixels that will be pasted",
     )
-    num_gpus: float = Field(
-        0.0, ge=0, le=1, description="GPUs per scoring actor; a fraction shares a GPU between actors", json_schema_extra=RUNTIME
-    )
-    concurrency: Concurrency = Field((1, 1), description="(min, max) scoring actors", json_schema_extra=RUNTIME)
     needs_pixels: ClassVar[bool] = True
 
     @field_validator("prompt")
@@ -188,7 +181,6 @@ class ClipScorer:
     def _verdict(self, value: float, category: str | None) -> Score:
         threshold = self.params.threshold_for(category)
         if value >= threshold:
-            return Score(value, True)
+            return Score(value)
         subject = "generic prompts" if category is None else repr(category)
-        return Score(value, False, "clip_score_below_threshold",
-                     f"clip {self.params.scale} {value:.4g} < {threshold:g} for {subject}")
+        return Score(value, Reject.because("clip_score_below_threshold", f"clip {self.params.scale} {value:.4g} < {threshold:g} for {subject}"))

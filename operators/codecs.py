@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..dataset import Reject
+
 _DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND"
@@ -24,12 +26,19 @@ _TAIL = 4096  # the end marker must sit in the last bytes; trailing padding is t
 
 
 class BadInput(ValueError):
-    """An input that cannot be used; `reason` is a short code for rejects and the summary."""
+    """Raised where decoding or parsing an input has to stop; ``reject`` says why (placed by the caller)."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        self.reject = Reject.because(reason, detail)
+
+    @property
+    def reason(self) -> str:
+        return self.reject.reason
+
+    @property
+    def detail(self) -> str:
+        return self.reject.detail
 
 
 @dataclass(frozen=True)

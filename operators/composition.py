@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .backgrounds import Background
 from .blending import BlendParams, feather_alpha, feather_px, paste
 from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
 from .placement import PlacementParams, choose_position, size_target
-from .records import Reject
 
 
 class PairingParams(Params):
@@ -74,8 +74,8 @@ def compose_pair(
     blend: BlendParams,
     enhance: MaskEnhanceParams,
     rng: np.random.Generator,
-) -> Composite | tuple[str, str]:
-    """Paste `entity` into `background`; a (reject reason, detail) pair when it cannot be done."""
+) -> Composite | Reject:
+    """Paste `entity` into `background`, or say why it cannot be done."""
     height, width = background.image.shape[:2]
     pixels, alpha = entity.pixels, entity.mask * np.uint8(255)
     angle = float(rng.uniform(-placement.max_rotation_deg, placement.max_rotation_deg)) if placement.max_rotation_deg else 0.0
@@ -87,20 +87,20 @@ def compose_pair(
     min_scale = float(np.sqrt(placement.min_paste_area_ratio * height * width / target_area))
     spot = choose_position(box_w, box_h, height, width, background.instances, placement, rng, min_scale)
     if spot is None:
-        return "no_position", f"R1 ∩ R2 is empty for a {box_w}x{box_h} box at scales {[round(s, 3) for s in placement.scales]}"
+        return Reject.because("no_position", f"R1 ∩ R2 is empty for a {box_w}x{box_h} box at scales {[round(s, 3) for s in placement.scales]}")
     interpolation = cv2.INTER_AREA if spot.width < pixels.shape[1] else cv2.INTER_LINEAR
     size = (spot.width, spot.height)
     inside = (cv2.resize(alpha, size, interpolation=interpolation) >= 128).astype(np.uint8)
     area = int(inside.sum())
     if area == 0:
-        return "mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}"
+        return Reject.because("mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}")
     width_px = feather_px(area, blend)
     resized = cv2.resize(pixels, size, interpolation=interpolation)
     source, alpha = paste(background.image, resized, feather_alpha(inside, width_px), spot.x, spot.y)
     exact = (alpha > 0).astype(np.uint8)
     exact_area = int(exact.sum())
     if exact_area == 0 or exact_area == exact.size:
-        return "degenerate_mask", f"pasted mask covers {exact_area} of {exact.size} px"
+        return Reject.because("degenerate_mask", f"pasted mask covers {exact_area} of {exact.size} px")
     mask, variant = random_enhance(exact, enhance, rng)
     x0, y0 = max(spot.x, 0), max(spot.y, 0)
     meta = {
@@ -147,7 +147,7 @@ def pair_group(
         rng = rng_for(seed, background.record)
         tried: set[str] = set()
         for index in range(pairing.pairs_per_background):
-            failure = ("no_entity", "no entity from another image of the group is left")
+            failure = Reject.because("no_entity", "no entity from another image of the group is left")
             attempts = 0
             while attempts < pairing.entity_attempts:
                 pool = [
@@ -165,7 +165,7 @@ def pair_group(
                 rejected = materialize(entity, limits)
                 if rejected:  # a bad entity, not a failed placement: draw another
                     unusable.add(entity.id)
-                    rejects.append(Reject(entity.id, "entity", *rejected))
+                    rejects.append(rejected.at(entity.id, "entity"))
                     continue
                 attempts += 1
                 result = compose_pair(background, entity, placement, blend, enhance, rng)
@@ -174,6 +174,6 @@ def pair_group(
                     failure = None
                     yield Pair(background, entity, index, result)
                     break
-                failure = (result[0], f"{result[1]} (entity {entity.id})")
+                failure = Reject.because(result.reason, f"{result.detail} (entity {entity.id})")
             if failure is not None:
-                rejects.append(Reject(f"{background.record}:{index}", "compose", *failure))
+                rejects.append(failure.at(f"{background.record}:{index}", "compose"))

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import torch
 
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "fp16", "bf16"]  # of a model on CUDA; the CPU always runs fp32
 
 
 def resolve_device(device: Device) -> "torch.device":

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .annotations import Segment, decode_rle_crop, panoptic_crop
 from .codecs import BadInput
 from .params import Params
@@ -58,8 +59,8 @@ class Entity:
         return self.segment.area
 
 
-def materialize(entity: Entity, limits: EntityLimits) -> tuple[str, str] | None:
-    """Decode the mask, run the shape checks and cut the crop (once); (reason, detail) if unusable."""
+def materialize(entity: Entity, limits: EntityLimits) -> Reject | None:
+    """Decode the mask, run the shape checks and cut the crop (once); why not, if unusable."""
     if entity.mask is not None:
         return None
     height, width = entity.source.shape[:2]
@@ -69,7 +70,7 @@ def materialize(entity: Entity, limits: EntityLimits) -> tuple[str, str] | None:
         else:
             crop, bounds = panoptic_crop(entity.ids, entity.segment)
     except BadInput as bad:
-        return bad.reason, bad.detail
+        return bad.reject
     rejected = shape_reject(crop, bounds, height, width, limits)
     if rejected is None:
         x0, y0, x1, y1 = bounds
@@ -78,16 +79,16 @@ def materialize(entity: Entity, limits: EntityLimits) -> tuple[str, str] | None:
     return rejected
 
 
-def geometry_reject(segment: Segment, height: int, width: int, limits: EntityLimits) -> tuple[str, str] | None:
-    """Area-ratio and box-size checks on the annotation alone; (reason, detail) or None."""
+def geometry_reject(segment: Segment, height: int, width: int, limits: EntityLimits) -> Reject | None:
+    """Area-ratio and box-size checks on the annotation alone; why the segment is unusable, or None."""
     ratio = segment.area / float(height * width)
     if ratio < limits.min_area_ratio:
-        return "area_too_small", f"mask covers {ratio:.4f} of the image < {limits.min_area_ratio}"
+        return Reject.because("area_too_small", f"mask covers {ratio:.4f} of the image < {limits.min_area_ratio}")
     if ratio > limits.max_area_ratio:
-        return "area_too_large", f"mask covers {ratio:.4f} of the image > {limits.max_area_ratio}"
+        return Reject.because("area_too_large", f"mask covers {ratio:.4f} of the image > {limits.max_area_ratio}")
     side = min(segment.box[2], segment.box[3])
     if side < limits.min_box_side:
-        return "bbox_too_small", f"bbox side {side:.0f}px < {limits.min_box_side}px"
+        return Reject.because("bbox_too_small", f"bbox side {side:.0f}px < {limits.min_box_side}px")
     return None
 
 
@@ -107,13 +108,13 @@ def _coarse(crop: np.ndarray) -> np.ndarray:
 
 def shape_reject(
     crop: np.ndarray, bounds: tuple[int, int, int, int], height: int, width: int, limits: EntityLimits
-) -> tuple[str, str] | None:
+) -> Reject | None:
     """Fragmentation and border-truncation checks on a decoded 0/1 mask crop."""
     count, _, stats, _ = cv2.connectedComponentsWithStats(_coarse(crop), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     main = areas.max() / areas.sum()
     if main < limits.min_main_component:
-        return "fragmented", f"largest of {count - 1} parts holds {main:.2f} of the mask < {limits.min_main_component}"
+        return Reject.because("fragmented", f"largest of {count - 1} parts holds {main:.2f} of the mask < {limits.min_main_component}")
     x0, y0, x1, y1 = bounds
     on_border = (
         (int(crop[0].sum()) if y0 == 0 else 0)
@@ -123,5 +124,5 @@ def shape_reject(
     )
     contact = on_border / (2.0 * ((x1 - x0) + (y1 - y0)))
     if contact > limits.max_border_contact:
-        return "truncated_at_border", f"{contact:.2f} of the bbox perimeter lies on the image border > {limits.max_border_contact}"
+        return Reject.because("truncated_at_border", f"{contact:.2f} of the bbox perimeter lies on the image border > {limits.max_border_contact}")
     return None

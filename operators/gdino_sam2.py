@@ -1,5 +1,5 @@
 """The ``gdino_sam2`` masker of Video4Removal: GroundingDINO boxes for text prompts, SAM2 masks in them,
-kept where they lie on the MOG2 foreground (docs/METHODS.md §2).
+kept where they lie on the MOG2 foreground (docs/METHODS.md, Video4Removal).
 
 A pair's mask is the union of the detected objects that moved: an object counts when at least
 ``min_motion_overlap`` of its SAM2 mask lies on the MOG2 object mask (scaled to full resolution), and
@@ -10,24 +10,28 @@ order: SAM2's video predictor tracks every detected object across them, so an ob
 frame is masked on the others too.
 
 This module holds the config, the geometry (plain arrays, testable without models) and the masker's
-logic; torch, GroundingDINO and SAM2 (``gdino_sam2_models``) load only where a masker is built.
+logic; torch, GroundingDINO and SAM2 (``gdino_sam2_models``, which never imports this module) load only
+where a masker is built.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, ClassVar, Literal, Sequence
 
 import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
 from .. import storage
+from ..dataset import Reject
 from .checkpoints import check_exists, local_path
-from .devices import Device, resolve_device
+from .devices import resolve_device
 from .maskers import MaskInput, MaskResult
-from .params import RUNTIME, Concurrency, Params
+from .model_stage import ModelStageParams
+
+if TYPE_CHECKING:
+    from .gdino_sam2_models import Detections
 
 NO_MOVING_OBJECT = "no_detection_explains_motion"
 DEFAULT_PROMPTS = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "dog", "cat")
@@ -39,11 +43,10 @@ WEIGHTS = {
 }
 
 
-class GdinoSam2MaskerParams(Params):
+class GdinoSam2MaskerParams(ModelStageParams):
     """GroundingDINO + SAM2: which models, where their weights are, how detections are matched to the motion."""
 
     name: Literal["gdino_sam2"] = "gdino_sam2"
-    runs_model: ClassVar[bool] = True
     gdino_config: str = Field(
         "GroundingDINO_SwinT_OGC.py",
         min_length=1,
@@ -92,14 +95,6 @@ class GdinoSam2MaskerParams(Params):
         description="track the detected objects across the segment's selected frames with SAM2's video predictor "
         "(objects found on one frame are masked on all); else each frame is segmented on its own",
     )
-    device: Device = Field(
-        "auto", description="auto: CUDA when the masking actor sees a GPU (num_gpus > 0), else the CPU", json_schema_extra=RUNTIME,
-    )
-    batch_size: int = Field(8, ge=1, le=256, description="frames per GroundingDINO and SAM2 image-encoder pass", json_schema_extra=RUNTIME)
-    num_gpus: float = Field(
-        0.0, ge=0, le=1, description="GPUs per masking actor (1 on GPU clusters); a fraction shares a GPU", json_schema_extra=RUNTIME,
-    )
-    concurrency: Concurrency = Field((1, 1), description="(min, max) masking actors", json_schema_extra=RUNTIME)
 
     @field_validator("prompts")
     @classmethod
@@ -123,18 +118,6 @@ class GdinoSam2MaskerParams(Params):
     def build(self) -> "GdinoSam2Masker":
         """The masker itself: loads both models (do it once per process or actor)."""
         return GdinoSam2Masker(self)
-
-
-@dataclass(frozen=True)
-class Detections:
-    """GroundingDINO's boxes on one frame, best first."""
-
-    boxes: np.ndarray  # (n, 4) float32 x0, y0, x1, y1 in pixels of the full frame
-    scores: np.ndarray  # (n,) float32
-    labels: tuple[str, ...]  # the prompts each box matched
-
-    def subset(self, keep: np.ndarray) -> "Detections":
-        return Detections(self.boxes[keep], self.scores[keep], tuple(np.asarray(self.labels, dtype=object)[keep]))
 
 
 def full_resolution(prior: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -162,9 +145,9 @@ def explain_motion(
     """
     moving = np.count_nonzero(motion)
     if not moving:
-        return MaskResult(None, NO_MOVING_OBJECT, "the MOG2 object mask is empty")
+        return MaskResult(None, Reject.because(NO_MOVING_OBJECT, "the MOG2 object mask is empty"))
     if not len(objects):
-        return MaskResult(None, NO_MOVING_OBJECT, "no detected object lies on the moving region")
+        return MaskResult(None, Reject.because(NO_MOVING_OBJECT, "no detected object lies on the moving region"))
     areas = objects.reshape(len(objects), -1).sum(axis=1)
     on_motion = (objects & motion).reshape(len(objects), -1).sum(axis=1) / np.maximum(areas, 1)
     kept = (areas > 0) & (on_motion >= min_overlap)
@@ -172,13 +155,13 @@ def explain_motion(
     explained = np.count_nonzero(union & motion) / moving
     if not kept.any() or explained < min_explained:
         best = int(on_motion.argmax())
-        return MaskResult(
-            None, NO_MOVING_OBJECT,
+        return MaskResult(None, Reject.because(
+            NO_MOVING_OBJECT,
             f"{len(objects)} objects; the best, {labels[best]}, lies {on_motion[best]:.2f} on the motion "
             f"(min_motion_overlap={min_overlap}); the moving ones cover {explained:.2f} of it (min_motion_explained={min_explained})",
-        )
+        ))
     if union.all():
-        return MaskResult(None, "mask_full", f"the moving objects ({', '.join(np.asarray(labels)[kept])}) cover the whole frame")
+        return MaskResult(None, Reject.because("mask_full", f"the moving objects ({', '.join(np.asarray(labels)[kept])}) cover the whole frame"))
     return MaskResult(union.astype(np.uint8) * np.uint8(255))
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from importlib.util import find_spec
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -29,7 +31,6 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .. import storage
 from .checkpoints import CheckpointError, local_path
-from .gdino_sam2 import Detections, GdinoSam2MaskerParams
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, both models' input normalisation
 _LONG_PER_SHORT = 1333 / 800  # GroundingDINO's resize: short side 800, long side at most 1333
@@ -44,6 +45,32 @@ _SAM2_VIDEO = {
     "model.binarize_mask_from_pts_for_mem_enc": True,
     "model.fill_hole_area": 8,
 }
+
+
+@dataclass(frozen=True)
+class Detections:
+    """GroundingDINO's boxes on one frame, best first."""
+
+    boxes: np.ndarray  # (n, 4) float32 x0, y0, x1, y1 in pixels of the full frame
+    scores: np.ndarray  # (n,) float32
+    labels: tuple[str, ...]  # the prompts each box matched
+
+    def subset(self, keep: np.ndarray) -> "Detections":
+        return Detections(self.boxes[keep], self.scores[keep], tuple(np.asarray(self.labels, dtype=object)[keep]))
+
+
+class DetectorSettings(Protocol):
+    """What GroundingDino reads of its configuration (the gdino_sam2 masker's config provides it)."""
+
+    gdino_config: str
+    gdino_checkpoint: str
+    text_encoder: str
+    prompts: tuple[str, ...]
+    detect_short_side: int
+    box_threshold: float
+    text_threshold: float
+    nms_iou: float
+    max_detections: int
 
 
 def _one_line(exc: BaseException) -> str:
@@ -102,7 +129,7 @@ def _bert_tokenizer(path: str, uri: str):
 class GroundingDino:
     """Text-prompted boxes on batches of BGR frames, the prompts joined into one caption."""
 
-    def __init__(self, params: GdinoSam2MaskerParams, weights: str, text_encoder: str, device: torch.device):
+    def __init__(self, params: DetectorSettings, weights: str, text_encoder: str, device: torch.device):
         self.params, self.device = params, device
         model_name = f"GroundingDINO {params.gdino_config}"
         config = _gdino_config(params.gdino_config)

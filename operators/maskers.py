@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .params import Params
 from .video_mog import disk, fill_holes
 
@@ -35,8 +36,7 @@ class MaskInput:
 @dataclass(frozen=True)
 class MaskResult:
     mask: np.ndarray | None  # uint8 0/255, the size of ``source``; None when the pair is rejected
-    reason: str = ""  # reject reason code when ``mask`` is None
-    detail: str = ""
+    reject: Reject | None = None  # why, when ``mask`` is None
 
 
 class Masker(Protocol):
@@ -51,7 +51,6 @@ class MogMasker(Params):
 
     name: Literal["mog"] = "mog"
     items_are_clip: ClassVar[bool] = False
-    runs_model: ClassVar[bool] = False  # masker configs whose masker loads weights run as an actor stage
     diff_threshold: int = Field(20, ge=1, le=255, description="a pixel belongs to the object where a blurred channel differs by more")
     search_radius: float = Field(
         0.02, ge=0, le=0.2, description="the object is looked for this far around the MOG2 mask, fraction of the long side",
@@ -83,12 +82,12 @@ class MogMasker(Params):
             mask[crop] = self._grabcut(item.source[crop], mask[crop], region[crop])
         area = cv2.countNonZero(mask) / mask.size
         if area < self.min_area:
-            return MaskResult(None, "mask_too_small", f"refined mask covers {area:.4f} of the frame < min_area={self.min_area}")
+            return MaskResult(None, Reject.because("mask_too_small", f"refined mask covers {area:.4f} of the frame < min_area={self.min_area}"))
         if area > self.max_area:
-            return MaskResult(None, "mask_too_large", f"refined mask covers {area:.3f} of the frame > max_area={self.max_area}")
+            return MaskResult(None, Reject.because("mask_too_large", f"refined mask covers {area:.3f} of the frame > max_area={self.max_area}"))
         iou = cv2.countNonZero(mask & prior) / max(1, cv2.countNonZero(mask | prior))
         if iou < self.min_prior_iou:
-            return MaskResult(None, "mask_disagrees", f"IoU {iou:.2f} with the MOG2 mask < min_prior_iou={self.min_prior_iou}")
+            return MaskResult(None, Reject.because("mask_disagrees", f"IoU {iou:.2f} with the MOG2 mask < min_prior_iou={self.min_prior_iou}"))
         return MaskResult(mask * np.uint8(255))
 
     def _difference(self, source, target, region, prior, long_side) -> np.ndarray:

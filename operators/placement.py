@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .params import Params
-from .records import Instance
+from .backgrounds import Instance
 
 
 class PlacementParams(Params):

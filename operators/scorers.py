@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Protocol, Sequence
 
 from pydantic import Field
 
+from ..dataset import Reject
 from .entities import Entity
 from .params import Params
 
@@ -20,9 +21,11 @@ from .params import Params
 @dataclass(frozen=True)
 class Score:
     value: float
-    passed: bool
-    reason: str = ""  # reject reason code when not passed
-    detail: str = ""
+    reject: Reject | None = None  # why the entity fails, if it does
+
+    @property
+    def passed(self) -> bool:
+        return self.reject is None
 
 
 class EntityScorer(Protocol):
@@ -51,14 +54,14 @@ class AnnotationScorer(Params):
         segment = entity.segment
         if segment.rle is None:  # panoptic segment: human-labelled, only crowd regions are unusable
             if segment.crowd:
-                return Score(0.0, False, "crowd", "panoptic segment is marked iscrowd")
-            return Score(1.0, True)
+                return Score(0.0, Reject.because("crowd", "panoptic segment is marked iscrowd"))
+            return Score(1.0)
         iou = segment.scores.get("predicted_iou")
         stability = segment.scores.get("stability_score")
         if iou is None or stability is None:
-            return Score(0.0, False, "missing_scores", "annotation lacks predicted_iou or stability_score")
+            return Score(0.0, Reject.because("missing_scores", "annotation lacks predicted_iou or stability_score"))
         if iou < self.min_predicted_iou:
-            return Score(iou, False, "low_predicted_iou", f"predicted_iou {iou:.3f} < {self.min_predicted_iou}")
+            return Score(iou, Reject.because("low_predicted_iou", f"predicted_iou {iou:.3f} < {self.min_predicted_iou}"))
         if stability < self.min_stability_score:
-            return Score(iou, False, "low_stability_score", f"stability_score {stability:.3f} < {self.min_stability_score}")
-        return Score(iou, True)
+            return Score(iou, Reject.because("low_stability_score", f"stability_score {stability:.3f} < {self.min_stability_score}"))
+        return Score(iou)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Union
+from itertools import islice
+from typing import Annotated, ClassVar, Sequence, Union
 import numpy as np
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from .. import __version__
-from .annotations import Annotations, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
+from ..dataset import Reject, sample_key
+from .annotations import Annotations, load_json, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
@@ -25,8 +27,7 @@ from .entities import Entity, EntityLimits, geometry_reject, materialize
 from .mask_enhance import MaskEnhanceParams
 from .params import Params
 from .placement import PlacementParams
-from .records import Reject, sample_key
-from .scorers import AnnotationScorer, EntityScorer
+from .scorers import AnnotationScorer, EntityScorer, Score
 from .stats import Stats
 
 PIPELINE = "syn4removal"
@@ -90,25 +91,26 @@ def _annotations(kind: str, record: dict, categories: dict | None, height: int, 
     ids = decode_panoptic_ids(record["segmentation"], max_pixels)
     if ids.shape != (height, width):
         raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {width}x{height}")
-    try:
-        info = segments_info_of(json.loads(record["annotation"]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput("malformed_json", str(exc)) from None
-    return parse_panoptic(info, categories, height, width), ids
+    return parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, height, width), ids
 
 
-def score_entities(entities: list[Entity], scorer: EntityScorer, stage: str = "entity") -> tuple[list[Entity], list[Reject]]:
-    """Keep the entities the scorer passes; record its score on each and a reject for the others."""
-    if not entities:
-        return [], []
+def keep_passing(
+    entities: list[Entity], scores: Sequence[Score], scorer: str, stage: str = "entity",
+) -> tuple[list[Entity], list[Reject]]:
+    """Keep the entities whose score passes; record the score on each and a reject for the others."""
     kept, rejects = [], []
-    for entity, score in zip(entities, scorer.score(entities)):
-        entity.scores[scorer.name] = round(score.value, 5)
+    for entity, score in zip(entities, scores, strict=True):
+        entity.scores[scorer] = round(score.value, 5)
         if score.passed:
             kept.append(entity)
         else:
-            rejects.append(Reject(entity.id, stage, score.reason, score.detail))
+            rejects.append(score.reject.at(entity.id, stage))
     return kept, rejects
+
+
+def score_entities(entities: list[Entity], scorer: EntityScorer, stage: str = "entity") -> tuple[list[Entity], list[Reject]]:
+    """Score the entities with `scorer` and keep those it passes."""
+    return keep_passing(entities, scorer.score(entities) if entities else [], scorer.name, stage)
 
 
 def _entities_of(
@@ -126,7 +128,7 @@ def _entities_of(
         entity.scores.update(segment.scores)
         rejected = geometry_reject(segment, height, width, params.entities)
         if rejected:
-            rejects.append(Reject(entity.id, "entity", *rejected))
+            rejects.append(rejected.at(entity.id, "entity"))
         else:
             candidates.append(entity)
     if not scorer.needs_pixels:
@@ -141,7 +143,7 @@ def materialize_all(entities: list[Entity], limits: EntityLimits) -> tuple[list[
     for entity in entities:
         rejected = materialize(entity, limits)
         if rejected:
-            rejects.append(Reject(entity.id, "entity", *rejected))
+            rejects.append(rejected.at(entity.id, "entity"))
         else:
             kept.append(entity)
     return kept, rejects
@@ -154,10 +156,10 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
     stats = group.stats
     kind = row["kind"]
     try:
-        categories = load_panoptic_categories(json.loads(row["categories"])) if kind == "panoptic" else None
-    except (BadInput, json.JSONDecodeError) as bad:  # the unit's categories are unusable: so is every record
-        reason, detail = (bad.reason, bad.detail) if isinstance(bad, BadInput) else ("malformed_json", str(bad))
-        group.rejects += [Reject(f"{group.unit}/{r['id']}", "annotation", reason, f"categories: {detail}") for r in row["records"]]
+        categories = load_panoptic_categories(load_json(row["categories"])) if kind == "panoptic" else None
+    except BadInput as bad:  # the unit's categories are unusable: so is every record
+        why = Reject.because(bad.reason, f"categories: {bad.detail}")
+        group.rejects += [why.at(f"{group.unit}/{r['id']}", "annotation") for r in row["records"]]
         return group
     for record in row["records"]:
         record_id = f"{group.unit}/{record['id']}"
@@ -166,17 +168,17 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             with stats.timed("decode"):
                 image, _ = decode_image(record["image"], params.max_image_pixels)
         except BadInput as bad:
-            group.rejects.append(Reject(record_id, "decode", bad.reason, bad.detail))
+            group.rejects.append(bad.reject.at(record_id, "decode"))
             continue
         height, width = image.shape[:2]
         try:
             with stats.timed("annotations"):
                 annotations, ids = _annotations(kind, record, categories, height, width, params.max_image_pixels)
         except BadInput as bad:
-            group.rejects.append(Reject(record_id, "annotation", bad.reason, bad.detail))
+            group.rejects.append(bad.reject.at(record_id, "annotation"))
             continue
         stats.counts["images"] += 1
-        group.rejects += [Reject(f"{record_id}#{i}", "annotation", r, d) for i, r, d in annotations.invalid]
+        group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
         with stats.timed("entities"):
             entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats)
             if scorer.needs_pixels:
@@ -186,9 +188,9 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         group.rejects += rejects
         rejected = background_reject(height, width, params.backgrounds)
         if annotations.invalid and not annotations.segments:
-            rejected = ("annotations_invalid", f"all {len(annotations.invalid)} annotations are unusable")
+            rejected = Reject.because("annotations_invalid", f"all {len(annotations.invalid)} annotations are unusable")
         if rejected:
-            group.rejects.append(Reject(record_id, "background", *rejected))
+            group.rejects.append(rejected.at(record_id, "background"))
             continue
         instances = instances_of(annotations.segments, height, width, params.backgrounds)
         background = Background(record_id, image, instances)
@@ -197,6 +199,23 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         group.backgrounds.append(background)
     stats.counts["backgrounds_kept"] += len(group.backgrounds)
     return group
+
+
+@dataclass(frozen=True)
+class EntityScoring:
+    """Syn4Removal's model stage: a scorer that looks at pixels (CLIP) on the entities of several groups in one call."""
+
+    params: ClipScorerParams
+    items_per_call: int = 4  # groups whose entities one call scores together
+    name: ClassVar[str] = "score"
+
+    def process(self, scorer: EntityScorer, groups: Sequence[Group]) -> list[float]:
+        scores = iter(scorer.score([e for g in groups for e in g.entities]))
+        for group in groups:
+            group.stats.counts["entities_scored"] += len(group.entities)
+            group.entities, rejects = keep_passing(group.entities, list(islice(scores, len(group.entities))), scorer.name)
+            group.rejects += rejects
+        return [1.0] * len(groups)  # the call's time in equal shares
 
 
 def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> list[dict]:

@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated, Union
+from typing import Annotated, ClassVar, Sequence, Union
 
 import cv2
 import numpy as np
 from pydantic import Discriminator, Field, Tag
 
 from .. import __version__
+from ..dataset import Reject, sample_key
 from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
-from .records import Reject, sample_key
 from .stats import Stats
 from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
 from .video_mog import FrameClass, MogParams, classify, subtract_background
@@ -89,11 +89,13 @@ class SegmentWork:
     info: VideoInfo | None = None
     reader: str = ""
     candidates: list[Candidate] = field(default_factory=list)
+    results: list[MaskResult] = field(default_factory=list)  # one per candidate, once masked
     rejects: list[Reject] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
 
-    def reject(self, first: int, stop: int, stage: str, reason: str, detail: str) -> None:
-        self.rejects.append(Reject(f"{self.video_id}#{first}-{stop}", stage, reason, detail))
+    def reject(self, first: int, stop: int, stage: str, why: Reject) -> None:
+        """Frames [first, stop) yield nothing at `stage`, for the reason `why` gives."""
+        self.rejects.append(why.at(f"{self.video_id}#{first}-{stop}", stage))
 
 
 def _pair_run(
@@ -111,13 +113,13 @@ def _pair_run(
     stats.counts["fg_frames"] += len(foregrounds)
     if not backgrounds:
         least = min(c.moving for c in classes.values())
-        work.reject(*span, "mog", "no_background_frame", f"every frame has moving pixels: least {least:.4f} of a frame "
-                                                        f"> background_max_ratio={params.mog.background_max_ratio}")
+        work.reject(*span, "mog", Reject.because("no_background_frame", f"every frame has moving pixels: least {least:.4f} of a "
+                                                 f"frame > background_max_ratio={params.mog.background_max_ratio}"))
         return [], foregrounds
     if not foregrounds:
         kinds = Counter(c.kind for c in classes.values())
-        work.reject(*span, "mog", "no_foreground_frame",
-                    f"{kinds['background']} background frames, {kinds['neither']} with moving pixels but no object in range")
+        work.reject(*span, "mog", Reject.because(
+            "no_foreground_frame", f"{kinds['background']} background frames, {kinds['neither']} with moving pixels but no object in range"))
         return [], foregrounds
     with stats.timed("pair"):
         images = [f.image for f in frames]
@@ -129,9 +131,9 @@ def _pair_run(
     misses = [o for o in outcomes if isinstance(o, Miss)]
     stats.counts["pair_candidates"] += len(pairs)
     if not pairs:
-        reason, count = Counter(m.reason for m in misses).most_common(1)[0]
-        best = min((m for m in misses if m.reason == reason), key=lambda m: m.mse)
-        work.reject(*span, "pair", reason, f"{count} of {len(misses)} foreground frames; the best: {best.detail}")
+        reason, count = Counter(m.reject.reason for m in misses).most_common(1)[0]
+        best = min((m for m in misses if m.reject.reason == reason), key=lambda m: m.mse)
+        work.reject(*span, "pair", Reject.because(reason, f"{count} of {len(misses)} foreground frames; the best: {best.reject.detail}"))
     return pairs, foregrounds
 
 
@@ -140,12 +142,12 @@ def _decode_analysis(work: SegmentWork, source: Source, start: int, stop: int, d
     try:
         work.info = info = probe(source, decode)
     except BadInput as bad:
-        work.reject(start, stop, "read", bad.reason, bad.detail)
+        work.reject(start, stop, "read", bad.reject)
         return [], start
     stop = min(stop, info.frames)
     wanted = list(range(start, stop, decode.stride))
     if len(wanted) < 2 or stop - start < decode.min_frames:
-        work.reject(start, stop, "read", "too_short", f"segment has {max(0, stop - start)} frames < min_frames={decode.min_frames}")
+        work.reject(start, stop, "read", Reject.because("too_short", f"segment has {max(0, stop - start)} frames < min_frames={decode.min_frames}"))
         return [], start
     size = analysis_size(info.width, info.height, decode.analysis_long_side)
     decoded = read_frames(source, wanted, reader_order(decode), size, decode.threads)
@@ -156,7 +158,7 @@ def _decode_analysis(work: SegmentWork, source: Source, start: int, stop: int, d
         error = decoded.error or BadInput("truncated_video", f"the stream ends before frame {wanted[-1]} of {info.frames}")
         tried = f" (also tried {'; '.join(decoded.failed)})" if decoded.failed else ""
         end = frames[-1].index + 1 if frames else start
-        work.reject(end, stop, "decode", error.reason, f"{decoded.reader}: {error.detail}{tried}")
+        work.reject(end, stop, "decode", Reject.because(error.reason, f"{decoded.reader}: {error.detail}{tried}"))
         return frames, end
     return frames, stop
 
@@ -177,7 +179,7 @@ def analyse_segment(video_id: str, source: Source, start: int, stop: int, params
     stats.counts["static_segments"] += len(screening.runs)
     bounds = [f.index for f in frames] + [end]  # samples [a, b) stand for frames [bounds[a], bounds[b])
     for span in screening.dropped:
-        work.reject(bounds[span.first], bounds[span.stop], "screen", span.reason, span.detail)
+        work.reject(bounds[span.first], bounds[span.stop], "screen", span.reject)
     pairs, foregrounds, motion = [], {}, {}
     for run in screening.runs:
         run_pairs, run_foregrounds = _pair_run(work, run, frames, greys, screening, (bounds[run.first], bounds[run.stop]), params)
@@ -207,7 +209,7 @@ def _fetch(
         src, tgt = frames[pair.source].index, frames[pair.target].index
         if src not in by_index or tgt not in by_index:
             error = full.error or BadInput("decode_error", "frame missing on the full-resolution read")
-            work.reject(src, src + 1, "decode", error.reason, error.detail)
+            work.reject(src, src + 1, "decode", error.reject)
             continue
         fg = foregrounds[pair.source]
         meta = {"mse": round(pair.mse, 3), "changed": round(pair.changed, 4), "shift_px": round(pair.shift, 3),
@@ -226,21 +228,42 @@ def _invalid_mask(mask: np.ndarray, shape: tuple[int, int]) -> str:
     return ""
 
 
-def encode_samples(
-    work: SegmentWork, results: list[MaskResult], masker_name: str, params: Video4RemovalParams, config_hash: str,
-) -> list[dict]:
+@dataclass(frozen=True)
+class SegmentMasking:
+    """Video4Removal's masking step: the masker on the candidates of several segments, in one ``masks()`` call
+    when its items are independent, one call per segment when they form a clip (SAM2 propagation)."""
+
+    params: MogMasker | GdinoSam2MaskerParams
+    items_per_call: int = 2  # segments whose candidates one call takes together
+    name: ClassVar[str] = "mask"
+
+    def process(self, masker: Masker, works: Sequence[SegmentWork]) -> list[float]:
+        clips = [[c.mask_input() for c in work.candidates] for work in works]
+        if masker.items_are_clip:
+            grouped = [masker.masks(clip) if clip else [] for clip in clips]
+        else:
+            flat = masker.masks([item for clip in clips for item in clip])
+            bounds = np.cumsum([0, *map(len, clips)])
+            grouped = [flat[start:stop] for start, stop in zip(bounds, bounds[1:])]
+        for work, results in zip(works, grouped):
+            work.results = list(results)
+            work.stats.counts["masked"] += len(results)
+        return [float(len(clip)) for clip in clips]  # the call's time shared by candidate count
+
+
+def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalParams, config_hash: str) -> list[dict]:
     """WebDataset samples of the masked candidates; the others become rejects."""
     samples = []
     record = f"{work.video_id}#{work.start}-{work.stop}"
     with work.stats.timed("encode"):
-        for candidate, result in zip(work.candidates, results):
+        for candidate, result in zip(work.candidates, work.results, strict=True):
             source, target = candidate.source, candidate.target
             if result.mask is None:
-                work.reject(source.index, source.index + 1, "mask", result.reason, result.detail)
+                work.reject(source.index, source.index + 1, "mask", result.reject)
                 continue
             problem = _invalid_mask(result.mask, source.image.shape[:2])
             if problem:
-                work.reject(source.index, source.index + 1, "mask", "invalid_mask", f"{masker_name}: {problem}")
+                work.reject(source.index, source.index + 1, "mask", Reject.because("invalid_mask", f"{masker_name}: {problem}"))
                 continue
             key = sample_key(record, config_hash, len(samples))
             meta = {
@@ -283,7 +306,7 @@ def process_segment(
     """
     masker = masker or params.masker.build()
     work = analyse_segment(video_id, source, start, stop, params)
-    with work.stats.timed("mask"):
-        results = masker.masks([c.mask_input() for c in work.candidates]) if work.candidates else []
-    samples = encode_samples(work, results, masker.name, params, config_hash)
+    with work.stats.timed(SegmentMasking.name):
+        SegmentMasking(params.masker).process(masker, [work])
+    samples = encode_samples(work, masker.name, params, config_hash)
     return samples, work.rejects, work.stats

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .params import Params
 from .video_mog import disk
 
@@ -59,9 +60,8 @@ class Miss:
     """Why a foreground frame found no background frame to pair with."""
 
     source: int
-    reason: str  # mse_above_threshold, background_differs, object_in_background, misaligned
-    detail: str
-    mse: float
+    mse: float  # of the candidate behind the verdict: the best miss explains the frame
+    reject: Reject  # mse_above_threshold, background_differs, object_in_background, misaligned
 
 
 def masked_mse(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
@@ -117,7 +117,8 @@ def pair_frame(
             return outcome
         first_miss = first_miss or outcome
     best = ranked[0][0]
-    return first_miss or Miss(source, "mse_above_threshold", f"best MSE outside the object {best:.1f} > max_mse={params.max_mse}", best)
+    return first_miss or Miss(
+        source, best, Reject.because("mse_above_threshold", f"best MSE outside the object {best:.1f} > max_mse={params.max_mse}"))
 
 
 def _check(
@@ -126,15 +127,16 @@ def _check(
 ) -> Pair | Miss:
     stray = stray_share(frames[source], frames[target], keep, params.change_threshold)
     if stray > params.max_stray:
-        return Miss(source, "background_differs", f"a {stray:.4f}-of-the-frame region outside the object differs "
-                                                  f"(max_stray={params.max_stray})", mse)
+        return Miss(source, mse, Reject.because(
+            "background_differs", f"a {stray:.4f}-of-the-frame region outside the object differs (max_stray={params.max_stray})"))
     changed = changed_share(frames[source], frames[target], mask, params.change_threshold)
     if changed < params.min_changed:
-        return Miss(source, "object_in_background", f"only {changed:.2f} of the object differs in the background frame "
-                                                    f"(min_changed={params.min_changed})", mse)
+        return Miss(source, mse, Reject.because(
+            "object_in_background", f"only {changed:.2f} of the object differs in the background frame (min_changed={params.min_changed})"))
     shift = residual_shift(greys[target], greys[source], keep, displacement[source] - displacement[target]) * scale
     if shift > params.max_shift_px:
-        return Miss(source, "misaligned", f"camera shift {shift:.2f} px between the frames > max_shift_px={params.max_shift_px}", mse)
+        return Miss(source, mse, Reject.because(
+            "misaligned", f"camera shift {shift:.2f} px between the frames > max_shift_px={params.max_shift_px}"))
     return Pair(source, target, mse, changed, shift)
 
 

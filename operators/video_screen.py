@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from ..dataset import Reject
 from .params import Params
 
 CLEAN = "ok"
@@ -47,12 +48,11 @@ class Steps:
 
 @dataclass(frozen=True)
 class Span:
-    """Samples [first, stop) of a segment, with the reason they were dropped (or CLEAN for a run)."""
+    """Samples [first, stop) of a segment: a static run (no reject), or a stretch dropped and why."""
 
     first: int
     stop: int
-    reason: str
-    detail: str = ""
+    reject: Reject | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def screen(greys: list[np.ndarray], indices: list[int], fps: float, width: int, 
     for first, stop in _runs(labels):
         seconds = (indices[stop - 1] - indices[first] + 1) / fps
         if seconds >= params.min_static_seconds and stop - first >= 2:
-            runs.append(Span(first, stop, CLEAN))
+            runs.append(Span(first, stop))
             if pending:
                 dropped.append(_dropped_span(pending, labels, steps, params, width))
                 pending = []
@@ -166,7 +166,7 @@ def _dropped_span(parts: list[tuple[int, int]], labels: list[str], steps: Steps,
     touching = range(max(0, first - 1), min(len(labels), stop))  # the steps inside and at both edges
     breaks = Counter(labels[s] for s in touching if labels[s] != CLEAN)
     if not breaks:
-        return Span(first, stop, "too_short", _describe("too_short", steps, [], params, width))
+        return Span(first, stop, Reject.because("too_short", _describe("too_short", steps, [], params, width)))
     reason = sorted(breaks.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
     picked = [s for s in touching if labels[s] == reason]
-    return Span(first, stop, reason, _describe(reason, steps, picked, params, width))
+    return Span(first, stop, Reject.because(reason, _describe(reason, steps, picked, params, width)))

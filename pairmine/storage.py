@@ -17,10 +17,12 @@ import uuid
 
 import pyarrow.fs as pafs
 
+from .errors import UserError
+
 S3 = "s3://"
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A path that cannot be read or written; the message is one line for the user."""
 
 

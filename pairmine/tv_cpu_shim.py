@@ -1,6 +1,6 @@
 """torchvision on CPU-only torch: a pure-PyTorch ``torchvision::nms`` when the compiled ops cannot load.
 
-The only torchvision for torch 2.13 is a CUDA build (see docs/ENVIRONMENT.md): with the CPU torch its
+The only torchvision for torch 2.13 is a CUDA build (docs/ARCHITECTURE.md, "Installs"): with the CPU torch its
 ``_C.so`` fails to load and ``import torchvision`` dies with "operator torchvision::nms does not exist",
 taking open_clip, timm and transformers' vision models with it. The shim defines that op (and qnms's
 schema) before torchvision's own ``__init__`` runs. Where the real ops load (a CUDA cluster with a

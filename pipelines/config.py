@@ -1,8 +1,9 @@
-"""Pipeline configs: YAML + ``--set key=value`` overrides, validated into one typed object per pipeline.
+"""Configs: YAML + ``--set key=value`` overrides, validated into one typed object per command.
 
 A pipeline config is the pipeline's parameters, which decide the samples and are hashed into
 ``config_hash``, plus fields marked runtime (``shards``, ``ray``, a model stage's batch size, device,
-GPUs and actors): how and where it runs, not hashed. Errors name the key and fit on one line.
+GPUs and actors): how and where it runs, not hashed. Each pipeline declares its config class next
+to its graph (its operators' parameters + ``RunParams``). Errors name the key and fit on one line.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from ..operators.params import RUNTIME, Params
-from ..operators.syn4removal import Syn4RemovalParams
-from ..operators.video4removal import Video4RemovalParams
 from .. import storage
-from .writer import ShardParams
+from ..errors import UserError
+from ..operators.params import RUNTIME, Params
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message is one line for the user."""
 
 
@@ -31,12 +31,16 @@ class RayParams(Params):
     object_store_memory: int | None = Field(None, ge=1 << 26, description="object store bytes of the embedded Ray (null: Ray's default)")
 
 
-class Syn4RemovalConfig(Syn4RemovalParams):
-    shards: ShardParams = Field(default_factory=ShardParams, json_schema_extra=RUNTIME)
-    ray: RayParams = Field(default_factory=RayParams, json_schema_extra=RUNTIME)
+class ShardParams(Params):
+    """Shard cutting; does not change the samples, so it is not part of the config hash."""
+
+    max_samples: int = Field(1000, ge=1, description="samples per shard, at most")
+    max_bytes: int = Field(1 << 30, ge=1 << 16, description="bytes per shard, at most (a group is never split)")
 
 
-class Video4RemovalConfig(Video4RemovalParams):
+class RunParams(Params):
+    """How a pipeline run cuts shards and where Ray runs: runtime, so not part of the config hash."""
+
     shards: ShardParams = Field(default_factory=ShardParams, json_schema_extra=RUNTIME)
     ray: RayParams = Field(default_factory=RayParams, json_schema_extra=RUNTIME)
 

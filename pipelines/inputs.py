@@ -17,8 +17,9 @@ from typing import Iterable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
 
-from ..operators.records import Reject
+from ..dataset import Reject
 from .. import storage
+from ..errors import UserError
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
@@ -27,7 +28,7 @@ _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
 T = TypeVar("T")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A bad --input argument; the message is one line for the user."""
 
 

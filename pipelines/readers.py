@@ -18,7 +18,7 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
 
-from ..operators.records import Reject
+from ..dataset import Reject
 from .. import storage
 from .inputs import unit_groups
 

@@ -1,72 +1,98 @@
 """Run a pipeline job: validate everything, plan against the output's progress, execute, summarise.
 
-Every check that can fail on user input (config, inputs, output, an output made by another
-config) runs before Ray starts, so such mistakes cost a one-line error and no work.
+A pipeline is declared once (``Pipeline``): its name and help, its config model, how its inputs are
+found and read, its three steps (prepare → model stage → finish) and what its summary counts. This
+module turns a declaration into a run and into a CLI command. Every check that can fail on user
+input (config, inputs, output, an output made by another config, model files) runs before Ray
+starts, so such mistakes cost a one-line error and no work.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from pydantic import BaseModel
 
 from .. import __version__, storage
-from ..operators.checkpoints import CheckpointError
-from .config import ConfigError, config_hash, load_config
-from .inputs import InputError, Unit
-from .runtime import io_concurrency, start_ray
-from .summary import build_summary
-from .writer import SUCCESS, OutputConflict, ShardSink, read_progress, remove_orphans, write_success
+from ..dataset import SUCCESS
+from ..operators.model_stage import ModelStage, runs_model
+from .cli import Command, add_config_arguments
+from .config import config_hash, load_config, to_yaml
+from .inputs import Unit
+from .summary import build_summary, format_summary
 
 log = logging.getLogger("pairmine")
-USER_ERRORS = (ConfigError, InputError, storage.StorageError, OutputConflict, CheckpointError)
 
 
 @dataclass(frozen=True)
-class Job:
-    """What a pipeline contributes to a run; the runner does the rest."""
+class Pipeline:
+    """Everything a pipeline contributes; the runner, the writer and the CLI do the rest."""
 
     name: str
+    help: str  # one line for `pairmine --help`
+    description: str
+    examples: str
     config_model: type[BaseModel]
-    discover: Callable[[list[str]], list[Unit]]
-    build: Callable  # (pending units, Progress, config, config hash) -> Ray Dataset of writer rows, or None
-    rows_per_shard: Callable[[BaseModel], int]  # writer rows (groups) that fill about one shard
-    check: Callable[[BaseModel], None] = lambda config: None  # config checks beyond validation (model files)
+    discover: Callable[[list[str]], list[Unit]]  # --input arguments -> units (InputError when unusable)
+    read: Callable  # (pending units, Progress, config) -> Ray Dataset of reader rows, or None when nothing is left
+    prepare: Callable  # (row, config) -> row with the unit of work in row["item"] (model_stages.ITEM)
+    stage: Callable  # (config) -> the ModelStage between prepare and finish, or None
+    finish: Callable  # (row, config, config_hash) -> the writer row (writer.pack_group)
+    rows_per_shard: Callable[[BaseModel], int]  # writer rows that fill about one shard
+    stage_items: dict[str, tuple[str, ...]]  # summary: stage -> the counts its throughput is measured in (first present)
 
 
-def verify_model_stage(params) -> None:
-    """Before Ray starts: the stage's files exist (a quick one-line error) and its weights load into
-    its architecture, here on the CPU with the actors' own loader (a mismatch is a one-line error
-    naming the path and the model, instead of an actor dying inside the run)."""
-    params.check_files()
-    params.model_copy(update={"device": "cpu"}).build()
+def build(pipeline: Pipeline, units: list[Unit], progress, config, digest: str):
+    """The run's Ray Dataset of writer rows, or None when there is nothing to read."""
+    from .model_stages import around_model
+
+    rows = pipeline.read(units, progress, config)
+    if rows is None:
+        return None
+    prepare = partial(pipeline.prepare, config=config)
+    finish = partial(pipeline.finish, config=config, config_hash=digest)
+    return around_model(rows, prepare, finish, pipeline.stage(config))
+
+
+def check_model_stage(stage: ModelStage | None) -> None:
+    if stage is not None and runs_model(stage.params):
+        stage.params.verify()
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + secrets.token_hex(2)
 
 
-def prepare(job: Job, inputs: list[str], output: str, config_path: str | None, overrides: list[str]):
+def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str]):
     """All user-facing checks: returns (config, hash, units, progress, pending units)."""
-    config = load_config(job.config_model, config_path, overrides)
-    job.check(config)
+    from .inputs import InputError
+    from .writer import read_progress
+
+    config = load_config(pipeline.config_model, config_path, overrides)
+    check_model_stage(pipeline.stage(config))
     digest = config_hash(config)
     if not inputs:
         raise InputError("no --input given")
-    units = job.discover(inputs)
+    units = pipeline.discover(inputs)
     storage.check_writable(output)
-    progress = read_progress(output, job.name, digest)
+    progress = read_progress(output, pipeline.name, digest)
     pending = [u for u in units if u.name not in progress.complete_units]
     return config, digest, units, progress, pending
 
 
-def run(job: Job, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (), progress_bars: bool = True) -> dict:
-    config, digest, units, progress, pending = prepare(job, inputs, output, config_path, overrides)
-    log.info("%s: %d input units, %d already complete in %s, config %s", job.name, len(units), len(units) - len(pending), output, digest[:12])
+def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (), progress_bars: bool = True) -> dict:
+    from .runtime import io_concurrency, start_ray
+    from .writer import ShardSink, remove_orphans, write_success
+
+    config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides)
+    log.info("%s: %d input units, %d already complete in %s, config %s", pipeline.name, len(units), len(units) - len(pending), output, digest[:12])
     storage.delete(storage.join(output, SUCCESS))
     removed = remove_orphans(output)
     if removed:
@@ -77,9 +103,9 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
     resources = {}
     if pending:
         resources = start_ray(config.ray, progress_bars)
-        dataset = job.build(pending, progress, config, digest)
+        dataset = build(pipeline, pending, progress, config, digest)
         if dataset is not None:
-            sink = ShardSink(output, job.name, run_id, digest, __version__, config.shards, job.rows_per_shard(config))
+            sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config))
             # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the
             # compute before it (that would run a whole shard's groups serially in the write task).
             dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=io_concurrency())
@@ -88,7 +114,8 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
     summary = build_summary(
         results,
         wall,
-        pipeline=job.name,
+        pipeline.stage_items,
+        pipeline=pipeline.name,
         run=run_id,
         version=__version__,
         config_hash=digest,
@@ -104,14 +131,42 @@ def run(job: Job, inputs: list[str], output: str, config_path: str | None = None
     return summary
 
 
-def plan_only(job: Job, inputs: list[str], output: str, config_path: str | None, overrides: list[str]) -> dict:
+def plan_only(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str]) -> dict:
     """What a run would do (``--dry-run``), after the same checks."""
-    config, digest, units, progress, pending = prepare(job, inputs, output, config_path, overrides)
+    config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides)
     return {
-        "pipeline": job.name,
+        "pipeline": pipeline.name,
         "config_hash": digest,
         "units": [{"name": u.name, "kind": u.kind, "uri": u.uri, "done": u.name in progress.complete_units,
                    "ids_done": len(progress.consumed.get(u.name, ()))} for u in units],
         "output_totals": {"shards": progress.shards, "samples": progress.samples},
     }
+
+
+def print_config(model: type[BaseModel], args: argparse.Namespace) -> int:
+    """``--print-config``: the resolved config as YAML and its hash."""
+    config = load_config(model, args.config, args.set)
+    print(to_yaml(config) + f"# config_hash: {config_hash(config)}")
+    return 0
+
+
+def pipeline_command(pipeline: Pipeline) -> Command:
+    """The CLI command of a pipeline: --input ... --output ... plus the config options."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", action="append", required=True, metavar="PATH", help="input path or s3:// URI (repeatable)")
+        parser.add_argument("--output", required=True, metavar="PATH", help="output directory or s3:// prefix")
+        add_config_arguments(parser, f"configs/{pipeline.name}.yaml")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+    def run_command(args: argparse.Namespace) -> int:
+        if args.print_config:
+            return print_config(pipeline.config_model, args)
+        if args.dry_run:
+            print(json.dumps(plan_only(pipeline, args.input, args.output, args.config, args.set), indent=2))
+            return 0
+        print(format_summary(run(pipeline, args.input, args.output, args.config, args.set, progress_bars=not args.no_progress)))
+        return 0
+
+    return Command(pipeline.name, pipeline.help, pipeline.description, pipeline.examples, add_arguments, run_command)
 

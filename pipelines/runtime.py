@@ -37,7 +37,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     # Rows are whole groups (seconds of work each): one row per block makes one task per group,
     # instead of Ray packing a tar's groups into one block processed serially.
     context.target_max_block_size = 1
-    # Between model stages, groups and segments travel as pickled Python objects, by design.
+    # Between a model stage and the CPU steps, groups and segments travel as pickled Python objects.
     context.enable_fallback_to_arrow_object_ext_type = True
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
@@ -62,16 +62,3 @@ def io_concurrency() -> int:
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-
-def actor_stage(dataset, stage: type, params, batch_size: int):
-    """A model stage: an actor pool of `stage(params)` (each actor loads its model once) on batches of
-    `batch_size` rows, with the GPUs and the (min, max) actor count that `params` configure."""
-    return dataset.map_batches(
-        stage,
-        fn_constructor_args=(params,),
-        batch_size=batch_size,
-        batch_format="numpy",
-        concurrency=params.concurrency,
-        num_gpus=params.num_gpus,
-        num_cpus=0 if params.num_gpus else 1,  # a GPU actor leaves the CPUs to the stages that feed it
-    )

@@ -5,27 +5,12 @@ from __future__ import annotations
 from collections import Counter
 
 from ..operators.stats import Stats
-
-# stage -> the counts its throughput is measured in (the first one present)
-_STAGE_ITEMS = {
-    "decode": ("frames", "records"),
-    "annotations": ("images",),
-    "entities": ("images",),
-    "score": ("entities_scored",),
-    "compose": ("backgrounds_kept",),
-    "encode": ("pairs",),
-    "screen": ("frames",),
-    "mog": ("frames",),
-    "pair": ("frames",),
-    "mask": ("masked", "pairs_selected"),
-}
+from .model_stages import IDLE
 
 
-_IDLE = "_idle"  # seconds["<stage>_idle"]: an actor stage's time between calls
-
-
-def build_summary(task_results: list[dict], wall_seconds: float, **context) -> dict:
-    """Merge the writer's per-task results into one summary dict (written to ``_SUCCESS``)."""
+def build_summary(task_results: list[dict], wall_seconds: float, stage_items: dict[str, tuple[str, ...]], **context) -> dict:
+    """Merge the writer's per-task results into one summary dict (written to ``_SUCCESS``); a stage's
+    throughput is counted in the first of its ``stage_items`` counts present."""
     stats = Stats()
     reasons: Counter[str] = Counter()
     shards = samples = size = rejects = 0
@@ -39,16 +24,16 @@ def build_summary(task_results: list[dict], wall_seconds: float, **context) -> d
             reasons.update(shard["reject_reasons"])
     stages = {}
     for stage, seconds in sorted(stats.seconds.items()):
-        if stage.endswith(_IDLE):
+        if stage.endswith(IDLE):
             continue
-        items = next((stats.counts[k] for k in _STAGE_ITEMS.get(stage, ()) if k in stats.counts), 0)
+        items = next((stats.counts[k] for k in stage_items.get(stage, ()) if k in stats.counts), 0)
         stages[stage] = {
             "cpu_seconds": round(seconds, 3),
             "items": items,
             "items_per_cpu_second": round(items / seconds, 2) if seconds > 0 else None,
         }
-        if stage + _IDLE in stats.seconds:  # an actor stage: how busy its actors were between calls
-            busy = seconds / (seconds + stats.seconds[stage + _IDLE]) if seconds > 0 else 0.0
+        if stage + IDLE in stats.seconds:  # an actor stage: how busy its actors were between calls
+            busy = seconds / (seconds + stats.seconds[stage + IDLE]) if seconds > 0 else 0.0
             stages[stage]["actor_busy_fraction"] = round(busy, 3)
     return {
         **context,

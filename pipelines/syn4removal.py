@@ -1,12 +1,10 @@
-"""The Syn4Removal Ray Data graph.
+"""The Syn4Removal pipeline: its config, its Ray Data graph and its command.
 
     read (SA-1B tars | planned folders and panoptic splits)   -> one row per group of images
-      -> map: decode, entity bank, backgrounds, compose, encode -> one writer row per group
+      -> prepare: decode, entity bank, backgrounds              (operators.syn4removal.extract_group)
+      -> [a pixel scorer (CLIP) as an actor pool]               (operators.syn4removal.EntityScoring)
+      -> finish: compose, encode                                -> one writer row per group
       -> ShardSink: shards/, manifest/, rejects/
-
-With a scorer that looks at pixels (CLIP), the map is split around it: extract (CPU tasks) ->
-score (an actor pool that loads the model once per actor, on GPUs when configured) -> compose and
-encode (CPU tasks); groups travel between them as Python objects.
 
 Reading reserves no CPU: it is I/O-bound, a tar's read task lives as long as the tar streams, and a
 reservation would keep map tasks off the cores. Without a reservation nothing limits how many
@@ -19,41 +17,44 @@ from __future__ import annotations
 
 from itertools import groupby
 
-import ray
-
-from ..operators.clip_stage import ClipScoreStage
-from ..operators.syn4removal import PIPELINE, Group, compose_group, extract_group
 from .. import storage
-from .config import Syn4RemovalConfig
+from ..operators.syn4removal import PIPELINE, EntityScoring, Group, Syn4RemovalParams, compose_group, extract_group
+from .config import RunParams
 from .inputs import Unit, discover_all, plan_groups
-from .readers import PlannedGroupsDatasource, SA1BTarDatasource
-from .run import Job, verify_model_stage
-from .runtime import actor_stage, io_concurrency
+from .model_stages import ITEM
+from .run import Pipeline, pipeline_command
 from .writer import Progress, pack_group
 
 
-
-GROUPS_PER_SCORE_CALL = 4  # groups whose entities one scoring call batches together
+class Syn4RemovalConfig(Syn4RemovalParams, RunParams):
+    """The ``pairmine syn4removal`` config (configs/syn4removal.yaml)."""
 
 
 def extract(row: dict, config: Syn4RemovalConfig) -> dict:
-    return {"group": extract_group(row, config, config.entities.scorer)}
+    """A reader row's group decoded, its entities cut (and scored, by a scorer that needs no pixels)."""
+    return {ITEM: extract_group(row, config, config.entities.scorer)}
 
 
 def finish(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
     """Compose and encode the triplets of an extracted group: its writer row."""
-    group: Group = row["group"]
+    group: Group = row[ITEM]
     samples = compose_group(group, config, config_hash)
     return pack_group(group.unit, group.consumed, group.unit_total, samples, group.rejects, group.stats)
 
 
-def process_group(row: dict, config: Syn4RemovalConfig, config_hash: str) -> dict:
-    """One reader row in, one writer row out (scorers that need no model)."""
-    return finish(extract(row, config), config, config_hash)
+def scoring(config: Syn4RemovalConfig) -> EntityScoring | None:
+    """A scorer that looks at pixels is its own stage; the others ran in ``extract``."""
+    scorer = config.entities.scorer
+    return EntityScoring(scorer) if scorer.needs_pixels else None
 
 
-def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig) -> ray.data.Dataset | None:
+def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig):
     """Reader rows of the pending units (None if nothing is left); ids committed earlier are skipped."""
+    import ray
+
+    from .readers import PlannedGroupsDatasource, SA1BTarDatasource
+    from .runtime import io_concurrency
+
     io_tasks = {"num_cpus": 0, "concurrency": io_concurrency()}
     parts = []
     tars = sorted((u for u in units if u.kind == "sa1b-tar"), key=lambda u: storage.is_s3(u.uri))
@@ -84,26 +85,51 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def build(units: list[Unit], progress: Progress, config: Syn4RemovalConfig, config_hash: str) -> ray.data.Dataset | None:
-    groups = read_groups(units, progress, config)
-    if groups is None:
-        return None
-    scorer = config.entities.scorer
-    if not scorer.needs_pixels:
-        return groups.map(process_group, fn_kwargs={"config": config, "config_hash": config_hash})
-    extracted = groups.map(extract, fn_kwargs={"config": config})
-    scored = actor_stage(extracted, ClipScoreStage, scorer, GROUPS_PER_SCORE_CALL)
-    return scored.map(finish, fn_kwargs={"config": config, "config_hash": config_hash})
-
-
-def check(config: Syn4RemovalConfig) -> None:
-    """Checks before Ray starts: the scorer's weights exist and fit its model."""
-    if config.entities.scorer.needs_pixels:
-        verify_model_stage(config.entities.scorer)
-
-
 def rows_per_shard(config: Syn4RemovalConfig) -> int:
     return config.shards.max_samples // (config.group_size * config.pairing.pairs_per_background)
 
 
-JOB = Job(PIPELINE, Syn4RemovalConfig, discover_all, build, rows_per_shard, check)
+EXAMPLES = """examples:
+  # the bundled sample, embedded local Ray
+  pairmine syn4removal --input samples/sa1b --output out/sample
+
+  # SA-1B tars and a COCONut panoptic root from S3, shards to S3, two overrides
+  pairmine syn4removal --input s3://data/sa1b/ --input panoptic:s3://data/coconut \\
+      --output s3://pairs/syn/v1 --config configs/syn4removal.yaml \\
+      --set placement.max_rotation_deg=10 --set pairing.pairs_per_background=2
+
+  # check config and inputs, show what is left to do, and stop
+  pairmine syn4removal --input sa1b/ --output out/ --dry-run
+
+inputs: an SA-1B .tar, a folder of SA-1B tars, a folder of loose SA-1B jpg+json, or a COCO/COCONut
+panoptic root (annotations/panoptic_<split>.json); prefix KIND: (sa1b-tar:, sa1b-dir:, panoptic:)
+when a folder holds several kinds. Local paths or s3:// URIs; S3 settings come from the AWS
+environment (AWS_ENDPOINT_URL, credentials, AWS_REGION).
+
+Rerunning with the same --output and config continues where the last run stopped and skips
+finished inputs."""
+
+SYN4REMOVAL = Pipeline(
+    name=PIPELINE,
+    help="synthetic triplets: entities from segmented images pasted into other images",
+    description="Syn4Removal (SmartEraser): cut entities out of SA-1B / COCO-panoptic images and paste them into other "
+    "images at positions that bury no object, with feathered alpha blending; writes (source.jpg, mask.png, "
+    "target.jpg, alpha.png, json) samples.",
+    examples=EXAMPLES,
+    config_model=Syn4RemovalConfig,
+    discover=discover_all,
+    read=read_groups,
+    prepare=extract,
+    stage=scoring,
+    finish=finish,
+    rows_per_shard=rows_per_shard,
+    stage_items={
+        "decode": ("records",),
+        "annotations": ("images",),
+        "entities": ("images",),
+        "score": ("entities_scored",),
+        "compose": ("backgrounds_kept",),
+        "encode": ("pairs",),
+    },
+)
+COMMANDS = [pipeline_command(SYN4REMOVAL)]

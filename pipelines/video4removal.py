@@ -1,30 +1,30 @@
-"""The Video4Removal Ray Data graph.
+"""The Video4Removal pipeline: its config, its Ray Data graph and its command.
 
     videos (local or s3://)  -> flat_map: probe the header, cut into segments (skipping committed ones)
-      -> map: decode, screen, MOG2, pair, mask, encode one segment -> one writer row per segment
+      -> prepare: decode, screen, MOG2, pair one segment       (operators.video4removal.analyse_segment)
+      -> the masker: in the CPU task (mog), or an actor pool (GroundingDINO + SAM2)  (SegmentMasking)
+      -> finish: encode                                        -> one writer row per segment
       -> ShardSink: shards/, manifest/, rejects/
 
 A segment is the unit of parallelism and of incremental progress: its id is its frame range, which
 depends only on the video and the config. S3 videos are read through seekable files (ranged GETs).
-With a masker that runs a model (GroundingDINO + SAM2), the map is split around it: analyse
-(CPU tasks) -> mask (an actor pool loading the models once per actor, on GPUs when configured) ->
-encode (CPU tasks).
 """
 
 from __future__ import annotations
 
-import ray
-
 from .. import storage
 from ..operators.codecs import BadInput
-from ..operators.mask_stage import MaskStage
-from ..operators.video4removal import PIPELINE, analyse_segment, encode_samples, process_segment, split_video
+from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
 from ..operators.video_io import probe
-from .config import Video4RemovalConfig
+from .config import RunParams
 from .inputs import Unit, discover_all, discover_videos
-from .run import Job, verify_model_stage
-from .runtime import actor_stage, io_concurrency
+from .model_stages import ITEM
+from .run import Pipeline, pipeline_command
 from .writer import Progress, pack_group
+
+
+class Video4RemovalConfig(Video4RemovalParams, RunParams):
+    """The ``pairmine video4removal`` config (configs/video4removal.yaml)."""
 
 
 def _source(uri: str):
@@ -47,48 +47,74 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     ]
 
 
-WORKS_PER_MASK_CALL = 2  # segments whose candidates one masking call takes together
+def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalConfig):
+    """One row per segment still to do of the pending videos."""
+    import ray
 
+    from .runtime import io_concurrency
 
-def process_video_segment(row: dict, config: Video4RemovalConfig, config_hash: str) -> dict:
-    """One segment in, one writer row out (maskers that run no model)."""
-    samples, rejects, stats = process_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, config_hash)
-    return pack_group(row["unit"], [row["segment"]], row["unit_total"], samples, rejects, stats)
+    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri} for u in units])
+    return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0, concurrency=io_concurrency())
 
 
 def analyse(row: dict, config: Video4RemovalConfig) -> dict:
-    """A segment up to its masks: the SegmentWork travels to the masking actors."""
+    """A segment up to its masks: its SegmentWork travels to the masking step."""
     work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config)
-    return {"work": work, "segment": row["segment"], "unit_total": row["unit_total"]}
+    return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
 
 
 def encode(row: dict, config: Video4RemovalConfig, config_hash: str) -> dict:
     """A masked segment's samples: its writer row."""
-    work = row["work"]
-    samples = encode_samples(work, list(row["results"]), config.masker.name, config, config_hash)
+    work: SegmentWork = row[ITEM]
+    samples = encode_samples(work, config.masker.name, config, config_hash)
     return pack_group(work.video_id, [row["segment"]], row["unit_total"], samples, work.rejects, work.stats)
 
 
-def build(units: list[Unit], progress: Progress, config: Video4RemovalConfig, config_hash: str) -> ray.data.Dataset:
-    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri} for u in units])
-    segments = videos.flat_map(
-        segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0, concurrency=io_concurrency()
-    )
-    masker = config.masker
-    if not masker.runs_model:
-        return segments.map(process_video_segment, fn_kwargs={"config": config, "config_hash": config_hash})
-    masked = actor_stage(segments.map(analyse, fn_kwargs={"config": config}), MaskStage, masker, WORKS_PER_MASK_CALL)
-    return masked.map(encode, fn_kwargs={"config": config, "config_hash": config_hash})
-
-
-def check(config: Video4RemovalConfig) -> None:
-    """Checks before Ray starts: the masker's weights exist and fit its models."""
-    if config.masker.runs_model:
-        verify_model_stage(config.masker)
+def masking(config: Video4RemovalConfig) -> SegmentMasking:
+    return SegmentMasking(config.masker)
 
 
 def rows_per_shard(config: Video4RemovalConfig) -> int:
     return config.shards.max_samples // config.pairing.max_pairs
 
 
-JOB = Job(PIPELINE, Video4RemovalConfig, lambda args: discover_all(args, discover_videos), build, rows_per_shard, check)
+EXAMPLES = """examples:
+  # a folder of static-camera clips, embedded local Ray
+  pairmine video4removal --input videos/ --output out/video
+
+  # from S3 to S3, analysing every 2nd frame at 640 px
+  pairmine video4removal --input s3://data/cctv/ --output s3://pairs/video/v1 \\
+      --config configs/video4removal.yaml --set decode.stride=2 --set decode.analysis_long_side=640
+
+inputs: a video file or a folder (searched recursively) of .mp4/.mov/.mkv/.avi/.webm/... videos,
+local or s3:// (read by range, not copied). Videos are cut into segments processed in parallel;
+a video or part with a moving camera, cuts, flicker or no clean background frame yields no pair
+and a reject that says why.
+
+Rerunning with the same --output and config continues where the last run stopped and skips
+finished segments."""
+
+VIDEO4REMOVAL = Pipeline(
+    name=PIPELINE,
+    help="real pairs from static-camera videos: frames with and without a moving object",
+    description="Video4Removal (OmniEraser): MOG2 background subtraction on static segments of each video, frames paired "
+    "by MSE outside the object, object masks from the MOG foreground; writes (source.jpg, mask.png, "
+    "target.jpg, json) samples.",
+    examples=EXAMPLES,
+    config_model=Video4RemovalConfig,
+    discover=lambda args: discover_all(args, discover_videos),
+    read=read_segments,
+    prepare=analyse,
+    stage=masking,
+    finish=encode,
+    rows_per_shard=rows_per_shard,
+    stage_items={
+        "decode": ("frames",),
+        "screen": ("frames",),
+        "mog": ("frames",),
+        "pair": ("frames",),
+        "mask": ("masked", "pairs_selected"),
+        "encode": ("pairs",),
+    },
+)
+COMMANDS = [pipeline_command(VIDEO4REMOVAL)]

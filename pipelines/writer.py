@@ -23,47 +23,17 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pydantic import Field
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from ..operators.params import Params
-from ..operators.records import Reject
-from ..operators.stats import Stats
 from .. import storage
+from ..dataset import MANIFEST, MANIFEST_SCHEMA, REJECT_FIELDS, REJECT_STRUCT, REJECTS, REJECTS_SCHEMA, SHARDS, SUCCESS
+from ..dataset import Reject, is_temp, read_manifest, to_parquet
+from ..errors import UserError
+from ..operators.stats import Stats
+from .config import ShardParams
 
-SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
 _END_OF_ARCHIVE = b"\0" * 1024
-
-_REJECT = pa.struct([(k, pa.string()) for k in ("input", "stage", "reason", "detail")])
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("shard", pa.string()),  # path under the output; null when the shard's groups made no sample
-        ("pipeline", pa.string()),
-        ("run", pa.string()),
-        ("config_hash", pa.string()),
-        ("version", pa.string()),
-        ("samples", pa.int64()),
-        ("bytes", pa.int64()),
-        ("sha256", pa.string()),
-        ("keys", pa.list_(pa.string())),
-        ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
-        ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
-        ("rejects", pa.int64()),
-        ("created", pa.timestamp("s", tz="UTC")),
-    ]
-)
-REJECTS_SCHEMA = pa.schema(
-    [(k, pa.string()) for k in ("pipeline", "run", "shard", "input", "stage", "reason", "detail")]
-)
-
-
-class ShardParams(Params):
-    """Shard cutting; does not change the samples, so it is not part of the config hash."""
-
-    max_samples: int = Field(1000, ge=1, description="samples per shard, at most")
-    max_bytes: int = Field(1 << 30, ge=1 << 16, description="bytes per shard, at most (a group is never split)")
 
 
 def _tar_member(name: str, data: bytes) -> bytes:
@@ -128,8 +98,8 @@ class _OpenShard:
     def rejects_table(self, **constants: str | None) -> pa.Table:
         """The shard's rejects as a ``REJECTS_SCHEMA`` table, `constants` filling the other columns."""
         present = [r for r in self.rejects if len(r)]  # an empty list arrives untyped (Ray infers each block)
-        found = pa.concat_arrays(present) if present else pa.array([], _REJECT)
-        columns = {name: found.field(name) for name in ("input", "stage", "reason", "detail")}
+        found = pa.concat_arrays(present) if present else pa.array([], REJECT_STRUCT)
+        columns = {name: found.field(name) for name in REJECT_FIELDS}
         columns |= {name: pa.repeat(pa.scalar(value, pa.string()), len(found)) for name, value in constants.items()}
         return pa.table({name: columns[name] for name in REJECTS_SCHEMA.names}, schema=REJECTS_SCHEMA)
 
@@ -184,7 +154,7 @@ class ShardSink(Datasink):
             os.remove(shard.path)
         rejects = shard.rejects_table(pipeline=self.pipeline, run=self.run, shard=shard_rel)
         if rejects.num_rows:
-            storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), _parquet(rejects))
+            storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), to_parquet(rejects))
         row = {
             "shard": shard_rel,
             "pipeline": self.pipeline,
@@ -200,18 +170,12 @@ class ShardSink(Datasink):
             "rejects": rejects.num_rows,
             "created": int(time.time()),
         }
-        storage.write_bytes(storage.join(self.output, MANIFEST, f"{name}.parquet"), _parquet(pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)))
+        storage.write_bytes(storage.join(self.output, MANIFEST, f"{name}.parquet"), to_parquet(pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)))
         reasons = pc.value_counts(pc.binary_join_element_wise(rejects["stage"], rejects["reason"], "/")).to_pylist()
         return {k: row[k] for k in ("shard", "samples", "bytes", "rejects")} | {
             "reject_reasons": {r["values"]: r["counts"] for r in reasons},
             "units": len(shard.inputs),
         }
-
-
-def _parquet(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
 
 
 @dataclass
@@ -224,14 +188,8 @@ class Progress:
     samples: int = 0
 
 
-class OutputConflict(RuntimeError):
+class OutputConflict(UserError, RuntimeError):
     """The output holds work of another pipeline or config; the message is one line."""
-
-
-def read_manifest(output: str) -> pa.Table:
-    files = [e for e in storage.list_dir(storage.join(output, MANIFEST)) if e.path.endswith(".parquet")]
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(storage.uri_of(output, e))), schema=MANIFEST_SCHEMA) for e in files]
-    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
 
 
 def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
@@ -259,12 +217,14 @@ def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
 
 def remove_orphans(output: str) -> int:
     """Delete shards and rejects that no manifest row lists (left by a killed run), and staging files."""
-    committed = {os.path.splitext(storage.basename(e.path))[0] for e in storage.list_dir(storage.join(output, MANIFEST))}
+    committed = {
+        os.path.splitext(storage.basename(e.path))[0] for e in storage.list_dir(storage.join(output, MANIFEST)) if not is_temp(e.path)
+    }
     removed = 0
-    for folder in (SHARDS, REJECTS):
+    for folder in (SHARDS, REJECTS, MANIFEST):
         for entry in storage.list_dir(storage.join(output, folder)):
             name = storage.basename(entry.path)
-            if name.startswith(".tmp-") or os.path.splitext(name)[0] not in committed:
+            if is_temp(name) or (folder != MANIFEST and os.path.splitext(name)[0] not in committed):
                 storage.delete(storage.uri_of(output, entry))
                 removed += 1
     return removed

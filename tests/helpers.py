@@ -1,4 +1,4 @@
-"""Readers of a pipeline output and the FORMATS.md contract checks every test applies to it."""
+"""Readers of a pipeline output and the contract checks (docs/FORMATS.md) every test applies to it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-REQUIRED_FILES = {"syn4removal": {"source.jpg", "target.jpg", "mask.png", "alpha.png", "json"},
-                  "video4removal": {"source.jpg", "target.jpg", "mask.png", "json"}}
+from pairmine.dataset import missing_files
+
 
 
 def shard_paths(output: str) -> list[str]:
@@ -38,7 +38,7 @@ def decode(data: bytes) -> np.ndarray:
 
 def check_sample(sample: dict, pipeline: str) -> dict:
     """Assert the output contract on one sample; returns its decoded json."""
-    assert REQUIRED_FILES[pipeline] <= set(sample), f"{sample['__key__']} lacks {REQUIRED_FILES[pipeline] - set(sample)}"
+    assert not missing_files(sample, pipeline), f"{sample['__key__']} lacks {missing_files(sample, pipeline)}"
     meta = json.loads(sample["json"])
     assert meta["pipeline"] == pipeline and meta["key"] == sample["__key__"]
     assert meta["config_hash"] and meta["version"]

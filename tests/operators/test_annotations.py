@@ -174,7 +174,7 @@ def test_parse_sa1b_real_record_matches_decoded_masks(sa1b_members):
     doc = json.loads(sa1b_members["sa_100.json"])
     h, w = doc["image"]["height"], doc["image"]["width"]
     parsed = parse_sa1b(sa1b_members["sa_100.json"], h, w)
-    assert parsed.invalid == [] and len(parsed.segments) == len(doc["annotations"])
+    assert parsed.invalid == {} and len(parsed.segments) == len(doc["annotations"])
     for segment, ann in zip(parsed.segments, doc["annotations"]):
         full = mask_utils.decode({"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()})
         x0, y0, x1, y1 = tight_box(full)
@@ -195,7 +195,7 @@ def test_parse_sa1b_uncompressed_counts_equal_compressed():
     if flat[0] == 1:
         runs = [0] + runs
     parsed = parse_sa1b(sa1b_doc({"size": [h, w], "counts": runs}, {"size": [h, w], "counts": encode(mask)["counts"]}), h, w)
-    assert parsed.invalid == []
+    assert parsed.invalid == {}
     a, b = parsed.segments
     assert isinstance(a.rle["counts"], str) and a.rle["counts"] == b.rle["counts"]
     assert a.area == b.area == mask.sum() and a.box == b.box
@@ -221,7 +221,7 @@ def test_parse_sa1b_flags_unusable_annotations_and_keeps_the_rest(segmentation, 
     good = {"size": [4, 4], "counts": ref_counts([5, 6, 5])}
     parsed = parse_sa1b(sa1b_doc(good, segmentation, good), 4, 4)
     assert [s.index for s in parsed.segments] == [0, 2]
-    assert [(i, r) for i, r, _ in parsed.invalid] == [(1, reason)]
+    assert [(i, r.reason) for i, r in parsed.invalid.items()] == [(1, reason)]
     assert all(s.area == 6 for s in parsed.segments)
 
 
@@ -248,7 +248,7 @@ def test_parse_sa1b_size_mismatch_record_from_tar(sa1b_members):
     doc = json.loads(sa1b_members["sa_900003.json"])
     parsed = parse_sa1b(sa1b_members["sa_900003.json"], doc["image"]["height"], doc["image"]["width"])
     assert parsed.segments == []
-    assert [r for _, r, _ in parsed.invalid] == ["rle_size_mismatch"] * len(doc["annotations"])
+    assert [r.reason for r in parsed.invalid.values()] == ["rle_size_mismatch"] * len(doc["annotations"])
 
 
 # --- panoptic --------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_parse_panoptic_sample(panoptic):
     parsed = _sample_segments(panoptic)
     by_id = {c["id"]: c for c in panoptic["categories"]}
     declared = panoptic["annotation"]["segments_info"]
-    assert parsed.invalid == [] and len(parsed.segments) == len(declared)
+    assert parsed.invalid == {} and len(parsed.segments) == len(declared)
     for segment, info in zip(parsed.segments, declared):
         assert segment.segment_id == info["id"] and segment.rle is None
         assert segment.box == tuple(float(v) for v in info["bbox"]) and segment.area == info["area"]
@@ -306,7 +306,7 @@ def test_parse_panoptic_unknown_category(panoptic):
     without_person = [c for c in panoptic["categories"] if c["name"] != "person"]
     parsed = _sample_segments(panoptic, without_person)
     persons = [i for i, s in enumerate(panoptic["annotation"]["segments_info"]) if s["category_id"] == 1]
-    assert persons and [i for i, r, _ in parsed.invalid if r == "unknown_category"] == persons
+    assert persons and [i for i, r in parsed.invalid.items() if r.reason == "unknown_category"] == persons
     assert {s.category for s in parsed.segments}.isdisjoint({"person"})
     assert len(parsed.segments) + len(parsed.invalid) == len(panoptic["annotation"]["segments_info"])
 
@@ -330,7 +330,7 @@ def test_parse_panoptic_invalid_entries(info, reason):
     good = {"id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 50}
     parsed = parse_panoptic([good, info], cats, 10, 10)
     assert [s.segment_id for s in parsed.segments] == [7]
-    assert [(i, r) for i, r, _ in parsed.invalid] == [(1, reason)]
+    assert [(i, r.reason) for i, r in parsed.invalid.items()] == [(1, reason)]
 
 
 def test_panoptic_crop_is_the_segment_inside_its_box(panoptic):

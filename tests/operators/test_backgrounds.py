@@ -14,7 +14,7 @@ from pairmine.operators.backgrounds import (
     instances_of,
     resize_background,
 )
-from pairmine.operators.records import Instance
+from pairmine.operators.backgrounds import Instance
 
 PARAMS = BackgroundParams()  # short side >= 256, aspect <= 3, instances: area >= 0.001, box < 0.4
 
@@ -32,7 +32,7 @@ PARAMS = BackgroundParams()  # short side >= 256, aspect <= 3, instances: area >
 )
 def test_background_reject(height, width, reason):
     result = background_reject(height, width, PARAMS)
-    assert (result[0] if result else None) == reason
+    assert (result.reason if result else None) == reason
 
 
 @pytest.mark.parametrize(

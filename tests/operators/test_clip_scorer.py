@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from pairmine.operators.annotations import Segment
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.operators.clip_scorer import ClipScorerParams, on_background
-from pairmine.operators.clip_stage import ClipScoreStage
 from pairmine.operators.entities import Entity
 from pairmine.operators.scorers import Score
-from pairmine.operators.syn4removal import Syn4RemovalParams, extract_group, score_entities
+from pairmine.operators.syn4removal import EntityScoring, Syn4RemovalParams, extract_group, score_entities
+from pairmine.pipelines.model_stages import StageActor
 
 from models import tiny_clip
 
@@ -209,10 +209,10 @@ def test_threshold_splits_the_scores_and_rejects_with_reason(tiny, scorer, entit
     assert sum(s.passed for s in judged) == len(entities) - 3
     for score in judged:
         if score.passed:
-            assert (score.reason, score.detail) == ("", "")
+            assert score.reject is None
         else:
-            assert score.reason == "clip_score_below_threshold"
-            assert f"{score.value:.4g}" in score.detail and f"{cut:g}" in score.detail
+            assert score.reject.reason == "clip_score_below_threshold"
+            assert f"{score.value:.4g}" in score.reject.detail and f"{cut:g}" in score.reject.detail
 
 
 def test_class_and_generic_thresholds_override_the_default(tiny, scorer, entities):
@@ -362,8 +362,8 @@ def test_stage_scores_a_batch_of_groups_like_score_entities(tiny, sa1b_row, sa1b
     params = clip_params(tiny, threshold=sa1b_cut, batch_size=4)  # 4 divides neither group's entity count
     groups = sa1b_groups(sa1b_row, params)
     candidates = [len(g.entities) for g in groups]
-    stage = ClipScoreStage(params)
-    returned = stage({"group": column(groups)})["group"]
+    stage = StageActor(EntityScoring(params))
+    returned = stage({"item": column(groups)})["item"]
     assert list(returned) == groups
     assert_scored_like_score_entities(tiny, sa1b_row, groups, params)
     assert any(g.entities for g in groups) and any(r.reason == "clip_score_below_threshold" for g in groups for r in g.rejects)
@@ -376,17 +376,17 @@ def test_stage_scores_a_batch_of_groups_like_score_entities(tiny, sa1b_row, sa1b
     pause = 0.05
     time.sleep(pause)
     later = sa1b_groups(sa1b_row, params)[:1]
-    stage({"group": column(later)})
+    stage({"item": column(later)})
     assert later[0].stats.seconds["score_idle"] >= pause
     assert later[0].stats.counts["entities_scored"] == candidates[0]
 
 
 def test_stage_as_a_ray_data_actor(ray_local, tiny, sa1b_row, sa1b_cut):
     params = clip_params(tiny, threshold=sa1b_cut, batch_size=4)
-    dataset = ray_local.data.from_items([{"group": g} for g in sa1b_groups(sa1b_row, params)]).map_batches(
-        ClipScoreStage, fn_constructor_args=(params,), batch_size=2, concurrency=1, batch_format="numpy"
+    dataset = ray_local.data.from_items([{"item": g} for g in sa1b_groups(sa1b_row, params)]).map_batches(
+        StageActor, fn_constructor_args=(EntityScoring(params),), batch_size=2, concurrency=1, batch_format="numpy"
     )
-    groups = sorted((row["group"] for row in dataset.take_all()), key=lambda g: g.consumed)
+    groups = sorted((row["item"] for row in dataset.take_all()), key=lambda g: g.consumed)
     groups = [g for stems in (GOOD_SA1B[:2], GOOD_SA1B[2:]) for g in groups if g.consumed == list(stems)]
     assert_scored_like_score_entities(tiny, sa1b_row, groups, params)
     assert all(g.stats.counts["entities_scored"] > 0 and g.stats.seconds["score"] > 0 for g in groups)

@@ -20,7 +20,8 @@ from pairmine.operators.composition import (
 from pairmine.operators.entities import Entity, EntityLimits
 from pairmine.operators.mask_enhance import MaskEnhanceParams
 from pairmine.operators.placement import PlacementParams
-from pairmine.operators.records import Instance
+from pairmine.dataset import Reject
+from pairmine.operators.backgrounds import Instance
 
 H, W = 240, 320
 
@@ -119,7 +120,7 @@ def test_compose_pair_rejects_when_r1_and_r2_are_empty():
     """An instance box over the whole admissible centre region: no position at any scale."""
     blocker = Instance((0.2 * W, 0.2 * H, 0.6 * W, 0.6 * H), 500.0)
     result = compose_pair(make_background("u/bg", [blocker]), make_entity("u/src"), CENTRE_OUTSIDE, BLEND, EXACT, np.random.default_rng(0))
-    assert isinstance(result, tuple) and result[0] == "no_position" and result[1]
+    assert isinstance(result, Reject) and result.reason == "no_position" and result.detail
 
 
 def test_compose_pair_is_deterministic():

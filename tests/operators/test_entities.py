@@ -33,15 +33,15 @@ def segment(area_ratio: float, box_w: float = 100, box_h: float = 100) -> Segmen
 )
 def test_geometry_reject(area_ratio, box_w, box_h, reason):
     result = geometry_reject(segment(area_ratio, box_w, box_h), H, W, LIMITS)
-    assert (result[0] if result else None) == reason
+    assert (result.reason if result else None) == reason
     if result:
-        assert result[1]  # a detail for the rejects table
+        assert result.detail  # a detail for the rejects table
 
 
 def test_geometry_reject_follows_the_limits():
     loose = EntityLimits(min_area_ratio=0.001, max_area_ratio=0.999, min_box_side=1)
     assert geometry_reject(segment(0.002, 2, 2), H, W, loose) is None
-    assert geometry_reject(segment(0.002, 2, 2), H, W, LIMITS)[0] == "area_too_small"
+    assert geometry_reject(segment(0.002, 2, 2), H, W, LIMITS).reason == "area_too_small"
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_fragmentation_is_the_main_part_share(speck_ratio, fragmented):
     main = 1600 / mask.sum()
     assert (main < LIMITS.min_main_component) == fragmented
     result = shape_reject(crop, bounds, H, W, LIMITS)
-    assert (result is not None and result[0] == "fragmented") == fragmented
+    assert (result is not None and result.reason == "fragmented") == fragmented
 
 
 def test_diagonal_touching_parts_are_one_component():
@@ -115,7 +115,7 @@ def test_border_truncation_is_the_share_of_the_box_perimeter_on_the_border(name,
     crop, bounds = crop_of(make())
     contact = border_contact(crop, bounds, H, W)
     result = shape_reject(crop, bounds, H, W, LIMITS)
-    assert (result is not None and result[0] == "truncated_at_border") == (contact > LIMITS.max_border_contact)
+    assert (result is not None and result.reason == "truncated_at_border") == (contact > LIMITS.max_border_contact)
     if name == "interior":
         assert contact == 0 and result is None
     if name in ("cut_by_left_edge", "corner_quarter"):
@@ -153,8 +153,8 @@ def test_materialize_reports_a_failed_shape_check_and_keeps_no_pixels():
     rle["counts"] = rle["counts"].decode()
     seg = Segment(index=0, box=tuple(mask_utils.toBbox(rle)), area=float(full.sum()), rle=rle)
     entity = Entity("u/r#0", "u/r", seg, 0.1, source=np.zeros((H, W, 3), np.uint8))
-    reason, detail = materialize(entity, EntityLimits(min_main_component=0.9))
-    assert reason == "fragmented" and "largest of 2 parts" in detail
+    why = materialize(entity, EntityLimits(min_main_component=0.9))
+    assert why.reason == "fragmented" and "largest of 2 parts" in why.detail
     assert entity.mask is None and entity.pixels is None and entity.source is None
 
 

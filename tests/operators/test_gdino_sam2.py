@@ -26,9 +26,9 @@ from pairmine.operators.gdino_sam2 import (
     explain_motion,
     full_resolution,
 )
-from pairmine.operators.mask_stage import MaskStage
 from pairmine.operators.maskers import MaskInput, MaskResult
-from pairmine.operators.video4removal import Video4RemovalParams, analyse_segment, encode_samples
+from pairmine.operators.video4removal import SegmentMasking, Video4RemovalParams, analyse_segment, encode_samples
+from pairmine.pipelines.model_stages import StageActor
 from pairmine.operators.video_io import DecodeParams, analysis_size, read_frames
 
 SOURCES, TARGET = (60, 75, 90), 0  # frames with the object / the empty scene
@@ -84,15 +84,15 @@ def assert_contract(result: MaskResult, shape: tuple[int, int]) -> None:
     """A mask (uint8 0/255, the frame's size, neither empty nor full) or a reject with its reason and detail."""
     assert isinstance(result, MaskResult)
     if result.mask is None:
-        assert result.reason in {NO_MOVING_OBJECT, "mask_full"} and result.detail
+        assert result.reject.reason in {NO_MOVING_OBJECT, "mask_full"} and result.reject.detail
     else:
-        assert result.mask.dtype == np.uint8 and result.mask.shape == shape and not result.reason
+        assert result.mask.dtype == np.uint8 and result.mask.shape == shape and result.reject is None
         assert set(np.unique(result.mask)) == {0, 255}
 
 
 def same(a: MaskResult, b: MaskResult) -> bool:
     if a.mask is None or b.mask is None:
-        return a.mask is b.mask and (a.reason, a.detail) == (b.reason, b.detail)
+        return a.mask is b.mask and a.reject == b.reject
     return np.array_equal(a.mask, b.mask)
 
 
@@ -160,7 +160,7 @@ def test_the_moving_object_is_kept_and_static_ones_dropped(truth):
     static[: height // 4, : width // 4] = True  # a parked car, away from the motion
     assert not (static & motion).any()
     result = explain_motion(np.stack([static, obj]), ("car", "person"), motion, 0.5, 0.6)
-    assert result.mask is not None and not result.reason
+    assert result.mask is not None and result.reject is None
     assert np.array_equal(result.mask > 0, obj), "the union is exactly the moving object: the static one is left out"
 
 
@@ -173,8 +173,8 @@ def test_all_moving_objects_are_united(truth):
     result = explain_motion(np.stack([left, right]), ("person", "person"), motion, 0.5, 0.9)
     assert np.array_equal(result.mask > 0, motion)
     alone = explain_motion(left[None], ("person",), motion, 0.5, 0.9)
-    assert alone.mask is None and alone.reason == NO_MOVING_OBJECT, "half the motion unexplained: rejected"
-    assert f"cover {np.count_nonzero(left) / np.count_nonzero(motion):.2f} of it" in alone.detail
+    assert alone.mask is None and alone.reject.reason == NO_MOVING_OBJECT, "half the motion unexplained: rejected"
+    assert f"cover {np.count_nonzero(left) / np.count_nonzero(motion):.2f} of it" in alone.reject.detail
 
 
 def test_no_object_on_the_motion_is_a_reject_that_says_how_close_the_best_came(truth):
@@ -183,11 +183,11 @@ def test_no_object_on_the_motion_is_a_reject_that_says_how_close_the_best_came(t
     static = np.zeros_like(motion)
     static[: height // 4, : width // 4] = True
     none = explain_motion(np.zeros((0, height, width), bool), (), motion, 0.5, 0.6)
-    assert none.mask is None and none.reason == NO_MOVING_OBJECT and none.detail
+    assert none.mask is None and none.reject.reason == NO_MOVING_OBJECT and none.reject.detail
     assert not (static & motion).any()
     off = explain_motion(static[None], ("car",), motion, 0.5, 0.6)
-    assert off.mask is None and off.reason == NO_MOVING_OBJECT
-    assert "car" in off.detail and "0.00 on the motion" in off.detail
+    assert off.mask is None and off.reject.reason == NO_MOVING_OBJECT
+    assert "car" in off.reject.detail and "0.00 on the motion" in off.reject.detail
     half_on = motion | np.roll(motion, motion.shape[1] // 3, axis=1)  # the object plus as much static area
     share = np.count_nonzero(half_on & motion) / np.count_nonzero(half_on)
     assert explain_motion(half_on[None], ("dog",), motion, share + 0.01, 0.6).mask is None
@@ -197,10 +197,10 @@ def test_no_object_on_the_motion_is_a_reject_that_says_how_close_the_best_came(t
 def test_results_keep_the_sample_invariants(truth):
     motion = truth[75]
     empty = explain_motion(motion[None], ("person",), np.zeros_like(motion), 0.5, 0.6)
-    assert empty.mask is None and empty.reason == NO_MOVING_OBJECT
+    assert empty.mask is None and empty.reject.reason == NO_MOVING_OBJECT
     everything = np.ones_like(motion)
     full = explain_motion(everything[None], ("bus",), everything, 0.5, 0.6)
-    assert full.mask is None and full.reason == "mask_full"
+    assert full.mask is None and full.reject.reason == "mask_full"
     assert_contract(explain_motion(motion[None], ("person",), motion, 0.5, 0.6), motion.shape)
 
 
@@ -251,7 +251,7 @@ def test_masks_of_a_batch_equal_those_one_by_one(masker, frames, priors):
     assert len(results) == len(items)
     for result, item in zip(results, items):
         assert_contract(result, item.source.shape[:2])
-        assert result.detail != "no detected object lies on the moving region", "every box touches the wide motion: SAM2 ran"
+        assert result.reject.detail != "no detected object lies on the moving region", "every box touches the wide motion: SAM2 ran"
     assert all(same(a, masker.masks([item])[0]) for a, item in zip(results, items)), "batching changes nothing"
 
 
@@ -352,17 +352,17 @@ def test_mask_stage_masks_every_candidate_and_times_itself(tiny, video, propagat
     work = analyse_segment("synth/static", str(video), 0, 150, config)
     empty = analyse_segment("synth/short", str(video), 0, 3, config)  # too short: no candidates
     assert work.candidates and not empty.candidates
-    stage = MaskStage(make_params(tiny, propagate=propagate, max_detections=2))
-    batch = {"work": np.array([work, empty], dtype=object)}
+    stage = StageActor(SegmentMasking(make_params(tiny, propagate=propagate, max_detections=2)))
+    batch = {"item": np.array([work, empty], dtype=object)}
     out = stage(batch)
-    assert out["work"] is batch["work"] and out["results"].dtype == object
-    results = out["results"][0]
-    assert len(results) == len(work.candidates) and out["results"][1] == []
+    assert out["item"] is batch["item"]
+    results = work.results
+    assert len(results) == len(work.candidates) and empty.results == []
     for result, candidate in zip(results, work.candidates):
         assert_contract(result, candidate.source.image.shape[:2])
     assert work.stats.counts["masked"] == len(work.candidates) and empty.stats.counts["masked"] == 0
     assert work.stats.seconds["mask"] > 0 and work.stats.seconds["mask_idle"] == 0, "no idle time before the first call"
-    stage({"work": np.array([empty], dtype=object)})
+    stage({"item": np.array([empty], dtype=object)})
     assert empty.stats.seconds["mask_idle"] > 0
-    samples = encode_samples(work, results, stage.masker.name, config, "c0ffee")
+    samples = encode_samples(work, stage.model.name, config, "c0ffee")
     assert len(samples) + sum(r.stage == "mask" for r in work.rejects) == len(work.candidates)

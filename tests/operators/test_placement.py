@@ -13,7 +13,7 @@ from pairmine.operators.placement import (
     feasible_positions,
     size_target,
 )
-from pairmine.operators.records import Instance
+from pairmine.operators.backgrounds import Instance
 
 H, W = 240, 320
 

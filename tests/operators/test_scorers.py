@@ -37,11 +37,11 @@ def panoptic_entity(crowd: bool) -> Entity:
 )
 def test_sa1b_thresholds(scores, passed, reason):
     (score,) = SCORER.score([sa1b_entity(**scores)])
-    assert (score.passed, score.reason) == (passed, reason)
+    assert (score.passed, score.reject.reason if score.reject else "") == (passed, reason)
     if "predicted_iou" in scores and "stability_score" in scores:
         assert score.value == scores["predicted_iou"]
     if not passed:
-        assert score.detail
+        assert score.reject.detail
 
 
 def test_thresholds_are_configurable():
@@ -53,7 +53,7 @@ def test_thresholds_are_configurable():
 @pytest.mark.parametrize("crowd, passed, reason", [(False, True, ""), (True, False, "crowd")])
 def test_panoptic_segments_fail_only_when_crowd(crowd, passed, reason):
     (score,) = SCORER.score([panoptic_entity(crowd)])
-    assert (score.passed, score.reason) == (passed, reason)
+    assert (score.passed, score.reject.reason if score.reject else "") == (passed, reason)
     assert score.value == (1.0 if passed else 0.0)
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
-from pairmine.operators.records import sample_key
+from pairmine.dataset import sample_key
 from pairmine.operators.scorers import AnnotationScorer
 from pairmine.operators.syn4removal import (
     PIPELINE,

@@ -44,13 +44,13 @@ def test_a_prior_where_nothing_changed_is_refused(pair):
     source, target, _, prior = pair
     elsewhere = np.roll(prior, 240, axis=1)  # half a frame away from the object
     (result,) = MogMasker().masks([MaskInput(source, target, elsewhere)])
-    assert result.mask is None and result.reason in {"mask_too_small", "mask_disagrees"} and result.detail
+    assert result.mask is None and result.reject.reason in {"mask_too_small", "mask_disagrees"} and result.reject.detail
 
 
 def test_identical_frames_give_no_mask(pair):
     source, _, _, prior = pair
     (result,) = MogMasker().masks([MaskInput(source, source, prior)])
-    assert result.mask is None and result.reason == "mask_too_small"
+    assert result.mask is None and result.reject.reason == "mask_too_small"
 
 
 def test_masker_is_chosen_by_name():

@@ -44,7 +44,7 @@ def test_the_pair_is_an_aligned_object_free_frame(run):
 def test_a_background_frame_that_still_holds_the_object_is_refused(run):
     images, greys, masks = run
     miss = _pair(images, greys, masks, [SOURCE])  # e.g. the object stopped and MOG2 absorbed it
-    assert isinstance(miss, Miss) and miss.reason == "object_in_background"
+    assert isinstance(miss, Miss) and miss.reject.reason == "object_in_background"
 
 
 def test_a_background_frame_with_something_else_in_it_is_refused(run):
@@ -54,7 +54,7 @@ def test_a_background_frame_with_something_else_in_it_is_refused(run):
     polluted[ys, (xs + 200) % 480] = images[SOURCE][ys, xs]  # the object, copied elsewhere into the "background"
     loose = PairingParams(max_mse=1e4)  # a small stray object barely moves the MSE; let the stray check decide
     miss = _pair(images + [polluted], greys + [cv2.cvtColor(polluted, cv2.COLOR_BGR2GRAY)], masks, [len(images)], loose)
-    assert isinstance(miss, Miss) and miss.reason == "background_differs"
+    assert isinstance(miss, Miss) and miss.reject.reason == "background_differs"
 
 
 def test_a_shifted_background_frame_is_misaligned(run):
@@ -62,7 +62,7 @@ def test_a_shifted_background_frame_is_misaligned(run):
     shifted = cv2.warpAffine(images[0], np.float32([[1, 0, 1.0], [0, 1, 0]]), (480, 270), borderMode=cv2.BORDER_REFLECT)
     loose = PairingParams(max_mse=1e4, max_stray=1.0)  # let only the alignment check decide
     miss = _pair(images + [shifted], greys + [cv2.cvtColor(shifted, cv2.COLOR_BGR2GRAY)], masks, [len(images)], loose)
-    assert isinstance(miss, Miss) and miss.reason == "misaligned"
+    assert isinstance(miss, Miss) and miss.reject.reason == "misaligned"
     assert isinstance(_pair(images, greys, masks, [0], loose), Pair)
 
 
@@ -78,7 +78,7 @@ def test_an_unlike_background_frame_fails_the_mse_threshold(run):
     images, greys, masks = run
     darker = cv2.convertScaleAbs(images[0], alpha=0.85)
     miss = _pair(images + [darker], greys + [cv2.cvtColor(darker, cv2.COLOR_BGR2GRAY)], masks, [len(images)])
-    assert isinstance(miss, Miss) and miss.reason == "mse_above_threshold" and miss.mse > PARAMS.max_mse
+    assert isinstance(miss, Miss) and miss.reject.reason == "mse_above_threshold" and miss.mse > PARAMS.max_mse
 
 
 def test_diverse_selection_keeps_the_best_distinct_pairs():

@@ -41,7 +41,7 @@ def test_static_clip_is_one_run_with_no_drift(clips):
 def test_pan_is_measured_at_its_true_speed(clips):
     greys, indices, fps, width = clips("synth_pan_dev")
     result = screen(greys, indices, fps, width, PARAMS)
-    assert result.runs == [] and [s.reason for s in result.dropped] == ["camera_motion"]
+    assert result.runs == [] and [s.reject.reason for s in result.dropped] == ["camera_motion"]
     assert np.median(result.steps.motion) * width == pytest.approx(2.0, abs=0.2)  # README: 2 px per frame
 
 
@@ -49,8 +49,8 @@ def test_pan_is_measured_at_its_true_speed(clips):
 def test_moving_camera_leaves_no_static_run(clips, name):
     result = screen(*clips(name), PARAMS)
     assert result.runs == []
-    assert "camera_motion" in [s.reason for s in result.dropped]
-    assert "max_motion" in result.dropped[0].detail
+    assert "camera_motion" in [s.reject.reason for s in result.dropped]
+    assert "max_motion" in result.dropped[0].reject.detail
 
 
 def test_a_cut_splits_two_static_shots(clips):
@@ -69,7 +69,7 @@ def test_strong_flicker_is_dropped_and_the_rest_kept(clips):
     result = screen(flickering, indices, fps, width, PARAMS)
     assert all(label == "flicker" for label in result.labels[29:])
     assert [(r.first, r.stop) for r in result.runs] == [(0, 30)]
-    assert [(s.first, s.stop, s.reason) for s in result.dropped] == [(30, len(greys), "flicker")]
+    assert [(s.first, s.stop, s.reject.reason) for s in result.dropped] == [(30, len(greys), "flicker")]
 
 
 def test_a_pan_in_the_middle_splits_the_clip_into_two_static_runs(clips):
@@ -80,13 +80,13 @@ def test_a_pan_in_the_middle_splits_the_clip_into_two_static_runs(clips):
         panned.append(cv2.warpAffine(grey, np.float32([[1, 0, offset], [0, 1, 0]]), grey.shape[::-1], borderMode=cv2.BORDER_REFLECT))
     result = screen(panned, indices, fps, width, PARAMS)
     assert [(r.first, r.stop) for r in result.runs] == [(0, 21), (30, len(greys))]
-    assert [(s.first, s.stop, s.reason) for s in result.dropped] == [(21, 30, "camera_motion")]
+    assert [(s.first, s.stop, s.reject.reason) for s in result.dropped] == [(21, 30, "camera_motion")]
 
 
 def test_short_static_stretches_are_dropped_as_too_short(clips):
     greys, indices, fps, width = clips("synth_static_dev")
     result = screen(greys[:10], indices[:10], fps, width, ScreenParams(min_static_seconds=10 * STRIDE / fps + 1))
-    assert result.runs == [] and [s.reason for s in result.dropped] == ["too_short"]
+    assert result.runs == [] and [s.reject.reason for s in result.dropped] == ["too_short"]
 
 
 def test_tile_shift_ignores_an_object_moving_across_one_tile(clips):

@@ -10,7 +10,7 @@ import pytest
 
 from pairmine import __version__
 from pairmine.operators.maskers import MaskResult
-from pairmine.operators.records import sample_key
+from pairmine.dataset import sample_key
 from pairmine.operators.video4removal import PIPELINE, Video4RemovalParams, process_segment, split_video
 from pairmine.operators.video_io import probe
 
@@ -114,6 +114,7 @@ class BoxMasker:
     """A minimal masker through the plugin interface: the MOG2 object's bounding box, grown by a margin."""
 
     name = "box"
+    items_are_clip = False
 
     def __init__(self, margin: float):
         self.margin = margin

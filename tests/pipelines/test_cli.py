@@ -16,7 +16,7 @@ from helpers import read_parquet_dir, read_samples, shard_paths
 from sample_inputs import TESTDATA, write_loose_sa1b
 
 from pairmine.pipelines.run import run
-from pairmine.pipelines.syn4removal import JOB
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
 
 PAIRMINE = [sys.executable, "-m", "pairmine.pipelines.cli"]
 SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
@@ -112,5 +112,5 @@ def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, r
     assert sorted(consumed) == sorted(stems), "every input consumed exactly once"
 
     clean = tmp_path / "clean"
-    run(JOB, [str(loose)], str(clean), overrides=["group_size=2", "shards.max_samples=2"], progress_bars=False)
+    run(SYN4REMOVAL, [str(loose)], str(clean), overrides=["group_size=2", "shards.max_samples=2"], progress_bars=False)
     assert sorted(keys) == sorted(s["__key__"] for s in read_samples(str(clean)))

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pairmine.pipelines.config import ConfigError, Syn4RemovalConfig, Video4RemovalConfig, config_hash, load_config, to_yaml
+from pairmine.pipelines.config import ConfigError, config_hash, load_config, to_yaml
+from pairmine.pipelines.syn4removal import Syn4RemovalConfig
+from pairmine.pipelines.video4removal import Video4RemovalConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -69,7 +69,7 @@ def test_regrouping_without_committed_groups_rebuilds_the_same_groups(done):
 
 
 def test_unit_groups_account_for_every_id_once():
-    from pairmine.operators.records import Reject
+    from pairmine.dataset import Reject
 
     items = [(f"r{i}", {"id": f"r{i}"}) for i in range(5)] + [("bad", Reject("u/bad", "read", "x")), (None, Reject("u", "read", "truncated_tar"))]
     rows = list(unit_groups("u", "sa1b", "", items, 2, skip={"r0"}, immutable=True))

@@ -11,8 +11,8 @@ from sample_inputs import TESTDATA
 
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.pipelines.run import run
-from pairmine.pipelines.syn4removal import JOB as SYN4REMOVAL
-from pairmine.pipelines.video4removal import JOB as VIDEO4REMOVAL
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
 SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
 

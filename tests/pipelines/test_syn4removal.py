@@ -14,7 +14,7 @@ from helpers import check_sample, read_parquet_dir, read_samples, shard_paths
 from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
 from pairmine.pipelines.run import run
-from pairmine.pipelines.syn4removal import JOB
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.writer import OutputConflict
 
 SA1B_TAR = str(TESTDATA / "sa1b" / "sa_000000.tar")
@@ -28,7 +28,7 @@ EXPECTED_BAD = {  # input id -> (stage, reason), from testdata/README.md
 
 
 def _run(inputs, output, *overrides):
-    return run(JOB, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
+    return run(SYN4REMOVAL, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
 
 
 def _keys(output) -> list[str]:

@@ -11,7 +11,7 @@ from helpers import check_sample, decode, read_parquet_dir, read_samples
 from sample_inputs import TESTDATA
 
 from pairmine.pipelines.run import run
-from pairmine.pipelines.video4removal import JOB
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
 VIDEO = TESTDATA / "video"
 STATIC = VIDEO / "synth_static_dev.mp4"
@@ -19,7 +19,7 @@ MOVING = ("synth_pan_dev.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
 def _run(inputs, output, *overrides):
-    return run(JOB, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
+    return run(VIDEO4REMOVAL, [str(i) for i in inputs], str(output), overrides=list(overrides), progress_bars=False)
 
 
 def test_pairs_match_the_ground_truth_and_moving_cameras_give_none(tmp_path, ray_local):

@@ -11,11 +11,11 @@ import ray
 import webdataset as wds
 from helpers import read_parquet_dir, shard_paths
 
-from pairmine.operators.records import Reject
+from pairmine.dataset import Reject
 from pairmine.operators.stats import Stats
+from pairmine.pipelines.config import ShardParams
 from pairmine.pipelines.writer import (
     OutputConflict,
-    ShardParams,
     ShardSink,
     pack_group,
     pack_samples,

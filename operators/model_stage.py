@@ -1,0 +1,77 @@
+"""What every model stage has: the runtime fields of its config, its checks, and the shape of its step.
+
+A model stage is a step that loads weights (CLIP entity scoring, GroundingDINO + SAM2 masking). Its
+config (``ModelStageParams``) says how the step runs (device, batch size, GPUs, actors: runtime fields,
+left out of the config hash) and offers ``check_files()`` (fast, in the driver), ``build()`` (the
+model, once per process or actor) and ``verify()`` (both, before Ray starts). What the step does to a
+list of items between two CPU steps is its ``ModelStage``: a pure function of the built model and the
+items. ``pipelines/model_stages.py`` runs any stage as a Ray actor pool, or in the CPU task when it
+loads no model; nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, Sequence
+
+from pydantic import Field
+
+from .devices import Device
+from .params import RUNTIME, Concurrency, Params
+from .stats import Stats
+
+
+class ModelStageParams(Params):
+    """The config of a stage that runs a model: how it runs (runtime) and how it is checked and built."""
+
+    device: Device = Field(
+        "auto", description="auto: CUDA when the stage's actor sees a GPU (num_gpus > 0), else the CPU", json_schema_extra=RUNTIME,
+    )
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="items per model call (GroundingDINO + SAM2: frames; CLIP: entity crops)",
+        json_schema_extra=RUNTIME,
+    )
+    num_gpus: float = Field(
+        0.0, ge=0, le=1, description="GPUs per actor (1 on GPU clusters); a fraction shares a GPU between actors",
+        json_schema_extra=RUNTIME,
+    )
+    concurrency: Concurrency = Field((1, 1), description="(min, max) actors of the stage", json_schema_extra=RUNTIME)
+
+    def check_files(self) -> None:
+        """Fail fast, in the driver, when a weights file or a config given as a path is missing; loads nothing."""
+        raise NotImplementedError
+
+    def build(self) -> Any:
+        """The stage's model, ready to run (loads weights: once per process or actor)."""
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Before Ray starts: the files exist (a quick one-line error) and the weights load into the
+        architecture, here on the CPU with the actors' own loader (a mismatch is a one-line error naming
+        the path and the model, instead of an actor dying inside the run)."""
+        self.check_files()
+        self.model_copy(update={"device": "cpu"}).build()
+
+
+class StageItem(Protocol):
+    """What travels through a model stage: one unit of work (a group of images, a video segment) with its stats."""
+
+    stats: Stats
+
+
+class ModelStage(Protocol):
+    """One step between two CPU steps of a pipeline, applied to a list of items by a built model.
+
+    ``process`` changes the items in place and returns each item's share of the call's work (the actor's
+    busy time is split in those proportions in the run summary); ``name`` is its stage in the summary.
+    """
+
+    name: ClassVar[str]
+    params: Params  # a ModelStageParams, or the config of a weight-free step that runs in the CPU task
+    items_per_call: int
+
+    def process(self, model: Any, items: Sequence[StageItem]) -> list[float]: ...
+
+
+def runs_model(params: Params) -> bool:
+    """Whether a step's config loads weights (and so runs as its own actor stage)."""
+    return isinstance(params, ModelStageParams)

@@ -1,0 +1,236 @@
+"""The output contract: what a pipeline run writes and how a consumer reads it (docs/FORMATS.md).
+
+An output (a local folder or an ``s3://`` prefix) holds ``shards/`` (WebDataset tars), ``manifest/``
+(one Parquet row per committed shard, written after the shard: the commit point), ``rejects/`` (one
+Parquet row per skipped input or candidate) and ``_SUCCESS`` (the last run's summary). Writers (the
+pipelines' shard sink) and consumers (training, ``pairmine report``/``verify``) both use this module
+and nothing else for names, schemas and reading; it imports neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+
+SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
+TEMP_PREFIX = ".tmp-"  # files being written (storage.write_bytes, staging shards): never part of an output
+
+# The files of one sample per pipeline: required ones, then optional ones a consumer may find.
+SAMPLE_FILES: dict[str, tuple[str, ...]] = {
+    "syn4removal": ("source.jpg", "target.jpg", "mask.png", "alpha.png", "json"),
+    "video4removal": ("source.jpg", "target.jpg", "mask.png", "json"),
+}
+OPTIONAL_FILES: dict[str, tuple[str, ...]] = {"syn4removal": (), "video4removal": ("effect_mask.png",)}
+
+REJECT_FIELDS = ("input", "stage", "reason", "detail")
+REJECT_STRUCT = pa.struct([(name, pa.string()) for name in REJECT_FIELDS])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),  # path under the output; null when the shard's groups made no sample
+        ("pipeline", pa.string()),
+        ("run", pa.string()),
+        ("config_hash", pa.string()),
+        ("version", pa.string()),
+        ("samples", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("keys", pa.list_(pa.string())),
+        ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
+        ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
+        ("rejects", pa.int64()),
+        ("created", pa.timestamp("s", tz="UTC")),
+    ]
+)
+REJECTS_SCHEMA = pa.schema([(k, pa.string()) for k in ("pipeline", "run", "shard", *REJECT_FIELDS)])
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The one verdict shape of a skipped input or candidate, from the operator that judged it to a row
+    of ``rejects/``. A check that does not know what it judged returns ``Reject.because(reason, detail)``;
+    its caller places it with ``.at(input, stage)``."""
+
+    input: str  # what was skipped: "<unit>/<record>", "<unit>/<record>#<segment>", "<video>#<first>-<stop>", ...
+    stage: str  # where: read, decode, annotation, entity, background, compose, screen, mog, pair, mask, ...
+    reason: str  # short stable code, e.g. "truncated_image"
+    detail: str = ""  # human-readable specifics (values, limits)
+
+    @classmethod
+    def because(cls, reason: str, detail: str = "") -> "Reject":
+        return cls("", "", reason, detail)
+
+    def at(self, input: str, stage: str) -> "Reject":
+        return dataclasses.replace(self, input=input, stage=stage)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in REJECT_FIELDS}
+
+
+def sample_key(record: str, config_hash: str, index: int) -> str:
+    """Deterministic WebDataset key: the record's name, a digest of (config, full record id), the index.
+
+    The same config and inputs give the same keys; no dots, so WebDataset splits extensions correctly.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", record.rsplit("/", 1)[-1])[-48:]
+    digest = hashlib.blake2b(f"{config_hash}/{record}".encode(), digest_size=5).hexdigest()
+    return f"{stem}-{digest}-{index:02d}"
+
+
+def is_temp(name: str) -> bool:
+    return storage.basename(name).startswith(TEMP_PREFIX)
+
+
+def _parquet_files(output: str, folder: str) -> list[str]:
+    """Committed Parquet files of a folder of the output (temp files of a write in progress left out)."""
+    return [
+        storage.uri_of(output, e)
+        for e in storage.list_dir(storage.join(output, folder))
+        if e.path.endswith(".parquet") and not is_temp(e.path)
+    ]
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _read_parquet(uri: str, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema)
+
+
+def read_manifest(output: str) -> pa.Table:
+    """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed."""
+    tables = [_read_parquet(uri, MANIFEST_SCHEMA) for uri in _parquet_files(output, MANIFEST)]
+    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def read_rejects(output: str) -> pa.Table:
+    """Every reject row of an output (``REJECTS_SCHEMA``)."""
+    tables = [_read_parquet(uri, REJECTS_SCHEMA) for uri in _parquet_files(output, REJECTS)]
+    return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
+
+
+def read_success(output: str) -> dict | None:
+    """The summary of the last completed run, or None while a run is in progress or none completed."""
+    uri = storage.join(output, SUCCESS)
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (FileNotFoundError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One committed shard, as its manifest row describes it."""
+
+    uri: str  # the tar, local path or s3:// URI
+    pipeline: str
+    config_hash: str
+    samples: int
+    bytes: int
+    sha256: str
+    keys: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return storage.basename(self.uri)
+
+
+def committed_shards(output: str, manifest: pa.Table | None = None) -> list[Shard]:
+    """The shards an output's manifest lists, in name order: the only ones a consumer may read."""
+    manifest = read_manifest(output) if manifest is None else manifest
+    shards = [
+        Shard(storage.join(output, row["shard"]), row["pipeline"], row["config_hash"], row["samples"], row["bytes"],
+              row["sha256"], tuple(row["keys"]))
+        for row in manifest.select(["shard", "pipeline", "config_hash", "samples", "bytes", "sha256", "keys"]).to_pylist()
+        if row["shard"]
+    ]
+    return sorted(shards, key=lambda s: s.uri)
+
+
+class ShardError(ValueError):
+    """A shard that does not match its manifest row; the message is one line."""
+
+
+class _Hashing(io.RawIOBase):
+    """A readable stream that hashes and counts what passes through it."""
+
+    def __init__(self, raw):
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def iter_shard(shard: Shard, verify: bool = True) -> Iterator[dict]:
+    """The samples of one shard as ``{"__key__": key, "<file>": bytes, ...}``, streamed once.
+
+    With ``verify``, a shard whose size differs from its manifest row is refused before any sample,
+    and a sha256 mismatch raises ``ShardError`` once the shard has been read (its samples came first:
+    a consumer that must not use them buffers the shard).
+    """
+    if verify:
+        found = storage.info(shard.uri)
+        if found.size != shard.bytes:
+            actual = "missing" if found.size is None else f"{found.size} bytes"
+            raise ShardError(f"{shard.uri}: {actual}, the manifest says {shard.bytes} bytes")
+    with storage.open_input_file(shard.uri) as raw:
+        stream = _Hashing(raw)
+        try:
+            yield from _tar_samples(io.BufferedReader(stream, 1 << 20))
+        except (tarfile.TarError, EOFError) as exc:
+            raise ShardError(f"{shard.uri}: not a readable tar: {storage.first_line(exc)}") from None
+        stream.drain()
+    if verify and stream.digest.hexdigest() != shard.sha256:
+        raise ShardError(f"{shard.uri}: sha256 {stream.digest.hexdigest()[:12]}… differs from the manifest's {shard.sha256[:12]}…")
+
+
+def _tar_samples(stream) -> Iterator[dict]:
+    """Group a tar's members into samples by key (WebDataset: the name up to the first dot)."""
+    sample: dict | None = None
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if sample is not None and sample["__key__"] != key:
+                yield sample
+                sample = None
+            sample = sample or {"__key__": key}
+            sample[ext] = tar.extractfile(member).read()
+    if sample is not None:
+        yield sample
+
+
+def iter_samples(output: str, shards: Iterable[Shard] | None = None, verify: bool = True) -> Iterator[dict]:
+    """Every sample of an output's committed shards (or of the given ones), each shard verified."""
+    for shard in committed_shards(output) if shards is None else shards:
+        yield from iter_shard(shard, verify)
+
+
+def missing_files(sample: dict, pipeline: str) -> list[str]:
+    """The required files of `pipeline` that a sample lacks."""
+    return [name for name in SAMPLE_FILES[pipeline] if name not in sample]

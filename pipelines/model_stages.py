@@ -1,0 +1,87 @@
+"""The one adapter between a pipeline's steps and Ray Data: CPU steps as tasks, a model stage as an actor pool.
+
+Every pipeline has the same three steps per row: ``prepare`` (CPU: decode, analyse), a ``ModelStage``
+(score or mask), ``finish`` (CPU: compose, encode, pack the writer row). ``around_model`` wires them:
+a stage that loads no model runs inside the CPU task; one that does runs as a ``map_batches`` actor
+pool that builds its model once per actor, on the GPUs, with the actor count and the batch of its
+config. Rows carry the unit of work in their ``"item"`` column between the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+
+from ..operators.model_stage import ModelStage, runs_model
+from ..operators.stats import Stats
+
+ITEM = "item"  # the row column holding a unit of work between prepare, the model stage and finish
+IDLE = "_idle"  # Stats.seconds["<stage>_idle"]: an actor stage's time between calls (summary: busy fraction)
+
+
+class ActorClock:
+    """Busy and idle time of an actor's calls, shared out to the stats of what each call worked on.
+
+    Idle is the time since the previous call ended (0 on the first), so busy / (busy + idle) over a
+    run is the actor's busy fraction.
+    """
+
+    def __init__(self):
+        self._last_end: float | None = None
+
+    def record(self, stage: str, started: float, stats: list[Stats], weights: list[float]) -> None:
+        """Add the call that began at `started` to `stats`, in proportion to `weights` (equally when all 0)."""
+        end = time.perf_counter()
+        busy, idle = end - started, 0.0 if self._last_end is None else started - self._last_end
+        total = sum(weights)
+        for item, weight in zip(stats, weights):
+            share = weight / total if total else 1 / len(stats)
+            item.seconds[stage] += busy * share
+            item.seconds[stage + IDLE] += idle * share
+        self._last_end = end
+
+
+class StageActor:
+    """A model stage as a Ray Data callable class: the model built once, each batch's items processed in one call."""
+
+    def __init__(self, stage: ModelStage):
+        self.stage, self.model, self.clock = stage, stage.params.build(), ActorClock()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        items = list(batch[ITEM])
+        weights = self.stage.process(self.model, items)
+        self.clock.record(self.stage.name, start, [item.stats for item in items], weights)
+        return batch
+
+
+def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, finish: Callable) -> dict:
+    """All three steps in one CPU task (no stage, or one that loads no model)."""
+    row = prepare(row)
+    if stage is not None:
+        item = row[ITEM]
+        with item.stats.timed(stage.name):
+            stage.process(model, [item])
+    return finish(row)
+
+
+def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict], dict], stage: ModelStage | None):
+    """The pipeline's rows after prepare → stage → finish; ``prepare`` puts the unit of work in ``row["item"]``."""
+    if stage is None or not runs_model(stage.params):
+        model = stage.params.build() if stage is not None else None  # weight-free: a config that is its own model
+        return rows.map(partial(_inline, prepare=prepare, stage=stage, model=model, finish=finish))
+    params = stage.params
+    prepared = rows.map(prepare)
+    staged = prepared.map_batches(
+        StageActor,
+        fn_constructor_args=(stage,),
+        batch_size=stage.items_per_call,
+        batch_format="numpy",
+        concurrency=params.concurrency,
+        num_gpus=params.num_gpus,
+        num_cpus=0 if params.num_gpus else 1,  # a GPU actor leaves the CPUs to the steps that feed it
+    )
+    return staged.map(finish)

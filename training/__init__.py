@@ -1,0 +1,1 @@
+"""Training: the erasers that consume the mined shards, their data path and the Ray Train job."""
