@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root with the install order verified in ENVIRONMENT.md:
+# Create .venv in the repository root with everything the tests need (core + [models,train,dev]), in
+# the install order verified for this environment (docs/ARCHITECTURE.md, "Environment"):
 # CPU torch first, then the project under torch/torchvision constraints (also for sdist build
 # environments, so sam2's build does not pull CUDA torch), then groundingdino-py without its deps
 # (they would add opencv-python next to opencv-python-headless).
@@ -20,7 +21,7 @@ pip install -q "torch==2.13.0"
 export PIP_CONSTRAINT=$PWD/infra/constraints.txt
 export PIP_BUILD_CONSTRAINT=$PWD/infra/constraints.txt
 export SAM2_BUILD_CUDA=0
-pip install -q -e ".[dev]"
+pip install -q -e ".[models,train,dev]"
 pip install -q --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0"
 touch "$stamp"
 echo "environment ready: .venv"
