@@ -75,6 +75,10 @@ def info(uri: str) -> pafs.FileInfo:
         raise StorageError(f"cannot reach {uri}: {first_line(exc)}") from None
 
 
+def exists(uri: str) -> bool:
+    return info(uri).type != pafs.FileType.NotFound
+
+
 def list_dir(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
     """Entries below a directory or prefix, sorted by path; empty if it does not exist."""
     fs, path = resolve(uri)

@@ -49,6 +49,18 @@ class Pipeline:
     stage_items: dict[str, tuple[str, ...]]  # summary: stage -> the counts its throughput is measured in (first present)
 
 
+def pipeline_data_context() -> None:
+    """Ray Data settings of a pipeline run."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    # Rows are whole groups (seconds of work each): one row per block makes one task per group,
+    # instead of Ray packing a tar's groups into one block processed serially.
+    context.target_max_block_size = 1
+    # Between a model stage and the CPU steps, groups and segments travel as pickled Python objects.
+    context.enable_fallback_to_arrow_object_ext_type = True
+
+
 def build(pipeline: Pipeline, units: list[Unit], progress, config, digest: str):
     """The run's Ray Dataset of writer rows, or None when there is nothing to read."""
     from .model_stages import around_model
@@ -103,6 +115,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
     resources = {}
     if pending:
         resources = start_ray(config.ray, progress_bars)
+        pipeline_data_context()
         dataset = build(pipeline, pending, progress, config, digest)
         if dataset is not None:
             sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config))

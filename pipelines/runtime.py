@@ -9,10 +9,11 @@ import warnings
 from .config import RayParams
 
 _SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+_SHARED_PREFIX = "PAIRMINE_"  # pairmine's own settings (cache folder, test fault injection) reach every worker
 
 
 def start_ray(params: RayParams, progress: bool) -> dict:
-    """Initialise Ray once per process; returns the cluster's resources (CPU, GPU, memory)."""
+    """Initialise Ray once per process (shared by pipeline runs and training); returns the cluster's resources."""
     import ray
     from ray.data import DataContext
 
@@ -21,7 +22,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for", category=UserWarning)
     if not ray.is_initialized():
         # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
-        env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV}
+        env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
         runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
         common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
         if params.address:
@@ -34,11 +35,6 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                 **common,
             )
     context = DataContext.get_current()
-    # Rows are whole groups (seconds of work each): one row per block makes one task per group,
-    # instead of Ray packing a tar's groups into one block processed serially.
-    context.target_max_block_size = 1
-    # Between a model stage and the CPU steps, groups and segments travel as pickled Python objects.
-    context.enable_fallback_to_arrow_object_ext_type = True
     context.enable_progress_bars = progress
     context.enable_operator_progress_bars = progress
     context.print_on_execution_start = progress

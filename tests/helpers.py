@@ -6,6 +6,9 @@ import glob
 import io
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -53,3 +56,14 @@ def check_sample(sample: dict, pipeline: str) -> dict:
         near = cv2.dilate((mask > 0).astype(np.uint8), np.ones((33, 33), np.uint8)) > 0
         assert np.array_equal(source[~near], target[~near]), "source differs from target outside the mask"
     return meta
+
+
+PAIRMINE = str(Path(sys.executable).with_name("pairmine"))
+
+
+def cli(*args: str, timeout: float = 600, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """The `pairmine` CLI in a subprocess (its own Ray), with a timeout that turns a hang into a failure."""
+    done = subprocess.run([PAIRMINE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check:
+        assert done.returncode == 0, f"pairmine {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done

@@ -108,3 +108,111 @@ def tiny_sam2(tmp_dir, seed: int = 0) -> dict[str, str]:
     torch.manual_seed(seed)
     torch.save({"model": instantiate(cfg.model, _recursive_=True).state_dict()}, checkpoint)
     return {"sam2_config": str(config), "sam2_checkpoint": str(checkpoint)}
+
+
+def clip_tokenizer_files(directory) -> str:
+    """vocab.json + merges.txt of CLIP's BPE, built from the file open_clip ships (no hub): transformers'
+    CLIPTokenizer loads them and gives open_clip's ids."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return str(directory)
+
+
+def tiny_clip_hf(directory, seed: int = 0, width: int = 32, image_size: int = 32) -> str:
+    """A one-layer random transformers CLIPModel (text and vision towers with projections) and its
+    tokenizer, saved in one folder: SmartEraser's `clip`."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = Path(directory)
+    files = clip_tokenizer_files(directory)
+    CLIPTokenizer(vocab_file=f"{files}/vocab.json", merges_file=f"{files}/merges.txt", model_max_length=77).save_pretrained(directory)
+    tower = {"hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**tower, "vocab_size": 49408, "max_position_embeddings": 77},
+        vision_config={**tower, "image_size": image_size, "patch_size": 8},
+        projection_dim=width,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(directory)
+    return str(directory)
+
+
+TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "prediction_type": "epsilon", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
+
+
+def tiny_sd_inpainting(
+    directory, seed: int = 0, cross_attention_dim: int = 32, in_channels: int = 9, blocks: tuple[int, int] = (32, 64),
+) -> str:
+    """A random Stable Diffusion inpainting folder in diffusers' layout (unet/, vae/, scheduler/) at toy size:
+    UNet blocks (32, 64), one layer each (~0.8 M parameters); VAE blocks (8, 16, 16, 16) (81 k)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=blocks, layers_per_block=1,
+        norm_num_groups=32, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+    ).save_pretrained(directory / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
+    ).save_pretrained(directory / "vae")
+    DDIMScheduler(**TINY_SCHEDULER).save_pretrained(directory / "scheduler")
+    return str(directory)
+
+
+def tiny_smarteraser(directory, seed: int = 0, width: int = 32, blocks: tuple[int, int] = (32, 64)) -> dict[str, str]:
+    """The `base` and `clip` folders of a small random SmartEraser (`width`: CLIP's, = the UNet's cross-attention)."""
+    directory = Path(directory)
+    return {"base": tiny_sd_inpainting(directory / "sd-inpainting", seed, cross_attention_dim=width, blocks=blocks),
+            "clip": tiny_clip_hf(directory / "clip", seed, width=width)}
+
+
+def tiny_eradiff(directory, seed: int = 0) -> dict[str, str]:
+    """EraDiff's `base`: a tiny SD inpainting folder with its own text encoder and tokenizer (diffusers' layout)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    directory = Path(directory)
+    base = Path(tiny_sd_inpainting(directory / "sd-inpainting", seed))
+    files = clip_tokenizer_files(directory / "bpe")
+    CLIPTokenizer(vocab_file=f"{files}/vocab.json", merges_file=f"{files}/merges.txt", model_max_length=77).save_pretrained(base / "tokenizer")
+    torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=49408,
+                                 max_position_embeddings=77)).save_pretrained(base / "text_encoder")
+    return {"base": str(base)}
+
+
+def tiny_omnieraser(directory, seed: int = 0) -> dict[str, str]:
+    """OmniEraser's `base` (a FLUX folder: transformer/, vae/, scheduler/ at toy size: 78 k transformer parameters)
+    and its `prompt_embeddings` file (random embeddings of the transformer's widths)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from pairmine.training.omnieraser import save_embeddings
+
+    directory = Path(directory)
+    base = directory / "flux"
+    torch.manual_seed(seed)
+    FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                           joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8)).save_pretrained(base / "transformer")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
+                  scaling_factor=0.3611, shift_factor=0.1159).save_pretrained(base / "vae")
+    FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).save_pretrained(base / "scheduler")
+    embeddings = directory / "nothing-here.safetensors"
+    save_embeddings(str(embeddings), torch.randn(1, 8, 32), torch.randn(1, 32))
+    return {"base": str(base), "prompt_embeddings": str(embeddings)}

@@ -1,0 +1,185 @@
+"""SmartEraser on tiny random parts built from the libraries' own configs: checks, conditions, loss, erase, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from models import tiny_sd_inpainting
+from safetensors.torch import load_file, save_file
+from training_inputs import overfit_losses
+
+from pairmine.operators.checkpoints import CheckpointError
+from pairmine.training import models
+from pairmine.training.eraser import read_eraser_file
+from pairmine.training.erasers import SmartEraserParams
+from pairmine.training.metrics import paste_back, scores
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def eraser(smarteraser_parts):
+    torch.manual_seed(0)
+    return models.build(SmartEraserParams(**smarteraser_parts, inference_steps=3), torch.device("cpu"))
+
+
+def batch(size=2, side=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(size, 1, side, side)
+    mask[:, :, side // 4 : side // 2, side // 4 : 3 * side // 4] = 1
+    return {"source": torch.rand(size, 3, side, side, generator=g) * 2 - 1, "target": torch.rand(size, 3, side, side, generator=g) * 2 - 1,
+            "mask": mask, "alpha": mask.clone(), "clip": torch.randint(0, 256, (size, 3, 32, 32), generator=g, dtype=torch.uint8)}
+
+
+# --- checks before Ray -------------------------------------------------------------------------------
+
+
+def test_the_parts_check_passes_on_fitting_parts(smarteraser_parts):
+    models.check(SmartEraserParams(**smarteraser_parts))
+
+
+def test_a_missing_part_is_one_line(smarteraser_parts, tmp_path):
+    with pytest.raises(CheckpointError, match=r"SmartEraser UNet not found: .*nowhere/unet"):
+        models.check(SmartEraserParams(base=str(tmp_path / "nowhere"), clip=smarteraser_parts["clip"]))
+
+
+def test_a_text_to_image_unet_is_refused(smarteraser_parts, tmp_path):
+    base = tiny_sd_inpainting(tmp_path / "sd", in_channels=4)
+    with pytest.raises(CheckpointError, match="takes 4 channels; an inpainting UNet for this VAE takes 9"):
+        models.check(SmartEraserParams(base=base, clip=smarteraser_parts["clip"]))
+
+
+def test_weights_of_another_shape_are_refused_before_loading(smarteraser_parts, tmp_path):
+    base = shutil.copytree(smarteraser_parts["base"], tmp_path / "sd")
+    weights = base / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    name = next(k for k in state if k.endswith("conv_in.weight"))
+    state[name] = torch.zeros(32, 5, 3, 3)
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match=r"does not fit its config \(UNet2DConditionModel\): 1 of another shape \(conv_in.weight"):
+        models.check(SmartEraserParams(base=str(base), clip=smarteraser_parts["clip"]))
+
+
+def test_a_placeholder_must_be_one_word_of_the_prompt(smarteraser_parts):
+    with pytest.raises(CheckpointError, match="is not a word of eraser.prompt"):
+        models.check(SmartEraserParams(**smarteraser_parts, placeholder="thing"))
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+
+def test_the_condition_puts_the_visual_token_where_the_release_does(eraser):
+    clip = batch()["clip"]
+    text = eraser.text_encoder(eraser.prompt_ids.expand(2, -1)).last_hidden_state
+    cond = eraser.condition(clip, 2, drop=False)
+    k = eraser.placeholder_index
+    assert cond.shape == text.shape and k == 5, "'Remove the instance of object': the 7 tokens, 'object' at 5"
+    assert torch.equal(cond[:, :k], text[:, :k]) and torch.equal(cond[:, k + 1 :], text[:, k + 1 :])
+    assert not torch.allclose(cond[0, k], text[0, k]) and not torch.allclose(cond[0, k], cond[1, k]), "a token per object"
+    empty = eraser.text_encoder(eraser.empty_ids.expand(2, -1)).last_hidden_state
+    uncond = eraser.condition(clip, 2, drop=True)
+    assert torch.equal(uncond[:, 0], empty[:, 0]) and torch.equal(uncond[:, 2:], empty[:, 1:-1])
+    assert torch.allclose(uncond[0, 1], uncond[1, 1]), "the dropped condition ignores the object: a zero image's token"
+
+
+def test_train_mode_reaches_the_trained_parts_only(eraser):
+    eraser.train()
+    assert eraser.training and eraser.unet.training and eraser.text_encoder.training
+    assert not eraser.vae.training and not eraser.image_encoder.training, "frozen parts stay in eval mode"
+    eraser.eval()
+    assert not eraser.training and not eraser.unet.training
+
+
+def test_losses_are_per_sample_and_gradients_reach_only_the_trained_parts(eraser):
+    eraser.zero_grad(set_to_none=True)
+    losses = eraser(batch(), generator=torch.Generator().manual_seed(0))
+    assert losses.shape == (2,) and torch.isfinite(losses).all()
+    losses.mean().backward()
+    for name, module in eraser.trainable().items():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
+    assert all(p.grad is None for p in eraser.vae.parameters()) and all(p.grad is None for p in eraser.image_encoder.parameters())
+    eraser.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("switch", ["region_guidance", "visual_guidance"])
+def test_each_idea_switches_off(smarteraser_parts, switch):
+    params = SmartEraserParams(**smarteraser_parts, inference_steps=2, **{switch: False})
+    model = models.build(params, torch.device("cpu"))
+    assert ("token_mlp" in model.trainable()) == (switch != "visual_guidance")
+    data = batch()
+    assert torch.isfinite(model(data, generator=torch.Generator().manual_seed(0))).all()
+    if switch == "region_guidance":  # the UNet then sees the source with the object blanked out
+        assert torch.equal(model._guide(data)[data["mask"].expand(-1, 3, -1, -1) > 0], torch.zeros(int(data["mask"].sum()) * 3))
+
+
+def test_the_loss_falls_on_a_tiny_overfit_set(smarteraser_parts):
+    torch.manual_seed(0)
+    model = models.build(SmartEraserParams(**smarteraser_parts), torch.device("cpu"))
+    losses = overfit_losses(model, batch(size=2))
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.7 * first, f"loss {first:.3f} -> {last:.3f}"
+
+
+def test_erase_predicts_images_and_a_paste_back_changes_nothing_outside(eraser):
+    data = batch(size=1)
+    prediction = eraser.erase(data, torch.Generator().manual_seed(0))
+    assert prediction.shape == (1, 3, 64, 64) and 0 <= prediction.min() and prediction.max() <= 1
+    again = eraser.erase(data, torch.Generator().manual_seed(0))
+    assert torch.equal(prediction, again), "seeded: the same prediction"
+    source = ((data["source"][0].permute(1, 2, 0) + 1) / 2).numpy()
+    mask = data["mask"][0, 0].numpy() > 0
+    pasted = paste_back(prediction[0].permute(1, 2, 0).numpy(), source, mask)
+    assert np.array_equal(pasted[~mask], source[~mask]) and not np.array_equal(pasted[mask], source[mask])
+
+
+def test_a_checkpoint_round_trips_its_trained_parts(eraser, tmp_path):
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    saved = {p.name for p in (tmp_path / "eraser").iterdir()}
+    assert saved == {"eraser.json", "unet.safetensors", "text_encoder.safetensors", "token_mlp.safetensors"}, "frozen parts are not copied"
+    loaded, meta = models.load(str(tmp_path), torch.device("cpu"))
+    assert meta["resolution"] == 64 and loaded.params == eraser.params and not loaded.training
+    for name, module in eraser.trainable().items():
+        assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.trainable()[name].state_dict().values())), name
+
+
+def test_a_checkpoint_of_another_eraser_is_refused(eraser, tmp_path, smarteraser_parts):
+    text_only = models.build(SmartEraserParams(**smarteraser_parts, visual_guidance=False), torch.device("cpu"))
+    text_only.save(str(tmp_path / "text-only"))
+    assert json.loads((tmp_path / "text-only" / "eraser.json").read_text())["eraser"]["visual_guidance"] is False
+    with pytest.raises(CheckpointError, match="lacks token_mlp.safetensors"):
+        eraser.load_trainable(str(tmp_path / "text-only"))
+    swapped = tmp_path / "text-only" / "unet.safetensors"
+    swapped.write_bytes((tmp_path / "text-only" / "text_encoder.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="does not fit the smarteraser unet"):
+        text_only.load_trainable(str(tmp_path / "text-only"))
+    with pytest.raises(CheckpointError, match="not a saved eraser"):
+        read_eraser_file(str(tmp_path))
+
+
+def test_scores_measure_inside_and_outside_the_mask():
+    rng = np.random.default_rng(0)
+    source, target = rng.random((32, 32, 3)), rng.random((32, 32, 3))
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    perfect = paste_back(target, source, mask)
+    good, bad = scores(perfect, source, target, mask), scores(source, source, target, mask)
+    assert good["psnr_mask"] == 100.0 and good["ssim_mask"] > bad["ssim_mask"] and good["change_outside"] == 0.0
+    shifted = scores(np.clip(perfect + 0.1, 0, 1), source, target, mask)
+    assert shifted["change_outside"] > 0.05 and shifted["psnr_mask"] < 25
+
+
+def test_the_shipped_training_config_is_valid_and_states_the_release_defaults():
+    from pathlib import Path
+
+    from pairmine.pipelines.config import load_config
+    from pairmine.training.config import TrainParams
+
+    config = load_config(TrainParams, str(Path(__file__).resolve().parents[2] / "configs" / "train_smarteraser.yaml"))
+    defaults = TrainParams.model_validate({"eraser": config.eraser.model_dump(), "data": {"sources": [s.model_dump() for s in config.data.sources]},
+                                           "storage": config.storage})
+    assert config == defaults, "the YAML states every default (only the paths are examples)"
+    assert (config.data.resolution, config.optim.learning_rate, config.condition_dropout, config.eraser.guidance_scale) == (512, 1.6e-5, 0.1, 1.5)

@@ -1,0 +1,222 @@
+"""`pairmine train` end to end on Ray Train (subprocesses with timeouts): S3, two workers, resume, faults, erase."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import boto3
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import PAIRMINE
+from helpers import cli as pairmine
+from training_inputs import train_config
+
+from pairmine import dataset, storage
+from pairmine.training.data import is_validation
+from pairmine.training.metrics import read_step_metrics
+from pairmine.training.run import TrainingError, _check_resources
+from pairmine.training.config import TrainParams
+
+slow = pytest.mark.slow
+
+
+def upload(folder: Path, uri: str) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            storage.write_bytes(storage.join(uri, str(path.relative_to(folder))), path.read_bytes())
+
+
+def summary_of(run: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(run, "summary.json")))
+
+
+def checkpoints(run: str) -> list[str]:
+    return sorted(storage.basename(e.path) for e in storage.list_dir(run) if storage.basename(e.path).startswith("checkpoint_2"))
+
+
+def assert_erases_only_inside_the_mask(checkpoint: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((90, 120), np.uint8)
+    mask[30:60, 40:90] = 255
+    cv2.imwrite(str(tmp_path / "image.png"), image)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    done = pairmine("erase", "--checkpoint", checkpoint, "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
+                    "--out", str(tmp_path / "erased.png"), "--steps", "3", timeout=300)
+    assert "1 erased" in done.stdout
+    erased = cv2.imread(str(tmp_path / "erased.png"))
+    assert erased.shape == image.shape and np.array_equal(erased[mask == 0], image[mask == 0]), "a pixel outside the mask changed"
+    assert not np.array_equal(erased[mask > 0], image[mask > 0])
+
+
+@slow
+def test_two_workers_train_from_s3_shards_into_s3_storage(s3_bucket, training_outputs, smarteraser_parts, tmp_path):
+    for name, path in training_outputs.items():
+        upload(path, f"s3://{s3_bucket}/{name}")
+    config = train_config(tmp_path, smarteraser_parts, [(f"s3://{s3_bucket}/syn", 0.8), (f"s3://{s3_bucket}/video", 0.2)],
+                          storage=f"s3://{s3_bucket}/runs", scaling__num_workers=2, scaling__cpus_per_worker=0.5)
+    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600)
+    run = f"s3://{s3_bucket}/runs/run"
+    summary = summary_of(run)
+    assert summary["steps"] == 20 and summary["workers"] == 2 and summary["resumed_from_step"] == 0
+    assert "20 steps" in done.stdout and "loss:" in done.stdout
+    losses = [m["loss"] for m in read_step_metrics(run)]
+    assert [m["step"] for m in read_step_metrics(run)] == [5, 10, 15, 20] and all(np.isfinite(losses))
+    assert losses[-1] < losses[0], f"the loss did not fall: {losses}"
+    found = checkpoints(run)
+    assert len(found) == 2, found
+    latest = storage.join(run, found[-1])
+    names = {storage.basename(e.path) for e in storage.list_dir(latest, recursive=True)}
+    assert {"eraser.json", "unet.safetensors", "state.pt", "validation.png", "metrics.json"} <= names
+    sheet = cv2.imdecode(np.frombuffer(storage.read_bytes(storage.join(latest, "validation.png")), np.uint8), cv2.IMREAD_COLOR)
+    assert sheet.shape[1] == 4 * sheet.shape[0] // summary["validation"]["val_samples"], "one row per sample: source | mask | prediction | target"
+    assert summary["validation"]["val_samples"] > 0 and 0 <= summary["validation"]["val_change_outside"] <= 1
+    assert_erases_only_inside_the_mask(run, tmp_path)
+
+
+def _corrupt_one_training_sample(output: Path, val_fraction: float) -> str:
+    """Replace a training sample's source.jpg by garbage of the same size, and recommit the shard's manifest row."""
+    shard = dataset.committed_shards(str(output))[0]
+    data = Path(shard.uri).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".source.jpg") and not is_validation(m.name.split(".")[0], val_fraction))
+    key = member.name.split(".")[0]
+    data = data[: member.offset_data] + b"\xff" * member.size + data[member.offset_data + member.size :]
+    Path(shard.uri).write_bytes(data)
+    manifest = output / "manifest" / (Path(shard.uri).stem + ".parquet")
+    rows = pa.parquet.read_table(manifest).to_pylist()
+    rows[0]["sha256"] = __import__("hashlib").sha256(data).hexdigest()
+    manifest.write_bytes(dataset.to_parquet(pa.Table.from_pylist(rows, schema=dataset.MANIFEST_SCHEMA)))
+    return key
+
+
+@slow
+def test_bad_data_is_skipped_and_counted_and_a_failed_worker_is_retried(outputs_copy, smarteraser_parts, tmp_path):
+    import pyarrow.parquet  # noqa: F401  (pa.parquet)
+
+    _corrupt_one_training_sample(outputs_copy["syn"], 0.1)
+    video = dataset.committed_shards(str(outputs_copy["video"]))[0]
+    Path(video.uri).write_bytes(Path(video.uri).read_bytes()[:5000])  # truncated: its size no longer matches the manifest
+    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 0.8), (outputs_copy["video"], 0.2)], scaling__max_failures=1)
+    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
+    run = str(tmp_path / "runs" / "run")
+    summary = summary_of(run)
+    assert summary["steps"] == 20, "the run completed despite the failure"
+    assert summary["resumed_from_step"] == 10, "the restarted worker group went on from the step-10 checkpoint"
+    assert storage.read_bytes(storage.join(run, ".injected-failure")) == b"15"
+    assert "injected failure at step 15" in done.stdout + done.stderr
+    skipped = summary["skipped"]
+    assert skipped.get("corrupt_sample", 0) >= 1 and skipped.get("unreadable_shard", 0) >= 2, skipped
+    assert "corrupt_sample" in done.stdout and "unreadable_shard" in done.stdout
+
+
+@slow
+def test_a_killed_run_resumes_from_its_checkpoint(training_outputs, smarteraser_parts, tmp_path):
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], max_steps=40)
+    run = tmp_path / "runs" / "run"
+    first = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run / "progress.json").exists():
+        assert first.poll() is None, "the first run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    killed_at = json.loads((run / "progress.json").read_text())
+    assert 10 <= killed_at["step"] < 40 and not (run / "summary.json").exists()
+    pairmine("train", "--config", str(config), "--no-progress", timeout=600)
+    summary = summary_of(str(run))
+    assert summary["steps"] == 40 and summary["resumed_from_step"] >= killed_at["step"] > 0
+    steps = [m["step"] for m in read_step_metrics(str(run))]
+    assert steps == list(range(5, 45, 5)), "every interval's metrics, the resumed run's included"
+    assert summary["position"] > killed_at["position"]
+
+
+def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts, tmp_path):
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
+    (tmp_path / "runs" / "run").mkdir(parents=True)
+    (tmp_path / "runs" / "run" / "config.json").write_text(json.dumps({"config_hash": "0" * 64}))
+    done = pairmine("train", "--config", str(config), "--dry-run", check=False, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "holds a run made with config 000000000000" in done.stderr and "--set name=" in done.stderr
+
+
+def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser_parts, tmp_path):
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 0.8), (training_outputs["video"], 0.2)])
+    plan = json.loads(pairmine("train", "--config", str(config), "--dry-run", timeout=120).stdout)
+    assert [s["samples"] for s in plan["sources"]] == [76, 2] and plan["steps"]["remaining"] == 20
+    assert plan["stream"]["stop"] >= 20 * 2 and not (tmp_path / "runs" / "run").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["data.resolution=60"], "data.resolution: resolution must be a multiple of 8 (the VAE's downsampling) (got 60)"),
+    (["scaling.num_workers=0"], "scaling.num_workers: Input should be greater than or equal to 1"),
+    (["eraser.base=/nowhere"], "SmartEraser UNet not found: /nowhere/unet"),
+])
+def test_bad_configs_stop_in_one_line(training_outputs, smarteraser_parts, tmp_path, bad, message):
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
+    done = pairmine("train", "--config", str(config), "--dry-run", *[a for b in bad for a in ("--set", b)], check=False, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
+    params = TrainParams.model_validate({"eraser": smarteraser_parts, "data": {"sources": [{"output": "x"}]}, "storage": str(tmp_path),
+                                         "scaling": {"num_workers": 2, "cpus_per_worker": 1.0}})
+    with pytest.raises(TrainingError, match="reserve 2 of the cluster's 2 CPUs.*at most 0.75"):
+        _check_resources(params, {"CPU": 2.0})
+    _check_resources(params.model_copy(update={"scaling": params.scaling.model_copy(update={"cpus_per_worker": 0.5})}), {"CPU": 2.0})
+    gpu = params.scaling.model_copy(update={"use_gpu": True})
+    with pytest.raises(TrainingError, match="2 GPU workers asked for, the cluster has 0 GPUs"):
+        _check_resources(params.model_copy(update={"scaling": gpu}), {"CPU": 2.0})
+
+
+@slow
+@pytest.mark.parametrize("eraser", ["eradiff", "omnieraser"])
+def test_the_other_erasers_train_resume_and_erase_on_the_same_trainer(eraser, request, training_outputs, tmp_path):
+    parts = request.getfixturevalue(f"{eraser}_parts")
+    config = train_config(tmp_path, parts, [(training_outputs["syn"], 0.5), (training_outputs["video"], 0.5)], eraser=eraser,
+                          scaling__max_failures=1)
+    pairmine("train", "--config", str(config), "--no-progress", timeout=600, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
+    run = str(tmp_path / "runs" / "run")
+    summary = summary_of(run)
+    assert summary["eraser"] == eraser and summary["steps"] == 20 and summary["resumed_from_step"] == 10
+    losses = [m["loss"] for m in read_step_metrics(run)]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    latest = storage.join(run, checkpoints(run)[-1], "eraser")
+    saved = {storage.basename(e.path) for e in storage.list_dir(latest)}
+    assert saved == ({"eraser.json", "lora.safetensors"} if eraser == "omnieraser" else {"eraser.json", "unet.safetensors"})
+    assert_erases_only_inside_the_mask(run, tmp_path)
+
+
+def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs, smarteraser_parts, eradiff_parts, omnieraser_parts, tmp_path):
+    import torch
+
+    from pairmine.training import models
+    from pairmine.training.erasers import EraDiffParams, OmniEraserParams, SmartEraserParams
+
+    made = {"smarteraser": SmartEraserParams(**smarteraser_parts, inference_steps=2), "eradiff": EraDiffParams(**eradiff_parts, inference_steps=2),
+            "omnieraser": OmniEraserParams(**omnieraser_parts, inference_steps=2, lora_rank=4, lora_alpha=4)}
+    for name, params in made.items():
+        models.build(params, torch.device("cpu")).save(str(tmp_path / name), {"resolution": 64, "step": 7, "val_fraction": 0.1})
+    sheet = tmp_path / "compare.png"
+    args = ["evaluate", "--data", str(training_outputs["syn"]), "--data", str(training_outputs["video"]), "--samples", "3", "--sheet", str(sheet)]
+    done = pairmine(*args, *[a for name in made for a in ("--checkpoint", str(tmp_path / name))], "--json", timeout=300)
+    result = json.loads(done.stdout)
+    assert result["samples"] == 3 and result["resolution"] == 64 and result["val_fraction"] == 0.1
+    assert [row["eraser"] for row in result["table"]] == list(made) and all(row["step"] == 7 for row in result["table"])
+    for row in result["table"]:
+        assert 0 < row["psnr_mask"] < 100 and 0 <= row["change_outside"] <= 1 and row["seconds_per_image"] > 0
+    image = cv2.imread(str(sheet))
+    assert image.shape[0] == 3 * 256 and image.shape[1] == (3 + 3) * 256, "a row per sample: source | mask | target | three predictions"
+    table = pairmine(*args, *[a for name in made for a in ("--checkpoint", str(tmp_path / name))], timeout=300).stdout
+    assert "PSNR mask" in table and table.count("\n") >= 5

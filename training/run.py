@@ -1,0 +1,188 @@
+"""Run a training job: check everything, plan the stream, start Ray Train, summarise.
+
+The run lives in ``<storage>/<name>/`` (local or s3://): Ray Train's checkpoints, and ours beside them:
+``config.json`` (the config and its hash; a rerun with another hash is refused), ``progress.json``
+(step and stream position of the latest checkpoint: a rerun starts the stream there), ``metrics/``
+and ``summary.json``. Rerunning the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+from .. import __version__, dataset, storage
+from ..errors import UserError
+from ..pipelines.config import config_hash, load_config
+from .config import TrainParams
+from .data import Preparation, plan_stream, shard_stream, validation_samples
+from .metrics import PROGRESS_FILE
+
+log = logging.getLogger("pairmine")
+CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+SLACK = 1.05  # extra stream rows per needed row: micro-steps whose rows are all skipped are not steps
+
+
+class TrainingError(UserError):
+    """A training run that cannot start as configured; the message is one line."""
+
+
+def run_uri(params: TrainParams) -> str:
+    return storage.join(params.storage, params.name)
+
+
+def _read_json(uri: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _sources(params: TrainParams) -> list[tuple[float, list[dataset.Shard]]]:
+    found = []
+    for source in params.data.sources:
+        try:
+            storage.check_readable(source.output)
+        except storage.StorageError as exc:
+            raise TrainingError(f"data.sources: {exc}") from None
+        shards = dataset.committed_shards(source.output)
+        if not shards:
+            raise TrainingError(f"data.sources: {source.output} has no committed shards (is it a pipeline output?)")
+        found.append((source.weight, shards))
+    return found
+
+
+def prepare(config_path: str | None, overrides: list[str]) -> dict:
+    """All checks that can fail on user input, before Ray starts; returns the plan of the run."""
+    params = load_config(TrainParams, config_path, overrides)
+    digest = config_hash(params)
+    from . import models  # torch and the model libraries: the checks read their configs
+
+    models.check(params.eraser)
+    uri = run_uri(params)
+    storage.check_writable(params.storage)
+    saved = _read_json(storage.join(uri, CONFIG_FILE))
+    if saved and saved.get("config_hash") != digest:
+        raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}); "
+                            f"resume it with its own config, or start a new run with --set name=...")
+    progress = _read_json(storage.join(uri, PROGRESS_FILE)) or {"step": 0, "position": 0}
+    sources = _sources(params)
+    scaling = params.scaling
+    rows_per_step = params.batch_size * scaling.num_workers * params.grad_accumulation
+    remaining = max(0, params.max_steps - progress["step"])
+    needed = math.ceil(remaining * rows_per_step * SLACK) + rows_per_step
+    try:
+        stream = plan_stream(sources, params.seed, params.data.val_fraction, needed, start=progress["position"])
+    except ValueError as exc:
+        raise TrainingError(f"data.sources: {exc}") from None
+    return {"params": params, "config_hash": digest, "run_uri": uri, "progress": progress, "sources": sources, "stream": stream}
+
+
+def plan_summary(plan: dict) -> dict:
+    """What a run would do (``--dry-run``)."""
+    params, stream = plan["params"], plan["stream"]
+    return {
+        "run": plan["run_uri"],
+        "config_hash": plan["config_hash"],
+        "resume_from": plan["progress"],
+        "sources": [{"output": s.output, "weight": s.weight, "shards": len(shards), "samples": sum(x.samples for x in shards)}
+                    for s, (_, shards) in zip(params.data.sources, plan["sources"])],
+        "epoch_samples": stream.epoch_samples,
+        "stream": {"start": stream.start, "stop": stream.stop, "passes": len(stream.passes)},
+        "steps": {"max": params.max_steps, "remaining": max(0, params.max_steps - plan["progress"]["step"])},
+    }
+
+
+def _check_resources(params: TrainParams, cluster: dict) -> None:
+    """Training workers must leave CPUs to the data path: Ray Data gets only what they do not reserve."""
+    scaling = params.scaling
+    cpus = float(cluster.get("CPU", 0))
+    reserved = 0.0 if scaling.use_gpu else scaling.num_workers * scaling.cpus_per_worker
+    if reserved and reserved > cpus - min(1.0, cpus / 4):
+        raise TrainingError(
+            f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPU reserve {reserved:g} of the cluster's {cpus:g} CPUs "
+            f"and the data path would starve (a deadlock); set scaling.cpus_per_worker to at most "
+            f"{max(0.1, (cpus - min(1.0, cpus / 4)) / scaling.num_workers):.2g}"
+        )
+    if scaling.use_gpu and float(cluster.get("GPU", 0)) < scaling.num_workers:
+        raise TrainingError(f"scaling: {scaling.num_workers} GPU workers asked for, the cluster has {cluster.get('GPU', 0):g} GPUs")
+
+
+def _storage_args(params: TrainParams) -> dict:
+    if storage.is_s3(params.storage):
+        return {"storage_path": storage.resolve(params.storage)[1], "storage_filesystem": storage.s3_filesystem()}
+    return {"storage_path": storage.resolve(params.storage)[1]}
+
+
+def train(config_path: str | None = None, overrides: list[str] = (), progress_bars: bool = True) -> dict:
+    """Run (or resume) a training job; returns its summary (also written to ``<run>/summary.json``)."""
+    import ray
+    from ray.data import DataContext, ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+    from ray.train.torch import TorchTrainer
+
+    from ..pipelines.config import RayParams
+    from ..pipelines.runtime import io_concurrency, start_ray
+    from .loop import train_loop
+
+    plan = prepare(config_path, overrides)
+    params, stream, uri = plan["params"], plan["stream"], plan["run_uri"]
+    started = time.perf_counter()
+    cluster = start_ray(RayParams(address=params.ray_address), progress_bars)
+    _check_resources(params, cluster)
+    storage.write_bytes(storage.join(uri, CONFIG_FILE), json.dumps(
+        {"config_hash": plan["config_hash"], "version": __version__, "config": params.model_dump(mode="json")}, indent=2).encode())
+    prep = Preparation(params.data.resolution, params.eraser.object_crop_size(), params.data.max_zoom, params.data.mask_enhancement, params.seed)
+    validation = validation_samples([s for _, shards in plan["sources"] for s in shards], params.data.val_fraction, params.data.val_samples, prep)
+    log.info("training %s: %s, steps %d..%d, stream positions %d..%d (%d samples per epoch), %d validation samples",
+             uri, params.eraser.name, plan["progress"]["step"], params.max_steps, stream.start, stream.stop, stream.epoch_samples, len(validation))
+    DataContext.get_current().enable_progress_bars = progress_bars
+    rows = shard_stream(stream, params.seed, params.data.val_fraction, io_concurrency())
+    from .data import decode_rows
+
+    rows = rows.map_batches(decode_rows, fn_kwargs={"prep": prep}, batch_size=params.data.decode_batch, batch_format="numpy")
+    scaling = params.scaling
+    resources = {"CPU": 0 if scaling.use_gpu else scaling.cpus_per_worker} | ({"GPU": 1} if scaling.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"params": params.model_dump(mode="json"), "run_uri": uri, "stream_start": stream.start, "validation": validation},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=params.name, failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=params.keep_checkpoints), **_storage_args(params),
+        ),
+        datasets={"train": rows},
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as exc:
+        failures = getattr(exc, "worker_failures", {}) or {}
+        rank, error = next(iter(failures.items())) if failures else ("?", exc)
+        raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
+    value = result.return_value or {}
+    summary = {
+        "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
+        "wall_seconds": round(time.perf_counter() - started, 3), **value,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
+        "workers": scaling.num_workers, "use_gpu": scaling.use_gpu,
+    }
+    storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    metrics = summary.get("metrics", {})
+    lines = [
+        f"{summary['eraser']} training {summary['run']}: {summary.get('steps', 0)} steps "
+        f"(resumed from {summary.get('resumed_from_step', 0)}) in {summary['wall_seconds']:.1f} s",
+        f"  loss: {metrics.get('first_loss')} (first quarter) -> {metrics.get('last_loss')} (last quarter); "
+        f"{metrics.get('samples_per_s')} samples/s (median)",
+        "  skipped samples: " + (", ".join(f"{k} {v}" for k, v in summary.get("skipped", {}).items() if k != "valid") or "none"),
+        "  validation: " + (", ".join(f"{k[4:]} {v}" for k, v in summary.get("validation", {}).items()) or "none"),
+        f"  checkpoint: {summary.get('checkpoint')}",
+    ]
+    return "\n".join(lines)
