@@ -9,6 +9,7 @@ counts string must not write past the mask buffer).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,9 +50,22 @@ def load_json(data: bytes | str) -> object:
         raise BadInput("malformed_json", str(exc)) from None
 
 
-def parse_sa1b(data: bytes, height: int, width: int) -> Annotations:
-    """Segments of an SA-1B per-image JSON, checked against the decoded image size."""
-    doc = load_json(data)
+def declared_size(doc: object) -> tuple[int, int] | None:
+    """The (height, width) an SA-1B per-image JSON was made for: its first RLE's size, else its image entry."""
+    anns = doc.get("annotations") if isinstance(doc, dict) else None
+    for ann in anns if isinstance(anns, list) else []:
+        size = ann.get("segmentation", {}).get("size") if isinstance(ann, dict) and isinstance(ann.get("segmentation"), dict) else None
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size):
+            return size[0], size[1]
+    image = doc.get("image") if isinstance(doc, dict) else None
+    if isinstance(image, dict) and isinstance(image.get("height"), int) and isinstance(image.get("width"), int):
+        return image["height"], image["width"]
+    return None
+
+
+def parse_sa1b(data: bytes | dict, height: int, width: int) -> Annotations:
+    """Segments of an SA-1B per-image JSON (bytes, or already parsed), checked against the decoded image size."""
+    doc = data if isinstance(data, dict) else load_json(data)
     anns = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(anns, list):
         raise BadInput("malformed_json", "no 'annotations' list")
@@ -83,9 +97,21 @@ def parse_sa1b(data: bytes, height: int, width: int) -> Annotations:
     boxes = mask_utils.toBbox(rles)
     segments = []
     for (index, ann), rle, area, box in zip(kept, rles, areas, boxes):
-        scores = {k: float(ann[k]) for k in _SCORE_KEYS if isinstance(ann.get(k), (int, float))}
+        scores = {k: _number(ann[k]) for k in _SCORE_KEYS if isinstance(ann.get(k), (int, float)) and not isinstance(ann[k], bool)}
+        bad = [k for k, v in scores.items() if not math.isfinite(v)]
+        if bad:  # NaN passes every < / > filter: refused here, by name
+            invalid[index] = Reject.because("non_finite_value", f"{', '.join(bad)} = {', '.join(str(scores[k]) for k in bad)}")
+            continue
         segments.append(Segment(index=index, box=tuple(float(v) for v in box), area=float(area), scores=scores, rle=rle))
     return Annotations(segments, invalid)
+
+
+def _number(value: int | float) -> float:
+    """A JSON number as a float; an integer too large for one becomes infinity (and is then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def load_panoptic_categories(categories: list) -> dict[int, dict]:
@@ -114,8 +140,11 @@ def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int
             seg_id, cat_id = int(info["id"]), int(info["category_id"])
             x, y, w, h = (float(v) for v in info["bbox"])
             area = float(info["area"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             invalid[index] = Reject.because("malformed_annotation", "segment lacks id/category_id/bbox/area")
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h, area)):
+            invalid[index] = Reject.because("non_finite_value", f"bbox {[x, y, w, h]}, area {area}")
             continue
         category = categories.get(cat_id)
         if category is None:

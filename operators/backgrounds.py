@@ -45,6 +45,7 @@ class Background:
     record: str  # "<unit>/<record>"
     image: np.ndarray  # BGR
     instances: list[Instance]
+    exif_turned: bool = False  # the stored pixels were turned upright to fit the annotations (codecs.orient)
     categories: set[str] = field(default_factory=set)
 
     def __post_init__(self):
@@ -85,4 +86,4 @@ def resize_background(background: Background, short_side: int) -> Background:
         Instance(box=tuple(v * scale for v in i.box), area=i.area * scale * scale, category=i.category)
         for i in background.instances
     ]
-    return Background(background.record, image, instances)
+    return Background(background.record, image, instances, background.exif_turned)

@@ -47,6 +47,7 @@ class ImageHeader:
     height: int
     format: str  # PIL's format name: "JPEG", "PNG", ...
     mode: str  # PIL's mode: "RGB", "L", "CMYK", ...
+    orientation: int = 1  # EXIF orientation tag (1: as stored); decoding ignores it, see `orient`
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
@@ -57,7 +58,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                header = ImageHeader(im.width, im.height, im.format or "?", im.mode)
+                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im))
     except Image.DecompressionBombError as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for garbage
@@ -71,8 +72,45 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still usable, as stored
+        return 1
+    return value if value in _TURNS else 1
+
+
+# EXIF orientation -> the turn that shows the stored pixels upright (what PIL's ImageOps.exif_transpose does)
+_EXIF_ORIENTATION = 0x0112
+_TURNS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+    8: lambda a: np.swapaxes(a, 0, 1)[::-1],
+}
+
+
+def orient(image: np.ndarray, orientation: int, declared: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+    """The image in the orientation its annotations were made in, and whether it was turned.
+
+    Annotations refer to the stored pixel grid (what pycocotools and every PIL-based loader read);
+    only when their declared (height, width) fits the EXIF-turned image and not the stored one is the
+    image turned. A square image, or a flip that keeps the size, stays as stored: sizes cannot tell.
+    """
+    if orientation == 1 or declared is None:
+        return image, False
+    turned = _TURNS[orientation](image)
+    if tuple(declared) == turned.shape[:2] != image.shape[:2]:
+        return np.ascontiguousarray(turned), True
+    return image, False
+
+
 def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
-    """Decode to a BGR uint8 array after header, size and truncation checks."""
+    """Decode to a BGR uint8 array as stored (EXIF orientation not applied) after header, size and truncation checks."""
     header = read_header(data, max_pixels)
     tail = data[-_TAIL:]
     if header.format == "JPEG" and _JPEG_EOI not in tail:

@@ -8,7 +8,6 @@ and the output depends only on the inputs and the config (never on scheduling).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Annotated, ClassVar, Sequence, Union
@@ -16,12 +15,12 @@ import numpy as np
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from .. import __version__
-from ..dataset import Reject, sample_key
-from .annotations import Annotations, load_json, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
+from ..dataset import Reject, sample_json, sample_key
+from .annotations import Annotations, declared_size, load_json, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
-from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray
+from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient
 from .composition import PairingParams, pair_group
 from .entities import Entity, EntityLimits, geometry_reject, materialize
 from .mask_enhance import MaskEnhanceParams
@@ -58,7 +57,7 @@ class SynMaskEnhanceParams(MaskEnhanceParams):
 class Syn4RemovalParams(Params):
     """Everything that decides the triplets (hashed into ``config_hash`` and every sample key)."""
 
-    seed: int = Field(0, description="seed of every random draw (placement, size jitter, mask variant)")
+    seed: int = Field(0, ge=0, description="seed of every random draw (placement, size jitter, mask variant)")
     group_size: int = Field(16, ge=2, le=4096, description="images decoded together; entities are pasted within a group")
     max_image_pixels: int = Field(50_000_000, ge=1, description="larger declared images are rejected (decompression bombs)")
     max_file_bytes: int = Field(256 << 20, ge=1 << 10, description="larger input files are rejected unread")
@@ -84,14 +83,19 @@ class Group:
     stats: Stats = field(default_factory=Stats)
 
 
-def _annotations(kind: str, record: dict, categories: dict | None, height: int, width: int, max_pixels: int):
-    """Parse a record's annotations; panoptic records also return their segment-id map."""
+def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, orientation: int, max_pixels: int):
+    """Parse a record's annotations, the image turned as they need it (``codecs.orient``): (annotations,
+    the panoptic segment-id map or None, the image, whether it was turned)."""
     if kind == "sa1b":
-        return parse_sa1b(record["annotation"], height, width), None
+        doc = load_json(record["annotation"])
+        image, turned = orient(image, orientation, declared_size(doc))
+        return parse_sa1b(doc, *image.shape[:2]), None, image, turned
     ids = decode_panoptic_ids(record["segmentation"], max_pixels)
+    image, turned = orient(image, orientation, ids.shape)
+    height, width = image.shape[:2]
     if ids.shape != (height, width):
         raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {width}x{height}")
-    return parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, height, width), ids
+    return parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, height, width), ids, image, turned
 
 
 def keep_passing(
@@ -166,17 +170,18 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         stats.counts["records"] += 1
         try:
             with stats.timed("decode"):
-                image, _ = decode_image(record["image"], params.max_image_pixels)
+                image, header = decode_image(record["image"], params.max_image_pixels)
         except BadInput as bad:
             group.rejects.append(bad.reject.at(record_id, "decode"))
             continue
-        height, width = image.shape[:2]
         try:
             with stats.timed("annotations"):
-                annotations, ids = _annotations(kind, record, categories, height, width, params.max_image_pixels)
+                annotations, ids, image, turned = _annotations(kind, record, categories, image, header.orientation, params.max_image_pixels)
         except BadInput as bad:
             group.rejects.append(bad.reject.at(record_id, "annotation"))
             continue
+        height, width = image.shape[:2]
+        stats.counts["exif_turned"] += turned
         stats.counts["images"] += 1
         group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
         with stats.timed("entities"):
@@ -193,7 +198,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             group.rejects.append(rejected.at(record_id, "background"))
             continue
         instances = instances_of(annotations.segments, height, width, params.backgrounds)
-        background = Background(record_id, image, instances)
+        background = Background(record_id, image, instances, turned)
         if params.backgrounds.resize_short_side:
             background = resize_background(background, params.backgrounds.resize_short_side)
         group.backgrounds.append(background)
@@ -246,7 +251,7 @@ def _sample(pair, params: Syn4RemovalParams, config_hash: str) -> dict:
     meta = {
         "pipeline": PIPELINE,
         "key": key,
-        "background": {"id": background.record, "width": width, "height": height},
+        "background": {"id": background.record, "width": width, "height": height, "exif_turned": background.exif_turned},
         "entity": {
             "id": entity.id,
             "source": entity.record,
@@ -267,5 +272,5 @@ def _sample(pair, params: Syn4RemovalParams, config_hash: str) -> dict:
         "target.jpg": encode_jpeg(background.image, params.jpeg_quality),
         "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
         "alpha.png": encode_png_gray(composite.alpha),
-        "json": json.dumps(meta, sort_keys=True).encode(),
+        "json": sample_json(meta),
     }

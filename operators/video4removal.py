@@ -12,7 +12,6 @@ misaligned pair is ever written.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Sequence, Union
@@ -22,7 +21,7 @@ import numpy as np
 from pydantic import Discriminator, Field, Tag
 
 from .. import __version__
-from ..dataset import Reject, sample_key
+from ..dataset import Reject, sample_json, sample_key
 from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
@@ -277,7 +276,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 "mask_ratio": round(cv2.countNonZero(result.mask) / result.mask.size, 5),
                 "masker": masker_name,
                 "reader": work.reader,
-                "video_info": work.info.to_dict(),
+                "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored
                 "config_hash": config_hash,
                 "version": __version__,
             }
@@ -287,7 +286,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                     "source.jpg": encode_jpeg(source.image, params.jpeg_quality),
                     "target.jpg": encode_jpeg(target.image, params.jpeg_quality),
                     "mask.png": encode_png_gray(result.mask),
-                    "json": json.dumps(meta, sort_keys=True).encode(),
+                    "json": sample_json(meta),
                 }
             )
     work.stats.counts["pairs"] += len(samples)

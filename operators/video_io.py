@@ -68,7 +68,8 @@ class VideoInfo:
 class Frame:
     index: int  # presentation-order number from 0
     time: float  # seconds from the stream start
-    image: np.ndarray  # BGR uint8
+    image: np.ndarray  # BGR uint8, as stored (a display rotation is not applied)
+    rotation: int | None = None  # degrees the container asks players to rotate it by (None: the reader cannot tell)
 
 
 @dataclass
@@ -118,10 +119,15 @@ def _opened(source: Source):
         yield file
 
 
+MIN_SIDE = 16  # frames smaller than this on a side hold no object worth a pair (and starve the screening's tiles)
+
+
 def _check_info(info: VideoInfo, max_pixels: int, min_frames: int) -> VideoInfo:
     pixels = info.width * info.height
     if info.width <= 0 or info.height <= 0 or pixels > max_pixels:
         raise BadInput("video_too_large", f"{info.width}x{info.height} ({pixels} px) exceeds max_pixels={max_pixels}")
+    if min(info.width, info.height) < MIN_SIDE:
+        raise BadInput("video_too_small", f"{info.width}x{info.height} frames: a side under {MIN_SIDE} px")
     if not info.fps > 0:
         raise BadInput("unknown_frame_rate", f"{info.codec} stream declares no frame rate")
     if info.frames < min_frames:
@@ -196,7 +202,7 @@ class PyAVReader:
                     continue
                 image = frame.to_ndarray(format="bgr24") if size is None else frame.reformat(
                     size[0], size[1], format="bgr24", interpolation="AREA").to_ndarray()
-                yield Frame(index, clock.time(frame), image)
+                yield Frame(index, clock.time(frame), image, int(frame.rotation or 0))
                 while pending < len(cluster) and cluster[pending] <= index:  # also skips indices a VFR stream lacks
                     pending += 1
                 if pending == len(cluster):

@@ -68,6 +68,8 @@ def tile_shift(prev: np.ndarray, curr: np.ndarray, tiles: int, min_response: flo
     """Median (dx, dy) of per-tile phase correlations between two float32 grey frames; nan if < 3 tiles respond."""
     height, width = prev.shape
     th, tw = height // tiles, width // tiles
+    if th < 2 or tw < 2:  # tiles of a pixel hold no shift to measure (and phaseCorrelate refuses them)
+        return np.full(2, np.nan)
     window = cv2.createHanningWindow((tw, th), cv2.CV_32F)
     shifts = []
     for y in range(0, tiles * th, th):

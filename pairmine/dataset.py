@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import re
 import tarfile
 from dataclasses import dataclass
@@ -87,11 +88,27 @@ def sample_key(record: str, config_hash: str, index: int) -> str:
     return f"{stem}-{digest}-{index:02d}"
 
 
+def _finite(value):
+    """`value` with every non-finite float replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def sample_json(meta: dict) -> bytes:
+    """A sample's ``json`` file: strict JSON (a non-finite number becomes null, never NaN or Infinity), sorted keys."""
+    return json.dumps(_finite(meta), sort_keys=True, allow_nan=False).encode()
+
+
 def is_temp(name: str) -> bool:
     return storage.basename(name).startswith(TEMP_PREFIX)
 
 
-def _parquet_files(output: str, folder: str) -> list[str]:
+def parquet_files(output: str, folder: str) -> list[str]:
     """Committed Parquet files of a folder of the output (temp files of a write in progress left out)."""
     return [
         storage.uri_of(output, e)
@@ -112,13 +129,13 @@ def _read_parquet(uri: str, schema: pa.Schema) -> pa.Table:
 
 def read_manifest(output: str) -> pa.Table:
     """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed."""
-    tables = [_read_parquet(uri, MANIFEST_SCHEMA) for uri in _parquet_files(output, MANIFEST)]
+    tables = [_read_parquet(uri, MANIFEST_SCHEMA) for uri in parquet_files(output, MANIFEST)]
     return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
 
 
 def read_rejects(output: str) -> pa.Table:
     """Every reject row of an output (``REJECTS_SCHEMA``)."""
-    tables = [_read_parquet(uri, REJECTS_SCHEMA) for uri in _parquet_files(output, REJECTS)]
+    tables = [_read_parquet(uri, REJECTS_SCHEMA) for uri in parquet_files(output, REJECTS)]
     return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
 
 

@@ -59,6 +59,13 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def normalize(uri: str) -> str:
+    """One spelling per place: an absolute local path with links resolved, an s3:// URI without repeated or trailing slashes."""
+    if is_s3(uri):
+        return S3 + "/".join(part for part in uri[len(S3) :].split("/") if part)
+    return os.path.realpath(os.path.abspath(uri))
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
@@ -80,12 +87,41 @@ def exists(uri: str) -> bool:
 
 
 def list_dir(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
-    """Entries below a directory or prefix, sorted by path; empty if it does not exist."""
+    """Entries below a directory or prefix, sorted by path; empty if it does not exist.
+
+    A local name that is not valid UTF-8 cannot be opened through this API: it is listed with its
+    bytes escaped (``printable``) and the type ``FileType.Unknown``, for the caller to reject by name;
+    a link to nothing is listed as ``FileType.NotFound``.
+    """
     fs, path = resolve(uri)
     try:
+        if not is_s3(uri):
+            return sorted(_local_entries(path, recursive), key=lambda i: i.path)
         return sorted(fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)), key=lambda i: i.path)
     except OSError as exc:
         raise StorageError(f"cannot list {uri}: {first_line(exc)}") from None
+
+
+def _local_entries(path: str, recursive: bool):
+    """A local folder's entries (pyarrow's listing fails whole on one name that is not UTF-8)."""
+    if not os.path.isdir(path):
+        return
+    for entry in os.scandir(path):
+        name = printable(entry.path)
+        if name != entry.path:
+            yield pafs.FileInfo(name, pafs.FileType.Unknown)
+            continue
+        try:
+            stat = entry.stat()
+        except OSError:  # a link to nothing
+            yield pafs.FileInfo(entry.path, pafs.FileType.NotFound)
+            continue
+        if entry.is_dir():
+            yield pafs.FileInfo(entry.path, pafs.FileType.Directory, mtime_ns=stat.st_mtime_ns)
+            if recursive:
+                yield from _local_entries(entry.path, recursive)
+        else:
+            yield pafs.FileInfo(entry.path, pafs.FileType.File, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def uri_of(uri_root: str, file_info: pafs.FileInfo) -> str:
@@ -114,17 +150,24 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed (a full disk): no temp file is left
+            os.remove(tmp)
 
 
 def upload_file(local_path: str, uri: str) -> None:
-    """Move a finished local file to its final place atomically (rename, or a completed S3 upload)."""
+    """Move a finished local file to its final place atomically (rename, or a completed S3 upload that
+    removes the local file, also when it fails)."""
     if is_s3(uri):
         bucket, _, key = uri[len(S3) :].partition("/")
-        _s3_client().upload_file(local_path, bucket, key)
-        os.remove(local_path)
+        try:
+            _s3_client().upload_file(local_path, bucket, key)
+        finally:
+            os.remove(local_path)
         return
     path = os.path.abspath(uri)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -146,7 +189,14 @@ def staging_file(uri: str, suffix: str = "") -> str:
         os.makedirs(directory, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    os.chmod(path, 0o666 & ~_umask())  # mkstemp makes it 0600: outputs get the usual file mode, like every other file
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def delete(uri: str) -> None:
@@ -174,8 +224,9 @@ def check_readable(uri: str) -> pafs.FileInfo:
     return found
 
 
-def check_writable(uri: str) -> None:
-    """Fail with a one-line message unless an output can be created at `uri`."""
+def check_writable(uri: str, create: bool = True) -> None:
+    """Fail with a one-line message unless an output can be written at `uri`; creates the folder unless
+    `create` is false (a dry run touches nothing: then the nearest existing folder must be writable)."""
     if is_s3(uri):
         bucket = uri[len(S3) :].split("/", 1)[0]
         try:
@@ -186,14 +237,28 @@ def check_writable(uri: str) -> None:
     path = os.path.abspath(uri)
     if os.path.exists(path) and not os.path.isdir(path):
         raise StorageError(f"output {uri} exists and is not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"output {uri} is not writable ({existing} is read-only for this user)")
+    if not create:
+        return
     try:
         os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".tmp-probe-")  # access() can be wrong (ACLs, read-only mounts)
+        probe.close()
     except OSError as exc:
-        raise StorageError(f"cannot create output {uri}: {exc.strerror}") from None
+        raise StorageError(f"cannot write output {uri}: {exc.strerror or first_line(exc)}") from None
 
 
 def _endpoint_note() -> str:
     return f" at {_endpoint()}" if _endpoint() else ""
+
+
+def printable(name: str) -> str:
+    """A name as valid text: bytes that were not UTF-8 (held as surrogates by os and tarfile) escaped as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def first_line(exc: BaseException) -> str:

@@ -19,7 +19,9 @@ from .. import __version__
 from ..errors import UserError
 
 # modules that define COMMANDS, in the order `pairmine --help` lists them; imported lazily, cheap to import
-COMMAND_MODULES = ("pairmine.pipelines.syn4removal", "pairmine.pipelines.video4removal", "pairmine.training.commands")
+COMMAND_MODULES = (
+    "pairmine.pipelines.syn4removal", "pairmine.pipelines.video4removal", "pairmine.pipelines.verify", "pairmine.training.commands",
+)
 EXIT_CODES = "exit codes: 0 done, 2 bad arguments/config/inputs (nothing was run), 1 failure."
 
 

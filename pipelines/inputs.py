@@ -40,6 +40,14 @@ class Unit:
     png_dir: str | None = None  # panoptic: the segmentation PNGs
     image_dir: str | None = None  # panoptic: the images
     categories_uri: str | None = None  # panoptic per-image layout: where categories come from
+    problem: str | None = None  # why the unit cannot be read at all (its file name): it becomes one reject
+
+
+UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
+
+
+def unreadable_reason(entry: pafs.FileInfo) -> str:
+    return "a link to nothing" if entry.type == pafs.FileType.NotFound else "its name is not valid UTF-8"
 
 
 def groups_of(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -102,6 +110,7 @@ def _exists(uri: str) -> bool:
 def discover(arg: str) -> list[Unit]:
     """The units of one ``--input`` (``[kind:]PATH``); raises InputError when it cannot be read."""
     kind, uri = _split_kind(arg)
+    uri = storage.normalize(uri)  # the same tar given as a relative and an absolute path is one unit
     try:
         found = storage.check_readable(uri)
     except storage.StorageError as exc:
@@ -111,7 +120,7 @@ def discover(arg: str) -> list[Unit]:
             raise InputError(f"input {uri} is a file: only SA-1B .tar files can be given directly")
         return [Unit("sa1b-tar", storage.basename(uri), uri)]
     entries = _names(storage.list_dir(uri))
-    tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type == pafs.FileType.File]
+    tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type in (pafs.FileType.File, *UNREADABLE)]
     loose = any(n.endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
     candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic)}
@@ -125,7 +134,8 @@ def discover(arg: str) -> list[Unit]:
     if not candidates[kind]:
         raise InputError(f"{uri} holds no {kind} input")
     if kind == "sa1b-tar":
-        return [Unit("sa1b-tar", storage.basename(t), t) for t in sorted(tars)]
+        return [Unit("sa1b-tar", storage.basename(t), t, problem=unreadable_reason(entries[storage.basename(t)])
+                     if entries[storage.basename(t)].type in UNREADABLE else None) for t in sorted(tars)]
     if kind == "sa1b-dir":
         return [Unit("sa1b-dir", storage.basename(uri), uri)]
     return [Unit(u.kind, f"{storage.basename(uri)}/{u.name}", u.uri, u.png_dir, u.image_dir, u.categories_uri) for u in panoptic]
@@ -133,6 +143,7 @@ def discover(arg: str) -> list[Unit]:
 
 def discover_videos(arg: str) -> list[Unit]:
     """One unit per video: a video file, or every video below a folder (named by its relative path)."""
+    arg = storage.normalize(arg)
     try:
         found = storage.check_readable(arg)
     except storage.StorageError as exc:
@@ -144,9 +155,9 @@ def discover_videos(arg: str) -> list[Unit]:
     root = arg.rstrip("/")
     root_path = storage.resolve(root)[1]
     videos = [
-        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e))
+        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e), problem=unreadable_reason(e) if e.type in UNREADABLE else None)
         for e in storage.list_dir(root, recursive=True)
-        if e.type == pafs.FileType.File and e.path.lower().endswith(VIDEO_EXTENSIONS)
+        if e.type in (pafs.FileType.File, *UNREADABLE) and e.path.lower().endswith(VIDEO_EXTENSIONS)
     ]
     if not videos:
         raise InputError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) found below {arg}")
@@ -166,7 +177,7 @@ def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
             name = f"{name}~{hashlib.blake2b(unit.uri.encode(), digest_size=4).hexdigest()}"
         names.add(name)
         uris.add(unit.uri)
-        unique.append(Unit(unit.kind, name, unit.uri, unit.png_dir, unit.image_dir, unit.categories_uri))
+        unique.append(Unit(unit.kind, name, unit.uri, unit.png_dir, unit.image_dir, unit.categories_uri, unit.problem))
     return unique
 
 
@@ -183,23 +194,27 @@ def unit_groups(
 
     Members are opaque (URIs for planned units, bytes for tar members). Ids in `skip` were committed
     by an earlier run. Rejects found while reading (id None: about the unit itself) travel with the
-    unit's last row. For an immutable unit (a tar) that row also carries ``unit_total``, the number
-    of ids in the unit, so that a later run can skip the whole unit unread; folders may grow, so
-    they are listed again by every run.
+    unit's last row. Every id is accounted for once: the first item of an id decides it, a later one
+    is only a reject. For an immutable unit (a tar) the last row also carries ``unit_total``, the
+    number of distinct ids in the unit, so that a later run can skip the whole unit unread; folders
+    may grow, so they are listed again by every run.
     """
-    total = 0
+    ids: set[str] = set()
     rejects: list[Reject] = []
     rejected_ids: list[str] = []
 
     def members():
-        nonlocal total
         for item_id, item in items:
-            total += item_id is not None
+            again = item_id in ids
+            if item_id is not None:
+                ids.add(item_id)
             if item_id in skip:
                 continue
+            if again and not isinstance(item, Reject):
+                item = Reject(f"{unit}/{item_id}", "read", "duplicate_record", "an earlier member already gave this record")
             if isinstance(item, Reject):
                 rejects.append(item)
-                if item_id is not None:
+                if item_id is not None and not again:
                     rejected_ids.append(item_id)
                 continue
             yield item_id, item
@@ -212,7 +227,7 @@ def unit_groups(
             "records": [member for _, member in group],
             "rejects": [r.to_dict() for r in rejects] if last else [],
             "consumed": [i for i, _ in group] + (rejected_ids if last else []),
-            "unit_total": total if last and immutable else -1,
+            "unit_total": len(ids) if last and immutable else -1,
         }
 
     pending = None
@@ -230,12 +245,22 @@ def _stem(name: str) -> str:
 
 def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
     files: dict[str, dict[str, str]] = {}
+    items: list[tuple[str | None, object]] = []
     for entry in storage.list_dir(unit.uri):
         name = storage.basename(entry.path)
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if entry.type == pafs.FileType.File and ext in ("jpg", "jpeg", "json"):
-            files.setdefault(_stem(name), {})["json" if ext == "json" else "jpg"] = storage.uri_of(unit.uri, entry)
-    items = []
+        if ext in ("jpg", "jpeg", "json") and entry.type in UNREADABLE:
+            items.append((name, Reject(f"{unit.name}/{name}", "read", "unreadable_name", f"{name}: {unreadable_reason(entry)}")))
+            continue
+        if entry.type != pafs.FileType.File or ext not in ("jpg", "jpeg", "json"):
+            continue
+        kind = "json" if ext == "json" else "jpg"
+        found = files.setdefault(_stem(name), {})
+        if kind in found:  # x.jpg and x.jpeg (or X.JPG) beside one x.json: the first by name is used, the others said
+            items.append((name, Reject(f"{unit.name}/{name}", "read", "duplicate_image",
+                                       f"{storage.basename(found[kind])} is the image of {_stem(name)}; this one is not used")))
+            continue
+        found[kind] = storage.uri_of(unit.uri, entry)
     for stem in sorted(files):
         found = files[stem]
         input_id = f"{unit.name}/{stem}"
@@ -250,14 +275,20 @@ def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
 
 def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     """Categories (JSON text) and the items of a panoptic split, in either annotation layout."""
-    images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in storage.list_dir(unit.image_dir)}
-    items: list[tuple[str | None, object]] = []
+    listed = storage.list_dir(unit.image_dir)
+    images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in listed if e.type == pafs.FileType.File}
+    items: list[tuple[str | None, object]] = [
+        (storage.basename(e.path), Reject(f"{unit.name}/{storage.basename(e.path)}", "read", "unreadable_name", unreadable_reason(e)))
+        for e in listed if e.type in UNREADABLE
+    ]
     if unit.categories_uri is None:  # one json for the split
         try:
             doc = json.loads(storage.read_bytes(unit.uri))
             categories, annotations = doc["categories"], doc["annotations"]
-        except (ValueError, KeyError, TypeError) as exc:
-            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {exc}"))]
+            if not isinstance(categories, list) or not isinstance(annotations, list):
+                raise TypeError("'categories' and 'annotations' must be lists")
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {storage.first_line(exc)}"))]
         per_image = {}
         for ann in annotations:
             if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
@@ -265,7 +296,10 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
             else:
                 items.append((None, Reject(unit.name, "read", "malformed_annotation", "annotation entry without file_name")))
     else:  # per-image json files beside the PNGs
-        categories = json.loads(storage.read_bytes(unit.categories_uri))
+        try:
+            categories = json.loads(storage.read_bytes(unit.categories_uri))
+        except (ValueError, OSError) as exc:
+            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.categories_uri}: {storage.first_line(exc)}"))]
         categories = categories.get("categories", categories) if isinstance(categories, dict) else categories
         files: dict[str, dict[str, str]] = {}
         for entry in storage.list_dir(unit.png_dir):
@@ -285,7 +319,11 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
 
 
 def plan_groups(unit: Unit, group_size: int, skip: set[str]) -> list[dict]:
-    """Reader rows (members as URIs) of a loose SA-1B folder or a panoptic split."""
+    """Reader rows (members as URIs) of a loose SA-1B folder or a panoptic split; one reject row for a
+    unit that cannot be read at all (marked complete, so later runs skip it)."""
+    if unit.problem:
+        items = [(unit.name, Reject(unit.name, "read", "unreadable_name", unit.problem))]
+        return list(unit_groups(unit.name, "sa1b", "", items, group_size, skip, immutable=True))
     if unit.kind == "sa1b-dir":
         return list(unit_groups(unit.name, "sa1b", "", _sa1b_dir_items(unit), group_size, skip, immutable=False))
     categories, items = _panoptic_items(unit)

@@ -50,7 +50,11 @@ def _unsafe(name: str) -> bool:
 
 
 def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tuple[str | None, object]]:
-    """(id, record-or-Reject) items of an SA-1B tar, read once as a stream, paired by stem."""
+    """(id, record-or-Reject) items of an SA-1B tar, read once as a stream, paired by stem.
+
+    A member name that is not valid UTF-8 is used with its undecodable bytes escaped (``\\xff``): ids
+    and rejects stay text, the same in every run.
+    """
     pending: dict[str, dict] = {}
     seen: set[str] = set()
     try:
@@ -58,23 +62,25 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
             for member in tar:
                 if member.isdir():
                     continue
-                stem, _, ext = member.name.rpartition(".")
+                name = storage.printable(member.name)
+                stem, _, ext = name.rpartition(".")
                 field = _TAR_EXTENSIONS.get(ext.lower())
-                if _unsafe(member.name) or not member.isfile():
+                if _unsafe(name) or not member.isfile():
                     if stem not in seen:
                         seen.add(stem)
-                        yield stem, Reject(f"{unit}/{member.name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
+                        pending.pop(stem, None)  # its other member came first: the record is this reject
+                        yield stem, Reject(f"{unit}/{name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
                     continue
                 if field is None:
-                    yield None, Reject(f"{unit}/{member.name}", "read", "unexpected_member", "not an SA-1B .jpg or .json")
+                    yield None, Reject(f"{unit}/{name}", "read", "unexpected_member", "not an SA-1B .jpg or .json")
                     continue
                 if member.size > max_file_bytes:
-                    yield None, Reject(f"{unit}/{member.name}", "read", "file_too_large", f"{member.size} bytes > max_file_bytes={max_file_bytes}")
+                    yield None, Reject(f"{unit}/{name}", "read", "file_too_large", f"{member.size} bytes > max_file_bytes={max_file_bytes}")
+                    continue
+                if stem in seen or field in pending.get(stem, {}):
+                    yield None, Reject(f"{unit}/{name}", "read", "duplicate_member", "a member of that name came earlier")
                     continue
                 record = pending.setdefault(stem, {"id": stem})
-                if field in record or stem in seen:
-                    yield None, Reject(f"{unit}/{member.name}", "read", "duplicate_member", "a member of that name came earlier")
-                    continue
                 record[field] = tar.extractfile(member).read()
                 if "image" in record and "annotation" in record:
                     seen.add(stem)

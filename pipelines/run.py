@@ -82,8 +82,8 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + secrets.token_hex(2)
 
 
-def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str]):
-    """All user-facing checks: returns (config, hash, units, progress, pending units)."""
+def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str], create: bool = True):
+    """All user-facing checks: returns (config, hash, units, progress, pending units). `create`: make the output folder."""
     from .inputs import InputError
     from .writer import read_progress
 
@@ -93,7 +93,7 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
     if not inputs:
         raise InputError("no --input given")
     units = pipeline.discover(inputs)
-    storage.check_writable(output)
+    storage.check_writable(output, create)
     progress = read_progress(output, pipeline.name, digest)
     pending = [u for u in units if u.name not in progress.complete_units]
     return config, digest, units, progress, pending
@@ -146,7 +146,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
 
 def plan_only(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str]) -> dict:
     """What a run would do (``--dry-run``), after the same checks."""
-    config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides)
+    config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides, create=False)
     return {
         "pipeline": pipeline.name,
         "config_hash": digest,

@@ -57,7 +57,7 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
 
     io_tasks = {"num_cpus": 0, "concurrency": io_concurrency()}
     parts = []
-    tars = sorted((u for u in units if u.kind == "sa1b-tar"), key=lambda u: storage.is_s3(u.uri))
+    tars = sorted((u for u in units if u.kind == "sa1b-tar" and not u.problem), key=lambda u: storage.is_s3(u.uri))
     for _, same_fs in groupby(tars, key=lambda u: storage.is_s3(u.uri)):
         same_fs = list(same_fs)
         fs = storage.resolve(same_fs[0].uri)[0]
@@ -74,7 +74,7 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
     rows = [
         row
         for unit in units
-        if unit.kind != "sa1b-tar"
+        if unit.kind != "sa1b-tar" or unit.problem
         for row in plan_groups(unit, config.group_size, progress.consumed.get(unit.name, set()))
     ]
     if rows:

@@ -13,6 +13,7 @@ depends only on the video and the config. S3 videos are read through seekable fi
 from __future__ import annotations
 
 from .. import storage
+from ..dataset import Reject
 from ..operators.codecs import BadInput
 from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
 from ..operators.video_io import probe
@@ -36,7 +37,7 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     """The segments of one video still to do; an unreadable video becomes one empty segment, which
     the segment stage turns into a reject with the reader's reason."""
     try:
-        ranges = split_video(probe(_source(row["uri"]), config.decode), config)
+        ranges = [(0, 0)] if row["problem"] else split_video(probe(_source(row["uri"]), config.decode), config)
     except BadInput:
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
@@ -53,12 +54,16 @@ def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalCo
 
     from .runtime import io_concurrency
 
-    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri} for u in units])
+    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or ""} for u in units])
     return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0, concurrency=io_concurrency())
 
 
 def analyse(row: dict, config: Video4RemovalConfig) -> dict:
     """A segment up to its masks: its SegmentWork travels to the masking step."""
+    if row["problem"]:
+        work = SegmentWork(row["unit"], 0, 0)
+        work.reject(0, 0, "read", Reject.because("unreadable_name", row["problem"]))
+        return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
     work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config)
     return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
 

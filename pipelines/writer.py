@@ -95,6 +95,11 @@ class _OpenShard:
         self._write(_END_OF_ARCHIVE)
         self.file.close()
 
+    def discard(self) -> None:
+        self.file.close()
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
     def rejects_table(self, **constants: str | None) -> pa.Table:
         """The shard's rejects as a ``REJECTS_SCHEMA`` table, `constants` filling the other columns."""
         present = [r for r in self.rejects if len(r)]  # an empty list arrives untyped (Ray infers each block)
@@ -119,18 +124,23 @@ class ShardSink(Datasink):
 
     def write(self, blocks: Iterable, ctx) -> dict:
         part, shard, committed, stats = 0, None, [], Stats()
-        for block in blocks:
-            rows = BlockAccessor.for_block(block).to_arrow().combine_chunks()
-            for i in range(rows.num_rows):
-                stats.merge(json.loads(rows["stats"][i].as_py()))
-                if shard is None:
-                    shard = self._open(ctx.task_idx, part)
-                shard.add(rows, i)
-                if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
-                    committed.append(self._commit(shard, ctx.task_idx, part))
-                    part, shard = part + 1, None
-        if shard is not None:
-            committed.append(self._commit(shard, ctx.task_idx, part))
+        try:
+            for block in blocks:
+                rows = BlockAccessor.for_block(block).to_arrow().combine_chunks()
+                for i in range(rows.num_rows):
+                    stats.merge(json.loads(rows["stats"][i].as_py()))
+                    if shard is None:
+                        shard = self._open(ctx.task_idx, part)
+                    shard.add(rows, i)
+                    if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
+                        committed.append(self._commit(shard, ctx.task_idx, part))
+                        part, shard = part + 1, None
+            if shard is not None:
+                committed.append(self._commit(shard, ctx.task_idx, part))
+                shard = None
+        finally:  # a failed task leaves no staging file behind (up to max_bytes each, in the temp dir for S3)
+            if shard is not None:
+                shard.discard()
         return {"shards": committed, "stats": stats.to_dict()}
 
     def on_write_complete(self, write_result) -> None:
@@ -147,11 +157,13 @@ class ShardSink(Datasink):
         name = self._name(task, part)
         shard.close()
         shard_rel = None
-        if shard.keys:
-            shard_rel = f"{SHARDS}/{name}.tar"
-            storage.upload_file(shard.path, storage.join(self.output, shard_rel))
-        else:
-            os.remove(shard.path)
+        try:
+            if shard.keys:
+                shard_rel = f"{SHARDS}/{name}.tar"
+                storage.upload_file(shard.path, storage.join(self.output, shard_rel))
+        finally:
+            if os.path.exists(shard.path):  # moved into place (local), or uploaded, failed or empty (S3)
+                os.remove(shard.path)
         rejects = shard.rejects_table(pipeline=self.pipeline, run=self.run, shard=shard_rel)
         if rejects.num_rows:
             storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), to_parquet(rejects))

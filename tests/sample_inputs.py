@@ -7,8 +7,11 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
+
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 GOOD_SA1B = ("sa_100", "sa_101", "sa_102", "sa_103", "sa_142238")
+NOT_UTF8 = b"caf\xe9".decode("utf-8", "surrogateescape")  # how os and tarfile hold a name that is not UTF-8
 
 
 def sa1b_members() -> dict[str, dict[str, bytes]]:
@@ -59,3 +62,22 @@ def write_panoptic_root(root: Path, copies: int, per_image_layout: bool = False)
             json.dumps({"images": images, "annotations": annotations, "categories": doc["categories"]})
         )
     return root
+
+
+def make_video(path: Path, width: int, height: int, rotation: int = 0, frames: int = 40) -> Path:
+    """An H.264 clip of a static grey scene with a bright bar moving across it (optionally display-rotated)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(frames):
+            image = np.full((height, width, 3), 90, np.uint8)
+            image[:, (i * 3) % width : (i * 3) % width + 4] = 250
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

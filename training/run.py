@@ -62,7 +62,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
 
     models.check(params.eraser)
     uri = run_uri(params)
-    storage.check_writable(params.storage)
+    storage.check_writable(params.storage, create=False)
     saved = _read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}); "
@@ -132,6 +132,7 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     started = time.perf_counter()
     cluster = start_ray(RayParams(address=params.ray_address), progress_bars)
     _check_resources(params, cluster)
+    storage.check_writable(params.storage)
     storage.write_bytes(storage.join(uri, CONFIG_FILE), json.dumps(
         {"config_hash": plan["config_hash"], "version": __version__, "config": params.model_dump(mode="json")}, indent=2).encode())
     prep = Preparation(params.data.resolution, params.eraser.object_crop_size(), params.data.max_zoom, params.data.mask_enhancement, params.seed)
