@@ -11,7 +11,13 @@ pinned to that many cores; analysed frames per second per core are divided by th
 frames per second (one core). The same per-segment work without Ray (one core) separates the
 operators' cost from what Ray adds on this machine.
 
-    .venv/bin/python benchmarks/video4removal_bench.py [--copies 8] [--workdir /tmp/pairmine-video-bench]
+Region mining (`region.mode`): the per-segment work without Ray, one core, in frame, region and auto
+mode, on the sample clips and on real static-camera footage: OpenCV's `vtest.avi` (people walking
+across a plaza, 768x576, 10 fps, 795 frames), taken from Debian's `opencv-doc` package (Apache-2.0 AND
+BSD-3-Clause; fetched with `apt-get download` into --workdir when missing), each against its own
+decode bound. The region target is >= 0.5 of the bound per core.
+
+    .venv/bin/python benchmarks/video4removal_bench.py [--copies 8] [--workdir /tmp/pairmine-video-bench] [--no-real]
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,22 +62,56 @@ def decode_bound(videos: list[Path], reader: str, params: DecodeParams) -> tuple
     return frames, time.perf_counter() - start
 
 
-def without_ray(videos: list[Path]) -> tuple[int, float]:
-    """(analysed frames, seconds) of the same per-segment work in this process, one core."""
-    config = Video4RemovalConfig()
+def without_ray(videos: list[Path], mode: str = "auto") -> tuple[int, float, int]:
+    """(analysed frames, seconds, pairs) of the same per-segment work in this process, one core."""
+    config = Video4RemovalConfig(region={"mode": mode})
     digest = config_hash(config)
-    frames, start = 0, time.perf_counter()
+    frames, pairs, start = 0, 0, time.perf_counter()
     for video in videos:
         info = probe(str(video), config.decode)
-        for first, stop in split_video(info, config):
-            frames += process_segment(video.name, str(video), first, stop, config, digest)[2].counts["frames"]
-    return frames, time.perf_counter() - start
+        segments = split_video(info, config)
+        for first, stop in segments:
+            samples, _, stats = process_segment(video.name, str(video), first, stop, config, digest)
+            frames += stats.counts["frames"]
+            pairs += len(samples)
+    return frames, time.perf_counter() - start, pairs
+
+
+def real_footage(workdir: Path) -> Path | None:
+    """OpenCV's vtest.avi from Debian's opencv-doc package (cached in workdir); None when apt cannot fetch it."""
+    target = workdir / "real" / "vtest.avi"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            subprocess.run(["apt-get", "download", "opencv-doc"], cwd=folder, check=True, capture_output=True, timeout=600)
+            package = next(Path(folder).glob("opencv-doc_*.deb"))
+            subprocess.run(["dpkg", "-x", str(package), folder], check=True, capture_output=True)
+        except (OSError, subprocess.SubprocessError, StopIteration) as exc:
+            print(f"no real footage: {exc}")
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(folder) / "usr/share/doc/opencv-doc/examples/data/vtest.avi", target)
+    return target
+
+
+def modes(videos: list[Path], params: DecodeParams) -> dict:
+    """Analysed frames/s, ratio to the decode bound and pairs/min of each region mode, without Ray, one core."""
+    frames, seconds = decode_bound(videos, params.reader, params)
+    bound = frames / seconds
+    found = {"bound_frames_per_s": round(bound, 1)}
+    for mode in ("frame", "region", "auto"):
+        analysed, spent, pairs = without_ray(videos, mode)
+        found[mode] = {"frames_per_s": round(analysed / spent, 1), "ratio_to_bound": round(analysed / spent / bound, 3),
+                       "pairs": pairs, "pairs_per_minute": round(pairs / spent * 60, 1)}
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--workdir", default="/tmp/pairmine-video-bench")
+    parser.add_argument("--no-real", action="store_true", help="skip the real footage (no apt)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     inputs = make_inputs(workdir, args.copies)
@@ -83,7 +125,7 @@ def main() -> None:
     readers = {name: decode_bound(videos, name, params) for name in ("pyav", "decord")}
     bound_frames, bound_s = readers[params.reader]
     bound_rate = bound_frames / bound_s
-    alone_frames, alone_s = without_ray(videos)
+    alone_frames, alone_s, _ = without_ray(videos)
     report = {"videos": len(videos), "stride": params.stride, "analysis_long_side": params.analysis_long_side,
               "bound_reader": params.reader, "bound_frames_per_s_per_core": round(bound_rate, 1),
               "decode_frames_per_s": {name: round(f / s, 1) for name, (f, s) in readers.items()},
@@ -103,6 +145,10 @@ def main() -> None:
             "stages_cpu_s": {k: v["cpu_seconds"] for k, v in summary["stages"].items()},
         }
     report["speedup_1_to_2"] = round(report["1_cpu"]["wall_s"] / report["2_cpu"]["wall_s"], 3)
+    report["modes_sample_clips"] = modes(sorted(VIDEOS.glob("*.mp4")), params)
+    real = None if args.no_real else real_footage(workdir)
+    if real:
+        report["modes_vtest"] = modes([real], params)
     print(json.dumps(report, indent=2))
     print(f"\nbound ({params.reader} decode alone, stride {params.stride}, {params.analysis_long_side} px, 1 core): "
           f"{bound_rate:.0f} analysed frames/s; decord {report['decode_frames_per_s']['decord']:.0f}, "
@@ -114,6 +160,12 @@ def main() -> None:
         print(f"{cpus} Ray CPU(s): {r['frames_per_s_per_core']:.0f} frames/s/core = {r['ratio_to_bound_per_core']:.2f} of the bound; "
               f"{r['pairs_per_minute']:.1f} pairs/min; peak worker RSS {r['peak_worker_rss_mb']} MB")
     print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
+    for name in ("modes_sample_clips", "modes_vtest"):
+        if name in report:
+            row = report[name]
+            print(f"{name[6:]} (without Ray, 1 core; bound {row['bound_frames_per_s']:.0f} frames/s): " + "; ".join(
+                f"{mode} {row[mode]['ratio_to_bound']:.2f} of the bound, {row[mode]['pairs']} pairs ({row[mode]['pairs_per_minute']:.0f}/min)"
+                for mode in ("frame", "region", "auto")))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ misaligned pair is ever written.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Sequence, Union
@@ -28,8 +29,9 @@ from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
 from .stats import Stats
 from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
-from .video_mog import FrameClass, MogParams, classify, subtract_background
+from .video_mog import MogParams, classify, disk, subtract_background
 from .video_pairing import Miss, Pair, PairingParams, pair_frame, select_diverse
+from .video_regions import Box, RegionParams, pair_regions
 from .video_screen import Screening, ScreenParams, Span, screen
 
 PIPELINE = "video4removal"
@@ -38,6 +40,13 @@ PIPELINE = "video4removal"
 def _masker_name(value) -> str:
     """The masker a config names; without a name, the default one (so `--set masker.x=...` works)."""
     return value.get("name", "mog") if isinstance(value, dict) else value.name
+
+
+class EffectParams(Params):
+    """effect_mask.png: the object plus what it does to the scene (shadow, reflection), from the pair's difference."""
+
+    threshold: int = Field(25, ge=1, le=255, description="a pixel differs when a blurred channel differs by more")
+    near: float = Field(0.5, ge=0, le=5, description="differences count within this share of the object's size around it")
 
 
 class Video4RemovalParams(Params):
@@ -51,6 +60,8 @@ class Video4RemovalParams(Params):
     screen: ScreenParams = Field(default_factory=ScreenParams)
     mog: MogParams = Field(default_factory=MogParams)
     pairing: PairingParams = Field(default_factory=PairingParams)
+    region: RegionParams = Field(default_factory=RegionParams)
+    effect: EffectParams = Field(default_factory=EffectParams)
     masker: Annotated[
         Union[Annotated[MogMasker, Tag("mog")], Annotated[GdinoSam2MaskerParams, Tag("gdino_sam2")]],
         Discriminator(_masker_name),
@@ -97,12 +108,23 @@ class SegmentWork:
         self.rejects.append(why.at(f"{self.video_id}#{first}-{stop}", stage))
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A selected pair at analysis resolution: a whole-frame pair, or a region pair with its crop."""
+
+    pair: Pair
+    prior: np.ndarray  # uint8 0/1 object mask: the frame's, or the crop's
+    meta: dict
+    crop: Box | None = None  # analysis pixels; None: the whole frame
+
+
 def _pair_run(
     work: SegmentWork, run: Span, frames: list[Frame], greys: list[np.ndarray], screening: Screening, span: tuple[int, int],
     params: Video4RemovalParams,
-) -> tuple[list[Pair], dict[int, FrameClass]]:
-    """MOG2 and pairing inside one static run: its pairs and foreground frames; a reject when it yields no pair."""
-    stats = work.stats
+) -> list[Choice]:
+    """MOG2 and pairing inside one static run: whole-frame pairs and/or region pairs (``region.mode``); a reject
+    that says why when the run yields none."""
+    stats, mode = work.stats, params.region.mode
     with stats.timed("mog"):
         labels = subtract_background([f.image for f in frames[run.first : run.stop]], params.mog)
         classes = {run.first + i: classify(label, params.mog) for i, label in enumerate(labels)}
@@ -110,30 +132,50 @@ def _pair_run(
     foregrounds = {p: c for p, c in classes.items() if c.kind == "foreground"}
     stats.counts["bg_frames"] += len(backgrounds)
     stats.counts["fg_frames"] += len(foregrounds)
-    if not backgrounds:
-        least = min(c.moving for c in classes.values())
-        work.reject(*span, "mog", Reject.because("no_background_frame", f"every frame has moving pixels: least {least:.4f} of a "
-                                                 f"frame > background_max_ratio={params.mog.background_max_ratio}"))
-        return [], foregrounds
-    if not foregrounds:
-        kinds = Counter(c.kind for c in classes.values())
-        work.reject(*span, "mog", Reject.because(
-            "no_foreground_frame", f"{kinds['background']} background frames, {kinds['neither']} with moving pixels but no object in range"))
-        return [], foregrounds
+    images, times = [f.image for f in frames], [f.time for f in frames]
+    motion = float(f"{float(np.median(screening.steps.motion[run.first : run.stop - 1])):.3e}")
+    whole: list[Pair] = []
+    why = None
+    if mode != "region":
+        if not backgrounds:
+            least = min(c.moving for c in classes.values())
+            why = Reject.because("no_background_frame", f"every frame has moving pixels: least {least:.4f} of a frame "
+                                                        f"> background_max_ratio={params.mog.background_max_ratio}")
+        elif not foregrounds:
+            kinds = Counter(c.kind for c in classes.values())
+            why = Reject.because("no_foreground_frame", f"{kinds['background']} background frames, {kinds['neither']} "
+                                                        "with moving pixels but no object in range")
+        else:
+            with stats.timed("pair"):
+                outcomes = [pair_frame(p, images, greys, c.mask, c.shadow, backgrounds, screening.displacement, work.info.width,
+                                       params.pairing) for p, c in foregrounds.items()]
+            whole = [o for o in outcomes if isinstance(o, Pair)]
+            misses = [o for o in outcomes if isinstance(o, Miss)]
+            if not whole:
+                reason, count = Counter(m.reject.reason for m in misses).most_common(1)[0]
+                best = min((m for m in misses if m.reject.reason == reason), key=lambda m: m.mse)
+                why = Reject.because(reason, f"{count} of {len(misses)} foreground frames; the best: {best.reject.detail}")
+    stats.counts["pair_candidates"] += len(whole)
     with stats.timed("pair"):
-        images = [f.image for f in frames]
-        outcomes = [
-            pair_frame(p, images, greys, c.mask, c.shadow, backgrounds, screening.displacement, work.info.width, params.pairing)
-            for p, c in foregrounds.items()
-        ]
-    pairs = [o for o in outcomes if isinstance(o, Pair)]
-    misses = [o for o in outcomes if isinstance(o, Miss)]
-    stats.counts["pair_candidates"] += len(pairs)
-    if not pairs:
-        reason, count = Counter(m.reject.reason for m in misses).most_common(1)[0]
-        best = min((m for m in misses if m.reject.reason == reason), key=lambda m: m.mse)
-        work.reject(*span, "pair", Reject.because(reason, f"{count} of {len(misses)} foreground frames; the best: {best.reject.detail}"))
-    return pairs, foregrounds
+        chosen = select_diverse(whole, {p: c.mask for p, c in foregrounds.items()}, times, params.pairing)
+    choices = [Choice(p, foregrounds[p.source].mask, {"mode": "frame", "foreground_ratio": round(foregrounds[p.source].area, 5),
+                                                      "objects": foregrounds[p.source].objects, "motion": motion}) for p in chosen]
+    if mode != "frame" and (mode == "region" or not whole):  # auto: regions when the run has no whole-frame pair
+        with stats.timed("pair"):
+            regions, region_rejects = pair_regions(
+                list(range(run.first, run.stop)), images, greys, {p: c.mask for p, c in classes.items()},
+                {p: c.movers for p, c in classes.items()}, {p: c.shadow for p, c in classes.items()}, screening.displacement,
+                work.info.width, times, {p.source for p in whole}, params.region, params.pairing,
+            )
+        stats.counts["region_candidates"] += len(regions)
+        choices += [Choice(r.pair, r.mask, {"mode": "region", "track": r.track, "motion": motion,
+                                            "foreground_ratio": round(float(r.mask.mean()), 5)}, r.crop) for r in regions]
+        if not regions and region_rejects:
+            top = region_rejects[0]
+            why = Reject.because(top.reason, top.detail + (f"; and no whole-frame pair: {why.reason}" if why else ""))
+    if not choices and why:
+        work.reject(*span, "pair" if why.reason not in ("no_background_frame", "no_foreground_frame") else "mog", why)
+    return choices
 
 
 def _decode_analysis(work: SegmentWork, source: Source, start: int, stop: int, decode: DecodeParams) -> tuple[list[Frame], int]:
@@ -162,8 +204,11 @@ def _decode_analysis(work: SegmentWork, source: Source, start: int, stop: int, d
     return frames, stop
 
 
-def analyse_segment(video_id: str, source: Source, start: int, stop: int, params: Video4RemovalParams) -> SegmentWork:
-    """Everything up to the masks: the segment's selected pairs with their full-resolution frames, and rejects."""
+def analyse_segment(
+    video_id: str, source: Source, start: int, stop: int, params: Video4RemovalParams, segments: int = 1,
+) -> SegmentWork:
+    """Everything up to the masks: the segment's selected pairs with their full-resolution frames (or crops), and
+    rejects. `segments`: how many segments share the video's max_pairs_per_video."""
     work = SegmentWork(video_id, start, stop)
     stats = work.stats
     stats.counts["segments"] += 1
@@ -179,42 +224,67 @@ def analyse_segment(video_id: str, source: Source, start: int, stop: int, params
     bounds = [f.index for f in frames] + [end]  # samples [a, b) stand for frames [bounds[a], bounds[b])
     for span in screening.dropped:
         work.reject(bounds[span.first], bounds[span.stop], "screen", span.reject)
-    pairs, foregrounds, motion = [], {}, {}
-    for run in screening.runs:
-        run_pairs, run_foregrounds = _pair_run(work, run, frames, greys, screening, (bounds[run.first], bounds[run.stop]), params)
-        pairs += run_pairs
-        foregrounds.update(run_foregrounds)
-        motion.update({p.source: float(np.median(screening.steps.motion[run.first : run.stop - 1])) for p in run_pairs})
-    with stats.timed("pair"):
-        chosen = select_diverse(pairs, {p: c.mask for p, c in foregrounds.items()}, [f.time for f in frames], params.pairing)
+    choices = [c for run in screening.runs
+               for c in _pair_run(work, run, frames, greys, screening, (bounds[run.first], bounds[run.stop]), params)]
+    cap = min(params.pairing.max_pairs, math.ceil(params.region.max_pairs_per_video / max(1, segments)))
+    chosen = sorted(choices, key=lambda c: (c.pair.mse, c.pair.source))[:cap]  # the segment's share of the video's pairs
     stats.counts["pairs_selected"] += len(chosen)
     if chosen:
-        work.candidates = _fetch(work, source, chosen, frames, foregrounds, motion, params.decode.threads)
+        work.candidates = _fetch(work, source, sorted(chosen, key=lambda c: c.pair.source), frames, params)
     return work
 
 
-def _fetch(
-    work: SegmentWork, source: Source, chosen: list[Pair], frames: list[Frame], foregrounds: dict[int, FrameClass],
-    motion: dict[int, float], threads: int,
-) -> list[Candidate]:
-    """Decode the chosen pairs' frames at full resolution, with the reader that did the analysis."""
-    needed = sorted({frames[p].index for pair in chosen for p in (pair.source, pair.target)})
+def _fetch(work: SegmentWork, source: Source, chosen: list[Choice], frames: list[Frame], params: Video4RemovalParams) -> list[Candidate]:
+    """Decode the chosen pairs' frames at full resolution (with the reader that did the analysis); region
+    pairs keep their crop, scaled to full-resolution pixels (and down to region.max_side when set)."""
+    needed = sorted({frames[p].index for c in chosen for p in (c.pair.source, c.pair.target)})
     with work.stats.timed("decode"):
-        full = read_frames(source, needed, (work.reader,), None, threads)
+        full = read_frames(source, needed, (work.reader,), None, params.decode.threads)
     work.stats.counts["full_frames"] += len(full.frames)
     by_index = {f.index: f for f in full.frames}
+    scale = work.info.width / frames[0].image.shape[1]
     candidates = []
-    for pair in chosen:
+    for choice in chosen:
+        pair = choice.pair
         src, tgt = frames[pair.source].index, frames[pair.target].index
         if src not in by_index or tgt not in by_index:
             error = full.error or BadInput("decode_error", "frame missing on the full-resolution read")
             work.reject(src, src + 1, "decode", error.reject)
             continue
-        fg = foregrounds[pair.source]
-        meta = {"mse": round(pair.mse, 3), "changed": round(pair.changed, 4), "shift_px": round(pair.shift, 3),
-                "foreground_ratio": round(fg.area, 5), "objects": fg.objects, "motion": float(f"{motion[pair.source]:.3e}")}
-        candidates.append(Candidate(by_index[src], by_index[tgt], fg.mask, meta))
+        meta = {"mse": round(pair.mse, 3), "changed": round(pair.changed, 4), "shift_px": round(pair.shift, 3), **choice.meta}
+        source_frame, target_frame = by_index[src], by_index[tgt]
+        if choice.crop is not None:
+            box = _full_resolution(choice.crop, scale, source_frame.image.shape[:2])
+            meta["crop"] = list(box)
+            source_frame, target_frame = (_cropped(f, box, params.region.max_side) for f in (source_frame, target_frame))
+        candidates.append(Candidate(source_frame, target_frame, choice.prior, meta))
     return candidates
+
+
+def _full_resolution(box: Box, scale: float, shape: tuple[int, int]) -> Box:
+    height, width = shape
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+def _cropped(frame: Frame, box: Box, max_side: int | None) -> Frame:
+    x0, y0, x1, y1 = box
+    image = np.ascontiguousarray(frame.image[y0:y1, x0:x1])
+    if max_side and max(image.shape[:2]) > max_side:
+        scale = max_side / max(image.shape[:2])
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    return Frame(frame.index, frame.time, image, frame.rotation)
+
+
+def effect_mask(source: np.ndarray, target: np.ndarray, mask: np.ndarray, params: EffectParams) -> np.ndarray:
+    """The object and what it does to the scene (shadow, reflection): pixels where the pair differs by more than
+    `threshold`, near the object (within `near` of its box size), specks opened away; 0/255, the mask's size."""
+    ys, xs = np.nonzero(mask)
+    size = max(int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
+    near = cv2.dilate((mask > 0).astype(np.uint8), disk(max(1, round(params.near * size))))
+    differs = (cv2.absdiff(cv2.GaussianBlur(source, (5, 5), 0), cv2.GaussianBlur(target, (5, 5), 0)).max(axis=2) > params.threshold)
+    effect = cv2.morphologyEx((differs & (near > 0)).astype(np.uint8), cv2.MORPH_OPEN, disk(1))
+    return ((effect > 0) | (mask > 0)).astype(np.uint8) * np.uint8(255)
 
 
 def _invalid_mask(mask: np.ndarray, shape: tuple[int, int]) -> str:
@@ -265,6 +335,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 work.reject(source.index, source.index + 1, "mask", Reject.because("invalid_mask", f"{masker_name}: {problem}"))
                 continue
             key = sample_key(record, config_hash, len(samples))
+            effect = effect_mask(source.image, target.image, result.mask, params.effect)
             meta = {
                 "pipeline": PIPELINE,
                 "key": key,
@@ -274,6 +345,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 "target": {"frame": target.index, "time": round(target.time, 4)},
                 **candidate.meta,
                 "mask_ratio": round(cv2.countNonZero(result.mask) / result.mask.size, 5),
+                "effect_ratio": round(cv2.countNonZero(effect) / effect.size, 5),
                 "masker": masker_name,
                 "reader": work.reader,
                 "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored
@@ -286,6 +358,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                     "source.jpg": encode_jpeg(source.image, params.jpeg_quality),
                     "target.jpg": encode_jpeg(target.image, params.jpeg_quality),
                     "mask.png": encode_png_gray(result.mask),
+                    "effect_mask.png": encode_png_gray(effect),
                     "json": sample_json(meta),
                 }
             )

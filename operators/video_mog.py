@@ -47,6 +47,7 @@ class FrameClass:
     area: float  # share of the frame the objects cover
     mask: np.ndarray  # uint8 0/1 object mask at analysis resolution (holes filled)
     shadow: np.ndarray  # uint8 0/1 pixels MOG2 labels shadow (after opening)
+    movers: np.ndarray  # uint8 0/1 pixels MOG2 marks foreground or shadow (after opening): what a clean region lacks
 
 
 def disk(radius_px: int) -> np.ndarray:
@@ -92,4 +93,4 @@ def classify(labels: np.ndarray, params: MogParams) -> FrameClass:
         kind = "foreground"
     else:
         kind = "neither"
-    return FrameClass(kind, moving_ratio, len(kept), area, mask, shadow)
+    return FrameClass(kind, moving_ratio, len(kept), area, mask, shadow, moving)

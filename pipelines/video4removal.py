@@ -64,7 +64,7 @@ def analyse(row: dict, config: Video4RemovalConfig) -> dict:
         work = SegmentWork(row["unit"], 0, 0)
         work.reject(0, 0, "read", Reject.because("unreadable_name", row["problem"]))
         return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
-    work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config)
+    work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, segments=row["unit_total"])
     return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
 
 

@@ -366,3 +366,14 @@ def test_mask_stage_masks_every_candidate_and_times_itself(tiny, video, propagat
     assert empty.stats.seconds["mask_idle"] > 0
     samples = encode_samples(work, stage.model.name, config, "c0ffee")
     assert len(samples) + sum(r.stage == "mask" for r in work.rejects) == len(work.candidates)
+
+
+def test_the_masker_takes_region_crops_through_the_same_interface(masker, testdata):
+    """Region pairs hand the masker crops (and the crop's MOG2 mask): its masks have the crop's size."""
+    config = Video4RemovalParams(region={"mode": "region"}, pairing={"max_pairs": 2})
+    work = analyse_segment("crowd", str(testdata / "video" / "synth_crowd_dev.mp4"), 0, 240, config)
+    assert work.candidates and all("crop" in c.meta for c in work.candidates)
+    for candidate, result in zip(work.candidates, masker.masks([c.mask_input() for c in work.candidates])):
+        x0, y0, x1, y1 = candidate.meta["crop"]
+        assert candidate.source.image.shape[:2] == (y1 - y0, x1 - x0)
+        assert_contract(result, candidate.source.image.shape[:2])

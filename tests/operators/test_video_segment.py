@@ -18,11 +18,12 @@ PARAMS = Video4RemovalParams()
 HASH = "c0ffee"
 REASONS = {  # every reject reason the pipeline may give, by stage
     "read": {"unreadable", "empty_file", "not_a_video", "no_video_stream", "unsupported_codec", "video_too_large",
-             "unknown_frame_rate", "too_short"},
+             "unknown_frame_rate", "too_short", "video_too_small"},
     "decode": {"decode_error", "truncated_video"},
     "screen": {"camera_motion", "scene_cut", "flicker", "low_texture", "too_short"},
     "mog": {"no_background_frame", "no_foreground_frame"},
-    "pair": {"mse_above_threshold", "background_differs", "object_in_background", "misaligned"},
+    "pair": {"mse_above_threshold", "background_differs", "object_in_background", "misaligned",
+             "no_clean_frame", "movers_overlap", "tiny_object", "border_cut"},  # the last four: region pairs
     "mask": {"mask_too_small", "mask_too_large", "mask_disagrees", "invalid_mask"},
 }
 
@@ -58,7 +59,7 @@ def test_samples_have_the_syn4removal_layout_and_full_metadata(static):
     samples, _, _ = static
     for index, sample in enumerate(samples):
         source, target, mask, meta = decode(sample)
-        assert set(sample) == {"__key__", "source.jpg", "target.jpg", "mask.png", "json"}
+        assert set(sample) == {"__key__", "source.jpg", "target.jpg", "mask.png", "effect_mask.png", "json"}
         assert sample["__key__"] == meta["key"] == sample_key("synth/static#0-150", HASH, index)
         assert source.shape == target.shape == (540, 960, 3) and mask.shape == (540, 960) and mask.dtype == np.uint8
         assert set(np.unique(mask)) == {0, 255}  # neither empty nor full
@@ -153,9 +154,11 @@ def test_moving_camera_gives_no_pair_and_says_so(video, clip):
 
 
 @pytest.mark.parametrize("clip", ["01_dog", "02_cups"])
-def test_object_always_in_view_gives_a_reason_for_every_part_without_pairs(video, clip):
+def test_object_always_in_view_gives_region_pairs_or_a_reason_for_every_part(video, clip):
     samples, rejects, stats = process_segment(clip, str(video / f"{clip}.mp4"), 0, 10**6, PARAMS, HASH)
-    assert rejects and all(r.reason in REASONS[r.stage] and r.detail for r in rejects)
+    assert samples or rejects
+    assert all(r.reason in REASONS[r.stage] and r.detail for r in rejects)
+    assert all(json.loads(s["json"])["mode"] == "region" for s in samples), "no whole frame is clean"
     if not samples:
         assert {r.stage for r in rejects} & {"mog", "pair", "screen"}
     assert stats.counts["static_segments"] >= 1  # the camera is static: the screening keeps part of the clip
