@@ -159,6 +159,28 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.remove(tmp)
 
 
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create an object only if none exists (True), atomically: O_EXCL locally, a conditional put on S3."""
+    if is_s3(uri):
+        bucket, _, key = uri[len(S3) :].partition("/")
+        try:
+            _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as exc:  # botocore's ClientError carries the HTTP status
+            if getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return False
+            raise StorageError(f"cannot create {uri}: {first_line(exc)}") from None
+        return True
+    path = os.path.abspath(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
 def upload_file(local_path: str, uri: str) -> None:
     """Move a finished local file to its final place atomically (rename, or a completed S3 upload that
     removes the local file, also when it fails)."""

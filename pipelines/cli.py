@@ -22,7 +22,7 @@ from ..errors import UserError
 COMMAND_MODULES = (
     "pairmine.pipelines.syn4removal", "pairmine.pipelines.video4removal", "pairmine.pipelines.verify", "pairmine.training.commands",
 )
-EXIT_CODES = "exit codes: 0 done, 2 bad arguments/config/inputs (nothing was run), 1 failure."
+EXIT_CODES = "exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later)."
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.command.run(args)
     except UserError as exc:
         print(f"pairmine: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

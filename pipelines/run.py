@@ -85,7 +85,6 @@ def new_run_id() -> str:
 def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str], create: bool = True):
     """All user-facing checks: returns (config, hash, units, progress, pending units). `create`: make the output folder."""
     from .inputs import InputError
-    from .writer import read_progress
 
     config = load_config(pipeline.config_model, config_path, overrides)
     check_model_stage(pipeline.stage(config))
@@ -94,22 +93,39 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
         raise InputError("no --input given")
     units = pipeline.discover(inputs)
     storage.check_writable(output, create)
+    return (config, digest, units, *plan(pipeline, units, output, digest))
+
+
+def plan(pipeline: Pipeline, units: list[Unit], output: str, digest: str):
+    """What earlier runs committed to the output, and the units still to do."""
+    from .writer import read_progress
+
     progress = read_progress(output, pipeline.name, digest)
-    pending = [u for u in units if u.name not in progress.complete_units]
-    return config, digest, units, progress, pending
+    return progress, [u for u in units if u.name not in progress.complete_units]
 
 
-def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (), progress_bars: bool = True) -> dict:
+def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (),
+        progress_bars: bool = True, wait: float = 0.0) -> dict:
+    """Run a pipeline on an output it holds the lease of (``lease.Lease``: `wait` seconds for a live holder)."""
+    from .lease import Lease
+
+    config, digest, units, _, _ = prepare_run(pipeline, inputs, output, config_path, overrides)
+    run_id = new_run_id()
+    with Lease(output, run_id) as lease:
+        lease.acquire(wait)
+        progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
+        return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars)
+
+
+def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool) -> dict:
     from .runtime import io_concurrency, start_ray
     from .writer import ShardSink, remove_orphans, write_success
 
-    config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides)
     log.info("%s: %d input units, %d already complete in %s, config %s", pipeline.name, len(units), len(units) - len(pending), output, digest[:12])
     storage.delete(storage.join(output, SUCCESS))
     removed = remove_orphans(output)
     if removed:
         log.info("removed %d files of an interrupted earlier run", removed)
-    run_id = new_run_id()
     started = time.perf_counter()
     results: list[dict] = []
     resources = {}
@@ -140,6 +156,8 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
     )
     written = summary["written"]  # what earlier runs committed plus this run's shards: no second manifest read
     summary["output_totals"] = {"shards": progress.shards + written["shards"], "samples": progress.samples + written["samples"]}
+    committed = sum(len(r["shards"]) for r in results)  # manifest rows this run wrote (a folder is listed again every run)
+    summary["status"] = "nothing_to_do" if not committed else "done_with_rejects" if summary["rejects"]["total"] else "done"
     write_success(output, summary)
     return summary
 
@@ -171,6 +189,8 @@ def pipeline_command(pipeline: Pipeline) -> Command:
         parser.add_argument("--output", required=True, metavar="PATH", help="output directory or s3:// prefix")
         add_config_arguments(parser, f"configs/{pipeline.name}.yaml")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+        parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                            help="when another run holds the output, wait this long for it (default: exit 3 at once)")
 
     def run_command(args: argparse.Namespace) -> int:
         if args.print_config:
@@ -178,7 +198,7 @@ def pipeline_command(pipeline: Pipeline) -> Command:
         if args.dry_run:
             print(json.dumps(plan_only(pipeline, args.input, args.output, args.config, args.set), indent=2))
             return 0
-        print(format_summary(run(pipeline, args.input, args.output, args.config, args.set, progress_bars=not args.no_progress)))
+        print(format_summary(run(pipeline, args.input, args.output, args.config, args.set, progress_bars=not args.no_progress, wait=args.wait)))
         return 0
 
     return Command(pipeline.name, pipeline.help, pipeline.description, pipeline.examples, add_arguments, run_command)

@@ -25,8 +25,9 @@ def start_ray(params: RayParams, progress: bool) -> dict:
         env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
         runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
         common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
-        if params.address:
-            ray.init(address=params.address, **common)
+        address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+        if address:
+            ray.init(address=address, **common)
         else:
             ray.init(
                 num_cpus=params.num_cpus,
@@ -52,9 +53,12 @@ def setup_worker() -> None:
     cv2.setNumThreads(1)
 
 
+MIN_IO_CONCURRENCY = 4  # a head with num-cpus 0, or an autoscaling cluster still at its minimum, must not read one file at a time
+
+
 def io_concurrency() -> int:
-    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU of the cluster."""
+    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU the cluster has now, at least MIN_IO_CONCURRENCY."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(MIN_IO_CONCURRENCY, int(ray.cluster_resources().get("CPU", 0)))
 

@@ -51,7 +51,7 @@ def format_summary(summary: dict) -> str:
     written, rejects = summary["written"], summary["rejects"]
     lines = [
         f"{summary['pipeline']} run {summary['run']} finished in {summary['wall_seconds']:.1f} s "
-        f"({summary['samples_per_second'] or 0:.2f} samples/s)",
+        f"({summary['samples_per_second'] or 0:.2f} samples/s): {summary.get('status', 'done').replace('_', ' ')}",
         f"  inputs: {summary['units']['planned']} units to do, {summary['units']['already_complete']} already complete",
         "  counts: " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()),
         f"  written: {written['samples']} samples in {written['shards']} shards ({written['bytes'] / 1e6:.1f} MB)",

@@ -1,0 +1,98 @@
+"""One run at a time per output: a lease object ``_LEASE`` with its owner, a heartbeat and an expiry.
+
+A run takes the lease before it touches the output (it removes orphans, plans against the manifest and
+writes shards), renews it every ``LEASE_SECONDS / 4`` from a driver thread, and gives it back at the
+end. A second run on the same output finds the lease held and waits (``--wait``) or stops with exit
+code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
+belongs to a crashed run and is taken over. So concurrent runs never delete or duplicate each other's
+work: they take turns, each doing only what the manifest says is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from .. import storage
+from ..errors import UserError
+
+log = logging.getLogger("pairmine")
+LEASE = "_LEASE"
+LEASE_SECONDS = 120.0  # a lease not renewed for this long is a crashed run's
+
+
+class OutputBusy(UserError):
+    """Another live run holds the output; exit code 3 (retry later)."""
+
+    exit_code = 3
+
+
+class Lease:
+    def __init__(self, output: str, run_id: str, seconds: float = LEASE_SECONDS):
+        self.output, self.uri = output, storage.join(output, LEASE)
+        self.seconds = seconds
+        self.owner = {"run": run_id, "host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps(self.owner | {"heartbeat": time.time(), "expires_after_s": self.seconds}).encode()
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(storage.read_bytes(self.uri))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""
+        deadline = time.monotonic() + wait
+        while True:
+            if storage.create_exclusive(self.uri, self._body()):
+                holder = self._holder()  # read back: after a racing takeover, only one token is there
+                if holder and holder.get("token") == self.owner["token"]:
+                    break
+            holder = self._holder()
+            if holder and time.time() - holder.get("heartbeat", 0) > holder.get("expires_after_s", self.seconds):
+                log.warning("taking over the lease of run %s (%s pid %s): no heartbeat for %.0f s", holder.get("run"),
+                            holder.get("host"), holder.get("pid"), time.time() - holder.get("heartbeat", 0))
+                if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
+                    storage.delete(self.uri)
+                continue
+            if time.monotonic() >= deadline:
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
+                who = f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder else "another run"
+                raise OutputBusy(f"{self.output} is busy: {who}; retry later, or pass --wait SECONDS")
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        self._thread = threading.Thread(target=self._renew, name="pairmine-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            holder = self._holder()
+            if holder and holder.get("token") != self.owner["token"]:
+                log.error("lost the lease of %s to run %s (this run missed its heartbeats for %.0f s)", self.output, holder.get("run"), self.seconds)
+                return
+            try:
+                storage.write_bytes(self.uri, self._body())
+            except (OSError, storage.StorageError) as exc:
+                log.warning("could not renew the lease %s: %s", self.uri, storage.first_line(exc))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        holder = self._holder()
+        if holder and holder.get("token") == self.owner["token"]:
+            storage.delete(self.uri)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,74 @@
+"""One run at a time per output: concurrent runs take turns (or stop with exit 3), a crashed run's lease is taken over."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from helpers import PAIRMINE, cli
+from sample_inputs import write_loose_sa1b
+
+from pairmine import storage
+from pairmine.pipelines.lease import LEASE, Lease, OutputBusy
+from pairmine.pipelines.verify import verify
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return f"s3://{request.getfixturevalue('s3_bucket')}/out"
+
+
+def test_a_held_lease_stops_a_second_holder_until_released(output):
+    first = Lease(output, "run-a")
+    first.acquire()
+    holder = json.loads(storage.read_bytes(storage.join(output, LEASE)))
+    assert holder["run"] == "run-a" and holder["heartbeat"] > 0
+    with pytest.raises(OutputBusy, match=r"is busy: run run-a on .* \(pid \d+\), last heartbeat"):
+        Lease(output, "run-b").acquire(wait=0.5)
+    first.release()
+    assert not storage.exists(storage.join(output, LEASE))
+    with Lease(output, "run-b") as second:
+        second.acquire()
+        assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "run-b"
+
+
+def test_a_crashed_runs_lease_is_taken_over(output):
+    stale = {"run": "crashed", "host": "elsewhere", "pid": 1, "token": "x", "heartbeat": time.time() - 600, "expires_after_s": 120}
+    storage.write_bytes(storage.join(output, LEASE), json.dumps(stale).encode())
+    with Lease(output, "fresh") as lease:
+        lease.acquire()
+        assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "fresh"
+
+
+def test_the_lease_is_renewed_while_held(tmp_path):
+    lease = Lease(str(tmp_path), "beating", seconds=0.4)
+    lease.acquire()
+    first = json.loads((tmp_path / LEASE).read_text())["heartbeat"]
+    time.sleep(0.35)
+    assert json.loads((tmp_path / LEASE).read_text())["heartbeat"] > first
+    lease.release()
+
+
+def test_two_runs_at_once_take_turns_and_nothing_is_lost_or_written_twice(tmp_path):
+    loose = tmp_path / "loose"
+    write_loose_sa1b(loose, 8)
+    out = tmp_path / "out"
+    args = ["syn4removal", "--input", str(loose), "--output", str(out), "--no-progress", "--set", "group_size=2"]
+    runs = [subprocess.Popen([PAIRMINE, *args, "--wait", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(r.wait(600), r.stdout.read()) for r in runs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert sorted("nothing to do" in text for _, text in outcomes) == [False, True], "the second found the first's work done"
+    report = verify(str(out), [str(loose)])
+    assert not report.problems and report.inputs["ids"] == 8
+    busy_holder = subprocess.Popen([PAIRMINE, *args, "--set", "seed=1", "--output", str(tmp_path / "other")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "other" / LEASE).exists() and busy_holder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refused = cli(*args, "--set", "seed=1", "--output", str(tmp_path / "other"), check=False, timeout=120)
+    busy_holder.wait(600)
+    assert refused.returncode == 3 and "is busy: run" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
