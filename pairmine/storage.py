@@ -1,8 +1,11 @@
 """Local paths and ``s3://`` URIs behind one small API.
 
 S3 settings come only from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, the
-credentials chain, ``AWS_REGION``), read the same way by pyarrow (reads, listings, small writes)
-and boto3 (shard uploads), so one command runs against AWS, MinIO or a local moto server.
+credentials chain, ``AWS_REGION``, ``AWS_MAX_ATTEMPTS``), read the same way by pyarrow (reads,
+listings, small writes) and boto3 (shard uploads), so one command runs against AWS, MinIO or a local
+moto server. Throttling (503 SlowDown), 5xx answers and cut connections are retried with backoff by
+both clients, ``AWS_MAX_ATTEMPTS`` times (default 10: a busy bucket throttles for seconds, not
+milliseconds); every write is idempotent, so a retried request never duplicates anything.
 Every write is atomic: a temp file renamed into place locally; on S3 an object exists only once
 its upload completes (boto3 aborts an unfinished multipart upload).
 """
@@ -34,9 +37,16 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
+def _max_attempts() -> int:
+    return int(os.environ.get("AWS_MAX_ATTEMPTS") or 10)
+
+
+PART_BYTES = int(float(os.environ.get("PAIRMINE_S3_PART_MB") or 16) * 2**20)  # shard uploads above this go in parts of this size
+
+
 @functools.cache
 def s3_filesystem() -> pafs.S3FileSystem:
-    kwargs = {"connect_timeout": 5, "request_timeout": 60, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
+    kwargs = {"connect_timeout": 5, "request_timeout": 60, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts())}
     if _endpoint():
         kwargs["endpoint_override"] = _endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -48,8 +58,18 @@ def s3_filesystem() -> pafs.S3FileSystem:
 @functools.cache
 def _s3_client():
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3")
+    # "adaptive" adds client-side rate limiting on throttling to "standard"'s backoff and retry set
+    retries = {"max_attempts": _max_attempts(), "mode": os.environ.get("AWS_RETRY_MODE") or "adaptive"}
+    return boto3.client("s3", config=Config(retries=retries, connect_timeout=5, read_timeout=60))
+
+
+@functools.cache
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -187,7 +207,7 @@ def upload_file(local_path: str, uri: str) -> None:
     if is_s3(uri):
         bucket, _, key = uri[len(S3) :].partition("/")
         try:
-            _s3_client().upload_file(local_path, bucket, key)
+            _s3_client().upload_file(local_path, bucket, key, Config=_transfer_config())
         finally:
             os.remove(local_path)
         return

@@ -53,11 +53,10 @@ class Lease:
         """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""
         deadline = time.monotonic() + wait
         while True:
-            if storage.create_exclusive(self.uri, self._body()):
-                holder = self._holder()  # read back: after a racing takeover, only one token is there
-                if holder and holder.get("token") == self.owner["token"]:
-                    break
-            holder = self._holder()
+            storage.create_exclusive(self.uri, self._body())
+            holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
+            if holder and holder.get("token") == self.owner["token"]:
+                break
             if holder and time.time() - holder.get("heartbeat", 0) > holder.get("expires_after_s", self.seconds):
                 log.warning("taking over the lease of run %s (%s pid %s): no heartbeat for %.0f s", holder.get("run"),
                             holder.get("host"), holder.get("pid"), time.time() - holder.get("heartbeat", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -36,6 +37,23 @@ def write_loose_sa1b(folder: Path, count: int, first: int = 1000) -> list[str]:
         (folder / f"{stem}.json").write_bytes(source["json"])
         stems.append(stem)
     return stems
+
+
+def write_sa1b_tars(folder: Path, tars: int, per_tar: int) -> list[Path]:
+    """`tars` SA-1B tars of `per_tar` records each, cycling over the good sample records (distinct stems)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members = sa1b_members()
+    paths = []
+    for t in range(tars):
+        paths.append(folder / f"sa_{t:06d}.tar")
+        with tarfile.open(paths[-1], "w") as tar:
+            for i in range(per_tar):
+                source = members[GOOD_SA1B[i % len(GOOD_SA1B)]]
+                for ext in ("jpg", "json"):
+                    info = tarfile.TarInfo(f"sa_{t * per_tar + i + 2000}.{ext}")
+                    info.size = len(source[ext])
+                    tar.addfile(info, io.BytesIO(source[ext]))
+    return paths
 
 
 def write_panoptic_root(root: Path, copies: int, per_image_layout: bool = False) -> Path:

@@ -1,0 +1,104 @@
+"""Runs on a real two-node Ray cluster on this machine, inputs and output on S3 (moto): a worker node is
+killed mid-job, the job still completes (Ray retries the lost tasks), and the output is whole."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from helpers import PAIRMINE
+from sample_inputs import TESTDATA, write_sa1b_tars
+
+from pairmine import dataset
+from pairmine.pipelines.local_cluster import LocalCluster
+from pairmine.pipelines.verify import verify
+
+pytestmark = pytest.mark.slow
+VENV_BIN = str(Path(PAIRMINE).parent)
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
+    """A head with one CPU and its dashboard (for `ray job submit`); tests add and kill worker nodes."""
+    with LocalCluster(head_cpus=1, dashboard=True, env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}"}) as c:
+        yield c
+
+
+def _upload(bucket: str, files: list[Path], prefix: str) -> str:
+    s3 = boto3.client("s3")
+    for path in files:
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+    return f"s3://{bucket}/{prefix}/"
+
+
+def _manifest_rows(bucket: str, prefix: str) -> int:
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/manifest/")
+    return sum(1 for o in listing.get("Contents", []) if o["Key"].endswith(".parquet") and ".tmp-" not in o["Key"])
+
+
+def _run_losing_a_node(cluster: LocalCluster, bucket: str, args: list[str], out_prefix: str) -> tuple[str, int]:
+    """Start the CLI against the cluster, kill the worker node once the first shard is committed;
+    returns the CLI's output and the manifest rows committed when the node died."""
+    worker = cluster.add_node(cpus=1, resources={"worker_node": 1})
+    run = subprocess.Popen([PAIRMINE, *args, "--no-progress"], env={**cluster.env, "RAY_ADDRESS": cluster.address},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while _manifest_rows(bucket, out_prefix) == 0 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, "the job ended before the node could be killed:\n" + run.stdout.read()[-3000:]
+    at_kill = _manifest_rows(bucket, out_prefix)
+    cluster.kill(worker)
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out[-5000:]
+    assert "node it was running on is dead" in out, "no task was lost with the node (Ray reports each retry)"
+    return out, at_kill
+
+
+def _check_whole(output: str, inputs: list[str], at_kill: int, units: int) -> None:
+    report = verify(output, inputs)
+    assert not report.problems, report.problems[:5]  # every shard listed, verified, no key twice, every input id accounted for
+    assert report.inputs["units"] == units and report.samples > 0
+    assert dataset.read_manifest(output).num_rows > at_kill, "no shard was committed after the node was lost"
+
+
+def test_syn4removal_survives_a_lost_node(cluster, s3_bucket, tmp_path):
+    tars = write_sa1b_tars(tmp_path / "in", tars=6, per_tar=8)
+    source = _upload(s3_bucket, tars, "in/sa1b")
+    output = f"s3://{s3_bucket}/out/syn"
+    args = ["syn4removal", "--input", source, "--output", output, "--set", "group_size=2", "--set", "shards.max_samples=4"]
+    out, at_kill = _run_losing_a_node(cluster, s3_bucket, args, "out/syn")
+    assert "syn4removal run" in out and "done" in out
+    _check_whole(output, [source], at_kill, units=6)
+
+
+def test_video4removal_survives_a_lost_node(cluster, s3_bucket, tmp_path):
+    videos = []
+    for i in range(4):
+        for name in ("synth_static_dev", "synth_crowd_dev"):
+            videos.append(tmp_path / f"cam{i}-{name}.mp4")
+            shutil.copy(TESTDATA / "video" / f"{name}.mp4", videos[-1])
+    source = _upload(s3_bucket, videos, "in/videos")
+    output = f"s3://{s3_bucket}/out/video"
+    out, at_kill = _run_losing_a_node(cluster, s3_bucket, ["video4removal", "--input", source, "--output", output, "--set", "shards.max_samples=2"],
+                                      "out/video")
+    assert "video4removal run" in out
+    _check_whole(output, [source], at_kill, units=8)
+
+
+def test_a_ray_job_submit_entrypoint_runs_the_cli(cluster, s3_bucket, tmp_path):
+    tars = write_sa1b_tars(tmp_path / "in", tars=1, per_tar=4)
+    source = _upload(s3_bucket, tars, "in")
+    output = f"s3://{s3_bucket}/out"
+    done = subprocess.run(
+        [str(Path(VENV_BIN) / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--",
+         "pairmine", "syn4removal", "--input", source, "--output", output, "--no-progress"],
+        env=cluster.env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "syn4removal run" in done.stdout  # the job's own output, streamed back by the job server
+    assert not verify(output, [source]).problems
