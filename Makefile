@@ -1,7 +1,7 @@
 # The two commands of the README. Both create .venv first (infra/setup_venv.sh, a no-op when current).
 SAMPLE_OUT ?= out/sample
 
-.PHONY: sample test venv
+.PHONY: sample test venv image-cpu image-cuda
 venv:
 	@infra/setup_venv.sh
 
@@ -10,3 +10,11 @@ sample: venv
 
 test: venv
 	.venv/bin/python -m pytest
+
+# Container images for a cluster (infra/Dockerfile; needs docker): the same install, CPU or CUDA torch.
+IMAGE ?= pairmine:0.1.0
+image-cpu:
+	docker build -f infra/Dockerfile -t $(IMAGE)-cpu .
+
+image-cuda:
+	docker build -f infra/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 -t $(IMAGE)-cuda .

@@ -102,7 +102,7 @@ class TrainParams(Params):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage, the latest ones", json_schema_extra=RUNTIME)
     log_every: int = Field(10, ge=1, description="optimizer steps between metric lines (and progress output)", json_schema_extra=RUNTIME)
     scaling: ScalingParams = Field(default_factory=ScalingParams, json_schema_extra=RUNTIME)
-    ray_address: str | None = Field(None, description="null: an embedded local Ray; 'auto' or ray://HOST:10001 to join a cluster", json_schema_extra=RUNTIME)
+    ray_address: str | None = Field(None, description="null: an embedded local Ray (or join $RAY_ADDRESS when set); 'auto' or HOST:6379 to join a cluster", json_schema_extra=RUNTIME)
 
     @model_validator(mode="after")
     def _checks(self):
