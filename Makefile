@@ -7,8 +7,10 @@ venv:
 
 sample: venv
 	.venv/bin/pairmine syn4removal --input samples/sa1b --output $(SAMPLE_OUT)
+	.venv/bin/pairmine report $(SAMPLE_OUT) --out $(SAMPLE_OUT)-report.html
 
 test: venv
+	@infra/install_chromium.sh
 	.venv/bin/python -m pytest
 
 # Container images for a cluster (infra/Dockerfile; needs docker): the same install, CPU or CUDA torch.

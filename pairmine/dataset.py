@@ -2,7 +2,8 @@
 
 An output (a local folder or an ``s3://`` prefix) holds ``shards/`` (WebDataset tars), ``manifest/``
 (one Parquet row per committed shard, written after the shard: the commit point), ``rejects/`` (one
-Parquet row per skipped input or candidate) and ``_SUCCESS`` (the last run's summary). Writers (the
+Parquet row per skipped input or candidate), ``_SUCCESS`` (the last run's summary) and ``runs/`` (every
+finished run's summary, one JSON file per run id: the output's history). Writers (the
 pipelines' shard sink) and consumers (training, ``pairmine report``/``verify``) both use this module
 and nothing else for names, schemas and reading; it imports neither Ray nor torch.
 """
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 
-SHARDS, MANIFEST, REJECTS, SUCCESS = "shards", "manifest", "rejects", "_SUCCESS"
+SHARDS, MANIFEST, REJECTS, SUCCESS, RUNS = "shards", "manifest", "rejects", "_SUCCESS", "runs"
 TEMP_PREFIX = ".tmp-"  # files being written (storage.write_bytes, staging shards): never part of an output
 
 # The files of one sample per pipeline: required ones, then optional ones a consumer may find.
@@ -123,20 +124,30 @@ def to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _read_parquet(uri: str, schema: pa.Schema) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema)
+READ_THREADS = 32  # one small file per shard: on S3 each is a request, so they are read side by side
 
 
-def read_manifest(output: str) -> pa.Table:
+def _read_folder(output: str, folder: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Every committed Parquet file of a folder as one table (``columns`` only, when given)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(uri: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema, columns=columns)
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        tables = list(pool.map(read, parquet_files(output, folder)))
+    empty = schema.empty_table()
+    return pa.concat_tables(tables) if tables else empty.select(columns) if columns else empty
+
+
+def read_manifest(output: str, columns: list[str] | None = None) -> pa.Table:
     """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed."""
-    tables = [_read_parquet(uri, MANIFEST_SCHEMA) for uri in parquet_files(output, MANIFEST)]
-    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+    return _read_folder(output, MANIFEST, MANIFEST_SCHEMA, columns)
 
 
-def read_rejects(output: str) -> pa.Table:
+def read_rejects(output: str, columns: list[str] | None = None) -> pa.Table:
     """Every reject row of an output (``REJECTS_SCHEMA``)."""
-    tables = [_read_parquet(uri, REJECTS_SCHEMA) for uri in parquet_files(output, REJECTS)]
-    return pa.concat_tables(tables) if tables else REJECTS_SCHEMA.empty_table()
+    return _read_folder(output, REJECTS, REJECTS_SCHEMA, columns)
 
 
 def read_success(output: str) -> dict | None:
@@ -146,6 +157,12 @@ def read_success(output: str) -> dict | None:
         return json.loads(storage.read_bytes(uri))
     except (FileNotFoundError, OSError):
         return None
+
+
+def read_runs(output: str) -> list[dict]:
+    """The summaries of every finished run on the output (``runs/<run>.json``), oldest first."""
+    entries = [e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json") and not is_temp(e.path)]
+    return [json.loads(storage.read_bytes(storage.uri_of(output, e))) for e in entries]  # run ids sort by start time
 
 
 @dataclass(frozen=True)
@@ -166,12 +183,14 @@ class Shard:
 
 
 def committed_shards(output: str, manifest: pa.Table | None = None) -> list[Shard]:
-    """The shards an output's manifest lists, in name order: the only ones a consumer may read."""
+    """The shards an output's manifest lists, in name order: the only ones a consumer may read (a
+    manifest read without its ``keys`` column gives shards without keys)."""
     manifest = read_manifest(output) if manifest is None else manifest
+    columns = [c for c in ("shard", "pipeline", "config_hash", "samples", "bytes", "sha256", "keys") if c in manifest.column_names]
     shards = [
         Shard(storage.join(output, row["shard"]), row["pipeline"], row["config_hash"], row["samples"], row["bytes"],
-              row["sha256"], tuple(row["keys"]))
-        for row in manifest.select(["shard", "pipeline", "config_hash", "samples", "bytes", "sha256", "keys"]).to_pylist()
+              row["sha256"], tuple(row.get("keys") or ()))
+        for row in manifest.select(columns).to_pylist()
         if row["shard"]
     ]
     return sorted(shards, key=lambda s: s.uri)
@@ -240,6 +259,50 @@ def _tar_samples(stream) -> Iterator[dict]:
             sample[ext] = tar.extractfile(member).read()
     if sample is not None:
         yield sample
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one file of a sample lies in its shard: read it with ``read_member`` (one ranged read)."""
+
+    key: str
+    name: str  # the file name after the key: "json", "source.jpg", ...
+    offset: int
+    size: int
+
+
+def shard_members(uri: str, max_samples: int) -> list[Member]:
+    """The files of a shard's first `max_samples` samples, found by reading tar headers and seeking past
+    the data: a few small reads per sample (ranged GETs on S3), not the shard."""
+    members: list[Member] = []
+    keys: set[str] = set()
+    long_name = None
+    with storage.open_input_file(uri) as f:
+        offset = 0
+        while True:
+            header = f.read_at(tarfile.BLOCKSIZE, offset)
+            if len(header) < tarfile.BLOCKSIZE or header.count(0) == tarfile.BLOCKSIZE:
+                break
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            data_at = offset + tarfile.BLOCKSIZE
+            offset = data_at + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if info.type == tarfile.GNUTYPE_LONGNAME:  # the next member's name, too long for its header
+                long_name = f.read_at(info.size, data_at).rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            name, long_name = long_name or info.name, None
+            if not info.isfile():
+                continue
+            key, _, ext = name.partition(".")
+            if key not in keys and len(keys) == max_samples:
+                break
+            keys.add(key)
+            members.append(Member(key, ext, data_at, info.size))
+    return members
+
+
+def read_member(uri: str, member: Member) -> bytes:
+    with storage.open_input_file(uri) as f:
+        return f.read_at(member.size, member.offset)
 
 
 def iter_samples(output: str, shards: Iterable[Shard] | None = None, verify: bool = True) -> Iterator[dict]:

@@ -242,6 +242,12 @@ def _umask() -> int:
 
 
 def delete(uri: str) -> None:
+    """Remove one object or file; gone already is fine. On S3 a plain DeleteObject: pyarrow's would leave a
+    directory-marker object behind when the prefix empties."""
+    if is_s3(uri):
+        bucket, _, key = uri[len(S3) :].partition("/")
+        _s3_client().delete_object(Bucket=bucket, Key=key)
+        return
     fs, path = resolve(uri)
     try:
         fs.delete_file(path)

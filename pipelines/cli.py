@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import __version__
+from .. import __version__, logs
 from ..errors import UserError
 
 # modules that define COMMANDS, in the order `pairmine --help` lists them; imported lazily, cheap to import
 COMMAND_MODULES = (
-    "pairmine.pipelines.syn4removal", "pairmine.pipelines.video4removal", "pairmine.pipelines.verify", "pairmine.training.commands",
+    "pairmine.pipelines.syn4removal", "pairmine.pipelines.video4removal", "pairmine.pipelines.verify", "pairmine.pipelines.report",
+    "pairmine.training.commands",
 )
 EXIT_CODES = "exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later)."
 
@@ -61,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"{command.examples.rstrip()}\n\n{EXIT_CODES}\n", formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
-        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging, and Ray's own log lines and progress bars")
+        sub.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
         sub.set_defaults(command=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pairmine").setLevel(logging.DEBUG if args.verbose else logging.INFO)  # libraries stay at WARNING
+    logs.configure(args.verbose, args.log_format)
     try:
         return args.command.run(args)
     except UserError as exc:

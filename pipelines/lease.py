@@ -4,7 +4,7 @@ A run takes the lease before it touches the output (it removes orphans, plans ag
 writes shards), renews it every ``LEASE_SECONDS / 4`` from a driver thread, and gives it back at the
 end. A second run on the same output finds the lease held and waits (``--wait``) or stops with exit
 code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
-belongs to a crashed run and is taken over. So concurrent runs never delete or duplicate each other's
+belongs to a crashed run and is taken over, at once when that run's process on this host is gone. So concurrent runs never delete or duplicate each other's
 work: they take turns, each doing only what the manifest says is left.
 """
 
@@ -32,6 +32,24 @@ class OutputBusy(UserError):
     exit_code = 3
 
 
+def _expired(holder: dict, seconds: float) -> bool:
+    return time.time() - holder.get("heartbeat", 0) > holder.get("expires_after_s", seconds)
+
+
+def _dead_here(holder: dict) -> bool:
+    """The holder ran on this host and its process is gone (killed): its lease is stale now, not after expiry.
+    Hosts are told apart by hostname (unique per pod or container); an unknown or live pid waits for expiry."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) or holder["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is not ours to signal
+        return False
+    return False
+
+
 class Lease:
     def __init__(self, output: str, run_id: str, seconds: float = LEASE_SECONDS):
         self.output, self.uri = output, storage.join(output, LEASE)
@@ -57,9 +75,9 @@ class Lease:
             holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
             if holder and holder.get("token") == self.owner["token"]:
                 break
-            if holder and time.time() - holder.get("heartbeat", 0) > holder.get("expires_after_s", self.seconds):
-                log.warning("taking over the lease of run %s (%s pid %s): no heartbeat for %.0f s", holder.get("run"),
-                            holder.get("host"), holder.get("pid"), time.time() - holder.get("heartbeat", 0))
+            if holder and (_expired(holder, self.seconds) or _dead_here(holder)):
+                log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"),
+                            "its process is gone" if _dead_here(holder) else f"no heartbeat for {time.time() - holder.get('heartbeat', 0):.0f} s")
                 if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
                     storage.delete(self.uri)
                 continue

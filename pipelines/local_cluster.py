@@ -42,7 +42,7 @@ class LocalCluster:
         self.nodes: list[subprocess.Popen] = []
         dash = [f"--include-dashboard=true", f"--dashboard-port={self.dashboard_port}"] if dashboard else ["--include-dashboard=false"]
         self._start(["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", *dash], head_cpus, {}, "head")
-        self.wait_for(cpus=head_cpus)
+        self.wait_for("memory")
 
     @property
     def dashboard_url(self) -> str:
@@ -59,11 +59,12 @@ class LocalCluster:
         return node
 
     def add_node(self, cpus: int = 1, resources: dict | None = None, wait: bool = True) -> subprocess.Popen:
-        """Join a worker node with `cpus` CPUs (and custom `resources`) to the cluster."""
-        before = self.resources().get("CPU", 0)
-        node = self._start([f"--address={self.address}"], cpus, resources or {}, "worker")
+        """Join a worker node with `cpus` CPUs (and custom `resources`) to the cluster; `wait`: until it is
+        registered (found by a resource of its own: CPU totals still count a killed node for a while)."""
+        tag = f"localcluster_node_{len(self.nodes)}"
+        node = self._start([f"--address={self.address}"], cpus, {**(resources or {}), tag: 1}, "worker")
         if wait:
-            self.wait_for(cpus=before + cpus)
+            self.wait_for(tag)
         return node
 
     def kill(self, node: subprocess.Popen) -> None:
@@ -80,11 +81,12 @@ class LocalCluster:
         done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
         return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else {}
 
-    def wait_for(self, cpus: float, timeout: float = 120.0) -> None:
+    def wait_for(self, resource: str, timeout: float = 120.0) -> None:
+        """Until the cluster lists `resource` (a node's own tag; "memory" for the head)."""
         deadline = time.monotonic() + timeout
-        while self.resources().get("CPU", 0) < cpus:
-            if time.monotonic() > deadline or any(n.poll() is not None for n in self.nodes if n is self.nodes[0]):
-                raise RuntimeError(f"the local Ray cluster did not reach {cpus} CPUs; logs in {self.temp_dir}")
+        while resource not in self.resources():
+            if time.monotonic() > deadline or self.nodes[0].poll() is not None:
+                raise RuntimeError(f"the local Ray cluster did not show {resource}; logs in {self.temp_dir}")
             time.sleep(0.5)
 
     def stop(self) -> None:

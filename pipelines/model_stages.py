@@ -73,6 +73,8 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
     if stage is None or not runs_model(stage.params):
         model = stage.params.build() if stage is not None else None  # weight-free: a config that is its own model
         return rows.map(partial(_inline, prepare=prepare, stage=stage, model=model, finish=finish))
+    from ray.data import ActorPoolStrategy
+
     params = stage.params
     prepared = rows.map(prepare)
     staged = prepared.map_batches(
@@ -80,7 +82,7 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
         fn_constructor_args=(stage,),
         batch_size=stage.items_per_call,
         batch_format="numpy",
-        concurrency=params.concurrency,
+        compute=ActorPoolStrategy(min_size=params.concurrency[0], max_size=params.concurrency[1]),
         num_gpus=params.num_gpus,
         num_cpus=0 if params.num_gpus else 1,  # a GPU actor leaves the CPUs to the steps that feed it
     )

@@ -20,7 +20,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from .. import __version__, storage
+from .. import __version__, logs, storage
 from ..dataset import SUCCESS
 from ..operators.model_stage import ModelStage, runs_model
 from .cli import Command, add_config_arguments
@@ -109,19 +109,23 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
     """Run a pipeline on an output it holds the lease of (``lease.Lease``: `wait` seconds for a live holder)."""
     from .lease import Lease
 
+    import ray.data  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
+
     config, digest, units, _, _ = prepare_run(pipeline, inputs, output, config_path, overrides)
     run_id = new_run_id()
-    with Lease(output, run_id) as lease:
+    with Lease(output, run_id) as lease, logs.run_log(output, run_id) as log_uri:
         lease.acquire(wait)
         progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
+        log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
+                 len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
         return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars)
 
 
 def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool) -> dict:
+    from .progress import Display, new_board, pipeline_lines
     from .runtime import io_concurrency, start_ray
     from .writer import ShardSink, remove_orphans, write_success
 
-    log.info("%s: %d input units, %d already complete in %s, config %s", pipeline.name, len(units), len(units) - len(pending), output, digest[:12])
     storage.delete(storage.join(output, SUCCESS))
     removed = remove_orphans(output)
     if removed:
@@ -134,10 +138,13 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
         pipeline_data_context()
         dataset = build(pipeline, pending, progress, config, digest)
         if dataset is not None:
-            sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config))
-            # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the
-            # compute before it (that would run a whole shard's groups serially in the write task).
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=io_concurrency())
+            board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()})
+            sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board)
+            lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
+            with Display(board, lines, enabled=progress_bars):
+                # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the
+                # compute before it (that would run a whole shard's groups serially in the write task).
+                dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=io_concurrency())
             results = sink.results
     wall = time.perf_counter() - started
     summary = build_summary(

@@ -13,9 +13,15 @@ _SHARED_PREFIX = "PAIRMINE_"  # pairmine's own settings (cache folder, test faul
 
 
 def start_ray(params: RayParams, progress: bool) -> dict:
-    """Initialise Ray once per process (shared by pipeline runs and training); returns the cluster's resources."""
+    """Initialise Ray once per process (shared by pipeline runs and training); returns the cluster's resources.
+
+    Ray's own progress bars and execution-plan lines are off (``progress.Display`` shows the user's
+    units instead); workers' output reaches the terminal only with ``-v`` (it stays in Ray's session logs).
+    """
     import ray
     from ray.data import DataContext
+
+    from .. import logs
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # I/O operators get a concurrency cap sized for the cluster; Ray warns when a run has fewer inputs.
@@ -24,7 +30,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
         # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
         env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
         runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
-        common = {"logging_level": logging.WARNING, "log_to_driver": True, "runtime_env": runtime_env}
+        common = {"logging_level": logging.WARNING, "log_to_driver": logs.verbose(), "runtime_env": runtime_env}
         address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
         if address:
             ray.init(address=address, **common)
@@ -36,9 +42,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                 **common,
             )
     context = DataContext.get_current()
-    context.enable_progress_bars = progress
-    context.enable_operator_progress_bars = progress
-    context.print_on_execution_start = progress
+    context.enable_progress_bars = context.enable_operator_progress_bars = context.print_on_execution_start = progress and logs.verbose()
     return ray.cluster_resources()
 
 

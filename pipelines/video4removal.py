@@ -51,11 +51,13 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
 def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalConfig):
     """One row per segment still to do of the pending videos."""
     import ray
+    from ray.data import TaskPoolStrategy
 
     from .runtime import io_concurrency
 
     videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or ""} for u in units])
-    return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0, concurrency=io_concurrency())
+    return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0,
+                         compute=TaskPoolStrategy(size=io_concurrency()))
 
 
 def analyse(row: dict, config: Video4RemovalConfig) -> dict:

@@ -27,11 +27,12 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .. import storage
-from ..dataset import MANIFEST, MANIFEST_SCHEMA, REJECT_FIELDS, REJECT_STRUCT, REJECTS, REJECTS_SCHEMA, SHARDS, SUCCESS
+from ..dataset import MANIFEST, MANIFEST_SCHEMA, REJECT_FIELDS, REJECT_STRUCT, REJECTS, REJECTS_SCHEMA, RUNS, SHARDS, SUCCESS
 from ..dataset import Reject, is_temp, read_manifest, to_parquet
 from ..errors import UserError
 from ..operators.stats import Stats
 from .config import ShardParams
+from .progress import Reporter
 
 _END_OF_ARCHIVE = b"\0" * 1024
 
@@ -112,10 +113,12 @@ class _OpenShard:
 class ShardSink(Datasink):
     """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
 
-    def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int):
+    def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int,
+                 board=None):
         self.output, self.pipeline, self.run = output, pipeline, run
         self.config_hash, self.version, self.limits = config_hash, version, shards
         self._rows_per_shard = max(1, rows_per_shard)
+        self.board = board  # a progress.Board for the live display, or None
         self.results: list[dict] = []
 
     @property
@@ -124,6 +127,7 @@ class ShardSink(Datasink):
 
     def write(self, blocks: Iterable, ctx) -> dict:
         part, shard, committed, stats = 0, None, [], Stats()
+        progress = Reporter(self.board)
         try:
             for block in blocks:
                 rows = BlockAccessor.for_block(block).to_arrow().combine_chunks()
@@ -132,13 +136,18 @@ class ShardSink(Datasink):
                     if shard is None:
                         shard = self._open(ctx.task_idx, part)
                     shard.add(rows, i)
+                    progress.add(rows["unit"][i].as_py(), len(rows["consumed"][i]), rows["unit_total"][i].as_py(),
+                                 pairs=len(rows["keys"][i]), rejects=len(rows["rejects"][i]))
                     if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
                         committed.append(self._commit(shard, ctx.task_idx, part))
+                        progress.add(shards=int(committed[-1]["shard"] is not None), written=committed[-1]["samples"])
                         part, shard = part + 1, None
             if shard is not None:
                 committed.append(self._commit(shard, ctx.task_idx, part))
+                progress.add(shards=int(committed[-1]["shard"] is not None), written=committed[-1]["samples"])
                 shard = None
         finally:  # a failed task leaves no staging file behind (up to max_bytes each, in the temp dir for S3)
+            progress.flush()
             if shard is not None:
                 shard.discard()
         return {"shards": committed, "stats": stats.to_dict()}
@@ -243,4 +252,7 @@ def remove_orphans(output: str) -> int:
 
 
 def write_success(output: str, summary: dict) -> None:
-    storage.write_bytes(storage.join(output, SUCCESS), json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+    """The run's summary into the output's history (``runs/``), then ``_SUCCESS``: the run is done."""
+    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+    storage.write_bytes(storage.join(output, RUNS, f"{summary['run']}.json"), data)
+    storage.write_bytes(storage.join(output, SUCCESS), data)

@@ -68,7 +68,20 @@ def _inject_failure(run_uri: str, step: int) -> None:
 
 
 def train_loop(config: dict) -> dict:
-    """Ray Train's ``train_loop_per_worker``: `config` is the TrainParams as JSON plus the run's facts."""
+    """Ray Train's ``train_loop_per_worker``: `config` is the TrainParams as JSON plus the run's facts. A
+    failure is told to the driver's progress board (Ray Train then restarts the group from the last checkpoint)."""
+    try:
+        return _train_loop(config)
+    except Exception as exc:
+        if config.get("progress") is not None:
+            import ray.train
+
+            where = f"worker {ray.train.get_context().get_world_rank()}: {type(exc).__name__}: {storage.first_line(exc)}"
+            config["progress"].failed.remote(where)
+        raise
+
+
+def _train_loop(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
@@ -99,7 +112,7 @@ def train_loop(config: dict) -> dict:
     resumed_from, resume_position = step, position
     model = ray.train.torch.prepare_model(eraser, parallel_strategy_kwargs={"find_unused_parameters": False})
     model.train()
-    metrics = MetricsLog(config["run_uri"], rank == 0, params.log_every)
+    metrics = MetricsLog(config["run_uri"], rank == 0, params.log_every, config.get("progress"))
     validation = config["validation"] if rank == 0 else None
     skipped = np.zeros(len(REASONS), np.int64)
     generator = torch.Generator(device=device)

@@ -24,8 +24,9 @@ PROGRESS_FILE = "progress.json"
 
 
 class MetricsLog:
-    def __init__(self, run_uri: str, writer: bool, log_every: int):
+    def __init__(self, run_uri: str, writer: bool, log_every: int, progress=None):
         self.run_uri, self.writer, self.log_every = run_uri, writer, log_every
+        self.progress = progress  # the driver's progress display (pipelines.progress.Board), or None
         self.pending: list[dict] = []
         self.losses: list[float] = []
         self.rates: list[float] = []
@@ -46,6 +47,8 @@ class MetricsLog:
         self.pending.append(record)
         self.losses.append(record["loss"])
         self.rates.append(record["samples_per_s"])
+        if self.progress is not None:
+            self.progress.put.remote({k: record[k] for k in ("step", "loss", "samples_per_s")})
         log.info("step %d: loss %.4f, lr %.3g, %.1f samples/s, data wait %.2fs / compute %.2fs, skipped %d",
                  record["step"], record["loss"], record["lr"], record["samples_per_s"], record["data_wait_s"], record["compute_s"],
                  record["skipped"])

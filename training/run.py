@@ -13,7 +13,7 @@ import logging
 import math
 import time
 
-from .. import __version__, dataset, storage
+from .. import __version__, dataset, logs, storage
 from ..errors import UserError
 from ..pipelines.config import config_hash, load_config
 from .config import TrainParams
@@ -118,16 +118,23 @@ def _storage_args(params: TrainParams) -> dict:
 
 def train(config_path: str | None = None, overrides: list[str] = (), progress_bars: bool = True) -> dict:
     """Run (or resume) a training job; returns its summary (also written to ``<run>/summary.json``)."""
-    import ray
-    from ray.data import DataContext, ExecutionOptions
+    import ray.train  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
+
+    plan = prepare(config_path, overrides)
+    with logs.run_log(plan["run_uri"], time.strftime("train-%Y%m%dT%H%M%SZ", time.gmtime())):
+        return _train(plan, progress_bars)
+
+
+def _train(plan: dict, progress_bars: bool) -> dict:
+    from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
     from ..pipelines.config import RayParams
+    from ..pipelines.progress import Display, new_board, train_lines
     from ..pipelines.runtime import io_concurrency, start_ray
     from .loop import train_loop
 
-    plan = prepare(config_path, overrides)
     params, stream, uri = plan["params"], plan["stream"], plan["run_uri"]
     started = time.perf_counter()
     cluster = start_ray(RayParams(address=params.ray_address), progress_bars)
@@ -139,7 +146,7 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     validation = validation_samples([s for _, shards in plan["sources"] for s in shards], params.data.val_fraction, params.data.val_samples, prep)
     log.info("training %s: %s, steps %d..%d, stream positions %d..%d (%d samples per epoch), %d validation samples",
              uri, params.eraser.name, plan["progress"]["step"], params.max_steps, stream.start, stream.stop, stream.epoch_samples, len(validation))
-    DataContext.get_current().enable_progress_bars = progress_bars
+    board = new_board()
     rows = shard_stream(stream, params.seed, params.data.val_fraction, io_concurrency())
     from .data import decode_rows
 
@@ -148,7 +155,8 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     resources = {"CPU": 0 if scaling.use_gpu else scaling.cpus_per_worker} | ({"GPU": 1} if scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"params": params.model_dump(mode="json"), "run_uri": uri, "stream_start": stream.start, "validation": validation},
+        train_loop_config={"params": params.model_dump(mode="json"), "run_uri": uri, "stream_start": stream.start, "validation": validation,
+                           "progress": board},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=params.name, failure_config=FailureConfig(max_failures=scaling.max_failures),
@@ -158,21 +166,34 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     try:
-        result = trainer.fit()
+        with Display(board, lambda state, elapsed: train_lines(state, elapsed, params.max_steps), enabled=progress_bars):
+            result = trainer.fit()
     except WorkerGroupError as exc:
         failures = getattr(exc, "worker_failures", {}) or {}
         rank, error = next(iter(failures.items())) if failures else ("?", exc)
         raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
     value = result.return_value or {}
+    failures = _board_state(board).get("failures", [])
+    for failure in failures:
+        log.warning("training worker failed and the worker group was restarted from its last checkpoint: %s", failure)
     summary = {
         "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
         "wall_seconds": round(time.perf_counter() - started, 3), **value,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
-        "workers": scaling.num_workers, "use_gpu": scaling.use_gpu,
+        "workers": scaling.num_workers, "use_gpu": scaling.use_gpu, "worker_failures": failures,
     }
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _board_state(board) -> dict:
+    import ray
+
+    try:
+        return ray.get(board.read.remote(), timeout=10)
+    except Exception:  # the board is best effort
+        return {}
 
 
 def format_summary(summary: dict) -> str:
@@ -185,5 +206,7 @@ def format_summary(summary: dict) -> str:
         "  skipped samples: " + (", ".join(f"{k} {v}" for k, v in summary.get("skipped", {}).items() if k != "valid") or "none"),
         "  validation: " + (", ".join(f"{k[4:]} {v}" for k, v in summary.get("validation", {}).items()) or "none"),
         f"  checkpoint: {summary.get('checkpoint')}",
+        *([f"  worker failures (retried): {len(summary['worker_failures'])}, last: {summary['worker_failures'][-1]}"]
+          if summary.get("worker_failures") else []),
     ]
     return "\n".join(lines)

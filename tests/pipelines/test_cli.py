@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -114,3 +115,22 @@ def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, r
     clean = tmp_path / "clean"
     run(SYN4REMOVAL, [str(loose)], str(clean), overrides=["group_size=2", "shards.max_samples=2"], progress_bars=False)
     assert sorted(keys) == sorted(s["__key__"] for s in read_samples(str(clean)))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_run_prints_a_few_lines_and_logs_ray_to_its_folder(tmp_path, fmt):
+    loose = tmp_path / "loose"
+    write_loose_sa1b(loose, 2)
+    out = tmp_path / "out"
+    done = pairmine("syn4removal", "--input", str(loose), "--output", str(out), "--no-progress", "--log-format", fmt)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, lines  # the start line (and Ray's one-time notices at most), no Ray execution chatter
+    assert not any("Starting execution" in line or "progress UI" in line for line in lines)
+    if fmt == "json":
+        start = json.loads(lines[0])  # every line one JSON object
+        assert start["level"] == "INFO" and start["logger"] == "pairmine" and start["pipeline"] == "syn4removal"
+        assert all(isinstance(json.loads(line), dict) for line in lines)
+    (run_log,) = (out / "logs").glob("*.log")
+    assert "Data sink ShardSink finished" in run_log.read_text(), "Ray's own lines go to the run's log file"
+    assert "syn4removal run" in done.stdout and "samples" in done.stdout  # the summary

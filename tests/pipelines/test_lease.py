@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 
@@ -42,6 +43,26 @@ def test_a_crashed_runs_lease_is_taken_over(output):
     with Lease(output, "fresh") as lease:
         lease.acquire()
         assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "fresh"
+
+
+def test_a_killed_process_on_this_host_frees_its_lease_at_once(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        for pid, free in ((gone.pid, True), (alive.pid, False)):
+            holder = {"run": "killed", "host": socket.gethostname(), "pid": pid, "token": "x", "heartbeat": time.time(), "expires_after_s": 120}
+            (tmp_path / LEASE).write_text(json.dumps(holder))
+            lease = Lease(str(tmp_path), "rerun")
+            if free:
+                lease.acquire()
+                assert json.loads((tmp_path / LEASE).read_text())["run"] == "rerun"
+                lease.release()
+            else:
+                with pytest.raises(OutputBusy, match="run killed"):
+                    lease.acquire()
+    finally:
+        alive.kill()
 
 
 def test_the_lease_is_renewed_while_held(tmp_path):

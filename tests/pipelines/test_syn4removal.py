@@ -154,6 +154,7 @@ def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_b
     assert shards and any(k.startswith("out/run1/manifest/") for k in listing) and "out/run1/_SUCCESS" in listing
     local = tmp_path / "mirror"
     for key in listing:
+        assert not key.endswith("/"), f"a directory-marker object in the output: {key}"
         target = local / key.removeprefix("out/run1/")
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(s3_bucket, key, str(target))

@@ -123,11 +123,13 @@ def test_bad_data_is_skipped_and_counted_and_a_failed_worker_is_retried(outputs_
 def test_a_killed_run_resumes_from_its_checkpoint(training_outputs, smarteraser_parts, tmp_path):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], max_steps=40)
     run = tmp_path / "runs" / "run"
-    first = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_out = tmp_path / "first.out"
+    with first_out.open("wb") as sink:
+        first = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True,
+                                 stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (run / "progress.json").exists():
-        assert first.poll() is None, "the first run ended before its first checkpoint"
+        assert first.poll() is None, "the first run ended before its first checkpoint:\n" + first_out.read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)

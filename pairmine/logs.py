@@ -1,0 +1,90 @@
+"""Logging of the CLI: text or JSON lines on stderr, and a run's log file in the run's folder.
+
+``configure`` sets the console format once per process (``--log-format text|json``, ``-v``).
+``run_log`` captures a run: every pairmine line, and Ray's own lines (its loggers do not propagate,
+so they get the file handler directly), go to ``<folder>/logs/<run>.log``; unless verbose, Ray's lines
+go only there, so a terminal shows pairmine's progress and summary, not Ray's internals. On S3 the
+log is written locally and uploaded when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+from . import storage
+
+RAY_LOGGERS = ("ray", "ray.data")  # Ray's loggers with their own console handlers (they do not propagate)
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_state = {"verbose": False, "format": "text"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line |= {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def formatter() -> logging.Formatter:
+    if _state["format"] == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def configure(verbose: bool = False, fmt: str = "text") -> None:
+    """The console: pairmine at INFO (DEBUG with -v), libraries at WARNING, in `fmt` (text or json)."""
+    _state.update(verbose=verbose, format=fmt)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("pairmine").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def verbose() -> bool:
+    return _state["verbose"]
+
+
+@contextlib.contextmanager
+def run_log(folder: str, run_id: str) -> Iterator[str]:
+    """Log the run to ``<folder>/logs/<run_id>.log`` (see the module note); yields the log's URI."""
+    uri = storage.join(folder, "logs", f"{run_id}.log")
+    local = uri if not storage.is_s3(uri) else os.path.join(tempfile.mkdtemp(prefix="pairmine-log-"), f"{run_id}.log")
+    os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+    handler = logging.FileHandler(local, encoding="utf-8")
+    handler.setFormatter(formatter())
+    handler.setLevel(logging.DEBUG if verbose() else logging.INFO)
+    saved = {name: list(logging.getLogger(name).handlers) for name in RAY_LOGGERS}
+    logging.getLogger().addHandler(handler)
+    for name, handlers in saved.items():
+        kept = handlers if verbose() else [h for h in handlers if not _is_console(h)]
+        logging.getLogger(name).handlers = [*kept, handler]
+    try:
+        yield uri
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name, handlers in saved.items():
+            logging.getLogger(name).handlers = handlers
+        handler.close()
+        if local != uri:
+            with contextlib.suppress(OSError, storage.StorageError):
+                storage.upload_file(local, uri)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)

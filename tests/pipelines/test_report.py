@@ -1,0 +1,89 @@
+"""`pairmine report`: the page renders in headless Chromium and shows the output's counts; it reads
+local and s3:// outputs, and only the sampled samples' files of a shard."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from helpers import cli
+from PIL import Image
+from sample_inputs import write_loose_sa1b
+
+from pairmine import dataset
+from pairmine.pipelines.report import collect, render
+from pairmine.pipelines.run import run
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WINDOW = (1400, 3000)
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory, ray_local) -> Path:
+    """Two runs on one output: the first writes several shards, the second has nothing to do."""
+    root = tmp_path_factory.mktemp("report")
+    write_loose_sa1b(root / "loose", 10)
+    for _ in range(2):
+        run(SYN4REMOVAL, [str(root / "loose")], str(root / "out"), overrides=["group_size=4", "shards.max_samples=2"], progress_bars=False)
+    return root / "out"
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: `make test` installs Debian's chromium (infra/install_chromium.sh); needs root and apt")
+def test_the_page_renders_in_chromium_and_shows_the_counts(output, tmp_path):
+    page = tmp_path / "report.html"
+    printed = cli("report", str(output), "--out", str(page)).stdout
+    manifest, rejects = dataset.read_manifest(str(output)), dataset.read_rejects(str(output))
+    samples = sum(manifest["samples"].to_pylist())
+    assert f"{samples:,} samples" in printed and samples > 0
+
+    shot = tmp_path / "page.png"
+    _chromium(f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (WINDOW[1], WINDOW[0])
+    assert (pixels < 235).any(axis=2).mean() > 0.1, "the page is mostly blank"
+    assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 2000, "no photographs on the page"
+
+    dom = _chromium("--dump-dom", page.as_uri()).stdout
+    count = lambda name: int(re.search(rf'data-count="{name}">([\d,]+)<', dom).group(1).replace(",", ""))  # noqa: E731
+    assert count("samples") == samples and count("rejects") == rejects.num_rows
+    assert count("shards") == sum(1 for s in manifest["shard"].to_pylist() if s) > 1
+    assert count("runs") == 2 and "nothing_to_do" in dom and "done_with_rejects" in dom  # the history has both runs
+    assert dom.count("<img") == 3 * min(24, samples)  # source, mask over source, target per pair
+    top_reason = rejects.group_by("reason").aggregate([("reason", "count")]).sort_by([("reason_count", "descending")]).to_pylist()[0]
+    assert re.search(rf"<td>{top_reason['reason']}</td><td>{top_reason['reason_count']:,}</td>", dom)
+    assert "entity.scores.annotation" in dom and "mask.area_ratio" in dom  # histograms of the signals
+
+
+def test_an_s3_output_gives_the_same_counts(output, s3_bucket):
+    s3 = boto3.client("s3")
+    for path in output.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), s3_bucket, f"out/{path.relative_to(output)}")
+    local, remote = collect(str(output)), collect(f"s3://{s3_bucket}/out")
+    assert remote["totals"] == local["totals"] and remote["units"] == local["units"]
+    assert len(remote["sampled"].sheet) == len(local["sampled"].sheet) > 0
+
+
+def test_only_the_sampled_samples_are_read(output, tmp_path):
+    """Each shard cut right after its first two samples: the report still reads them, never the rest."""
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    for shard in dataset.committed_shards(str(copy)):
+        members = dataset.shard_members(shard.uri, 2)
+        end = max(m.offset + m.size for m in members)
+        with open(shard.uri, "r+b") as f:
+            f.truncate(end)
+    data = collect(str(copy), per_shard=2, sheet_size=4)
+    assert data["sampled"].samples_read == 2 * data["totals"]["shards"]
+    assert len(data["sampled"].sheet) == 4 and "<svg" in render(data)
