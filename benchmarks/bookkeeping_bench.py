@@ -8,7 +8,7 @@ moto S3 server on 127.0.0.1:
   and plan the pending units (`prepare_run`, as `--dry-run` does), and look for a killed run's orphans
   (`remove_orphans`);
 - its bound, measured in the same run: listing the input and manifest folders and reading every manifest
-  file's bytes, the least any plan over this output must do; printed as a ratio;
+  file's bytes, what a plan over this output would read without the `_index/` cache; printed as a ratio;
 - `pairmine report` on the same output (manifest, rejects, runs, and the sampled members only).
 
 The shards are copies of one real shard written by Syn4Removal on the bundled sample (samples/sa1b); the
@@ -133,6 +133,10 @@ def main() -> None:
         inputs, output = build(root, args.done, args.new, shard, row, rejects)
         print(f"built {args.done + args.new:,} input tars and {args.done:,} committed shards in {root} "
               f"({time.perf_counter() - start:.0f} s)")
+        start = time.perf_counter()
+        dataset.write_index(output)  # what the earlier runs' ends left: the manifest and rejects cached in _index/
+        print(f"index of {args.done:,} manifest and rejects files written in {time.perf_counter() - start:.1f} s "
+              "(each run's end adds only its own files)")
         bound_s = bound(inputs, output)
         start = time.perf_counter()
         _, _, units, progress, pending = prepare_run(SYN4REMOVAL, [inputs], output, None, [], create=False)

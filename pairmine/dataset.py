@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from . import storage
@@ -109,13 +110,19 @@ def is_temp(name: str) -> bool:
     return storage.basename(name).startswith(TEMP_PREFIX)
 
 
-def parquet_files(output: str, folder: str) -> list[str]:
-    """Committed Parquet files of a folder of the output (temp files of a write in progress left out)."""
-    return [
-        storage.uri_of(output, e)
+def _parquet_entries(output: str, folder: str) -> dict[str, tuple[str, str]]:
+    """name -> (URI, version) of the committed Parquet files of a folder; the version (size, mtime) tells a
+    rewritten file from the one an index cached."""
+    return {
+        storage.basename(e.path): (storage.uri_of(output, e), f"{e.size}:{e.mtime_ns}")
         for e in storage.list_dir(storage.join(output, folder))
         if e.path.endswith(".parquet") and not is_temp(e.path)
-    ]
+    }
+
+
+def parquet_files(output: str, folder: str) -> list[str]:
+    """Committed Parquet files of a folder of the output (temp files of a write in progress left out)."""
+    return [uri for uri, _ in _parquet_entries(output, folder).values()]
 
 
 def to_parquet(table: pa.Table) -> bytes:
@@ -125,29 +132,77 @@ def to_parquet(table: pa.Table) -> bytes:
 
 
 READ_THREADS = 32  # one small file per shard: on S3 each is a request, so they are read side by side
+INDEX = "_index"  # <output>/_index/<folder>.parquet: a cache of a folder's rows (see write_index)
+FILE = "file"  # the index's extra column: "<name>@<version>" of the file each row comes from
 
 
-def _read_folder(output: str, folder: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Every committed Parquet file of a folder as one table (``columns`` only, when given)."""
+def _index_uri(output: str, folder: str) -> str:
+    return storage.join(output, INDEX, f"{folder}.parquet")
+
+
+def _read_index(output: str, folder: str, schema: pa.Schema, columns: list[str] | None) -> pa.Table | None:
+    """The folder's cached rows with their file names, or None when there is no usable index."""
+    try:
+        names = schema.names if columns is None else columns
+        table = pq.read_table(io.BytesIO(storage.read_bytes(_index_uri(output, folder))), columns=[*names, FILE])
+        return table.cast(pa.schema([*(schema.field(c) for c in names), pa.field(FILE, pa.string())]))
+    except Exception:  # missing, or unreadable: the folder's own files are the truth, the index only a cache
+        return None
+
+
+def _read_rows(output: str, folder: str, schema: pa.Schema, columns: list[str] | None, use_index: bool = True) -> pa.Table:
+    """Every committed Parquet file of a folder as one table, with each row's file name: rows of files the
+    index covers come from the index (one read), the others from their files (side by side)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def read(uri: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=schema, columns=columns)
+    files = {f"{name}@{version}": uri for name, (uri, version) in _parquet_entries(output, folder).items()}
+    tables = []
+    cached = _read_index(output, folder, schema, columns) if files and use_index else None
+    if cached is not None:
+        cached = cached.filter(pa.compute.is_in(cached[FILE], value_set=pa.array(list(files), pa.string())))
+        tables.append(cached)
+        for name in set(cached[FILE].to_pylist()):
+            del files[name]
+
+    def read(item: tuple[str, str]) -> pa.Table:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(item[1])), schema=schema, columns=columns)
+        return table.append_column(FILE, pa.array([item[0]] * table.num_rows, pa.string()))
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        tables = list(pool.map(read, parquet_files(output, folder)))
-    empty = schema.empty_table()
-    return pa.concat_tables(tables) if tables else empty.select(columns) if columns else empty
+        tables += pool.map(read, sorted(files.items()))
+    if not tables:
+        empty = schema.empty_table()
+        empty = empty.select(columns) if columns else empty
+        return empty.append_column(FILE, pa.array([], pa.string()))
+    return pa.concat_tables(tables)
 
 
-def read_manifest(output: str, columns: list[str] | None = None) -> pa.Table:
-    """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed."""
-    return _read_folder(output, MANIFEST, MANIFEST_SCHEMA, columns)
+def _read_folder(output: str, folder: str, schema: pa.Schema, columns: list[str] | None = None, use_index: bool = True) -> pa.Table:
+    """Every committed Parquet file of a folder as one table (``columns`` only, when given)."""
+    return _read_rows(output, folder, schema, columns, use_index).drop_columns([FILE])
 
 
-def read_rejects(output: str, columns: list[str] | None = None) -> pa.Table:
+def write_index(output: str) -> None:
+    """Cache the rows of ``manifest/`` and ``rejects/`` in ``_index/`` (one file each), so that a reader of an
+    output with many shards reads one file plus the files written since, not one file per shard. The per-shard
+    files stay the truth: index rows of files no longer listed are ignored, a missing or bad index is skipped.
+    Called by the run holding the output's lease, when it ends."""
+    for folder, schema in ((MANIFEST, MANIFEST_SCHEMA), (REJECTS, REJECTS_SCHEMA)):
+        cached = _read_index(output, folder, schema, [])
+        table = _read_rows(output, folder, schema, None)
+        if cached is None or set(cached[FILE].to_pylist()) != set(table[FILE].to_pylist()):
+            storage.write_bytes(_index_uri(output, folder), to_parquet(table))
+
+
+def read_manifest(output: str, columns: list[str] | None = None, use_index: bool = True) -> pa.Table:
+    """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed.
+    `use_index=False` reads every file itself (``pairmine verify``: the files are the truth)."""
+    return _read_folder(output, MANIFEST, MANIFEST_SCHEMA, columns, use_index)
+
+
+def read_rejects(output: str, columns: list[str] | None = None, use_index: bool = True) -> pa.Table:
     """Every reject row of an output (``REJECTS_SCHEMA``)."""
-    return _read_folder(output, REJECTS, REJECTS_SCHEMA, columns)
+    return _read_folder(output, REJECTS, REJECTS_SCHEMA, columns, use_index)
 
 
 def read_success(output: str) -> dict | None:

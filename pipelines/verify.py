@@ -76,7 +76,7 @@ def check_sample(sample: dict, pipeline: str) -> str | None:
 def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, list[str]]]:
     """The contract checks; returns the report and the ids the manifest accounts for, per unit."""
     report = Report()
-    manifest = dataset.read_manifest(output)
+    manifest = dataset.read_manifest(output, use_index=False)
     rows = manifest.to_pylist()
     names = {os.path.splitext(storage.basename(uri))[0] for uri in dataset.parquet_files(output, dataset.MANIFEST)}
     for folder in (dataset.SHARDS, dataset.REJECTS, dataset.MANIFEST):
@@ -150,7 +150,7 @@ def verify(output: str, inputs: list[str] = (), samples: bool = True) -> Report:
         raise UserError(f"output not found: {output}")
     report, accounted = check_output(output, samples)
     if inputs:
-        pipelines = {row["pipeline"] for row in dataset.read_manifest(output).select(["pipeline"]).to_pylist()}
+        pipelines = {row["pipeline"] for row in dataset.read_manifest(output, use_index=False).select(["pipeline"]).to_pylist()}
         if len(pipelines) != 1:
             report.problem(f"the manifest names {len(pipelines)} pipelines ({', '.join(sorted(pipelines)) or 'none'}): cannot check inputs")
             return report

@@ -28,7 +28,7 @@ from ray.data.block import BlockAccessor
 
 from .. import storage
 from ..dataset import MANIFEST, MANIFEST_SCHEMA, REJECT_FIELDS, REJECT_STRUCT, REJECTS, REJECTS_SCHEMA, RUNS, SHARDS, SUCCESS
-from ..dataset import Reject, is_temp, read_manifest, to_parquet
+from ..dataset import Reject, is_temp, read_manifest, to_parquet, write_index
 from ..errors import UserError
 from ..operators.stats import Stats
 from .config import ShardParams
@@ -215,7 +215,7 @@ class OutputConflict(UserError, RuntimeError):
 
 def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
     """Progress of earlier runs; refuses an output written by another pipeline or config."""
-    manifest = read_manifest(output).to_pylist()
+    manifest = read_manifest(output, ["shard", "pipeline", "config_hash", "samples", "inputs", "unit_totals"]).to_pylist()
     others = {(r["pipeline"], r["config_hash"]) for r in manifest} - {(pipeline, config_hash)}
     if others:
         other_pipeline, other_hash = sorted(others)[0]
@@ -252,7 +252,9 @@ def remove_orphans(output: str) -> int:
 
 
 def write_success(output: str, summary: dict) -> None:
-    """The run's summary into the output's history (``runs/``), then ``_SUCCESS``: the run is done."""
+    """The run's summary into the output's history (``runs/``), the manifest and rejects index (``_index/``),
+    then ``_SUCCESS``: the run is done."""
     data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+    write_index(output)
     storage.write_bytes(storage.join(output, RUNS, f"{summary['run']}.json"), data)
     storage.write_bytes(storage.join(output, SUCCESS), data)

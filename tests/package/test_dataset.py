@@ -12,6 +12,7 @@ import sys
 import time
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
@@ -114,6 +115,29 @@ def test_committed_shards_and_their_samples(output):
 def test_an_empty_output_has_no_shards(output):
     assert dataset.read_manifest(output).num_rows == 0 and dataset.committed_shards(output) == []
     assert dataset.read_success(output) is None
+
+
+def test_the_index_gives_the_same_rows_and_the_files_stay_the_truth(output):
+    for name in ("a", "b", "c"):
+        _commit(output, name, [_sample(f"{name}1", "syn4removal")])
+    before = dataset.read_manifest(output).sort_by("shard")
+    dataset.write_index(output)
+    index = storage.join(output, dataset.INDEX, "manifest.parquet")
+    assert storage.exists(index) and dataset.read_manifest(output).sort_by("shard").equals(before)
+    cached = pq.read_table(io.BytesIO(storage.read_bytes(index)))
+    shards = pa.array([v.replace("c.tar", "X.tar") for v in cached["shard"].to_pylist()])
+    storage.write_bytes(index, dataset.to_parquet(cached.set_column(0, "shard", shards)))  # proves rows come from the index
+    assert "shards/X.tar" in dataset.read_manifest(output, ["shard"])["shard"].to_pylist()
+    _commit(output, "d", [_sample("d1", "syn4removal")])  # written after the index: read from its file
+    storage.delete(storage.join(output, "manifest", "a.parquet"))  # a file gone: its cached row is not used
+    assert sorted(dataset.read_manifest(output, ["shard"])["shard"].to_pylist()) == ["shards/X.tar", "shards/b.tar", "shards/d.tar"]
+    time.sleep(0.01)
+    _commit(output, "b", [_sample("b1", "syn4removal"), _sample("b2", "syn4removal")])  # rewritten since: its file, not the cache
+    assert dataset.read_manifest(output, ["shard", "samples"]).sort_by("shard")["samples"].to_pylist() == [1, 2, 1]
+    storage.write_bytes(index, b"PAR1 not an index")  # a bad index is skipped, not fatal
+    assert sorted(dataset.read_manifest(output, ["shard"])["shard"].to_pylist()) == ["shards/b.tar", "shards/c.tar", "shards/d.tar"]
+    dataset.write_index(output)
+    assert sorted(dataset.read_manifest(output, ["shard"])["shard"].to_pylist()) == ["shards/b.tar", "shards/c.tar", "shards/d.tar"]
 
 
 def test_a_manifest_temp_file_is_not_a_manifest(output):
