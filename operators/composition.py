@@ -22,6 +22,7 @@ from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
 from .placement import PlacementParams, choose_position, size_target
+from .quality import PasteQualityParams, paste_signals, quality_reject
 
 
 class PairingParams(Params):
@@ -74,8 +75,9 @@ def compose_pair(
     blend: BlendParams,
     enhance: MaskEnhanceParams,
     rng: np.random.Generator,
+    quality: PasteQualityParams = PasteQualityParams(),
 ) -> Composite | Reject:
-    """Paste `entity` into `background`, or say why it cannot be done."""
+    """Paste `entity` into `background`, or say why it cannot be done (no place, or a quality threshold)."""
     height, width = background.image.shape[:2]
     pixels, alpha = entity.pixels, entity.mask * np.uint8(255)
     angle = float(rng.uniform(-placement.max_rotation_deg, placement.max_rotation_deg)) if placement.max_rotation_deg else 0.0
@@ -120,8 +122,12 @@ def compose_pair(
             "variant": variant,
         },
         "blending": {"method": "feather", "feather_px": round(width_px, 3)},
+        "quality": paste_signals(source, alpha),
     }
-    return Composite(source, alpha, mask, meta)
+    same = [i.area for i in background.instances if entity.category and i.category == entity.category]
+    if same:  # the pasted size against the objects of its category already in the image
+        meta["quality"]["scale_vs_category"] = round(exact_area / float(np.median(same)), 4)
+    return quality_reject(meta["quality"], quality) or Composite(source, alpha, mask, meta)
 
 
 def pair_group(
@@ -134,6 +140,7 @@ def pair_group(
     limits: EntityLimits,
     seed: int,
     rejects: list[Reject],
+    quality: PasteQualityParams = PasteQualityParams(),
 ) -> Iterator[Pair]:
     """Yield each background's triplets, drawing entities from the other images of the group.
 
@@ -168,7 +175,7 @@ def pair_group(
                     rejects.append(rejected.at(entity.id, "entity"))
                     continue
                 attempts += 1
-                result = compose_pair(background, entity, placement, blend, enhance, rng)
+                result = compose_pair(background, entity, placement, blend, enhance, rng, quality)
                 if isinstance(result, Composite):
                     uses[entity.id] += 1
                     failure = None

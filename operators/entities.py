@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 from pydantic import Field
 
 from ..dataset import Reject
@@ -31,6 +32,15 @@ class EntityLimits(Params):
     )
     max_border_contact: float = Field(
         0.2, ge=0, le=1, description="truncation: share of the box perimeter on the image border, at most"
+    )
+    # Objectness of class-agnostic masks (SA-1B): what is not a whole object goes before any model runs.
+    max_inside_larger: float = Field(
+        1.0, ge=0, le=1,
+        description="part of a whole: share of the mask inside a larger candidate of the same image, at most (1: off)",
+    )
+    min_box_fill: float = Field(0.0, ge=0, le=1, description="mask area / box area, at least (a mostly empty box: not one object)")
+    min_textured: float = Field(
+        0.0, ge=0, le=1, description="share of the mask's pixels on an edge or texture (gradient >= 16/255), at least (flat wall, sky: 0)"
     )
 
     ORDERED = (("min_area_ratio", "max_area_ratio", True),)
@@ -75,6 +85,11 @@ def materialize(entity: Entity, limits: EntityLimits) -> Reject | None:
     if rejected is None:
         x0, y0, x1, y1 = bounds
         entity.pixels, entity.mask = entity.source[y0:y1, x0:x1], crop
+        if limits.min_textured > 0:
+            share = entity.scores["textured"] = textured_share(entity.pixels, crop)
+            if share < limits.min_textured:
+                rejected = Reject.because("flat_texture", f"{share:.2f} of the mask is edge or texture < {limits.min_textured}")
+                entity.pixels = entity.mask = None
     entity.source = entity.ids = None
     return rejected
 
@@ -89,7 +104,46 @@ def geometry_reject(segment: Segment, height: int, width: int, limits: EntityLim
     side = min(segment.box[2], segment.box[3])
     if side < limits.min_box_side:
         return Reject.because("bbox_too_small", f"bbox side {side:.0f}px < {limits.min_box_side}px")
+    fill = segment.area / max(1.0, segment.box[2] * segment.box[3])
+    if fill < limits.min_box_fill:
+        return Reject.because("sparse_box", f"mask fills {fill:.2f} of its box < {limits.min_box_fill}")
     return None
+
+
+def nested_rejects(segments: list[Segment], max_inside: float) -> dict[int, Reject]:
+    """Parts of a whole: each segment lying mostly (> `max_inside` of its area) inside a larger one of the
+    same list (SA-1B nests whole / part / subpart masks), by segment index. From the RLEs, no decode; only
+    pairs whose boxes meet are compared. The wholes stay, so an object is never lost with its parts."""
+    rled = [s for s in segments if s.rle is not None]
+    if max_inside >= 1.0 or len(rled) < 2:
+        return {}
+    boxes = np.array([s.box for s in rled], np.float64)
+    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+    meets = (np.minimum(x1[:, None], x1) > np.maximum(x0[:, None], x0)) & (np.minimum(y1[:, None], y1) > np.maximum(y0[:, None], y0))
+    areas = np.array([s.area for s in rled])
+    larger = areas[None, :] > areas[:, None]
+    found = {}
+    for i, segment in enumerate(rled):
+        others = np.flatnonzero(meets[i] & larger[i])
+        if not len(others):
+            continue
+        inside = mask_utils.iou([segment.rle], [rled[j].rle for j in others], [1] * len(others))[0]  # crowd: |a∩b| / |a|
+        best = int(np.argmax(inside))
+        if inside[best] > max_inside:
+            found[segment.index] = Reject.because(
+                "part_of_larger", f"{inside[best]:.2f} of the mask lies inside segment {rled[others[best]].index} > {max_inside}")
+    return found
+
+
+def textured_share(pixels: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the mask's pixels where the image has an edge or texture (Sobel magnitude >= 16 on 0..255 grey),
+    on the crop area-averaged to ~64k pixels like the shape checks."""
+    factor = max(1.0, float(np.sqrt(mask.size / _CC_PIXELS)))
+    size = (max(1, round(mask.shape[1] / factor)), max(1, round(mask.shape[0] / factor)))
+    grey = cv2.cvtColor(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    inside = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0
+    magnitude = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
+    return float((magnitude[inside] >= 16 * 4).mean()) if inside.any() else 0.0  # a 3x3 Sobel scales gradients by 4
 
 
 _CC_PIXELS = 1 << 16

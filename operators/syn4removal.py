@@ -22,10 +22,11 @@ from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
 from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient
 from .composition import PairingParams, pair_group
-from .entities import Entity, EntityLimits, geometry_reject, materialize
+from .entities import Entity, EntityLimits, geometry_reject, materialize, nested_rejects
 from .mask_enhance import MaskEnhanceParams
 from .params import Params
 from .placement import PlacementParams
+from .quality import PasteQualityParams
 from .scorers import AnnotationScorer, EntityScorer, Score
 from .stats import Stats
 
@@ -67,6 +68,7 @@ class Syn4RemovalParams(Params):
     pairing: PairingParams = Field(default_factory=PairingParams)
     placement: PlacementParams = Field(default_factory=PlacementParams)
     blending: BlendParams = Field(default_factory=BlendParams)
+    quality: PasteQualityParams = Field(default_factory=PasteQualityParams)
     mask_enhancement: SynMaskEnhanceParams = Field(default_factory=SynMaskEnhanceParams)
 
 
@@ -135,6 +137,9 @@ def _entities_of(
             rejects.append(rejected.at(entity.id, "entity"))
         else:
             candidates.append(entity)
+    parts = nested_rejects([e.segment for e in candidates], params.entities.max_inside_larger)
+    rejects += [parts[e.segment.index].at(e.id, "entity") for e in candidates if e.segment.index in parts]
+    candidates = [e for e in candidates if e.segment.index not in parts]
     if not scorer.needs_pixels:
         candidates, scored_out = score_entities(candidates, scorer)
         rejects += scored_out
@@ -228,7 +233,7 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
     stats = group.stats
     pairs = pair_group(
         group.backgrounds, group.entities, params.pairing, params.placement, params.blending,
-        params.mask_enhancement, params.entities, params.seed, group.rejects,
+        params.mask_enhancement, params.entities, params.seed, group.rejects, params.quality,
     )
     samples = []
     encoding = stats.seconds["encode"]

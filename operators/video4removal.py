@@ -27,6 +27,7 @@ from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
+from .quality import FrameQualityParams, frame_signals, quality_reject
 from .stats import Stats
 from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
 from .video_mog import MogParams, classify, disk, subtract_background
@@ -62,6 +63,7 @@ class Video4RemovalParams(Params):
     pairing: PairingParams = Field(default_factory=PairingParams)
     region: RegionParams = Field(default_factory=RegionParams)
     effect: EffectParams = Field(default_factory=EffectParams)
+    quality: FrameQualityParams = Field(default_factory=FrameQualityParams)
     masker: Annotated[
         Union[Annotated[MogMasker, Tag("mog")], Annotated[GdinoSam2MaskerParams, Tag("gdino_sam2")]],
         Discriminator(_masker_name),
@@ -334,8 +336,13 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
             if problem:
                 work.reject(source.index, source.index + 1, "mask", Reject.because("invalid_mask", f"{masker_name}: {problem}"))
                 continue
-            key = sample_key(record, config_hash, len(samples))
             effect = effect_mask(source.image, target.image, result.mask, params.effect)
+            signals = frame_signals(source.image, target.image, np.maximum(result.mask, effect))
+            rejected = quality_reject(signals, params.quality)
+            if rejected:
+                work.reject(source.index, source.index + 1, "quality", rejected)
+                continue
+            key = sample_key(record, config_hash, len(samples))
             meta = {
                 "pipeline": PIPELINE,
                 "key": key,
@@ -346,6 +353,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 **candidate.meta,
                 "mask_ratio": round(cv2.countNonZero(result.mask) / result.mask.size, 5),
                 "effect_ratio": round(cv2.countNonZero(effect) / effect.size, 5),
+                "quality": signals,
                 "masker": masker_name,
                 "reader": work.reader,
                 "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored

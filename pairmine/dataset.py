@@ -144,7 +144,7 @@ def _read_index(output: str, folder: str, schema: pa.Schema, columns: list[str] 
     """The folder's cached rows with their file names, or None when there is no usable index."""
     try:
         names = schema.names if columns is None else columns
-        table = pq.read_table(io.BytesIO(storage.read_bytes(_index_uri(output, folder))), columns=[*names, FILE])
+        table = pq.read_table(io.BytesIO(storage.read_bytes(_index_uri(output, folder))), columns=[*names, FILE], use_threads=False)
         return table.cast(pa.schema([*(schema.field(c) for c in names), pa.field(FILE, pa.string())]))
     except Exception:  # missing, or unreadable: the folder's own files are the truth, the index only a cache
         return None
@@ -165,7 +165,7 @@ def _read_rows(output: str, folder: str, schema: pa.Schema, columns: list[str] |
             del files[name]
 
     def read(item: tuple[str, str]) -> pa.Table:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(item[1])), schema=schema, columns=columns)
+        table = pq.read_table(io.BytesIO(storage.read_bytes(item[1])), schema=schema, columns=columns, use_threads=False)
         return table.append_column(FILE, pa.array([item[0]] * table.num_rows, pa.string()))
 
     with ThreadPoolExecutor(READ_THREADS) as pool:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pairmine.operators.annotations import Segment
-from pairmine.operators.entities import Entity, EntityLimits, geometry_reject, materialize, shape_reject
+from pairmine.operators.entities import Entity, EntityLimits, geometry_reject, materialize, nested_rejects, shape_reject
 
 H, W = 200, 300
 LIMITS = EntityLimits()  # 0.05 <= area ratio <= 0.95, box side >= 32, main part >= 0.8, border contact <= 0.2
@@ -162,3 +162,48 @@ def test_entity_properties_come_from_its_segment():
     seg = Segment(index=3, box=(0, 0, 10, 10), area=42.0, category="dog")
     entity = Entity("u/r#3", "u/r", seg, 0.1)
     assert (entity.category, entity.area, entity.mask, entity.scores) == ("dog", 42.0, None, {})
+
+
+# --- objectness of class-agnostic masks ----------------------------------------------------------------
+
+
+def rle_segment(index: int, mask: np.ndarray) -> Segment:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return Segment(index=index, box=tuple(mask_utils.toBbox(rle)), area=float(mask.sum()), rle=rle)
+
+
+def test_a_part_inside_a_larger_candidate_is_rejected_and_the_whole_kept():
+    whole = disk(H, W, 150, 100, 60)
+    part = disk(H, W, 150, 100, 25)  # wholly inside the whole
+    straddling = disk(H, W, 215, 100, 20)  # half inside the whole, half out
+    apart = disk(H, W, 40, 40, 20)
+    segments = [rle_segment(0, whole), rle_segment(1, part), rle_segment(2, straddling), rle_segment(3, apart)]
+    found = nested_rejects(segments, 0.9)
+    assert set(found) == {1} and found[1].reason == "part_of_larger" and "inside segment 0" in found[1].detail
+    assert nested_rejects(segments, 0.3).keys() == {1, 2}
+    assert nested_rejects(segments, 1.0) == {}  # off
+
+
+def test_a_mostly_empty_box_is_rejected_when_asked():
+    ring = Segment(index=0, box=(10.0, 10.0, 100, 100), area=0.1 * 100 * 100 + 0.0)
+    assert geometry_reject(ring, H, W, EntityLimits(min_area_ratio=0)) is None  # off by default
+    why = geometry_reject(ring, H, W, EntityLimits(min_area_ratio=0, min_box_fill=0.15))
+    assert why.reason == "sparse_box" and "fills 0.10 of its box" in why.detail
+
+
+@pytest.mark.parametrize("texture, rejected", [(0, True), (40, False)])
+def test_a_flat_region_is_not_an_entity(texture, rejected):
+    rng = np.random.default_rng(1)
+    image = np.full((H, W, 3), 120, np.uint8)  # a flat wall ...
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)  # ... with sensor noise
+    full = disk(H, W, 150, 100, 40)
+    image[full > 0] = np.clip(image[full > 0] + rng.integers(-texture, texture + 1, (int(full.sum()), 3)), 0, 255)
+    entity = Entity("u/r#0", "u/r", rle_segment(0, full), 0.1, source=image)
+    why = materialize(entity, EntityLimits(min_textured=0.15))
+    assert (why is not None and why.reason == "flat_texture") == rejected
+    assert (entity.pixels is None) == rejected
+    if not rejected:
+        assert entity.scores["textured"] >= 0.15

@@ -83,27 +83,29 @@ def test_two_workers_train_from_s3_shards_into_s3_storage(s3_bucket, training_ou
     assert_erases_only_inside_the_mask(run, tmp_path)
 
 
-def _corrupt_one_training_sample(output: Path, val_fraction: float) -> str:
-    """Replace a training sample's source.jpg by garbage of the same size, and recommit the shard's manifest row."""
-    shard = dataset.committed_shards(str(output))[0]
-    data = Path(shard.uri).read_bytes()
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(".source.jpg") and not is_validation(m.name.split(".")[0], val_fraction))
-    key = member.name.split(".")[0]
-    data = data[: member.offset_data] + b"\xff" * member.size + data[member.offset_data + member.size :]
-    Path(shard.uri).write_bytes(data)
-    manifest = output / "manifest" / (Path(shard.uri).stem + ".parquet")
-    rows = pa.parquet.read_table(manifest).to_pylist()
-    rows[0]["sha256"] = __import__("hashlib").sha256(data).hexdigest()
-    manifest.write_bytes(dataset.to_parquet(pa.Table.from_pylist(rows, schema=dataset.MANIFEST_SCHEMA)))
-    return key
+def _corrupt_training_samples(output: Path, val_fraction: float) -> list[str]:
+    """In every shard, replace the first training sample's source.jpg by garbage of the same size, and recommit
+    the shard's manifest row (every shard: one of them starts the stream, so a corrupt sample is surely read)."""
+    keys = []
+    for shard in dataset.committed_shards(str(output)):
+        data = Path(shard.uri).read_bytes()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(".source.jpg") and not is_validation(m.name.split(".")[0], val_fraction))
+        keys.append(member.name.split(".")[0])
+        data = data[: member.offset_data] + b"\xff" * member.size + data[member.offset_data + member.size :]
+        Path(shard.uri).write_bytes(data)
+        manifest = output / "manifest" / (Path(shard.uri).stem + ".parquet")
+        rows = pa.parquet.read_table(manifest).to_pylist()
+        rows[0]["sha256"] = __import__("hashlib").sha256(data).hexdigest()
+        manifest.write_bytes(dataset.to_parquet(pa.Table.from_pylist(rows, schema=dataset.MANIFEST_SCHEMA)))
+    return keys
 
 
 @slow
 def test_bad_data_is_skipped_and_counted_and_a_failed_worker_is_retried(outputs_copy, smarteraser_parts, tmp_path):
     import pyarrow.parquet  # noqa: F401  (pa.parquet)
 
-    _corrupt_one_training_sample(outputs_copy["syn"], 0.1)
+    _corrupt_training_samples(outputs_copy["syn"], 0.1)
     video = dataset.committed_shards(str(outputs_copy["video"]))[0]
     Path(video.uri).write_bytes(Path(video.uri).read_bytes()[:5000])  # truncated: its size no longer matches the manifest
     config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 0.8), (outputs_copy["video"], 0.2)], scaling__max_failures=1)

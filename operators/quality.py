@@ -1,0 +1,104 @@
+"""Quality signals of a pair, from its pixels, written into every sample's json (``quality``), so a training
+team can filter pairs without mining again; optional thresholds reject with a reason.
+
+Syn4Removal (``paste_signals``): how visible the paste outline is, and how the entity's colour and
+brightness differ from its new surround. Video4Removal (``frame_signals``): how the two frames differ
+outside the object (residual error, exposure) and whether one is blurred (sharpness ratio).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from ..dataset import Reject
+from .params import Params
+
+_DISK = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+class PasteQualityParams(Params):
+    """Thresholds on a Syn4Removal paste's signals; null: record the signal, reject nothing."""
+
+    max_seam: float | None = Field(None, gt=0, description="paste outline gradient / gradient just inside and outside it, at most")
+    max_colour_delta: float | None = Field(None, gt=0, description="Lab chroma distance entity vs surround (0-180), at most")
+    max_luminance_delta: float | None = Field(None, gt=0, description="Lab lightness difference entity vs surround (0-100), at most")
+
+
+class FrameQualityParams(Params):
+    """Thresholds on a Video4Removal pair's signals; null: record the signal, reject nothing."""
+
+    max_residual: float | None = Field(None, gt=0, description="mean absolute grey difference outside the mask (0-255), at most")
+    max_exposure_delta: float | None = Field(None, gt=0, description="mean grey level difference outside the mask (0-255), at most")
+    min_sharpness_ratio: float | None = Field(None, gt=0, le=1, description="sharpness of the blurrier frame / the sharper one, at least")
+
+
+def _ring(mask: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    """Pixels between `inner` and `outer` px outside `mask` (negative: inside)."""
+    def grown(px: int) -> np.ndarray:
+        if px == 0:
+            return mask
+        op = cv2.dilate if px > 0 else cv2.erode
+        return op(mask, _DISK, iterations=abs(px))
+    return (grown(outer) > 0) & ~(grown(inner) > 0)
+
+
+def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    return (slice(max(0, ys.min() - margin), ys.max() + margin + 1), slice(max(0, xs.min() - margin), xs.max() + margin + 1))
+
+
+def paste_signals(source: np.ndarray, alpha: np.ndarray) -> dict[str, float]:
+    """Signals of an entity pasted into `source` (BGR) with `alpha` (0-255): `seam` (mean gradient on the
+    outline over the mean gradient 2-4 px inside and outside it: ~1-3 where the paste blends in, high for a hard
+    cut), `colour_delta` and `luminance_delta` (Lab, the entity's interior vs. a ring of surround as wide as a
+    tenth of its size)."""
+    obj = (alpha >= 128).astype(np.uint8)
+    if not obj.any():
+        return {}
+    reach = max(4, int(0.1 * np.sqrt(obj.sum())))
+    rows, cols = _window(obj, reach + 2)
+    obj, image = obj[rows, cols], source[rows, cols]
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gradient = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)) / 4
+    outline, near = _ring(obj, -1, 1), _ring(obj, -4, -2) | _ring(obj, 2, 4)
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
+    inside, around = cv2.erode(obj, _DISK, iterations=2) > 0, _ring(obj, 2, reach)
+    if not inside.any():
+        inside = obj > 0
+    signals = {"seam": float(gradient[outline].mean() / (gradient[near].mean() + 1.0)) if near.any() else 0.0}
+    if around.any():
+        a_in, a_out = lab[inside].mean(axis=0), lab[around].mean(axis=0)
+        signals["colour_delta"] = float(np.hypot(*(a_in[1:] - a_out[1:])))
+        signals["luminance_delta"] = float(abs(a_in[0] - a_out[0]) * 100 / 255)
+    return {k: round(v, 4) for k, v in signals.items()}
+
+
+def frame_signals(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Signals of a real pair (BGR frames, 0/1 or 0/255 `mask` of the object): `residual` (mean absolute grey
+    difference outside the mask, dilated 4 px), `exposure_delta` (difference of the mean grey levels there) and
+    `sharpness_ratio` (variance of the Laplacian, the blurrier frame over the sharper one: 1 when alike)."""
+    outside = ~(cv2.dilate((mask > 0).astype(np.uint8), _DISK, iterations=4) > 0)
+    grey_s, grey_t = (cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in (source, target))
+    if not outside.any():
+        return {}
+    sharp = [float(cv2.Laplacian(g, cv2.CV_32F)[outside].var()) for g in (grey_s, grey_t)]
+    signals = {
+        "residual": float(np.abs(grey_s - grey_t)[outside].mean()),
+        "exposure_delta": float(abs(grey_s[outside].mean() - grey_t[outside].mean())),
+        "sharpness_ratio": min(sharp) / max(sharp) if max(sharp) > 0 else 1.0,
+    }
+    return {k: round(v, 4) for k, v in signals.items()}
+
+
+def quality_reject(signals: dict[str, float], params: Params) -> Reject | None:
+    """The first threshold of `params` (``max_<signal>`` / ``min_<signal>``) that `signals` breaks, as a reject."""
+    for name, bound in params.model_dump().items():
+        kind, _, signal = name.partition("_")
+        value = signals.get(signal)
+        if bound is None or value is None:
+            continue
+        if (kind == "max" and value > bound) or (kind == "min" and value < bound):
+            return Reject.because(f"quality_{signal}", f"{signal} {value:.3f} {'>' if kind == 'max' else '<'} {bound}")
+    return None

@@ -1,0 +1,63 @@
+"""quality: signals that tell a deliberately bad pair from a good one, and thresholds that reject with a reason."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pairmine.operators.blending import feather_alpha
+from pairmine.operators.quality import FrameQualityParams, PasteQualityParams, frame_signals, paste_signals, quality_reject
+
+H, W = 240, 320
+
+
+def scene(seed: int = 0) -> np.ndarray:
+    """A smooth, textured photo-like image (BGR)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    base = np.stack([90 + 40 * np.sin(xx / 37), 110 + 30 * np.cos(yy / 29), 100 + 25 * np.sin((xx + yy) / 53)], -1)
+    return np.clip(base + rng.normal(0, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+
+
+def pasted(background: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None].astype(np.float32) / 255
+    return (patch * a + background * (1 - a)).round().astype(np.uint8)
+
+
+@pytest.fixture
+def shape() -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    cv2.ellipse(mask, (160, 120), (60, 45), 0, 0, 360, 1, -1)
+    return mask
+
+
+def test_a_hard_edged_colour_shifted_patch_scores_worse_than_a_blended_one(shape):
+    background = scene()
+    good = pasted(background, scene(1), feather_alpha(shape, 3.0))  # the same kind of texture, feathered
+    hard = shape * np.uint8(255)
+    bad = pasted(background, np.full_like(background, (30, 30, 230)), hard)  # a flat red patch, hard edge
+    good_signals, bad_signals = paste_signals(good, feather_alpha(shape, 3.0)), paste_signals(bad, hard)
+    assert bad_signals["seam"] > 2 * good_signals["seam"]
+    assert bad_signals["colour_delta"] > 4 * good_signals["colour_delta"] + 10
+    assert bad_signals["luminance_delta"] > good_signals["luminance_delta"]
+    limits = PasteQualityParams(max_seam=(good_signals["seam"] + bad_signals["seam"]) / 2, max_colour_delta=20)
+    assert quality_reject(good_signals, limits) is None
+    why = quality_reject(bad_signals, limits)
+    assert why.reason == "quality_seam" and "seam" in why.detail
+    assert quality_reject(bad_signals, PasteQualityParams()) is None  # no thresholds: recorded only
+
+
+def test_frame_signals_see_exposure_blur_and_residual(shape):
+    frame = scene()
+    same = frame_signals(frame, frame.copy(), shape)
+    assert same == {"residual": 0.0, "exposure_delta": 0.0, "sharpness_ratio": 1.0}
+    brighter = frame_signals(frame, cv2.convertScaleAbs(frame, alpha=1.0, beta=30), shape)
+    assert 25 < brighter["exposure_delta"] <= 30 and brighter["residual"] >= brighter["exposure_delta"]
+    blurred = frame_signals(frame, cv2.GaussianBlur(frame, (9, 9), 3), shape)
+    assert blurred["sharpness_ratio"] < 0.3 and blurred["exposure_delta"] < 1
+    moved_inside = frame.copy()
+    moved_inside[shape > 0] = 0  # a difference under the mask is the object, not a residual
+    assert frame_signals(frame, moved_inside, shape)["residual"] == 0.0
+    why = quality_reject(blurred, FrameQualityParams(min_sharpness_ratio=0.5))
+    assert why.reason == "quality_sharpness_ratio"
