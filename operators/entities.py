@@ -138,8 +138,7 @@ def nested_rejects(segments: list[Segment], max_inside: float) -> dict[int, Reje
 def textured_share(pixels: np.ndarray, mask: np.ndarray) -> float:
     """Share of the mask's pixels where the image has an edge or texture (Sobel magnitude >= 16 on 0..255 grey),
     on the crop area-averaged to ~64k pixels like the shape checks."""
-    factor = max(1.0, float(np.sqrt(mask.size / _CC_PIXELS)))
-    size = (max(1, round(mask.shape[1] / factor)), max(1, round(mask.shape[0] / factor)))
+    size = _coarse_size(mask.shape)
     grey = cv2.cvtColor(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY).astype(np.float32)
     inside = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0
     magnitude = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
@@ -149,14 +148,18 @@ def textured_share(pixels: np.ndarray, mask: np.ndarray) -> float:
 _CC_PIXELS = 1 << 16
 
 
+def _coarse_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(width, height) of an image of `shape` area-scaled to at most ~64k pixels (never enlarged)."""
+    factor = max(1.0, float(np.sqrt(shape[0] * shape[1] / _CC_PIXELS)))
+    return max(1, round(shape[1] / factor)), max(1, round(shape[0] / factor))
+
+
 def _coarse(crop: np.ndarray) -> np.ndarray:
     """The crop area-averaged to at most ~64k pixels: connected parts of a large mask are found
     ~30x faster at that scale, and parts too small to survive it cannot change the main share much."""
     if crop.size <= _CC_PIXELS:
         return crop
-    factor = float(np.sqrt(crop.size / _CC_PIXELS))
-    size = (max(1, round(crop.shape[1] / factor)), max(1, round(crop.shape[0] / factor)))
-    small = (cv2.resize(crop * np.uint8(255), size, interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
+    small = (cv2.resize(crop * np.uint8(255), _coarse_size(crop.shape), interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
     return small if small.any() else crop
 
 

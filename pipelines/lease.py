@@ -4,8 +4,9 @@ A run takes the lease before it touches the output (it removes orphans, plans ag
 writes shards), renews it every ``LEASE_SECONDS / 4`` from a driver thread, and gives it back at the
 end. A second run on the same output finds the lease held and waits (``--wait``) or stops with exit
 code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
-belongs to a crashed run and is taken over, at once when that run's process on this host is gone. So concurrent runs never delete or duplicate each other's
-work: they take turns, each doing only what the manifest says is left.
+belongs to a crashed run and is taken over (at once when that run's process on this host is gone). So
+concurrent runs never delete or duplicate each other's work: they take turns, each doing only what the
+manifest says is left.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ class OutputBusy(UserError):
     exit_code = 3
 
 
-def _expired(holder: dict, seconds: float) -> bool:
-    return time.time() - holder.get("heartbeat", 0) > holder.get("expires_after_s", seconds)
+def _stale(holder: dict, seconds: float) -> str | None:
+    """Why the holder's lease is a crashed run's, or None while it may be alive."""
+    if _dead_here(holder):
+        return "its process is gone"
+    silent = time.time() - holder.get("heartbeat", 0)
+    return f"no heartbeat for {silent:.0f} s" if silent > holder.get("expires_after_s", seconds) else None
 
 
 def _dead_here(holder: dict) -> bool:
@@ -75,9 +80,9 @@ class Lease:
             holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
             if holder and holder.get("token") == self.owner["token"]:
                 break
-            if holder and (_expired(holder, self.seconds) or _dead_here(holder)):
-                log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"),
-                            "its process is gone" if _dead_here(holder) else f"no heartbeat for {time.time() - holder.get('heartbeat', 0):.0f} s")
+            why = _stale(holder, self.seconds) if holder else None
+            if why:
+                log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"), why)
                 if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
                     storage.delete(self.uri)
                 continue

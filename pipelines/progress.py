@@ -58,6 +58,15 @@ def new_board(*args) -> "ray.actor.ActorHandle":
     return Board.options(scheduling_strategy=here).remote(*args)
 
 
+def read_board(board, timeout: float) -> dict:
+    """The board's counters, or {} when it does not answer: the board is best effort, a slow or lost
+    actor must not stop the job."""
+    try:
+        return ray.get(board.read.remote(), timeout=timeout)
+    except Exception:
+        return {}
+
+
 class Reporter:
     """Batches counters for a `Board` from inside a task: `add` often, one message per `every` seconds."""
 
@@ -127,10 +136,7 @@ class Display:
         self.started = time.perf_counter()
 
     def _state(self) -> dict:
-        try:
-            return ray.get(self.board.read.remote(), timeout=5)
-        except Exception:  # the board is best effort: a slow or lost actor must not stop the job
-            return {}
+        return read_board(self.board, timeout=5)
 
     def _loop(self) -> None:
         if self.live:

@@ -131,7 +131,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     from ray.train.torch import TorchTrainer
 
     from ..pipelines.config import RayParams
-    from ..pipelines.progress import Display, new_board, train_lines
+    from ..pipelines.progress import Display, new_board, read_board, train_lines
     from ..pipelines.runtime import io_concurrency, start_ray
     from .loop import train_loop
 
@@ -173,7 +173,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         rank, error = next(iter(failures.items())) if failures else ("?", exc)
         raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
     value = result.return_value or {}
-    failures = _board_state(board).get("failures", [])
+    failures = read_board(board, timeout=10).get("failures", [])
     for failure in failures:
         log.warning("training worker failed and the worker group was restarted from its last checkpoint: %s", failure)
     summary = {
@@ -185,15 +185,6 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     }
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
-
-
-def _board_state(board) -> dict:
-    import ray
-
-    try:
-        return ray.get(board.read.remote(), timeout=10)
-    except Exception:  # the board is best effort
-        return {}
 
 
 def format_summary(summary: dict) -> str:
