@@ -94,20 +94,22 @@ def make_inputs(workdir: Path, images: int) -> Path:
     return folder
 
 
-def codec_bound(inputs: Path, outputs: int, quality: int) -> float:
-    """Seconds to decode every input JPEG once and encode `outputs` triplets of the same size, one core
-    (one OpenCV thread, like the pipeline's workers)."""
+def codec_bound(inputs: Path, outputs: int, quality: int, short_side: int | None = None) -> float:
+    """Seconds to decode every input JPEG once and encode `outputs` triplets of the inputs' size (or resized
+    to `short_side`), one core (one OpenCV thread, like the pipeline's workers)."""
     cv2.setNumThreads(1)
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core
     jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
     start = time.perf_counter()
     decoded = [decode_image(j, 50_000_000)[0] for j in jpgs]
     decode_s = time.perf_counter() - start
-    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-    cv2.ellipse(mask, (WIDTH // 2, HEIGHT // 2), (300, 200), 0, 0, 360, 255, -1)
+    width, height = (round(WIDTH * short_side / HEIGHT), short_side) if short_side else (WIDTH, HEIGHT)
+    outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded[:8]] if short_side else decoded
+    mask = np.zeros((height, width), np.uint8)
+    cv2.ellipse(mask, (width // 2, height // 2), (width * 2 // 15, height * 2 // 15), 0, 0, 360, 255, -1)
     start = time.perf_counter()
     for i in range(outputs):
-        image = decoded[i % len(decoded)]
+        image = outputs_of[i % len(outputs_of)]
         encode_jpeg(image, quality), encode_jpeg(image, quality), encode_png_gray(mask), encode_png_gray(mask)
     return decode_s + time.perf_counter() - start
 

@@ -1,4 +1,4 @@
-"""Parse SA-1B and COCO-panoptic annotations into segments, and decode one segment's mask.
+"""Parse SA-1B, COCO-panoptic and Open Images annotations into segments, and decode one segment's mask.
 
 Parsing never decodes masks: area and box come from the RLE (pycocotools, batched) or from
 ``segments_info``, so cheap filters run before any pixel work. Masks are decoded only for the
@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -164,6 +165,64 @@ def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int
                 segment_id=seg_id,
             )
         )
+    return Annotations(segments, invalid)
+
+
+_OI_BOX = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
+
+
+def _mask_rle(data: bytes, height: int, width: int, max_pixels: int) -> dict:
+    """An Open Images mask PNG as a compressed RLE at the image's size (resized: masks come at their own
+    resolution); a mask whose aspect ratio is not the image's belongs to another image and is refused."""
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+    if mask is None:
+        raise BadInput("corrupt_mask", "mask is not a decodable image")
+    if mask.size > max_pixels:
+        raise BadInput("image_too_large", f"mask is {mask.shape[1]}x{mask.shape[0]}")
+    if abs(mask.shape[1] / mask.shape[0] - width / height) > 0.02 * width / height + 1.5 / mask.shape[0]:
+        raise BadInput("mask_size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}: another aspect ratio")
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
+    binary = np.asfortranarray(mask >= 128, dtype=np.uint8)
+    if not binary.any():
+        raise BadInput("empty_mask", "mask has no foreground")
+    rle = mask_utils.encode(binary)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def parse_openimages(
+    rows: object, masks: list[bytes | None], categories: dict, height: int, width: int, max_pixels: int,
+) -> Annotations:
+    """Segments of one Open Images image: its csv rows (``categories``: label id -> {"name", "count"} over
+    the split) with their mask PNGs; boxes and areas come from the masks, resized to the image."""
+    if not isinstance(rows, list) or len(rows) != len(masks):
+        raise BadInput("malformed_annotation", "annotation rows and masks do not match")
+    segments, invalid = [], {}
+    for index, (row, data) in enumerate(zip(rows, masks)):
+        try:
+            label, box = row["LabelName"], [float(row[k]) for k in _OI_BOX]
+            iou = float(row["PredictedIoU"]) if row.get("PredictedIoU") not in (None, "") else None
+        except (KeyError, TypeError, ValueError):
+            invalid[index] = Reject.because("malformed_annotation", "row lacks LabelName or a numeric box / PredictedIoU")
+            continue
+        if not all(math.isfinite(v) for v in box + ([iou] if iou is not None else [])):
+            invalid[index] = Reject.because("non_finite_value", f"box {box}, PredictedIoU {iou}")
+            continue
+        category = categories.get(label)
+        if category is None:
+            invalid[index] = Reject.because("unknown_category", f"label {label!r} is not in the class descriptions")
+            continue
+        if data is None:
+            invalid[index] = Reject.because("missing_mask", f"{row.get('MaskPath')} is not in the masks (folder or zips)")
+            continue
+        try:
+            rle = _mask_rle(data, height, width, max_pixels)
+        except BadInput as bad:
+            invalid[index] = bad.reject
+            continue
+        scores = {"predicted_iou": iou} if iou is not None else {}
+        area, bbox = float(mask_utils.area(rle)), tuple(float(v) for v in mask_utils.toBbox(rle))
+        segments.append(Segment(index=index, box=bbox, area=area, category=category["name"], scores=scores, rle=rle))
     return Annotations(segments, invalid)
 
 

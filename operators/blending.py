@@ -1,27 +1,51 @@
 """Alpha blending of a pasted entity: ``source = alpha * entity + (1 - alpha) * background``.
 
-The alpha ramps from 0 at the mask's outline to 1 a few pixels inside (feathering), so the paste
-has soft edges while every changed pixel stays inside the mask: outside it, source == target.
-All arithmetic is uint8/uint16 on the pasted region only.
+Two ways to get the alpha, both on the entity crop only and both zero outside the mask, so every
+changed pixel stays inside it (outside, source == target):
+- ``feather``: a ramp from 0 at the mask's outline to 1 a few pixels inside (a distance transform);
+- ``matting``: closed-form matting (Levin et al. 2008, as SmartEraser's release) on a trimap whose
+  unknown band is the mask's inner edge: the alpha follows the entity's own colour edges there.
+All blending arithmetic is uint8/uint16 on the pasted region only.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
 from pydantic import Field
 
 from .params import Params
 
 
 class BlendParams(Params):
+    # Default by measurement (benchmarks/blending_bench.py, 48 SA-1B-sized images, 512-px backgrounds, one
+    # core): matting 136 ms/triplet vs. feather 92 (1.5x), boundary seam median 1.59 vs. 2.55, p90 2.06 vs. 3.49.
+    method: Literal["feather", "matting"] = Field("matting", description="how the alpha is estimated: matting or feather")
     feather_ratio: float = Field(
         0.01, ge=0, le=0.5, description="feather width / sqrt(pasted mask area); 0 gives a hard edge"
     )
+    matting_band_ratio: float = Field(
+        0.04, gt=0, le=0.5, description="matting: depth of the unknown band inside the mask / sqrt(pasted mask area), at least 2 px"
+    )
+    matting_epsilon: float = Field(1e-7, gt=0, le=1, description="closed-form matting's regulariser (Levin et al.: 1e-7)")
 
 
-def feather_px(mask_area: float, params: BlendParams) -> float:
+def edge_px(mask_area: float, params: BlendParams) -> float:
+    """Width of the soft edge of a pasted mask: the feather's ramp, or matting's unknown band."""
+    if params.method == "matting":
+        return max(2.0, params.matting_band_ratio * float(np.sqrt(mask_area)))
     return max(1.0, params.feather_ratio * float(np.sqrt(mask_area))) if params.feather_ratio > 0 else 0.0
+
+
+def entity_alpha(pixels: np.ndarray, mask: np.ndarray, width_px: float, params: BlendParams) -> np.ndarray:
+    """The uint8 alpha of a 0/1 entity mask by `params.method`, `width_px` wide at the outline."""
+    if params.method == "matting":
+        return matte_alpha(pixels, mask, width_px, params.matting_epsilon)
+    return feather_alpha(mask, width_px)
 
 
 def feather_alpha(mask: np.ndarray, width_px: float) -> np.ndarray:
@@ -34,6 +58,68 @@ def feather_alpha(mask: np.ndarray, width_px: float) -> np.ndarray:
     return np.where(distance > 0, np.clip(distance * (255.0 / width_px), 1, 255), 0).astype(np.uint8)
 
 
+def _matting_laplacian_rows(image: np.ndarray, centers: np.ndarray, epsilon: float) -> scipy.sparse.csr_matrix:
+    """The matting Laplacian summed over the 3x3 windows centred at flat indices `centers` of `image`
+    (float RGB in [0, 1], windows inside it): L = D - W, W_ij = sum over windows of
+    (1 + (I_i - mu)^T (cov + eps/9 I)^-1 (I_j - mu)) / 9 (Levin et al., eq. 12)."""
+    h, w = image.shape[:2]
+    offsets = np.array([dy * w + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    index = centers[:, None] + offsets[None, :]  # (n, 9)
+    window = image.reshape(-1, 3)[index]
+    centred = window - window.mean(axis=1, keepdims=True)
+    cov = centred.transpose(0, 2, 1) @ centred / 9 + (epsilon / 9) * np.eye(3)
+    weights = (1 + (centred @ np.linalg.inv(cov)) @ centred.transpose(0, 2, 1)) / 9  # (n, 9, 9)
+    rows, cols = np.repeat(index, 9, axis=1).ravel(), np.tile(index, (1, 9)).ravel()
+    affinity = scipy.sparse.coo_matrix((weights.ravel(), (rows, cols)), shape=(h * w, h * w)).tocsr()
+    return scipy.sparse.diags(np.asarray(affinity.sum(axis=1)).ravel()) - affinity
+
+
+def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: float = 1e-7) -> np.ndarray:
+    """uint8 alpha of a 0/1 mask by closed-form matting of `pixels` (BGR): 255 on the mask eroded by
+    `band_px`, 0 outside the mask, solved in between (L_uu a_u = -L_uk a_k on the unknown band only)."""
+    pad = 2  # known background around the crop (its edge is an outline) and room for the 3x3 windows
+    known = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    image = cv2.copyMakeBorder(pixels, pad, pad, pad, pad, cv2.BORDER_REPLICATE)[..., ::-1].astype(np.float64) / 255
+    radius = max(1, int(round(band_px)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    foreground = cv2.erode(known, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    unknown = (known > 0) & (foreground == 0)
+    alpha = foreground.astype(np.float64)
+    if unknown.any():
+        near = cv2.dilate(unknown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        near[:1], near[-1:], near[:, :1], near[:, -1:] = False, False, False, False
+        laplacian = _matting_laplacian_rows(image, np.flatnonzero(near), epsilon)
+        u = np.flatnonzero(unknown)
+        k = np.flatnonzero(~unknown)
+        rows = laplacian[u]
+        system, rhs = rows[:, u], -(rows[:, k] @ alpha.ravel()[k])
+        # L_uu is symmetric positive definite: conjugate gradients with a Jacobi preconditioner take half the
+        # time of a direct solve on these bands, within 1/255 of it; started from the feathered guess
+        diagonal = system.diagonal()
+        jacobi = scipy.sparse.linalg.LinearOperator(system.shape, matvec=lambda x: x / diagonal)
+        guess = np.clip(cv2.distanceTransform(known, cv2.DIST_L2, 3).ravel()[u] / (radius + 1), 0, 1)
+        solved, _ = scipy.sparse.linalg.cg(system, rhs, x0=guess, M=jacobi, rtol=1e-5, maxiter=1000)
+        alpha.ravel()[u] = np.clip(np.nan_to_num(solved, nan=1.0), 0, 1)
+    return np.rint(alpha[pad:-pad, pad:-pad] * 255).astype(np.uint8) * (mask > 0)
+
+
+def _clipped(shape: tuple[int, ...], x: int, y: int, height: int, width: int) -> tuple[slice, slice, slice, slice]:
+    """(rows, cols) in the image and (rows, cols) in the crop of a `shape` crop placed at (x, y), clipped."""
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + shape[1], width), min(y + shape[0], height)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError("pasted box lies outside the background")
+    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
+
+
+def place(crop: np.ndarray, x: int, y: int, height: int, width: int) -> np.ndarray:
+    """A single-channel crop on a zero canvas of (height, width) at corner (x, y), clipped to it."""
+    rows, cols, crop_rows, crop_cols = _clipped(crop.shape, x, y, height, width)
+    canvas = np.zeros((height, width), crop.dtype)
+    canvas[rows, cols] = crop[crop_rows, crop_cols]
+    return canvas
+
+
 def paste(
     background: np.ndarray, entity: np.ndarray, alpha: np.ndarray, x: int, y: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -42,15 +128,10 @@ def paste(
     Returns the source image and the full-size alpha map.
     """
     height, width = background.shape[:2]
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + entity.shape[1], width), min(y + entity.shape[0], height)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError("pasted box lies outside the background")
-    fg = entity[y0 - y : y1 - y, x0 - x : x1 - x].astype(np.uint16)
-    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None].astype(np.uint16)
+    rows, cols, crop_rows, crop_cols = _clipped(entity.shape, x, y, height, width)
+    fg = entity[crop_rows, crop_cols].astype(np.uint16)
+    a = alpha[crop_rows, crop_cols, None].astype(np.uint16)
     source = background.copy()
-    bg = source[y0:y1, x0:x1].astype(np.uint16)
-    source[y0:y1, x0:x1] = ((fg * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
-    full_alpha = np.zeros((height, width), np.uint8)
-    full_alpha[y0:y1, x0:x1] = a[..., 0]
-    return source, full_alpha
+    bg = source[rows, cols].astype(np.uint16)
+    source[rows, cols] = ((fg * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+    return source, place(alpha, x, y, height, width)

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..dataset import Reject
 from .backgrounds import Background
-from .blending import BlendParams, feather_alpha, feather_px, paste
+from .blending import BlendParams, entity_alpha, edge_px, paste, place
 from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
@@ -96,10 +96,10 @@ def compose_pair(
     area = int(inside.sum())
     if area == 0:
         return Reject.because("mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}")
-    width_px = feather_px(area, blend)
+    width_px = edge_px(area, blend)
     resized = cv2.resize(pixels, size, interpolation=interpolation)
-    source, alpha = paste(background.image, resized, feather_alpha(inside, width_px), spot.x, spot.y)
-    exact = (alpha > 0).astype(np.uint8)
+    source, alpha = paste(background.image, resized, entity_alpha(resized, inside, width_px, blend), spot.x, spot.y)
+    exact = place(inside, spot.x, spot.y, height, width)  # the object's outline (matting may leave 0s inside it)
     exact_area = int(exact.sum())
     if exact_area == 0 or exact_area == exact.size:
         return Reject.because("degenerate_mask", f"pasted mask covers {exact_area} of {exact.size} px")
@@ -121,7 +121,7 @@ def compose_pair(
             "object_area_ratio": round(exact_area / exact.size, 5),
             "variant": variant,
         },
-        "blending": {"method": "feather", "feather_px": round(width_px, 3)},
+        "blending": {"method": blend.method, "edge_px": round(width_px, 3)},
         "quality": paste_signals(source, alpha),
     }
     same = [i.area for i in background.instances if entity.category and i.category == entity.category]

@@ -42,6 +42,9 @@ class EntityLimits(Params):
     min_textured: float = Field(
         0.0, ge=0, le=1, description="share of the mask's pixels on an edge or texture (gradient >= 16/255), at least (flat wall, sky: 0)"
     )
+    # SmartEraser drops classes with too few surviving entities; a streamed run cannot wait for the survivors,
+    # so the count is of the class's rows in the split's csv (before any check).
+    min_class_entities: int = Field(0, ge=0, description="Open Images: classes with fewer masks in their split are dropped (rare_class)")
 
     ORDERED = (("min_area_ratio", "max_area_ratio", True),)
 

@@ -36,11 +36,13 @@ class EntityScorer(Protocol):
 
 
 class AnnotationScorer(Params):
-    """Scores from the annotations themselves: SA-1B's predicted IoU and stability; panoptic: not crowd."""
+    """Scores from the annotations themselves: SA-1B's predicted IoU and stability; panoptic: not crowd;
+    Open Images: its masks' PredictedIoU."""
 
     name: Literal["annotation"] = "annotation"
     min_predicted_iou: float = Field(0.88, ge=0, le=1, description="SA-1B predicted_iou, at least (SAM AMG default)")
     min_stability_score: float = Field(0.95, ge=0, le=1, description="SA-1B stability_score, at least (SAM AMG default)")
+    min_labelled_iou: float = Field(0.0, ge=0, le=1, description="Open Images PredictedIoU (the mask's own quality estimate), at least")
     needs_pixels: ClassVar[bool] = False
 
     def build(self) -> "AnnotationScorer":
@@ -52,10 +54,13 @@ class AnnotationScorer(Params):
 
     def _score_one(self, entity: Entity) -> Score:
         segment = entity.segment
-        if segment.rle is None:  # panoptic segment: human-labelled, only crowd regions are unusable
+        if segment.category is not None:  # human-labelled (panoptic, Open Images): crowds and poor masks go
             if segment.crowd:
                 return Score(0.0, Reject.because("crowd", "panoptic segment is marked iscrowd"))
-            return Score(1.0)
+            iou = segment.scores.get("predicted_iou", 1.0)
+            if iou < self.min_labelled_iou:
+                return Score(iou, Reject.because("low_predicted_iou", f"PredictedIoU {iou:.3f} < min_labelled_iou={self.min_labelled_iou}"))
+            return Score(iou)
         iou = segment.scores.get("predicted_iou")
         stability = segment.scores.get("stability_score")
         if iou is None or stability is None:

@@ -16,7 +16,9 @@ from pydantic import Discriminator, Field, Tag, field_validator
 
 from .. import __version__
 from ..dataset import Reject, sample_json, sample_key
-from .annotations import Annotations, declared_size, load_json, load_panoptic_categories, parse_panoptic, parse_sa1b, segments_info_of
+from .annotations import (
+    Annotations, declared_size, load_json, load_panoptic_categories, parse_openimages, parse_panoptic, parse_sa1b, segments_info_of,
+)
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
@@ -85,19 +87,36 @@ class Group:
     stats: Stats = field(default_factory=Stats)
 
 
-def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, orientation: int, max_pixels: int):
+def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, orientation: int, params: Syn4RemovalParams):
     """Parse a record's annotations, the image turned as they need it (``codecs.orient``): (annotations,
     the panoptic segment-id map or None, the image, whether it was turned)."""
+    max_pixels = params.max_image_pixels
     if kind == "sa1b":
         doc = load_json(record["annotation"])
         image, turned = orient(image, orientation, declared_size(doc))
         return parse_sa1b(doc, *image.shape[:2]), None, image, turned
+    if kind == "openimages":  # masks are drawn on the stored pixels and come at their own size: no turn
+        rows = load_json(record["annotation"])
+        annotations = parse_openimages(rows, record["masks"] or [], categories, *image.shape[:2], max_pixels)
+        return annotations, None, image, False
     ids = decode_panoptic_ids(record["segmentation"], max_pixels)
     image, turned = orient(image, orientation, ids.shape)
     height, width = image.shape[:2]
     if ids.shape != (height, width):
         raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {width}x{height}")
     return parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, height, width), ids, image, turned
+
+
+def _categories(kind: str, text: str) -> dict | None:
+    """A unit's categories: panoptic id -> {"name", "isthing"}; Open Images label -> {"name", "count"}."""
+    if kind == "panoptic":
+        return load_panoptic_categories(load_json(text))
+    if kind == "openimages":
+        categories = load_json(text)
+        if not isinstance(categories, dict):
+            raise BadInput("malformed_json", "Open Images categories are not a mapping")
+        return categories
+    return None
 
 
 def keep_passing(
@@ -121,11 +140,12 @@ def score_entities(entities: list[Entity], scorer: EntityScorer, stage: str = "e
 
 def _entities_of(
     record_id: str, image: np.ndarray, annotations: Annotations, ids: np.ndarray | None, params: Syn4RemovalParams,
-    scorer: EntityScorer, stats: Stats,
+    scorer: EntityScorer, stats: Stats, class_sizes: dict[str, int],
 ) -> tuple[list[Entity], list[Reject]]:
     """Candidate entities of one image after the cheap checks (and a scorer that needs no pixels)."""
     height, width = image.shape[:2]
     candidates, rejects = [], []
+    minimum = params.entities.min_class_entities
     for segment in annotations.segments:
         if not segment.thing:
             continue
@@ -133,6 +153,9 @@ def _entities_of(
         entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width), image, ids)
         entity.scores.update(segment.scores)
         rejected = geometry_reject(segment, height, width, params.entities)
+        size = class_sizes.get(segment.category)
+        if not rejected and size is not None and size < minimum:
+            rejected = Reject.because("rare_class", f"{segment.category!r} has {size} masks in its split < min_class_entities={minimum}")
         if rejected:
             rejects.append(rejected.at(entity.id, "entity"))
         else:
@@ -165,7 +188,8 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
     stats = group.stats
     kind = row["kind"]
     try:
-        categories = load_panoptic_categories(load_json(row["categories"])) if kind == "panoptic" else None
+        categories = _categories(kind, row["categories"])
+        class_sizes = {c["name"]: c["count"] for c in categories.values()} if kind == "openimages" else {}
     except BadInput as bad:  # the unit's categories are unusable: so is every record
         why = Reject.because(bad.reason, f"categories: {bad.detail}")
         group.rejects += [why.at(f"{group.unit}/{r['id']}", "annotation") for r in row["records"]]
@@ -181,7 +205,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             continue
         try:
             with stats.timed("annotations"):
-                annotations, ids, image, turned = _annotations(kind, record, categories, image, header.orientation, params.max_image_pixels)
+                annotations, ids, image, turned = _annotations(kind, record, categories, image, header.orientation, params)
         except BadInput as bad:
             group.rejects.append(bad.reject.at(record_id, "annotation"))
             continue
@@ -190,7 +214,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         stats.counts["images"] += 1
         group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
         with stats.timed("entities"):
-            entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats)
+            entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats, class_sizes)
             if scorer.needs_pixels:
                 entities, cut_out = materialize_all(entities, params.entities)
                 rejects += cut_out

@@ -1,7 +1,7 @@
 """Turn ``--input`` arguments into input units, and plan the groups of image records to read.
 
-A unit is one SA-1B tar, one folder of loose SA-1B jpg+json, or one split of a COCO/COCONut panoptic
-root. Units are named after their file or folder; every input id is ``<unit>/<record>``. Records of
+A unit is one SA-1B tar, one folder of loose SA-1B jpg+json, one split of a COCO/COCONut panoptic
+root, or one split of an Open Images v7 instance-segmentation root. Units are named after their file or folder; every input id is ``<unit>/<record>``. Records of
 a unit are cut into groups of ``group_size`` consecutive records (the last group takes the rest),
 after dropping records an earlier run already committed, so a resumed run rebuilds the very groups
 an uninterrupted run would have made.
@@ -9,9 +9,12 @@ an uninterrupted run would have made.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
@@ -21,10 +24,13 @@ from ..dataset import Reject
 from .. import storage
 from ..errors import UserError
 
-KINDS = ("sa1b-tar", "sa1b-dir", "panoptic")
+KINDS = ("sa1b-tar", "sa1b-dir", "panoptic", "openimages")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
-_KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic):(.+)$")
+_KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic|openimages):(.+)$")
 _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
+_OI_CSV = re.compile(r"(.+)-annotations-object-segmentation\.csv")
+_OI_CLASS_FILES = ("oidv7-class-descriptions-boxable.csv", "class-descriptions-boxable.csv", "oidv7-class-descriptions.csv")
+OI_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU")
 T = TypeVar("T")
 
 
@@ -36,10 +42,10 @@ class InputError(UserError, ValueError):
 class Unit:
     kind: str  # one of KINDS, or "video"
     name: str  # prefixes every input id of the unit
-    uri: str  # the tar, the folder, or (panoptic) the annotation json or the per-image json folder
-    png_dir: str | None = None  # panoptic: the segmentation PNGs
-    image_dir: str | None = None  # panoptic: the images
-    categories_uri: str | None = None  # panoptic per-image layout: where categories come from
+    uri: str  # the tar, the folder, (panoptic) the annotation json or the per-image json folder, (openimages) the csv
+    png_dir: str | None = None  # panoptic: the segmentation PNGs; openimages: the root (masks loose or in zips)
+    image_dir: str | None = None  # panoptic, openimages: the images
+    categories_uri: str | None = None  # panoptic per-image layout, openimages: where category names come from
     problem: str | None = None  # why the unit cannot be read at all (its file name): it becomes one reject
 
 
@@ -99,6 +105,18 @@ def _panoptic_units(root: str, entries: dict[str, pafs.FileInfo]) -> list[Unit]:
     return units
 
 
+def _openimages_units(root: str, entries: dict[str, pafs.FileInfo]) -> list[Unit]:
+    """Splits of an Open Images root: ``<split>-annotations-object-segmentation.csv`` + class names + images."""
+    splits = [m.group(1) for name in sorted(entries) if (m := _OI_CSV.fullmatch(name))]
+    if not splits:
+        return []
+    names = next((storage.join(root, f) for f in _OI_CLASS_FILES if f in entries), None)
+    if names is None:
+        raise InputError(f"Open Images root {root} has segmentation csvs but no {' or '.join(_OI_CLASS_FILES)}")
+    return [Unit("openimages", split, storage.join(root, f"{split}-annotations-object-segmentation.csv"), png_dir=root,
+                 image_dir=storage.join(root, split), categories_uri=names) for split in splits]
+
+
 def _parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
@@ -123,11 +141,12 @@ def discover(arg: str) -> list[Unit]:
     tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type in (pafs.FileType.File, *UNREADABLE)]
     loose = any(n.endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
-    candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic)}
+    openimages = _openimages_units(uri, entries) if kind in (None, "openimages") else []
+    candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic), "openimages": bool(openimages)}
     if kind is None:
         present = [k for k, v in candidates.items() if v]
         if not present:
-            raise InputError(f"no SA-1B tars, loose SA-1B jpg+json or panoptic annotations found in {uri}")
+            raise InputError(f"no SA-1B tars, loose SA-1B jpg+json, panoptic annotations or Open Images segmentation csvs found in {uri}")
         if len(present) > 1:
             raise InputError(f"{uri} holds several input kinds ({', '.join(present)}): say which with KIND:{uri}")
         kind = present[0]
@@ -138,7 +157,8 @@ def discover(arg: str) -> list[Unit]:
                      if entries[storage.basename(t)].type in UNREADABLE else None) for t in sorted(tars)]
     if kind == "sa1b-dir":
         return [Unit("sa1b-dir", storage.basename(uri), uri)]
-    return [Unit(u.kind, f"{storage.basename(uri)}/{u.name}", u.uri, u.png_dir, u.image_dir, u.categories_uri) for u in panoptic]
+    split_units = panoptic if kind == "panoptic" else openimages
+    return [Unit(u.kind, f"{storage.basename(uri)}/{u.name}", u.uri, u.png_dir, u.image_dir, u.categories_uri) for u in split_units]
 
 
 def discover_videos(arg: str) -> list[Unit]:
@@ -318,6 +338,82 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     return json.dumps(categories), items
 
 
+def _table_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+def _openimages_names(uri: str) -> dict[str, str]:
+    """Label id -> display name from a class-descriptions csv (with or without its header)."""
+    rows = _table_rows(storage.read_bytes(uri))
+    if rows and rows[0][:2] == ["LabelName", "DisplayName"]:
+        rows = rows[1:]
+    return {r[0]: r[1] for r in rows if len(r) >= 2}
+
+
+def _split_tag(unit: Unit) -> str:
+    return unit.uri.rsplit("/", 1)[-1].removesuffix("-annotations-object-segmentation.csv")
+
+
+def _openimages_masks(unit: Unit) -> tuple[dict[str, str], dict[str, str]]:
+    """Where the masks of a split are: loose PNGs by name, and zip archives by the hex digit they hold."""
+    split, loose, zips = _split_tag(unit), {}, {}
+    folder = storage.join(unit.png_dir, f"{split}-masks")
+    listed = [(unit.png_dir, e) for e in storage.list_dir(unit.png_dir)]
+    if storage.info(folder).type == pafs.FileType.Directory:
+        listed += [(folder, e) for e in storage.list_dir(folder)]
+    for parent, entry in listed:
+        name = storage.basename(entry.path)
+        if entry.type != pafs.FileType.File:
+            continue
+        if match := re.fullmatch(rf"{re.escape(split)}-masks-([0-9a-fA-F])\.zip", name):
+            zips[match.group(1).lower()] = storage.uri_of(parent, entry)
+        elif parent == folder and name.lower().endswith(".png"):
+            loose[name] = storage.uri_of(parent, entry)
+    return loose, zips
+
+
+def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
+    """Categories (JSON: label id -> name and rows in the split) and the items of an Open Images split:
+    one record per image, its csv rows as the annotation and one mask locator per row (None: not found)."""
+    try:
+        names = _openimages_names(unit.categories_uri)
+        rows = _table_rows(storage.read_bytes(unit.uri))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return "{}", [(None, Reject(unit.name, "read", "malformed_csv", storage.first_line(exc)))]
+    header = rows[0] if rows else []
+    missing = [c for c in OI_COLUMNS if c not in header]
+    if missing:
+        return "{}", [(None, Reject(unit.name, "read", "malformed_csv", f"{unit.uri}: no column {', '.join(missing)}"))]
+    column = {c: header.index(c) for c in OI_COLUMNS}
+    per_image: dict[str, list[dict]] = {}
+    items: list[tuple[str | None, object]] = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            items.append((None, Reject(f"{unit.name}:{line}", "read", "malformed_annotation", f"{len(row)} fields, header has {len(header)}")))
+            continue
+        per_image.setdefault(row[column["ImageID"]], []).append({c: row[i] for c, i in column.items()})
+    labels = Counter(r["LabelName"] for image_rows in per_image.values() for r in image_rows)
+    categories = {label: {"name": names[label], "count": n} for label, n in labels.items() if label in names}
+    listed = storage.list_dir(unit.image_dir) if storage.info(unit.image_dir).type == pafs.FileType.Directory else []
+    images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in listed if e.type == pafs.FileType.File}
+    loose, zips = _openimages_masks(unit)
+
+    def locate(mask_path: str) -> str | None:
+        if mask_path in loose:
+            return loose[mask_path]
+        archive = zips.get(mask_path[:1].lower())
+        return f"zip://{mask_path}::{archive}" if archive else None
+
+    for image_id in sorted(per_image):
+        if image_id not in images:
+            items.append((image_id, Reject(f"{unit.name}/{image_id}", "read", "missing_image", f"no {image_id}.jpg in {unit.image_dir}")))
+            continue
+        image_rows = per_image[image_id]
+        items.append((image_id, {"id": image_id, "image": images[image_id], "annotation": json.dumps(image_rows).encode(),
+                                 "masks": [locate(r["MaskPath"]) for r in image_rows]}))
+    return json.dumps(categories), items
+
+
 def plan_groups(unit: Unit, group_size: int, skip: set[str]) -> list[dict]:
     """Reader rows (members as URIs) of a loose SA-1B folder or a panoptic split; one reject row for a
     unit that cannot be read at all (marked complete, so later runs skip it)."""
@@ -326,5 +422,5 @@ def plan_groups(unit: Unit, group_size: int, skip: set[str]) -> list[dict]:
         return list(unit_groups(unit.name, "sa1b", "", items, group_size, skip, immutable=True))
     if unit.kind == "sa1b-dir":
         return list(unit_groups(unit.name, "sa1b", "", _sa1b_dir_items(unit), group_size, skip, immutable=False))
-    categories, items = _panoptic_items(unit)
-    return list(unit_groups(unit.name, "panoptic", categories, items, group_size, skip, immutable=False))
+    categories, items = _openimages_items(unit) if unit.kind == "openimages" else _panoptic_items(unit)
+    return list(unit_groups(unit.name, unit.kind, categories, items, group_size, skip, immutable=False))

@@ -8,8 +8,10 @@ members that escape the extraction directory, orphans and a truncated tail becom
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import tarfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
 
@@ -23,7 +25,13 @@ from .. import storage
 from .inputs import unit_groups
 
 _RECORD = pa.struct(
-    [("id", pa.string()), ("image", pa.large_binary()), ("annotation", pa.large_binary()), ("segmentation", pa.large_binary())]
+    [
+        ("id", pa.string()),
+        ("image", pa.large_binary()),
+        ("annotation", pa.large_binary()),
+        ("segmentation", pa.large_binary()),
+        ("masks", pa.list_(pa.large_binary())),  # Open Images: one PNG per annotation row, null where not found
+    ]
 )
 _REJECT = pa.struct([("input", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 READER_SCHEMA = pa.schema(
@@ -116,14 +124,39 @@ def _load(value, max_file_bytes: int) -> bytes | None:
     return storage.read_bytes(value)
 
 
+@functools.lru_cache(maxsize=4)
+def _archive(uri: str) -> zipfile.ZipFile:
+    """An open zip archive (its central directory read once per worker; members then read by range)."""
+    return zipfile.ZipFile(storage.open_input_file(uri))
+
+
+def _load_mask(locator: str | None, max_file_bytes: int) -> bytes | None:
+    """A mask's bytes from a loose file or ``zip://<member>::<archive uri>``; None when it is not there."""
+    if locator is None:
+        return None
+    if not locator.startswith("zip://"):
+        return _load(locator, max_file_bytes) if storage.exists(locator) else None
+    member, _, archive = locator.removeprefix("zip://").partition("::")
+    try:
+        found = _archive(archive).getinfo(member)
+    except KeyError:
+        return None
+    if found.file_size > max_file_bytes:
+        raise ValueError(f"{locator}: {found.file_size} bytes > max_file_bytes={max_file_bytes}")
+    return _archive(archive).read(found)
+
+
 def load_planned_row(row: dict, max_file_bytes: int) -> dict:
-    """Read the files a planned row names; unreadable records become rejects of that row."""
+    """Read the files a planned row names; unreadable records become rejects of that row (a missing
+    Open Images mask is left null: it rejects only its own annotation)."""
     records, rejects = [], list(row["rejects"])
 
     def load(member: dict):
         try:
-            return {k: _load(member.get(k), max_file_bytes) for k in ("image", "annotation", "segmentation")} | {"id": member["id"]}
-        except (OSError, ValueError) as exc:
+            files = {k: _load(member.get(k), max_file_bytes) for k in ("image", "annotation", "segmentation")}
+            masks = [_load_mask(m, max_file_bytes) for m in member["masks"]] if "masks" in member else None
+            return files | {"id": member["id"], "masks": masks}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             return Reject(f"{row['unit']}/{member['id']}", "read", "unreadable_file", storage.first_line(exc))
 
     with ThreadPoolExecutor(8) as pool:  # object stores reward concurrent GETs
@@ -133,7 +166,7 @@ def load_planned_row(row: dict, max_file_bytes: int) -> dict:
 
 
 class PlannedGroupsDatasource(Datasource):
-    """Rows planned on the driver (loose SA-1B folders, panoptic splits) whose files are read in tasks."""
+    """Rows planned on the driver (loose SA-1B folders, panoptic and Open Images splits) whose files are read in tasks."""
 
     def __init__(self, rows: list[dict], max_file_bytes: int):
         self._rows, self._max_file_bytes = rows, max_file_bytes

@@ -1,6 +1,6 @@
 """The Syn4Removal pipeline: its config, its Ray Data graph and its command.
 
-    read (SA-1B tars | planned folders and panoptic splits)   -> one row per group of images
+    read (SA-1B tars | planned folders, panoptic and Open Images splits) -> one row per group of images
       -> prepare: decode, entity bank, backgrounds              (operators.syn4removal.extract_group)
       -> [a pixel scorer (CLIP) as an actor pool]               (operators.syn4removal.EntityScoring)
       -> finish: compose, encode                                -> one writer row per group
@@ -101,9 +101,13 @@ EXAMPLES = """examples:
   # check config and inputs, show what is left to do, and stop
   pairmine syn4removal --input sa1b/ --output out/ --dry-run
 
-inputs: an SA-1B .tar, a folder of SA-1B tars, a folder of loose SA-1B jpg+json, or a COCO/COCONut
-panoptic root (annotations/panoptic_<split>.json); prefix KIND: (sa1b-tar:, sa1b-dir:, panoptic:)
-when a folder holds several kinds. Local paths or s3:// URIs; S3 settings come from the AWS
+  # Open Images v7 instance masks (csv + class names + masks in zips or a folder + <split>/ images)
+  pairmine syn4removal --input openimages:/data/oidv7 --output out/oi --set entities.min_class_entities=50
+
+inputs: an SA-1B .tar, a folder of SA-1B tars, a folder of loose SA-1B jpg+json, a COCO/COCONut
+panoptic root (annotations/panoptic_<split>.json), or an Open Images root
+(<split>-annotations-object-segmentation.csv); prefix KIND: (sa1b-tar:, sa1b-dir:, panoptic:,
+openimages:) when a folder holds several kinds. Local paths or s3:// URIs; S3 settings come from the AWS
 environment (AWS_ENDPOINT_URL, credentials, AWS_REGION).
 
 Rerunning with the same --output and config continues where the last run stopped and skips
@@ -112,8 +116,8 @@ finished inputs."""
 SYN4REMOVAL = Pipeline(
     name=PIPELINE,
     help="synthetic triplets: entities from segmented images pasted into other images",
-    description="Syn4Removal (SmartEraser): cut entities out of SA-1B / COCO-panoptic images and paste them into other "
-    "images at positions that bury no object, with feathered alpha blending; writes (source.jpg, mask.png, "
+    description="Syn4Removal (SmartEraser): cut entities out of SA-1B / COCO-panoptic / Open Images images and paste them "
+    "into other images at positions that bury no object, alpha-blended (feathered or matted); writes (source.jpg, mask.png, "
     "target.jpg, alpha.png, json) samples.",
     examples=EXAMPLES,
     config_model=Syn4RemovalConfig,

@@ -14,6 +14,7 @@ from pairmine.operators.annotations import (
     decode_rle_crop,
     load_panoptic_categories,
     panoptic_crop,
+    parse_openimages,
     parse_panoptic,
     parse_sa1b,
     rle_runs,
@@ -356,3 +357,38 @@ def test_panoptic_crop_without_pixels_is_empty_mask():
     with pytest.raises(BadInput) as info:
         panoptic_crop(ids, Segment(0, (2.0, 2.0, 5.0, 5.0), 25.0, segment_id=3))
     assert info.value.reason == "empty_mask"
+
+
+def _oi_row(label: str = "/m/01yrx", **overrides) -> dict:
+    row = {"MaskPath": "x.png", "ImageID": "x", "LabelName": label, "BoxID": "1", "BoxXMin": "0.1", "BoxXMax": "0.5",
+           "BoxYMin": "0.2", "BoxYMax": "0.6", "PredictedIoU": "0.8"}
+    return row | overrides
+
+
+def _png(mask: np.ndarray) -> bytes:
+    return cv2.imencode(".png", mask)[1].tobytes()
+
+
+def test_open_images_masks_are_resized_to_the_image_and_bad_rows_rejected():
+    height, width = 300, 450
+    full = np.zeros((height, width), np.uint8)
+    cv2.ellipse(full, (200, 150), (120, 80), 0, 0, 360, 255, -1)
+    small = cv2.resize(full, (300, 200), interpolation=cv2.INTER_AREA)  # the release's masks come at their own size
+    categories = {"/m/01yrx": {"name": "Cat", "count": 5}}
+    rows = [_oi_row(), _oi_row(), _oi_row("/m/0nope"), _oi_row(), _oi_row(BoxXMin="nan"), _oi_row(), _oi_row(PredictedIoU="")]
+    masks = [_png(small), _png(np.full((200, 200), 255, np.uint8)), _png(small), None, _png(small), b"garbage", _png(small)]
+    parsed = parse_openimages(rows, masks, categories, height, width, max_pixels=10**7)
+    reasons = {i: r.reason for i, r in parsed.invalid.items()}
+    assert reasons == {1: "mask_size_mismatch", 2: "unknown_category", 3: "missing_mask", 4: "non_finite_value", 5: "corrupt_mask"}
+    first, last = parsed.segments
+    assert (first.index, first.category, first.scores) == (0, "Cat", {"predicted_iou": 0.8})
+    assert last.scores == {}  # no PredictedIoU: no score, not a zero
+    decoded = mask_utils.decode(first.rle)
+    assert decoded.shape == (height, width)
+    assert np.logical_xor(decoded, full > 0).sum() < 0.02 * (full > 0).sum()  # the object, at the image's size
+    assert first.area == decoded.sum() and first.box == pytest.approx((80, 70, 241, 161), abs=2)
+
+
+def test_open_images_rows_and_masks_must_pair_up():
+    with pytest.raises(BadInput, match="malformed_annotation"):
+        parse_openimages([_oi_row()], [], {}, 10, 10, 100)

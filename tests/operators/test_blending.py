@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pairmine.operators.blending import BlendParams, feather_alpha, feather_px, paste
+from pairmine.operators.blending import BlendParams, entity_alpha, feather_alpha, edge_px, matte_alpha, paste, place
 
 
 def disk_mask(size: int = 81, radius: int = 30) -> np.ndarray:
@@ -22,8 +22,13 @@ def edt_inside(mask: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("area, ratio, expected", [(10000, 0.01, 1.0), (1_000_000, 0.01, 10.0), (40000, 0.05, 10.0), (4, 0.01, 1.0), (10000, 0.0, 0.0)])
-def test_feather_px_is_ratio_times_sqrt_area_at_least_one(area, ratio, expected):
-    assert feather_px(area, BlendParams(feather_ratio=ratio)) == pytest.approx(expected)
+def test_feather_edge_px_is_ratio_times_sqrt_area_at_least_one(area, ratio, expected):
+    assert edge_px(area, BlendParams(method="feather", feather_ratio=ratio)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("area, ratio, expected", [(10000, 0.04, 4.0), (1_000_000, 0.04, 40.0), (100, 0.04, 2.0)])
+def test_matting_band_is_ratio_times_sqrt_area_at_least_two(area, ratio, expected):
+    assert edge_px(area, BlendParams(method="matting", matting_band_ratio=ratio)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("width_px", [1.0, 4.0, 7.5])
@@ -109,3 +114,51 @@ def test_paste_entirely_outside_is_an_error(x, y):
     background, entity, alpha = scene()
     with pytest.raises(ValueError):
         paste(background, entity, alpha, x, y)
+
+
+def soft_disk_scene(size: int = 160, radius: float = 50.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red disk with a soft 4-px edge (defocus, hair) on a blue-green background: (BGR image, true alpha
+    0-1, a coarse 0/1 mask over it: the disk at 1/16 resolution, blown up blocky, as coarse annotations are)."""
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.clip((radius - np.hypot(yy - size / 2, xx - size / 2)) / 4 + 0.5, 0, 1)
+    fg, bg = np.array([40, 40, 220.0]), np.array([200, 160, 30.0])
+    rng = np.random.default_rng(0)
+    image = truth[..., None] * fg + (1 - truth[..., None]) * bg + rng.normal(0, 3, (size, size, 3))
+    coarse = cv2.resize(cv2.resize(truth, (size // 16, size // 16), interpolation=cv2.INTER_AREA), (size, size), interpolation=cv2.INTER_NEAREST)
+    mask = cv2.dilate((coarse > 0.05).astype(np.uint8), np.ones((9, 9), np.uint8))  # covers the whole disk
+    return np.clip(image, 0, 255).astype(np.uint8), truth, mask
+
+
+def hard_steps(alpha: np.ndarray) -> int:
+    """Neighbouring pixel pairs whose alpha jumps by more than 100 of 255: stair steps of a blocky edge."""
+    a = alpha.astype(int)
+    return int((np.abs(np.diff(a, axis=0)) > 100).sum() + (np.abs(np.diff(a, axis=1)) > 100).sum())
+
+
+def test_matting_follows_the_object_not_the_blocky_mask():
+    image, truth, mask = soft_disk_scene()
+    width_px = edge_px(mask.sum(), BlendParams(method="feather"))
+    feathered, matted = feather_alpha(mask, width_px), matte_alpha(image, mask, 18.0)
+    assert (matted[mask == 0] == 0).all()  # never outside the mask: source == target there
+    assert hard_steps(matted) < hard_steps(feathered) / 4
+    error = lambda alpha: np.abs(alpha / 255.0 - truth).mean()  # noqa: E731
+    assert error(matted) < error(feathered) / 3
+
+
+def test_matting_keeps_every_changed_pixel_inside_the_mask():
+    image, _, mask = soft_disk_scene()
+    background = np.full((240, 260, 3), 90, np.uint8)
+    for x, y in [(40, 30), (-20, 100), (150, -40)]:  # inside, and clipped by the image edges
+        alpha = entity_alpha(image, mask, 6.0, BlendParams(method="matting"))
+        source, full_alpha = paste(background, image, alpha, x, y)
+        placed = place(mask, x, y, *background.shape[:2])
+        assert not (source != background).any(axis=2)[placed == 0].any()
+        assert not full_alpha[placed == 0].any()
+
+
+def test_matting_without_an_unknown_band_is_the_mask():
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 10:30] = 1
+    image = np.full((30, 40, 3), 128, np.uint8)
+    alpha = matte_alpha(image, mask, 1.0)  # a 1-px band on a flat image: nothing to follow
+    assert (alpha[mask == 0] == 0).all() and alpha[12:18, 12:28].min() == 255

@@ -73,22 +73,29 @@ def check_composite(composite: Composite, background: Background):
     x, y, w, h = composite.meta["paste"]["box"]
     ys, xs = np.nonzero(alpha)
     assert x <= xs.min() and xs.max() < x + w and y <= ys.min() and ys.max() < y + h
-    assert composite.meta["mask"]["object_area_ratio"] == pytest.approx((alpha > 0).mean(), abs=1e-5)
+    object_ratio = composite.meta["mask"]["object_area_ratio"]
+    if composite.meta["blending"]["method"] == "feather":  # its alpha's support is the object's outline
+        assert object_ratio == pytest.approx((alpha > 0).mean(), abs=1e-5)
+    else:  # matting may leave alpha 0 on object pixels that look like the surround
+        assert (alpha > 0).mean() <= object_ratio + 1e-5
     assert composite.meta["mask"]["area_ratio"] == pytest.approx(mask.mean(), abs=1e-5)
 
 
+@pytest.mark.parametrize("method", ["feather", "matting"])
 @pytest.mark.parametrize("enhance", [EXACT, LOOSE], ids=["exact", "loose"])
-def test_compose_pair_contract(enhance):
+def test_compose_pair_contract(enhance, method):
     instances = [Instance((30.0, 40.0, 50.0, 60.0), 2000.0, "dog"), Instance((220.0, 150.0, 60.0, 50.0), 2200.0, "cat")]
     background = make_background("u/bg", instances)
     variants = set()
     for seed in range(12):
-        result = compose_pair(background, make_entity("u/src", category="dog"), PLACEMENT, BLEND, enhance, np.random.default_rng(seed))
+        blend = BlendParams(method=method)
+        result = compose_pair(background, make_entity("u/src", category="dog"), PLACEMENT, blend, enhance, np.random.default_rng(seed))
         assert isinstance(result, Composite), result
+        assert result.meta["blending"]["method"] == method
         check_composite(result, background)
         assert result.meta["paste"]["size_rule"] == "same_category"
         variants.add(result.meta["mask"]["variant"])
-        if result.meta["mask"]["variant"] == "exact":
+        if result.meta["mask"]["variant"] == "exact" and method == "feather":
             np.testing.assert_array_equal(result.mask, result.alpha > 0)
     assert variants == {"exact"} if enhance is EXACT else len(variants) >= 3
 

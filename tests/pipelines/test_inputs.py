@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
+from openimages_fixture import write_openimages
 from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
 from pairmine.pipelines.inputs import InputError, discover, discover_all, discover_videos, groups_of, plan_groups, unit_groups
@@ -111,3 +113,28 @@ def test_videos_are_found_recursively_and_named_by_relative_path(tmp_path):
     units = discover_all([str(tmp_path), str(video)], discover_videos)
     assert [u.name for u in units] == ["cam1/a.mp4", "cam2/a.mp4", "top.MOV", "bikes.mp4"]
     assert {u.kind for u in units} == {"video"}
+
+
+@pytest.mark.parametrize("loose", [False, True], ids=["zips", "loose"])
+def test_open_images_split_plans_one_record_per_image_with_its_mask_locators(tmp_path, loose):
+    ids = write_openimages(tmp_path / "oi", loose=loose)
+    (unit,) = discover(str(tmp_path / "oi"))
+    assert (unit.kind, unit.name) == ("openimages", "oi/validation")
+    rows = plan_groups(unit, group_size=16, skip=set())
+    records = {m["id"]: m for r in rows for m in r["records"]}
+    assert sorted(records) == sorted(ids.values())
+    person = records[ids["astronaut.png"]]
+    assert len(person["masks"]) == 2
+    assert person["masks"][0].startswith(str(tmp_path) if loose else "zip://")
+    # its second row's mask is nowhere: known from the listing when loose, when read from a zip otherwise
+    assert person["masks"][1] is None if loose else person["masks"][1].startswith("zip://")
+    assert [(r["input"], r["reason"]) for r in rows[-1]["rejects"]] == [(f"oi/validation/{'f' * 16}", "missing_image")]
+    categories = json.loads(rows[0]["categories"])
+    assert categories["/m/01g317"] == {"name": "Person", "count": 3} and "/m/0zzzzz" not in categories
+
+
+def test_open_images_root_without_class_names_is_a_one_line_error(tmp_path):
+    write_openimages(tmp_path / "oi")
+    (tmp_path / "oi" / "oidv7-class-descriptions-boxable.csv").unlink()
+    with pytest.raises(InputError, match="class-descriptions"):
+        discover(str(tmp_path / "oi"))

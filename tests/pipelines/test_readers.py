@@ -6,10 +6,11 @@ import io
 import tarfile
 
 import ray
+from openimages_fixture import write_openimages
 from sample_inputs import TESTDATA, sa1b_members, write_loose_sa1b
 
 from pairmine.pipelines.inputs import discover, plan_groups
-from pairmine.pipelines.readers import READER_SCHEMA, PlannedGroupsDatasource, SA1BTarDatasource, load_planned_row, tar_items
+from pairmine.pipelines.readers import READER_SCHEMA, PlannedGroupsDatasource, SA1BTarDatasource, _archive, load_planned_row, tar_items
 
 SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
 
@@ -87,3 +88,17 @@ def test_datasources_emit_reader_rows_through_ray(tmp_path, ray_local):
     planned = ray.data.read_datasource(PlannedGroupsDatasource(plan_groups(unit, 2, set()), 1 << 30)).take_all()
     assert [len(r["records"]) for r in planned] == [2, 3] and all(isinstance(m["image"], bytes) for r in planned for m in r["records"])
     assert set(planned[0]) == set(READER_SCHEMA.names)
+
+
+def test_open_images_masks_are_read_from_their_zips_and_a_missing_one_is_null(tmp_path):
+    ids = write_openimages(tmp_path / "oi")
+    (unit,) = discover(str(tmp_path / "oi"))
+    (row,) = plan_groups(unit, group_size=16, skip=set())
+    loaded = {r["id"]: r for r in load_planned_row(row, max_file_bytes=1 << 30)["records"]}
+    person = loaded[ids["astronaut.png"]]
+    assert person["masks"][0].startswith(b"\x89PNG") and person["masks"][1] is None
+    assert person["image"].startswith(b"\xff\xd8")
+    (tmp_path / "oi" / f"validation-masks-{ids['chelsea.png'][0]}.zip").write_bytes(b"not a zip")
+    _archive.cache_clear()
+    broken = load_planned_row(row, max_file_bytes=1 << 30)
+    assert (f"oi/validation/{ids['chelsea.png']}", "unreadable_file") in {(r["input"], r["reason"]) for r in broken["rejects"]}

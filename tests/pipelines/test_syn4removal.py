@@ -11,6 +11,7 @@ import boto3
 import pytest
 import ray
 from helpers import check_sample, read_parquet_dir, read_samples, shard_paths
+from openimages_fixture import OBJECTS, UNKNOWN_LABEL, write_openimages
 from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
 from pairmine.pipelines.run import run
@@ -138,6 +139,38 @@ def test_panoptic_root_in_both_layouts(tmp_path, ray_local, per_image_layout):
     metas = [check_sample(s, "syn4removal") for s in read_samples(str(out))]
     assert metas and all(m["entity"]["category"] for m in metas)
     assert any(m["paste"]["size_rule"] == "same_category" for m in metas)
+
+
+@pytest.mark.parametrize("where", ["local-zips", "s3-loose"])
+def test_open_images_split_yields_triplets_and_rejects_its_bad_rows(tmp_path, ray_local, where, request):
+    root = tmp_path / "oidv7"
+    ids = write_openimages(root, loose=where == "s3-loose")
+    source = str(root)
+    if where == "s3-loose":
+        bucket = request.getfixturevalue("s3_bucket")
+        s3 = boto3.client("s3")
+        for path in root.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), bucket, f"oi/{path.relative_to(root)}")
+        source = f"s3://{bucket}/oi"
+    out, small = tmp_path / "out", ["entities.min_area_ratio=0.01", "placement.min_paste_area_ratio=0.01"]
+    summary = _run([f"openimages:{source}"], out, *small)
+    metas = [check_sample(s, "syn4removal") for s in read_samples(str(out))]
+    assert metas, "the fixture yields triplets"
+    names = {name for _, _, name, _ in OBJECTS}
+    assert all(m["entity"]["category"] in names and m["entity"]["scores"]["predicted_iou"] == 0.9 for m in metas)
+    assert all(m["blending"]["method"] == "matting" for m in metas)
+    unit = f"{root.name if where == 'local-zips' else 'oi'}/validation"
+    rejects = {(r["input"], r["reason"]) for r in read_parquet_dir(str(out / "rejects"))}
+    person, cat = ids[OBJECTS[0][0]], ids[OBJECTS[1][0]]
+    for expected in [(f"{unit}/{person}#1", "missing_mask"), (f"{unit}/{cat}#1", "mask_size_mismatch"),
+                     (f"{unit}/{cat}#2", "unknown_category"), (f"{unit}/{'f' * 16}", "missing_image")]:
+        assert expected in rejects, f"{expected} not among {sorted(rejects)}"
+    assert not any(UNKNOWN_LABEL in json.dumps(m) for m in metas)
+    assert summary["counts"]["images"] == len(ids)
+    rare = _run([f"openimages:{source}"], tmp_path / "rare", *small, "entities.min_class_entities=2")
+    # Person has 3 rows in the csv, Cat 2, the others 1: their entities go, every image still receives pastes
+    assert rare["rejects"]["by_reason"].get("entity/rare_class") == 3 and rare["counts"]["backgrounds_kept"] == len(ids)
 
 
 def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_bucket):
