@@ -22,7 +22,7 @@ from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
 from .placement import PlacementParams, choose_position, size_target
-from .quality import PasteQualityParams, paste_signals, quality_reject
+from .quality import PasteQualityParams, paste_signals, perceptual_hash, quality_reject
 
 
 class PairingParams(Params):
@@ -123,6 +123,7 @@ def compose_pair(
         },
         "blending": {"method": blend.method, "edge_px": round(width_px, 3)},
         "quality": paste_signals(source, alpha),
+        "phash": perceptual_hash(entity.pixels, entity.mask),  # as cut: every paste of one entity shares it
     }
     same = [i.area for i in background.instances if entity.category and i.category == entity.category]
     if same:  # the pasted size against the objects of its category already in the image

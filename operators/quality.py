@@ -3,7 +3,8 @@ team can filter pairs without mining again; optional thresholds reject with a re
 
 Syn4Removal (``paste_signals``): how visible the paste outline is, and how the entity's colour and
 brightness differ from its new surround. Video4Removal (``frame_signals``): how the two frames differ
-outside the object (residual error, exposure) and whether one is blurred (sharpness ratio).
+outside the object (residual error, exposure) and whether one is blurred (sharpness ratio). Both also
+record a perceptual hash of the object (``perceptual_hash``), for the writer's near-duplicate cap.
 """
 
 from __future__ import annotations
@@ -90,6 +91,23 @@ def frame_signals(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> d
         "sharpness_ratio": min(sharp) / max(sharp) if max(sharp) > 0 else 1.0,
     }
     return {k: round(v, 4) for k, v in signals.items()}
+
+
+def perceptual_hash(image: np.ndarray, mask: np.ndarray) -> str:
+    """A 64-bit pHash (16 hex digits) of the object `mask` (0/1 or 0/255) selects in `image` (BGR), cropped to
+    its box with the rest set to the object's mean grey: the low 8x8 DCT frequencies of a 32x32 thumbnail
+    against their median. Invariant to scale and JPEG noise, so the same object pasted or filmed again at
+    another size lands in the same bucket; different objects rarely do."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return "0" * 16
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    grey = cv2.cvtColor(image[box], cv2.COLOR_BGR2GRAY).astype(np.float32)
+    inside = mask[box] > 0
+    grey[~inside] = grey[inside].mean()
+    low = cv2.dct(cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA))[:8, :8].ravel()
+    bits = low[1:] > np.median(low[1:])  # the DC term only says how bright: left out
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
 def quality_reject(signals: dict[str, float], params: Params) -> Reject | None:

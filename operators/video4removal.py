@@ -27,7 +27,7 @@ from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
-from .quality import FrameQualityParams, frame_signals, quality_reject
+from .quality import FrameQualityParams, frame_signals, perceptual_hash, quality_reject
 from .stats import Stats
 from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
 from .video_mog import MogParams, classify, disk, subtract_background
@@ -354,6 +354,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 "mask_ratio": round(cv2.countNonZero(result.mask) / result.mask.size, 5),
                 "effect_ratio": round(cv2.countNonZero(effect) / effect.size, 5),
                 "quality": signals,
+                "phash": perceptual_hash(source.image, result.mask),
                 "masker": masker_name,
                 "reader": work.reader,
                 "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored

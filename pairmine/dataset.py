@@ -49,6 +49,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("keys", pa.list_(pa.string())),
+        ("phashes", pa.list_(pa.string())),  # per key: the object's perceptual hash (near-duplicate buckets)
+        ("quality", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per key: the sample json's quality signals
         ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
         ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
         ("rejects", pa.int64()),

@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field, ValidationError
 from .. import storage
 from ..errors import UserError
 from ..operators.params import RUNTIME, Params
+from .dedup import DedupParams
+from .dedup import DedupParams
 
 
 class ConfigError(UserError, ValueError):
@@ -39,8 +41,10 @@ class ShardParams(Params):
 
 
 class RunParams(Params):
-    """How a pipeline run cuts shards and where Ray runs: runtime, so not part of the config hash."""
+    """How a pipeline run cuts shards and where Ray runs (runtime, so not part of the config hash), and the
+    output-wide near-duplicate cap (hashed: it decides which samples exist)."""
 
+    dedup: DedupParams = Field(default_factory=DedupParams)
     shards: ShardParams = Field(default_factory=ShardParams, json_schema_extra=RUNTIME)
     ray: RayParams = Field(default_factory=RayParams, json_schema_extra=RUNTIME)
 

@@ -122,6 +122,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
 
 
 def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool) -> dict:
+    from .dedup import start_counter
     from .progress import Display, new_board, pipeline_lines
     from .runtime import io_concurrency, start_ray
     from .writer import ShardSink, remove_orphans, write_success
@@ -139,7 +140,8 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
         dataset = build(pipeline, pending, progress, config, digest)
         if dataset is not None:
             board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()})
-            sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board)
+            sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board,
+                             start_counter(output, config.dedup))
             lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
             with Display(board, lines, enabled=progress_bars):
                 # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from ..operators.stats import Stats
 from .model_stages import IDLE
 
@@ -14,6 +16,7 @@ def build_summary(task_results: list[dict], wall_seconds: float, stage_items: di
     stats = Stats()
     reasons: Counter[str] = Counter()
     shards = samples = size = rejects = 0
+    signals: dict[str, list[np.ndarray]] = {}
     for result in task_results:
         stats.merge(result["stats"])
         for shard in result["shards"]:
@@ -22,6 +25,8 @@ def build_summary(task_results: list[dict], wall_seconds: float, stage_items: di
             size += shard["bytes"]
             rejects += shard["rejects"]
             reasons.update(shard["reject_reasons"])
+            for name, values in shard.get("quality", {}).items():
+                signals.setdefault(name, []).append(values)
     stages = {}
     for stage, seconds in sorted(stats.seconds.items()):
         if stage.endswith(IDLE):
@@ -41,9 +46,16 @@ def build_summary(task_results: list[dict], wall_seconds: float, stage_items: di
         "written": {"shards": shards, "samples": samples, "bytes": size},
         "rejects": {"total": rejects, "by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))},
         "stages": stages,
+        "quality": {name: _distribution(np.concatenate(parts)) for name, parts in sorted(signals.items())},
         "wall_seconds": round(wall_seconds, 3),
         "samples_per_second": round(samples / wall_seconds, 3) if wall_seconds > 0 else None,
     }
+
+
+def _distribution(values: np.ndarray) -> dict:
+    """How a quality signal is spread over the written samples."""
+    p10, p50, p90 = np.percentile(values, [10, 50, 90]).tolist()
+    return {"count": int(values.size), "mean": round(float(values.mean()), 4), "p10": round(p10, 4), "p50": round(p50, 4), "p90": round(p90, 4)}
 
 
 def format_summary(summary: dict) -> str:
@@ -62,6 +74,8 @@ def format_summary(summary: dict) -> str:
             + (f" ({v['actor_busy_fraction']:.0%} busy)" if "actor_busy_fraction" in v else "")
             for k, v in summary["stages"].items()
         ),
+        *(["  quality (p10 / median / p90): " + ", ".join(f"{k} {v['p10']:g} / {v['p50']:g} / {v['p90']:g}" for k, v in summary["quality"].items())]
+          if summary.get("quality") else []),
         f"  output: {summary['output']} (shards/, manifest/, rejects/, _SUCCESS)",
         f"  totals in output: {summary['output_totals']['samples']} samples in {summary['output_totals']['shards']} shards",
     ]

@@ -1,8 +1,11 @@
 """The one writer of every pipeline: WebDataset shards, ``manifest/``, ``rejects/`` and progress.
 
 Pipelines hand the writer one row per group (``pack_group``): the group's samples already
-serialised as tar members, its rejects, the input ids it accounts for and its stats. A group is
-never split across shards, so a shard commits whole groups. Each shard commits in three atomic
+serialised as tar members (one buffer per sample), each sample's quality signals and perceptual
+hash, its rejects, the input ids it accounts for and its stats. A group is never split across
+shards, so a shard commits whole groups. With a near-duplicate cap (``dedup.max_per_bucket``) a
+run-wide counter (``dedup.BucketCounter``) admits each sample by its hash; the excess becomes
+``near_duplicate`` rejects. Each shard commits in three atomic
 steps, the manifest row last: ``shards/<name>.tar`` (temp + rename, or a completed S3 upload),
 ``rejects/<name>.parquet``, ``manifest/<name>.parquet``. A shard without a manifest row is an orphan
 of a killed run and is removed by the next run, which also skips every input id already listed in
@@ -21,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
@@ -44,24 +48,31 @@ def _tar_member(name: str, data: bytes) -> bytes:
     return header + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
 
 
-def pack_samples(samples: list[dict]) -> bytes:
-    """Serialise WebDataset samples ({"__key__": k, "<ext>": bytes, ...}) as tar members, keys in order."""
-    return b"".join(
-        _tar_member(f"{s['__key__']}.{ext}", data) for s in samples for ext, data in s.items() if ext != "__key__"
-    )
+def pack_sample(sample: dict) -> bytes:
+    """Serialise a WebDataset sample ({"__key__": k, "<ext>": bytes, ...}) as tar members."""
+    return b"".join(_tar_member(f"{sample['__key__']}.{ext}", data) for ext, data in sample.items() if ext != "__key__")
 
 
 def pack_group(unit: str, consumed: list[str], unit_total: int, samples: list[dict], rejects: list[Reject], stats: Stats) -> dict:
     """The writer's input row for one group."""
+    metas = [json.loads(s["json"]) for s in samples]
     return {
         "unit": unit,
         "consumed": consumed,
         "unit_total": unit_total,
-        "samples": pack_samples(samples),
+        "samples": [pack_sample(s) for s in samples],
         "keys": [s["__key__"] for s in samples],
+        "phashes": [m.get("phash") for m in metas],
+        "quality": [json.dumps(m.get("quality", {})) for m in metas],
         "rejects": [r.to_dict() for r in rejects],
         "stats": json.dumps(stats.to_dict()),
     }
+
+
+def signal_values(quality: list[dict[str, float]]) -> dict[str, "np.ndarray"]:
+    """Each quality signal's values over samples (float32: a run's summary holds every sample's)."""
+    names = sorted({name for q in quality for name in q})
+    return {name: np.array([q[name] for q in quality if name in q], np.float32) for name in names}
 
 
 @dataclass
@@ -73,6 +84,8 @@ class _OpenShard:
     digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     bytes: int = 0
     keys: list[str] = field(default_factory=list)
+    phashes: list[str | None] = field(default_factory=list)
+    quality: list[dict[str, float]] = field(default_factory=list)
     inputs: dict[str, list[str]] = field(default_factory=dict)
     unit_totals: dict[str, int] = field(default_factory=dict)
     rejects: list[pa.StructArray] = field(default_factory=list)
@@ -82,15 +95,26 @@ class _OpenShard:
         self.digest.update(data)
         self.bytes += len(data)
 
-    def add(self, rows: pa.Table, i: int) -> None:
-        """Row `i` of a block of writer rows; the sample bytes and rejects stay Arrow buffers (no copies)."""
+    def add(self, rows: pa.Table, i: int, admitted: list[bool] | None = None) -> None:
+        """Row `i` of a block of writer rows, its samples where `admitted` (all by default); the sample bytes
+        and rejects stay Arrow buffers (no copies)."""
         unit, total = rows["unit"][i].as_py(), rows["unit_total"][i].as_py()
-        self._write(rows["samples"][i].as_buffer())
-        self.keys += rows["keys"][i].as_py()
+        samples, keys = rows["samples"][i].values, rows["keys"][i].as_py()
+        phashes, quality = rows["phashes"][i].as_py(), rows["quality"][i].as_py()
+        for j, key in enumerate(keys):
+            if admitted is None or admitted[j]:
+                self._write(samples[j].as_buffer())
+                self.keys.append(key)
+                self.phashes.append(phashes[j])
+                self.quality.append(json.loads(quality[j]))
         self.inputs.setdefault(unit, []).extend(rows["consumed"][i].as_py())
         if total >= 0:
             self.unit_totals[unit] = total
         self.rejects.append(rows["rejects"][i].values)
+        if admitted is not None and not all(admitted):
+            self.rejects.append(pa.array([
+                Reject(key, "dedup", "near_duplicate", f"perceptual hash {phashes[j]}: its bucket is full (dedup.max_per_bucket)").to_dict()
+                for j, key in enumerate(keys) if not admitted[j]], REJECT_STRUCT))
 
     def close(self) -> None:
         self._write(_END_OF_ARCHIVE)
@@ -114,11 +138,12 @@ class ShardSink(Datasink):
     """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
 
     def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int,
-                 board=None):
+                 board=None, buckets=None):
         self.output, self.pipeline, self.run = output, pipeline, run
         self.config_hash, self.version, self.limits = config_hash, version, shards
         self._rows_per_shard = max(1, rows_per_shard)
         self.board = board  # a progress.Board for the live display, or None
+        self.buckets = buckets  # a dedup.BucketCounter actor, or None (no near-duplicate cap)
         self.results: list[dict] = []
 
     @property
@@ -135,7 +160,7 @@ class ShardSink(Datasink):
                     stats.merge(json.loads(rows["stats"][i].as_py()))
                     if shard is None:
                         shard = self._open(ctx.task_idx, part)
-                    shard.add(rows, i)
+                    shard.add(rows, i, self._admit(rows["phashes"][i].as_py()))
                     progress.add(rows["unit"][i].as_py(), len(rows["consumed"][i]), rows["unit_total"][i].as_py(),
                                  pairs=len(rows["keys"][i]), rejects=len(rows["rejects"][i]))
                     if len(shard.keys) >= self.limits.max_samples or shard.bytes >= self.limits.max_bytes:
@@ -151,6 +176,13 @@ class ShardSink(Datasink):
             if shard is not None:
                 shard.discard()
         return {"shards": committed, "stats": stats.to_dict()}
+
+    def _admit(self, phashes: list[str | None]) -> list[bool] | None:
+        if self.buckets is None or not phashes:
+            return None
+        import ray
+
+        return ray.get(self.buckets.admit.remote(phashes))
 
     def on_write_complete(self, write_result) -> None:
         self.results = [r for r in write_result.write_returns if r]
@@ -186,6 +218,8 @@ class ShardSink(Datasink):
             "bytes": shard.bytes if shard.keys else 0,
             "sha256": shard.digest.copy().hexdigest() if shard.keys else None,
             "keys": shard.keys,
+            "phashes": shard.phashes,
+            "quality": [list(q.items()) for q in shard.quality],
             "inputs": [{"unit": u, "ids": ids} for u, ids in shard.inputs.items()],
             "unit_totals": [{"unit": u, "total": t} for u, t in shard.unit_totals.items()],
             "rejects": rejects.num_rows,
@@ -195,6 +229,7 @@ class ShardSink(Datasink):
         reasons = pc.value_counts(pc.binary_join_element_wise(rejects["stage"], rejects["reason"], "/")).to_pylist()
         return {k: row[k] for k in ("shard", "samples", "bytes", "rejects")} | {
             "reject_reasons": {r["values"]: r["counts"] for r in reasons},
+            "quality": signal_values(shard.quality),
             "units": len(shard.inputs),
         }
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from sample_inputs import TESTDATA
 
 from pairmine.operators.blending import feather_alpha
-from pairmine.operators.quality import FrameQualityParams, PasteQualityParams, frame_signals, paste_signals, quality_reject
+from pairmine.operators.quality import FrameQualityParams, PasteQualityParams, frame_signals, paste_signals, perceptual_hash, quality_reject
 
 H, W = 240, 320
 
@@ -61,3 +62,22 @@ def test_frame_signals_see_exposure_blur_and_residual(shape):
     assert frame_signals(frame, moved_inside, shape)["residual"] == 0.0
     why = quality_reject(blurred, FrameQualityParams(min_sharpness_ratio=0.5))
     assert why.reason == "quality_sharpness_ratio"
+
+
+def test_perceptual_hash_is_the_same_for_an_object_at_other_scales_and_differs_between_objects():
+    photos = sorted((TESTDATA / "photos").glob("*.png"))
+    hashes = []
+    for path in photos:
+        image = cv2.imread(str(path))
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.ellipse(mask, (image.shape[1] // 2, image.shape[0] // 2), (image.shape[1] // 3, image.shape[0] // 3), 0, 0, 360, 1, -1)
+        base = int(perceptual_hash(image, mask), 16)
+        for scale in (0.5, 0.8):
+            size = (int(image.shape[1] * scale), int(image.shape[0] * scale))
+            small = cv2.imdecode(cv2.imencode(".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA))[1], cv2.IMREAD_COLOR)
+            other = int(perceptual_hash(small, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)), 16)
+            assert bin(base ^ other).count("1") <= 4  # near, and mostly equal: the same bucket
+        hashes.append(base)
+    distances = [bin(a ^ b).count("1") for i, a in enumerate(hashes) for b in hashes[i + 1:]]
+    assert min(distances) >= 12  # other objects are far apart
+    assert perceptual_hash(image, np.zeros_like(mask)) == "0" * 16

@@ -173,6 +173,26 @@ def test_open_images_split_yields_triplets_and_rejects_its_bad_rows(tmp_path, ra
     assert rare["rejects"]["by_reason"].get("entity/rare_class") == 3 and rare["counts"]["backgrounds_kept"] == len(ids)
 
 
+def test_quality_statistics_and_the_near_duplicate_cap(tmp_path, ray_local):
+    """Every pasted entity's hash and signals reach the manifest and the summary; a cap of 1 per bucket
+    keeps one paste of each entity (an entity may be pasted twice: max_entity_uses)."""
+    settings = ["pairing.pairs_per_background=3", "pairing.max_entity_uses=2"]
+    free = _run([SA1B_TAR], tmp_path / "free", *settings)
+    capped = _run([SA1B_TAR], tmp_path / "capped", *settings, "dedup.max_per_bucket=1")
+    manifest = read_parquet_dir(str(tmp_path / "free" / "manifest"))
+    hashes = Counter(h for r in manifest for h in r["phashes"])
+    assert max(hashes.values()) > 1, "some entity was pasted twice"
+    metas = {json.loads(s["json"])["key"]: json.loads(s["json"]) for s in read_samples(str(tmp_path / "free"))}
+    for row in manifest:
+        for key, phash, quality in zip(row["keys"], row["phashes"], row["quality"]):
+            assert metas[key]["phash"] == phash and dict(quality) == metas[key]["quality"]
+    seams = sorted(m["quality"]["seam"] for m in metas.values())
+    assert free["quality"]["seam"]["count"] == len(metas) and seams[0] <= free["quality"]["seam"]["p50"] <= seams[-1]
+    kept = Counter(h for r in read_parquet_dir(str(tmp_path / "capped" / "manifest")) for h in r["phashes"])
+    assert set(kept) == set(hashes) and max(kept.values()) == 1
+    assert capped["rejects"]["by_reason"]["dedup/near_duplicate"] == sum(hashes.values()) - len(hashes)
+
+
 def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_bucket):
     s3 = boto3.client("s3")
     s3.upload_file(SA1B_TAR, s3_bucket, "in/sa1b/sa_000000.tar")

@@ -10,6 +10,7 @@ import numpy as np
 from helpers import check_sample, decode, read_parquet_dir, read_samples
 from sample_inputs import TESTDATA
 
+from pairmine.pipelines.dedup import BucketCounter, DedupParams
 from pairmine.pipelines.run import run
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
@@ -39,6 +40,11 @@ def test_pairs_match_the_ground_truth_and_moving_cameras_give_none(tmp_path, ray
         assert truth[meta["target"]["frame"]].sum() == 0, "the target frame still shows the object"
     keys = [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys))
+    # the same object crossing a static scene: its crops hash alike (one bucket), and every pair's signals are summarised
+    phashes = [json.loads(s["json"])["phash"] for s in samples]
+    assert len(phashes) > 1 and BucketCounter(DedupParams(max_per_bucket=1)).admit(phashes) == [True] + [False] * (len(phashes) - 1)
+    assert set(summary["quality"]) == {"exposure_delta", "residual", "sharpness_ratio"}
+    assert summary["quality"]["residual"]["count"] == len(samples)
     rejects = read_parquet_dir(str(out / "rejects"))
     for name in MOVING:
         reasons = {r["reason"] for r in rejects if r["input"].startswith(f"{name}#")}
