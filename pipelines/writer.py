@@ -55,7 +55,7 @@ def pack_sample(sample: dict) -> bytes:
 
 def pack_group(unit: str, consumed: list[str], unit_total: int, samples: list[dict], rejects: list[Reject], stats: Stats) -> dict:
     """The writer's input row for one group."""
-    metas = [json.loads(s["json"]) for s in samples]
+    metas = [json.loads(s["json"]) if "json" in s else {} for s in samples]
     return {
         "unit": unit,
         "consumed": consumed,

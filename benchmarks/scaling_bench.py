@@ -1,0 +1,102 @@
+"""Past two cores: both pipelines at 1, 2, 4, 8 and 16 Ray workers, and the GPU model stages' busy fraction.
+
+For a many-core machine (the 16-core GPU machine lent to some sessions), in one call of under 10 minutes:
+
+- **Scaling**: Syn4Removal on SA-1B-sized tars (syn4removal_bench's inputs, 48 images per worker) and
+  Video4Removal on copies of the sample clips (one set per worker), each on an embedded Ray pinned to N
+  cores (benchmarks/common.py), N in --workers capped at the cores present. The work grows with N, so
+  each row takes about as long; efficiency = rate(N) / (N x rate(1)), the share of linear scaling kept.
+- **GPU stages** (with --gpu, when torch sees CUDA): Syn4Removal with the CLIP ViT-B-32 scorer and
+  Video4Removal with GroundingDINO SwinT + SAM2 hiera-t (random weights, the libraries' real configs), one
+  actor on the GPU (num_gpus 1) fed by the CPU workers; the actor's busy fraction from the run summary, for
+  each --precision.
+
+    .venv/bin/python benchmarks/scaling_bench.py [--workers 1,2,4,8,16] [--gpu] [--precision fp16,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from common import timed_run
+from syn4removal_bench import SAMPLE_TAR, make_inputs as make_sa1b
+from video4removal_bench import VIDEOS, make_inputs as make_videos
+
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL
+
+WARMUP_VIDEOS = [str(VIDEOS / "synth_static_dev.mp4"), str(VIDEOS / "synth_pan_dev.mp4")]
+
+
+def scaling(workdir: Path, workers: list[int]) -> dict:
+    """Throughput per pipeline and worker count, and the efficiency against 1 worker."""
+    rows: dict[str, dict[int, dict]] = {"syn4removal": {}, "video4removal": {}}
+    for n in workers:
+        syn = timed_run(SYN4REMOVAL, [str(make_sa1b(workdir, 48 * n))], [str(SAMPLE_TAR)] * n, workdir / f"syn-{n}", n,
+                        ["shards.max_samples=100"], ["group_size=2"])
+        video = timed_run(VIDEO4REMOVAL, [str(make_videos(workdir, n))], WARMUP_VIDEOS * n, workdir / f"video-{n}", n)
+        for name, result, unit in (("syn4removal", syn, "samples"), ("video4removal", video, "frames")):
+            summary = result["summary"]
+            done = summary["written"]["samples"] if unit == "samples" else summary["counts"]["frames"]
+            rows[name][n] = {"per_s": round(done / summary["wall_seconds"], 3), "unit": "triplets" if unit == "samples" else "analysed frames",
+                             "wall_s": summary["wall_seconds"], "peak_worker_rss_mb": result["peak_worker_rss_mb"]}
+    base = min(workers)
+    for per_n in rows.values():
+        for n, row in per_n.items():
+            row["efficiency_vs_linear"] = round(row["per_s"] / (per_n[base]["per_s"] * n / base), 3)
+    return rows
+
+
+def gpu_stages(workdir: Path, precisions: list[str], cpus: int) -> dict:
+    """End to end with the model stage as one GPU actor: items/s and the actor's busy fraction."""
+    from model_stages_bench import real_size_gdino_sam2, vit_b32
+
+    model, checkpoint = vit_b32(workdir / "clip-b32")
+    masker = real_size_gdino_sam2(workdir / "gdino-sam2")
+    sa1b = make_sa1b(workdir, 48 * cpus)
+    videos = make_videos(workdir, max(1, cpus // 2))
+    report = {}
+    for precision in precisions:
+        clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
+                "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
+                "entities.scorer.num_gpus=1", "entities.scorer.batch_size=64"]
+        syn = timed_run(SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], workdir / f"gpu-syn-{precision}", cpus, clip, clip)["summary"]
+        mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.num_gpus=1", "masker.batch_size=8",
+                *(f"masker.{k}={v}" for k, v in masker.items())]
+        video = timed_run(VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, workdir / f"gpu-video-{precision}", cpus, mask, mask)["summary"]
+        report[precision] = {
+            "syn4removal+clip_vit_b32": {"triplets_per_s": syn["samples_per_second"], **syn["stages"].get("score", {})},
+            "video4removal+gdino_swint_sam2_hiera_t": {"pairs_per_s": video["samples_per_second"], **video["stages"].get("mask", {})},
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", default="1,2,4,8,16", help="worker counts (capped at the cores present)")
+    parser.add_argument("--gpu", action="store_true", help="also the GPU model stages (needs CUDA)")
+    parser.add_argument("--precision", default="fp16,bf16")
+    parser.add_argument("--workdir", default="/tmp/pairmine-scaling")
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    workers = sorted({n for n in map(int, args.workers.split(",")) if n <= cores})
+    workdir = Path(args.workdir)
+    report = {"cores": cores, "scaling": scaling(workdir, workers)}
+    if args.gpu:
+        import torch
+
+        report["gpu"] = gpu_stages(workdir, args.precision.split(","), cores) if torch.cuda.is_available() else "no CUDA device"
+    print(json.dumps(report, indent=2))
+    for name, per_n in report["scaling"].items():
+        print(f"{name}: " + ", ".join(f"{n} workers {r['per_s']} {r['unit']}/s ({r['efficiency_vs_linear']:.2f} of linear)" for n, r in per_n.items()))
+    if isinstance(report.get("gpu"), dict):
+        for precision, stages in report["gpu"].items():
+            for stage, row in stages.items():
+                print(f"{precision} {stage}: actor busy {row.get('actor_busy_fraction')}")
+
+
+if __name__ == "__main__":
+    main()
