@@ -80,13 +80,23 @@ class ClipModel:
             raise CheckpointError(f"CLIP checkpoint {checkpoint} does not fit model {self.name}: {reason}") from None
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(self.name)
-        self.preprocess = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model)), is_train=False)
+        config = PreprocessCfg(**open_clip.get_model_preprocess_cfg(self.model))
+        self.preprocess = image_transform_v2(config, is_train=False)
+        self.side = config.size[0] if isinstance(config.size, (tuple, list)) else config.size
+        self.mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
         self.input_dtype = open_clip.get_input_dtype(self.precision)
 
     @torch.inference_mode()
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
-        """Unit image embeddings (n, d) float32 of RGB uint8 images, in one forward pass."""
-        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
+        """Unit image embeddings (n, d) float32 of RGB uint8 images, in one forward pass. Squares already at the
+        model's input size (``ClipScorerParams.model_inputs``) are only normalised, on the device; others go
+        through open_clip's own transform (PIL resize and crop, on this process's CPU)."""
+        if all(image.shape[:2] == (self.side, self.side) for image in images):
+            batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            batch = (batch - self.mean) / self.std
+        else:
+            batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
         features = self.model.encode_image(batch.to(self.device, dtype=self.input_dtype), normalize=True)
         return features.float().cpu().numpy()
 

@@ -9,13 +9,18 @@ only where a scorer is built, once per process or Ray actor.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
+from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
+import cv2
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..dataset import Reject
-from .checkpoints import check_exists
+from .checkpoints import check_exists, local_path
 from .devices import Precision
 from .entities import Entity
 from .model_stage import ModelStageParams
@@ -109,6 +114,16 @@ class ClipScorerParams(ModelStageParams):
     def prompts_for(self, category: str | None) -> tuple[str, ...]:
         return self.generic_prompts if category is None else (self.prompt.format(category=category),)
 
+    def model_inputs(self, entity: Entity) -> dict[str, np.ndarray]:
+        """What the model sees of a cut entity, made in the CPU task so a GPU actor gets only these: the masked
+        crop on the plain background (and, with `context`, the box as it is), each an RGB square at the model's
+        input size (resizing a square is CLIP's resize + centre crop)."""
+        side = clip_input_size(self.model)
+        inputs = {"clip": _resized(on_background(entity.pixels, entity.mask, self.background), side)}
+        if self.context:
+            inputs["clip_context"] = _resized(on_background(entity.pixels, None, self.background), side)
+        return inputs
+
     def check_files(self) -> None:
         """Fail fast, in the driver, when the weights or a JSON model config are missing; loads nothing."""
         check_exists(self.checkpoint, f"CLIP {self.model} checkpoint")
@@ -118,6 +133,28 @@ class ClipScorerParams(ModelStageParams):
     def build(self) -> "ClipScorer":
         """The scorer itself: loads the model (do it once per process or actor)."""
         return ClipScorer(self)
+
+
+@functools.lru_cache(maxsize=8)
+def clip_input_size(model: str) -> int:
+    """The image side of an open_clip architecture, read from its config JSON (a local/s3:// file, or the one
+    open_clip ships) without importing torch or open_clip."""
+    if model.endswith(".json"):
+        path = Path(local_path(model, "CLIP model config"))
+    else:
+        spec = importlib.util.find_spec("open_clip")
+        path = Path(spec.submodule_search_locations[0]) / "model_configs" / f"{model}.json"
+    try:
+        size = json.loads(path.read_text())["vision_cfg"]["image_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read the image size of CLIP model {model} from {path}: {exc}") from None
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _resized(square: np.ndarray, side: int) -> np.ndarray:
+    """A square image at `side` px: area averaging when shrinking (antialiased, like PIL), bicubic when growing."""
+    interpolation = cv2.INTER_AREA if square.shape[0] > side else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(square, (side, side), interpolation=interpolation))
 
 
 def on_background(pixels: np.ndarray, mask: np.ndarray | None, grey: int) -> np.ndarray:
@@ -151,20 +188,24 @@ class ClipScorer:
         self.model = ClipModel(params.model, params.checkpoint, params.precision, params.device)
         self._texts: dict[str, np.ndarray] = {}
 
+    def model_inputs(self, entity: Entity) -> dict[str, np.ndarray]:
+        return self.params.model_inputs(entity)
+
     def score(self, entities: Sequence[Entity]) -> list[Score]:
         size = self.params.batch_size
         return [score for start in range(0, len(entities), size) for score in self._score_batch(entities[start : start + size])]
 
     def _score_batch(self, entities: Sequence[Entity]) -> list[Score]:
         params = self.params
-        missing = [e.id for e in entities if e.pixels is None]
+        missing = [e.id for e in entities if e.pixels is None and e.model_inputs is None]
         if missing:
             raise ValueError(f"entities {missing[:3]} have no pixels: materialize them before CLIP scoring")
         prompts = [params.prompts_for(e.category) for e in entities]
         self._embed({p for group in prompts for p in group} - self._texts.keys())
-        images = self.model.encode_images([on_background(e.pixels, e.mask, params.background) for e in entities])
+        inputs = [e.model_inputs or params.model_inputs(e) for e in entities]  # prepared in the CPU task, normally
+        images = self.model.encode_images([i["clip"] for i in inputs])
         if params.context:
-            boxes = self.model.encode_images([on_background(e.pixels, None, params.background) for e in entities])
+            boxes = self.model.encode_images([i["clip_context"] for i in inputs])
             for entity, image, texts in zip(entities, boxes, prompts):
                 entity.scores["clip_context"] = round(self._similarity(image, texts), 5)
         return [self._verdict(self._similarity(image, texts), e.category) for e, image, texts in zip(entities, images, prompts)]

@@ -14,8 +14,28 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "fp16", "bf16"]  # of a model on CUDA; the CPU always runs fp32
 
 
+def actor_device(device: Device, gpu_ids: list, cuda_available: bool) -> Device:
+    """The concrete device of a model stage's actor, from the GPUs Ray assigned it (``ray.get_gpu_ids()``).
+
+    Ray no longer hides the GPUs from an actor that reserved none, so ``torch.cuda.is_available()`` alone
+    would put a num_gpus: 0 actor on cuda:0 unreserved; and an actor holding a GPU with a CPU build of
+    torch would run on the CPU while the GPU idles. Both mismatches fail here, loudly, before any work.
+    """
+    if gpu_ids:
+        if not cuda_available:
+            raise RuntimeError(f"the stage's actor holds GPU {gpu_ids} (num_gpus > 0) but torch sees no CUDA device here "
+                               "(a CPU build of torch?): install a CUDA build or set num_gpus: 0")
+        if device == "cpu":
+            raise ValueError("device 'cpu' with num_gpus > 0 reserves a GPU the stage never uses: set num_gpus: 0 or device: auto")
+        return "cuda"
+    if device == "cuda":
+        raise ValueError("device 'cuda' was asked for, but the stage's actor holds no GPU: give the stage num_gpus > 0")
+    return "cpu"
+
+
 def resolve_device(device: Device) -> "torch.device":
-    """auto: CUDA when this process sees a GPU (a Ray actor with num_gpus > 0), else the CPU."""
+    """auto: CUDA when this process sees a GPU, else the CPU (a stage's actor gets a concrete device from
+    ``actor_device`` first)."""
     import torch
 
     if device == "auto":

@@ -62,6 +62,7 @@ class Entity:
     pixels: np.ndarray | None = None  # BGR crop of the entity's box (a view into the source image)
     mask: np.ndarray | None = None  # uint8 0/1 mask of the same crop: the entity's alpha
     scores: dict[str, float] = field(default_factory=dict)
+    model_inputs: dict[str, np.ndarray] | None = None  # what a scorer's model sees, prepared in the CPU task
 
     @property
     def category(self) -> str | None:

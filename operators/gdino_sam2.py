@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from .. import storage
 from ..dataset import Reject
 from .checkpoints import check_exists, local_path
-from .devices import resolve_device
+from .devices import Precision, resolve_device
 from .maskers import MaskInput, MaskResult
 from .model_stage import ModelStageParams
 
@@ -94,6 +94,9 @@ class GdinoSam2MaskerParams(ModelStageParams):
         False,
         description="track the detected objects across the segment's selected frames with SAM2's video predictor "
         "(objects found on one frame are masked on all); else each frame is segmented on its own",
+    )
+    precision: Precision = Field(
+        "bf16", description="on CUDA, the autocast dtype of both models (SAM2's own examples run bf16); the CPU always runs fp32",
     )
 
     @field_validator("prompts")
@@ -192,6 +195,15 @@ class GdinoSam2Masker:
     def masks(self, items: Sequence[MaskInput]) -> list[MaskResult]:
         if not items:
             return []
+        import torch
+
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.params.precision)
+        if self.device.type == "cuda" and half is not None:
+            with torch.autocast("cuda", dtype=half):
+                return self._masks(items)
+        return self._masks(items)
+
+    def _masks(self, items: Sequence[MaskInput]) -> list[MaskResult]:
         params = self.params
         motions = [full_resolution(item.prior, item.source.shape[:2]) for item in items]
         found = [d for chunk in _chunks([i.source for i in items], params.batch_size) for d in self.detector.detect(chunk)]

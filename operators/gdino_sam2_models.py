@@ -188,6 +188,7 @@ class GroundingDino:
     def _boxes(self, per_prompt: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]) -> Detections:
         """One frame's queries ((queries, prompts) scores, normalised cx, cy, w, h) as pixel boxes."""
         params = self.params
+        per_prompt, boxes = per_prompt.float(), boxes.float()  # under autocast they may be fp16/bf16 (torchvision's nms takes neither bf16 nor mixed)
         score = per_prompt.amax(dim=-1)
         keep = torch.nonzero(score > params.box_threshold).flatten()
         height, width = shape

@@ -218,6 +218,8 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             if scorer.needs_pixels:
                 entities, cut_out = materialize_all(entities, params.entities)
                 rejects += cut_out
+                for entity in entities:  # the model stage gets these, not the crops
+                    entity.model_inputs = scorer.model_inputs(entity)
         group.entities += entities
         group.rejects += rejects
         rejected = background_reject(height, width, params.backgrounds)
@@ -249,6 +251,8 @@ class EntityScoring:
             group.stats.counts["entities_scored"] += len(group.entities)
             group.entities, rejects = keep_passing(group.entities, list(islice(scores, len(group.entities))), scorer.name)
             group.rejects += rejects
+            for entity in group.entities:
+                entity.model_inputs = None  # used: not sent back
         return [1.0] * len(groups)  # the call's time in equal shares
 
 

@@ -9,12 +9,14 @@ config. Rows carry the unit of work in their ``"item"`` column between the steps
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
+from ..operators.devices import actor_device
 from ..operators.model_stage import ModelStage, runs_model
 from ..operators.stats import Stats
 
@@ -44,10 +46,23 @@ class ActorClock:
         self._last_end = end
 
 
-class StageActor:
-    """A model stage as a Ray Data callable class: the model built once, each batch's items processed in one call."""
+def on_assigned_device(stage: ModelStage, gpu_ids: list | None = None) -> ModelStage:
+    """The stage with its config's device made concrete from the GPUs Ray gave this actor (``devices.actor_device``)."""
+    import ray
+    import torch
 
-    def __init__(self, stage: ModelStage):
+    if gpu_ids is None:  # outside Ray (a direct call) nothing is assigned
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    device = actor_device(stage.params.device, gpu_ids, torch.cuda.is_available())
+    return dataclasses.replace(stage, params=stage.params.model_copy(update={"device": device}))
+
+
+class StageActor:
+    """A model stage as a Ray Data callable class: the model built once, on the device Ray assigned, each
+    batch's items processed in one call."""
+
+    def __init__(self, stage: ModelStage, gpu_ids: list | None = None):
+        stage = on_assigned_device(stage, gpu_ids)
         self.stage, self.model, self.clock = stage, stage.params.build(), ActorClock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

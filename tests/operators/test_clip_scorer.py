@@ -7,6 +7,7 @@ scores where they are put) or is recomputed here from the scorer's own single-pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from pydantic import ValidationError
 
 from pairmine.operators.annotations import Segment
 from pairmine.operators.checkpoints import CheckpointError
-from pairmine.operators.clip_scorer import ClipScorerParams, on_background
+from pairmine.operators.clip_model import ClipModel
+from pairmine.operators.clip_scorer import ClipScorerParams, clip_input_size, on_background
 from pairmine.operators.entities import Entity
 from pairmine.operators.scorers import Score
 from pairmine.operators.syn4removal import EntityScoring, Syn4RemovalParams, extract_group, score_entities
@@ -390,3 +392,24 @@ def test_stage_as_a_ray_data_actor(ray_local, tiny, sa1b_row, sa1b_cut):
     groups = [g for stems in (GOOD_SA1B[:2], GOOD_SA1B[2:]) for g in groups if g.consumed == list(stems)]
     assert_scored_like_score_entities(tiny, sa1b_row, groups, params)
     assert all(g.stats.counts["entities_scored"] > 0 and g.stats.seconds["score"] > 0 for g in groups)
+
+
+def test_input_size_comes_from_the_model_config_without_torch(tiny):
+    assert clip_input_size("ViT-B-32") == 224 and clip_input_size(tiny[0]) == 32
+
+
+def test_inputs_prepared_in_the_cpu_task_score_like_open_clips_own_transform(tiny, sa1b_row, sa1b_cut):
+    params = clip_params(tiny, threshold=sa1b_cut, context=True)
+    groups = sa1b_groups(sa1b_row, params)  # extract_group prepares every entity's model inputs
+    entities = [e for g in groups for e in g.entities]
+    assert entities and all(e.model_inputs["clip"].shape == (32, 32, 3) and "clip_context" in e.model_inputs for e in entities)
+    scorer = params.build()
+    prepared = scorer.score(entities)
+    reference = ClipModel(params.model, params.checkpoint).encode_images(
+        [on_background(e.pixels, e.mask, params.background) for e in entities])  # open_clip's PIL transform
+    fast = scorer.model.encode_images([e.model_inputs["clip"] for e in entities])
+    assert np.abs(fast - reference).max() < 0.05  # area vs. PIL resampling: the same image to CLIP
+    assert [s.passed for s in prepared] == [s.passed for s in scorer.score([dataclasses.replace(e, model_inputs=None) for e in entities])]
+    stage = StageActor(EntityScoring(params))
+    stage({"item": column(groups)})
+    assert all(e.model_inputs is None for g in groups for e in g.entities), "inputs are not sent back"
