@@ -32,6 +32,9 @@ class BlendParams(Params):
         0.04, gt=0, le=0.5, description="matting: depth of the unknown band inside the mask / sqrt(pasted mask area), at least 2 px"
     )
     matting_epsilon: float = Field(1e-7, gt=0, le=1, description="closed-form matting's regulariser (Levin et al.: 1e-7)")
+    matting_max_side: int = Field(
+        320, ge=32, le=4096, description="longer crops are matted at this size and the alpha scaled back (bounds the cost per paste)"
+    )
 
 
 def edge_px(mask_area: float, params: BlendParams) -> float:
@@ -44,7 +47,7 @@ def edge_px(mask_area: float, params: BlendParams) -> float:
 def entity_alpha(pixels: np.ndarray, mask: np.ndarray, width_px: float, params: BlendParams) -> np.ndarray:
     """The uint8 alpha of a 0/1 entity mask by `params.method`, `width_px` wide at the outline."""
     if params.method == "matting":
-        return matte_alpha(pixels, mask, width_px, params.matting_epsilon)
+        return matte_alpha(pixels, mask, width_px, params.matting_epsilon, params.matting_max_side)
     return feather_alpha(mask, width_px)
 
 
@@ -74,8 +77,8 @@ def _matting_laplacian_rows(image: np.ndarray, centers: np.ndarray, epsilon: flo
     return scipy.sparse.diags(np.asarray(affinity.sum(axis=1)).ravel()) - affinity
 
 
-def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: float = 1e-7) -> np.ndarray:
-    """uint8 alpha of a 0/1 mask by closed-form matting of `pixels` (BGR): 255 on the mask eroded by
+def _solve_matte(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: float) -> np.ndarray:
+    """Float alpha in [0, 1] of a 0/1 mask by closed-form matting of `pixels` (BGR): 1 on the mask eroded by
     `band_px`, 0 outside the mask, solved in between (L_uu a_u = -L_uk a_k on the unknown band only)."""
     pad = 2  # known background around the crop (its edge is an outline) and room for the 3x3 windows
     known = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
@@ -100,7 +103,25 @@ def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: f
         guess = np.clip(cv2.distanceTransform(known, cv2.DIST_L2, 3).ravel()[u] / (radius + 1), 0, 1)
         solved, _ = scipy.sparse.linalg.cg(system, rhs, x0=guess, M=jacobi, rtol=1e-5, maxiter=1000)
         alpha.ravel()[u] = np.clip(np.nan_to_num(solved, nan=1.0), 0, 1)
-    return np.rint(alpha[pad:-pad, pad:-pad] * 255).astype(np.uint8) * (mask > 0)
+    return alpha[pad:-pad, pad:-pad]
+
+
+def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: float = 1e-7, max_side: int = 320) -> np.ndarray:
+    """uint8 alpha of a 0/1 mask by closed-form matting of `pixels` (BGR): 255 deeper than `band_px` inside the
+    mask, 0 outside it, matted on the band. A crop longer than `max_side` is matted at that size (its band
+    scaled with it) and the alpha brought back up, so a paste costs about the same at any resolution."""
+    height, width = mask.shape
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small_mask = (cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
+        small = _solve_matte(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), small_mask, max(1.0, band_px * scale), epsilon)
+        alpha = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        inside = cv2.distanceTransform(cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        alpha = np.where(inside > band_px, 1.0, alpha)  # the core stays opaque at full resolution
+    else:
+        alpha = _solve_matte(pixels, mask, band_px, epsilon)
+    return np.rint(np.clip(alpha, 0, 1) * 255).astype(np.uint8) * (mask > 0)
 
 
 def _clipped(shape: tuple[int, ...], x: int, y: int, height: int, width: int) -> tuple[slice, slice, slice, slice]:

@@ -162,3 +162,13 @@ def test_matting_without_an_unknown_band_is_the_mask():
     image = np.full((30, 40, 3), 128, np.uint8)
     alpha = matte_alpha(image, mask, 1.0)  # a 1-px band on a flat image: nothing to follow
     assert (alpha[mask == 0] == 0).all() and alpha[12:18, 12:28].min() == 255
+
+
+def test_large_crops_are_matted_at_a_bounded_size_with_the_same_result():
+    image, truth, mask = soft_disk_scene()
+    big = (480, 480)
+    image, truth = cv2.resize(image, big, interpolation=cv2.INTER_CUBIC), cv2.resize(truth, big)
+    mask = cv2.resize(mask, big, interpolation=cv2.INTER_NEAREST)
+    full, bounded = matte_alpha(image, mask, 54.0, max_side=4096), matte_alpha(image, mask, 54.0, max_side=160)
+    assert (bounded[mask == 0] == 0).all()
+    assert np.abs(bounded / 255.0 - truth).mean() < 0.03 and np.abs(full / 255.0 - truth).mean() < 0.03
