@@ -13,7 +13,10 @@ in one process on one core. The pipeline runs the real CLI code path (run()) on 
 the bound's triplets/s to give the ratio. The same per-group work without Ray (read, decode, compose,
 encode, pack; one core) separates the operators' cost from what Ray adds on this machine.
 
-    .venv/bin/python benchmarks/syn4removal_bench.py [--images 480] [--workdir /tmp/pairmine-bench]
+With --resize-short-side N (e.g. 512, the SmartEraser release's size) the run keeps backgrounds at that
+short side, and the bound encodes outputs of that size.
+
+    .venv/bin/python benchmarks/syn4removal_bench.py [--images 480] [--resize-short-side 512] [--workdir /tmp/pairmine-bench]
 """
 
 from __future__ import annotations
@@ -114,9 +117,9 @@ def codec_bound(inputs: Path, outputs: int, quality: int, short_side: int | None
     return decode_s + time.perf_counter() - start
 
 
-def without_ray(inputs: Path) -> tuple[int, float]:
+def without_ray(inputs: Path, overrides: dict) -> tuple[int, float]:
     """(triplets, seconds) of the same per-group work in this process, one core: what Ray adds is the rest."""
-    config = Syn4RemovalConfig()
+    config = Syn4RemovalConfig.model_validate(overrides)
     digest = config_hash(config)
     triplets, seconds = 0, 0.0
     for tar in sorted(inputs.glob("*.tar")):
@@ -132,22 +135,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--workdir", default="/tmp/pairmine-bench")
+    parser.add_argument("--resize-short-side", type=int, default=0, help="backgrounds.resize_short_side (0: full resolution)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     inputs = make_inputs(workdir, args.images)
+    resize = args.resize_short_side or None
+    settings = ["shards.max_samples=100"] + ([f"backgrounds.resize_short_side={resize}"] if resize else [])
     masks = [len(json.loads(t.extractfile(m).read())["annotations"]) for t in [tarfile.open(next(inputs.glob("*.tar")))] for m in t.getmembers() if m.name.endswith(".json")]
     results = {}
     for cpus in (1, 2):
         # the sample tar in groups of 2 gives one warm-up task per CPU; shards of 100 samples let shard
         # writes overlap the compute, as they do at scale (default 1000: one shard, written at the end)
         results[cpus] = timed_run(SYN4REMOVAL, [str(inputs)], [str(SAMPLE_TAR)], workdir / f"out-{cpus}", cpus,
-                                  ["shards.max_samples=100"], ["group_size=2"])
+                                  settings, ["group_size=2"])
     triplets = results[1]["summary"]["written"]["samples"]
     assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"
-    bound_s = codec_bound(inputs, triplets, 95)
+    bound_s = codec_bound(inputs, triplets, 95, resize)
     bound_rate = triplets / bound_s
-    alone_triplets, alone_s = without_ray(inputs)
-    report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "masks_per_image": round(float(np.mean(masks)), 1),
+    alone_triplets, alone_s = without_ray(inputs, {"backgrounds": {"resize_short_side": resize}})
+    report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "resize_short_side": resize, "masks_per_image": round(float(np.mean(masks)), 1),
               "triplets": triplets, "bound_triplets_per_s_per_core": round(bound_rate, 3),
               "without_ray_triplets_per_s": round(alone_triplets / alone_s, 3),
               "without_ray_ratio_to_bound": round(alone_triplets / alone_s / bound_rate, 3)}
