@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..dataset import Reject
-from .codecs import BadInput
+from .codecs import BadInput, read_header
 
 
 @dataclass
@@ -174,11 +174,15 @@ _OI_BOX = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 def _mask_rle(data: bytes, height: int, width: int, max_pixels: int) -> dict:
     """An Open Images mask PNG as a compressed RLE at the image's size (resized: masks come at their own
     resolution); a mask whose aspect ratio is not the image's belongs to another image and is refused."""
-    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+    try:
+        read_header(data, max_pixels)  # the declared size first: a decompression bomb is refused undecoded
+    except BadInput as bad:
+        if bad.reason == "image_too_large":
+            raise
+        raise BadInput("corrupt_mask", f"mask is not a decodable image: {bad.detail}") from None
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise BadInput("corrupt_mask", "mask is not a decodable image")
-    if mask.size > max_pixels:
-        raise BadInput("image_too_large", f"mask is {mask.shape[1]}x{mask.shape[0]}")
     if abs(mask.shape[1] / mask.shape[0] - width / height) > 0.02 * width / height + 1.5 / mask.shape[0]:
         raise BadInput("mask_size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}: another aspect ratio")
     if mask.shape != (height, width):

@@ -52,12 +52,17 @@ def entity_alpha(pixels: np.ndarray, mask: np.ndarray, width_px: float, params: 
     return feather_alpha(mask, width_px)
 
 
+def inside_distance(mask: np.ndarray) -> np.ndarray:
+    """Each mask pixel's distance to the outline (OpenCV's 3x3 L2), the crop edge counting as outline; 0 outside."""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
+
+
 def feather_alpha(mask: np.ndarray, width_px: float) -> np.ndarray:
     """uint8 alpha from a 0/1 mask: 255 inside, ramping to 0 over `width_px` towards the outline."""
     if width_px <= 0:
         return mask * np.uint8(255)
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the crop edge is an outline too
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
+    distance = inside_distance(mask)
     # at least 1 on every mask pixel, however wide the feather: the alpha's support is the mask
     return np.where(distance > 0, np.clip(distance * (255.0 / width_px), 1, 255), 0).astype(np.uint8)
 
@@ -118,8 +123,7 @@ def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: f
         small_mask = (cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
         small = _solve_matte(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), small_mask, max(1.0, band_px * scale), epsilon)
         alpha = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        inside = cv2.distanceTransform(cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0), cv2.DIST_L2, 3)[1:-1, 1:-1]
-        alpha = np.where(inside > band_px, 1.0, alpha)  # the core stays opaque at full resolution
+        alpha = np.where(inside_distance(mask) > band_px, 1.0, alpha)  # the core stays opaque at full resolution
     else:
         alpha = _solve_matte(pixels, mask, band_px, epsilon)
     return np.rint(np.clip(alpha, 0, 1) * 255).astype(np.uint8) * (mask > 0)

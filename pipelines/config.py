@@ -20,7 +20,6 @@ from .. import storage
 from ..errors import UserError
 from ..operators.params import RUNTIME, Params
 from .dedup import DedupParams
-from .dedup import DedupParams
 
 
 class ConfigError(UserError, ValueError):

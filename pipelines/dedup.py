@@ -41,12 +41,13 @@ class BucketCounter:
 
     def _bucket(self, value: int) -> int:
         """The leader of `value`'s bucket (itself when no leader is near: it then leads a new one)."""
-        near = {leader for band, (lo, hi) in zip(self.bands, _BANDS) for leader in band.get((value >> lo) & ((1 << (hi - lo)) - 1), ())}
+        keys = [(value >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in _BANDS]
+        near = {leader for band, key in zip(self.bands, keys) for leader in band.get(key, ())}
         found = min(((bin(value ^ leader).count("1"), leader) for leader in near), default=None)
         if found is not None and found[0] <= self.distance:
             return found[1]
-        for band, (lo, hi) in zip(self.bands, _BANDS):
-            band.setdefault((value >> lo) & ((1 << (hi - lo)) - 1), []).append(value)
+        for band, key in zip(self.bands, keys):
+            band.setdefault(key, []).append(value)
         return value
 
     def admit(self, phashes: list[str | None]) -> list[bool]:

@@ -114,11 +114,14 @@ class SA1BTarDatasource(FileBasedDatasource):
             yield _table(row)
 
 
-def _load(value, max_file_bytes: int) -> bytes | None:
-    """Member bytes: inline bytes as they are, a URI read from storage (None when it cannot be read)."""
+def _load(value, max_file_bytes: int, missing_ok: bool = False) -> bytes | None:
+    """Member bytes: inline bytes as they are, a URI read from storage; a missing file is an error, or None
+    with `missing_ok`."""
     if value is None or isinstance(value, bytes):
         return value
     size = storage.info(value).size
+    if size is None and missing_ok:
+        return None
     if size is None or size > max_file_bytes:
         raise ValueError(f"{value}: {'missing' if size is None else f'{size} bytes > max_file_bytes={max_file_bytes}'}")
     return storage.read_bytes(value)
@@ -135,7 +138,7 @@ def _load_mask(locator: str | None, max_file_bytes: int) -> bytes | None:
     if locator is None:
         return None
     if not locator.startswith("zip://"):
-        return _load(locator, max_file_bytes) if storage.exists(locator) else None
+        return _load(locator, max_file_bytes, missing_ok=True)
     member, _, archive = locator.removeprefix("zip://").partition("::")
     try:
         found = _archive(archive).getinfo(member)
