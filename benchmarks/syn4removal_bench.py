@@ -14,7 +14,8 @@ the bound's triplets/s to give the ratio. The same per-group work without Ray (r
 encode, pack; one core) separates the operators' cost from what Ray adds on this machine.
 
 With --resize-short-side N (e.g. 512, the SmartEraser release's size) the run keeps backgrounds at that
-short side, and the bound encodes outputs of that size.
+short side; the bound then decodes at the DCT scale the pipeline decodes at (1/2 for 1500 -> 512) and
+encodes outputs of that size.
 
     .venv/bin/python benchmarks/syn4removal_bench.py [--images 480] [--resize-short-side 512] [--workdir /tmp/pairmine-bench]
 """
@@ -99,12 +100,13 @@ def make_inputs(workdir: Path, images: int) -> Path:
 
 def codec_bound(inputs: Path, outputs: int, quality: int, short_side: int | None = None) -> float:
     """Seconds to decode every input JPEG once and encode `outputs` triplets of the inputs' size (or resized
-    to `short_side`), one core (one OpenCV thread, like the pipeline's workers)."""
+    to `short_side`: the inputs then decoded at the DCT scale the pipeline uses), one core (one OpenCV
+    thread, like the pipeline's workers)."""
     cv2.setNumThreads(1)
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core
     jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
     start = time.perf_counter()
-    decoded = [decode_image(j, 50_000_000)[0] for j in jpgs]
+    decoded = [decode_image(j, 50_000_000, short_side)[0] for j in jpgs]
     decode_s = time.perf_counter() - start
     width, height = (round(WIDTH * short_side / HEIGHT), short_side) if short_side else (WIDTH, HEIGHT)
     outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded[:8]] if short_side else decoded

@@ -286,3 +286,38 @@ def panoptic_crop(ids: np.ndarray, segment: Segment) -> tuple[np.ndarray, tuple[
     if not crop.any():
         raise BadInput("empty_mask", f"segment id {segment.segment_id} has no pixels inside its bbox")
     return crop, (x0, y0, x1, y1)
+
+
+def segment_crop(segment: Segment, ids: np.ndarray | None, grid: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A segment's mask cropped to its bounds on the image's pixel grid (h, w): decoded at the size it
+    was annotated at (its RLE's, or the panoptic map's), then area-scaled where the image was decoded
+    smaller (``codecs.reduction``). Same contract as decode_rle_crop."""
+    if ids is None:
+        size = tuple(segment.rle["size"])
+        crop, bounds = decode_rle_crop(segment.rle, *size)
+    else:
+        size = ids.shape
+        crop, bounds = panoptic_crop(ids, segment)
+    return (crop, bounds) if size == tuple(grid) else scale_crop(crop, bounds, size, grid)
+
+
+def scale_crop(
+    crop: np.ndarray, bounds: tuple[int, int, int, int], size: tuple[int, int], grid: tuple[int, int],
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A 0/1 mask crop at `bounds` of a (H, W) `size` image, carried to the (h, w) `grid`: the grid pixels it
+    touches, each set where the mask covers at least half of it; tight bounds again."""
+    (big_h, big_w), (h, w) = size, grid
+    sy, sx = h / big_h, w / big_w
+    x0, y0, x1, y1 = bounds
+    gx0, gy0 = int(x0 * sx), int(y0 * sy)
+    gx1, gy1 = min(w, math.ceil(x1 * sx)), min(h, math.ceil(y1 * sy))
+    fx0, fy0 = round(gx0 / sx), round(gy0 / sy)  # the full-size region those grid pixels cover
+    fx1, fy1 = max(x1, min(big_w, round(gx1 / sx))), max(y1, min(big_h, round(gy1 / sy)))
+    region = np.zeros((fy1 - fy0, fx1 - fx0), np.uint8)
+    region[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0] = crop * np.uint8(255)
+    small = cv2.resize(region, (gx1 - gx0, gy1 - gy0), interpolation=cv2.INTER_AREA) >= 128
+    rows, cols = np.flatnonzero(small.any(axis=1)), np.flatnonzero(small.any(axis=0))
+    if not rows.size:
+        raise BadInput("empty_mask", f"mask vanishes at the decoded scale {w}x{h} of {big_w}x{big_h}")
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return small[r0:r1, c0:c1].astype(np.uint8), (gx0 + c0, gy0 + r0, gx0 + c1, gy0 + r1)

@@ -19,7 +19,9 @@ class BackgroundParams(Params):
     min_short_side: int = Field(256, ge=1, description="shortest image side, px")
     max_aspect_ratio: float = Field(3.0, ge=1, description="long side / short side, at most")
     resize_short_side: int | None = Field(
-        None, ge=64, description="resize backgrounds to this short side before pasting (null: keep size)"
+        None, ge=64,
+        description="resize backgrounds to this short side before pasting (null: keep size); JPEGs are then decoded "
+        "at the smallest DCT scale keeping it, entities cut at that scale",
     )
     min_instance_area_ratio: float = Field(
         0.001, ge=0, le=1, description="segments smaller than this share of the image are not instances"
@@ -38,6 +40,10 @@ class Instance:
     box: tuple[float, float, float, float]
     area: float
     category: str | None = None
+
+    def scaled(self, sx: float, sy: float) -> "Instance":
+        x, y, w, h = self.box
+        return Instance((x * sx, y * sy, w * sx, h * sy), self.area * sx * sy, self.category)
 
 
 @dataclass
@@ -82,8 +88,5 @@ def resize_background(background: Background, short_side: int) -> Background:
     size = (round(width * scale), round(height * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     image = cv2.resize(background.image, size, interpolation=interpolation)
-    instances = [
-        Instance(box=tuple(v * scale for v in i.box), area=i.area * scale * scale, category=i.category)
-        for i in background.instances
-    ]
+    instances = [i.scaled(scale, scale) for i in background.instances]
     return Background(background.record, image, instances, background.exif_turned)

@@ -19,7 +19,6 @@ from PIL import Image
 
 from ..dataset import Reject
 
-_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND"
 _TAIL = 4096  # the end marker must sit in the last bytes; trailing padding is tolerated
@@ -94,32 +93,51 @@ _TURNS = {
 }
 
 
-def orient(image: np.ndarray, orientation: int, declared: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
+def orient(image: np.ndarray, orientation: int, declared: tuple[int, int] | None, stored: tuple[int, int]) -> tuple[np.ndarray, bool]:
     """The image in the orientation its annotations were made in, and whether it was turned.
 
     Annotations refer to the stored pixel grid (what pycocotools and every PIL-based loader read);
-    only when their declared (height, width) fits the EXIF-turned image and not the stored one is the
-    image turned. A square image, or a flip that keeps the size, stays as stored: sizes cannot tell.
+    only when their declared (height, width) fits the EXIF-turned grid and not the `stored` one (the
+    header's size: the array may be a reduced decode) is the image turned. A square image, or a flip
+    that keeps the size, stays as stored: sizes cannot tell.
     """
     if orientation == 1 or declared is None:
         return image, False
-    turned = _TURNS[orientation](image)
-    if tuple(declared) == turned.shape[:2] != image.shape[:2]:
-        return np.ascontiguousarray(turned), True
+    turned_size = stored[::-1] if orientation >= 5 else tuple(stored)
+    if tuple(declared) == turned_size != tuple(stored):
+        return np.ascontiguousarray(_TURNS[orientation](image)), True
     return image, False
 
 
-def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
-    """Decode to a BGR uint8 array as stored (EXIF orientation not applied) after header, size and truncation checks."""
+_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction(header: ImageHeader, min_short_side: int | None) -> int:
+    """The largest JPEG DCT scale-down (1, 2, 4 or 8) that keeps the short side at or above `min_short_side`.
+
+    libjpeg scales in the DCT domain while decoding, so a 2x reduced decode costs less than half a full
+    one and skips the full-size resize after it; other formats decode at full size.
+    """
+    if not min_short_side or header.format != "JPEG":
+        return 1
+    short = min(header.width, header.height)
+    return next((f for f in (8, 4, 2) if -(-short // f) >= min_short_side), 1)
+
+
+def decode_image(data: bytes, max_pixels: int, min_short_side: int | None = None) -> tuple[np.ndarray, ImageHeader]:
+    """Decode to a BGR uint8 array as stored (EXIF orientation not applied) after header, size and truncation
+    checks; with `min_short_side`, a JPEG is decoded at the smallest DCT scale keeping that short side
+    (``reduction``: the array is then ceil(size / f), the header keeps the stored size)."""
     header = read_header(data, max_pixels)
     tail = data[-_TAIL:]
     if header.format == "JPEG" and _JPEG_EOI not in tail:
         raise BadInput("truncated_image", "JPEG data ends before its end-of-image marker")
     if header.format == "PNG" and _PNG_IEND not in tail:
         raise BadInput("truncated_image", "PNG data ends before its IEND chunk")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
-    if image is None or image.shape[:2] != (header.height, header.width):
-        raise BadInput("corrupt_image", f"{header.format} data did not decode to {header.width}x{header.height}")
+    f = reduction(header, min_short_side)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[f] | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.shape[:2] != (-(-header.height // f), -(-header.width // f)):
+        raise BadInput("corrupt_image", f"{header.format} data did not decode to {header.width}x{header.height}" + (f" / {f}" if f > 1 else ""))
     return image, header
 
 

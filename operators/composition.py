@@ -111,7 +111,7 @@ def compose_pair(
             "size_rule": rule,
             "target_area_ratio": round(target_area / (height * width), 5),
             "fallback_scale": round(spot.scale, 4),
-            "scale": round(scale * spot.scale, 5),
+            "scale": round(scale * spot.scale * entity.pixel_scale, 5),  # from the source image as stored
             "rotation_deg": round(angle, 3),
             "candidates": spot.candidates,
             "max_instance_overlap": round(spot.max_overlap, 4),

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from pydantic import Field
 
 from ..dataset import Reject
-from .annotations import Segment, decode_rle_crop, panoptic_crop
+from .annotations import Segment, segment_crop
 from .codecs import BadInput
 from .params import Params
 
@@ -63,6 +63,7 @@ class Entity:
     mask: np.ndarray | None = None  # uint8 0/1 mask of the same crop: the entity's alpha
     scores: dict[str, float] = field(default_factory=dict)
     model_inputs: dict[str, np.ndarray] | None = None  # what a scorer's model sees, prepared in the CPU task
+    pixel_scale: float = 1.0  # source pixels per annotated pixel, per side (< 1 for a reduced decode)
 
     @property
     def category(self) -> str | None:
@@ -70,7 +71,8 @@ class Entity:
 
     @property
     def area(self) -> float:
-        return self.segment.area
+        """Mask area in the pixels the entity is cut from."""
+        return self.segment.area * self.pixel_scale ** 2
 
 
 def materialize(entity: Entity, limits: EntityLimits) -> Reject | None:
@@ -79,10 +81,7 @@ def materialize(entity: Entity, limits: EntityLimits) -> Reject | None:
         return None
     height, width = entity.source.shape[:2]
     try:
-        if entity.ids is None:
-            crop, bounds = decode_rle_crop(entity.segment.rle, height, width)
-        else:
-            crop, bounds = panoptic_crop(entity.ids, entity.segment)
+        crop, bounds = segment_crop(entity.segment, entity.ids, (height, width))
     except BadInput as bad:
         return bad.reject
     rejected = shape_reject(crop, bounds, height, width, limits)

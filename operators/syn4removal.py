@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Annotated, ClassVar, Sequence, Union
+from typing import Annotated, ClassVar, NamedTuple, Sequence, Union
 import numpy as np
 from pydantic import Discriminator, Field, Tag, field_validator
 
@@ -22,7 +22,7 @@ from .annotations import (
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
-from .codecs import BadInput, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient
+from .codecs import BadInput, ImageHeader, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient
 from .composition import PairingParams, pair_group
 from .entities import Entity, EntityLimits, geometry_reject, materialize, nested_rejects
 from .mask_enhance import MaskEnhanceParams
@@ -87,24 +87,34 @@ class Group:
     stats: Stats = field(default_factory=Stats)
 
 
-def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, orientation: int, params: Syn4RemovalParams):
-    """Parse a record's annotations, the image turned as they need it (``codecs.orient``): (annotations,
-    the panoptic segment-id map or None, the image, whether it was turned)."""
+class Parsed(NamedTuple):
+    """A record's annotations with the image turned as they need it (``codecs.orient``)."""
+
+    annotations: Annotations
+    ids: np.ndarray | None  # panoptic: the segment-id map, at the annotated size
+    image: np.ndarray  # BGR, possibly a reduced decode of the annotated size
+    size: tuple[int, int]  # (height, width) the annotations refer to
+    turned: bool
+
+
+def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, header: ImageHeader, params: Syn4RemovalParams) -> Parsed:
+    """Parse a record's annotations against the image's stored size (its header's: the array may be smaller)."""
     max_pixels = params.max_image_pixels
+    stored = (header.height, header.width)
     if kind == "sa1b":
         doc = load_json(record["annotation"])
-        image, turned = orient(image, orientation, declared_size(doc))
-        return parse_sa1b(doc, *image.shape[:2]), None, image, turned
+        image, turned = orient(image, header.orientation, declared_size(doc), stored)
+        size = stored[::-1] if turned else stored
+        return Parsed(parse_sa1b(doc, *size), None, image, size, turned)
     if kind == "openimages":  # masks are drawn on the stored pixels and come at their own size: no turn
         rows = load_json(record["annotation"])
-        annotations = parse_openimages(rows, record["masks"] or [], categories, *image.shape[:2], max_pixels)
-        return annotations, None, image, False
+        return Parsed(parse_openimages(rows, record["masks"] or [], categories, *stored, max_pixels), None, image, stored, False)
     ids = decode_panoptic_ids(record["segmentation"], max_pixels)
-    image, turned = orient(image, orientation, ids.shape)
-    height, width = image.shape[:2]
-    if ids.shape != (height, width):
-        raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {width}x{height}")
-    return parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, height, width), ids, image, turned
+    image, turned = orient(image, header.orientation, ids.shape, stored)
+    size = stored[::-1] if turned else stored
+    if ids.shape != size:
+        raise BadInput("segmentation_size_mismatch", f"panoptic PNG is {ids.shape[1]}x{ids.shape[0]}, image {size[1]}x{size[0]}")
+    return Parsed(parse_panoptic(segments_info_of(load_json(record["annotation"])), categories, *size), ids, image, size, turned)
 
 
 def _categories(kind: str, text: str) -> dict | None:
@@ -139,18 +149,20 @@ def score_entities(entities: list[Entity], scorer: EntityScorer, stage: str = "e
 
 
 def _entities_of(
-    record_id: str, image: np.ndarray, annotations: Annotations, ids: np.ndarray | None, params: Syn4RemovalParams,
-    scorer: EntityScorer, stats: Stats, class_sizes: dict[str, int],
+    record_id: str, parsed: Parsed, params: Syn4RemovalParams, scorer: EntityScorer, stats: Stats, class_sizes: dict[str, int],
 ) -> tuple[list[Entity], list[Reject]]:
-    """Candidate entities of one image after the cheap checks (and a scorer that needs no pixels)."""
-    height, width = image.shape[:2]
+    """Candidate entities of one image after the cheap checks (and a scorer that needs no pixels); the checks
+    count annotated pixels, whatever size the image was decoded at."""
+    height, width = parsed.size
+    pixel_scale = float(np.sqrt(parsed.image.shape[0] * parsed.image.shape[1] / (height * width)))
     candidates, rejects = [], []
     minimum = params.entities.min_class_entities
-    for segment in annotations.segments:
+    for segment in parsed.annotations.segments:
         if not segment.thing:
             continue
         stats.counts["entity_candidates"] += 1
-        entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width), image, ids)
+        entity = Entity(f"{record_id}#{segment.index}", record_id, segment, segment.area / (height * width), parsed.image, parsed.ids,
+                        pixel_scale=pixel_scale)
         entity.scores.update(segment.scores)
         rejected = geometry_reject(segment, height, width, params.entities)
         size = class_sizes.get(segment.category)
@@ -199,22 +211,23 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         stats.counts["records"] += 1
         try:
             with stats.timed("decode"):
-                image, header = decode_image(record["image"], params.max_image_pixels)
+                image, header = decode_image(record["image"], params.max_image_pixels, params.backgrounds.resize_short_side)
         except BadInput as bad:
             group.rejects.append(bad.reject.at(record_id, "decode"))
             continue
         try:
             with stats.timed("annotations"):
-                annotations, ids, image, turned = _annotations(kind, record, categories, image, header.orientation, params)
+                parsed = _annotations(kind, record, categories, image, header, params)
         except BadInput as bad:
             group.rejects.append(bad.reject.at(record_id, "annotation"))
             continue
-        height, width = image.shape[:2]
-        stats.counts["exif_turned"] += turned
+        annotations, (height, width) = parsed.annotations, parsed.size
+        stats.counts["exif_turned"] += parsed.turned
         stats.counts["images"] += 1
+        stats.counts["reduced_decodes"] += parsed.image.shape[0] < height
         group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
         with stats.timed("entities"):
-            entities, rejects = _entities_of(record_id, image, annotations, ids, params, scorer, stats, class_sizes)
+            entities, rejects = _entities_of(record_id, parsed, params, scorer, stats, class_sizes)
             if scorer.needs_pixels:
                 entities, cut_out = materialize_all(entities, params.entities)
                 rejects += cut_out
@@ -228,8 +241,9 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         if rejected:
             group.rejects.append(rejected.at(record_id, "background"))
             continue
-        instances = instances_of(annotations.segments, height, width, params.backgrounds)
-        background = Background(record_id, image, instances, turned)
+        sy, sx = parsed.image.shape[0] / height, parsed.image.shape[1] / width
+        instances = [i.scaled(sx, sy) for i in instances_of(annotations.segments, height, width, params.backgrounds)]
+        background = Background(record_id, parsed.image, instances, parsed.turned)
         if params.backgrounds.resize_short_side:
             background = resize_background(background, params.backgrounds.resize_short_side)
         group.backgrounds.append(background)

@@ -18,6 +18,7 @@ from pairmine.operators.annotations import (
     parse_panoptic,
     parse_sa1b,
     rle_runs,
+    segment_crop,
     segments_info_of,
 )
 from pairmine.operators.codecs import BadInput, decode_panoptic_ids
@@ -132,6 +133,51 @@ def test_decode_rle_crop_long_runs_in_a_large_image():
     assert rle_runs(rle["counts"]).tolist() == ref_runs(rle["counts"]) == [before, 1, mask.size - before - 1]
     crop, bounds = decode_rle_crop(rle, 3000, 4000)
     assert bounds == (3998, 2999, 3999, 3000) and crop.tolist() == [[1]]
+
+
+def _area_resized(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    return (cv2.resize(mask * np.uint8(255), grid[::-1], interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_segment_crop_at_a_reduced_grid_is_the_area_resized_mask(factor):
+    """An image decoded at 1/f (sizes divisible by f): the crop equals the whole mask area-resized to the
+    grid, at the same tight bounds; panoptic and RLE segments alike."""
+    rng = np.random.default_rng(factor)
+    for _ in range(5):
+        mask = random_mask("blobs", rng)
+        mask = np.pad(mask, ((0, -mask.shape[0] % factor), (0, -mask.shape[1] % factor)))
+        grid = (mask.shape[0] // factor, mask.shape[1] // factor)
+        expected = _area_resized(mask, grid)
+        if not expected.any():
+            continue
+        x0, y0, x1, y1 = tight_box(expected)
+        ids = mask.astype(np.int32) * 7
+        for segment, seg_ids in ((Segment(0, (0, 0, 0, 0), 0, rle=encode(mask)), None),
+                                 (Segment(0, (0.0, 0.0, *mask.shape[::-1]), 0, segment_id=7), ids)):
+            crop, bounds = segment_crop(segment, seg_ids, grid)
+            assert bounds == (x0, y0, x1, y1)
+            np.testing.assert_array_equal(crop, expected[y0:y1, x0:x1])
+
+
+def test_segment_crop_at_a_ceil_sized_grid_stays_close():
+    """Odd sizes: a JPEG decoded at 1/2 is ceil(size / 2); the crop still lands where the object is."""
+    mask = np.zeros((301, 451), np.uint8)
+    cv2.ellipse(mask, (300, 120), (90, 60), 20.0, 0, 360, 1, -1)
+    grid = (151, 226)
+    crop, (x0, y0, x1, y1) = segment_crop(Segment(0, (0, 0, 0, 0), 0, rle=encode(mask)), None, grid)
+    placed = np.zeros(grid, np.uint8)
+    placed[y0:y1, x0:x1] = crop
+    expected = _area_resized(mask, grid)
+    assert (placed & expected).sum() / (placed | expected).sum() > 0.97
+
+
+def test_segment_crop_of_a_sliver_that_vanishes_is_empty_mask():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10, 5:40] = 1  # one row: covers half of no 4x4 block
+    with pytest.raises(BadInput) as err:
+        segment_crop(Segment(0, (0, 0, 0, 0), 0, rle=encode(mask)), None, (16, 16))
+    assert err.value.reason == "empty_mask"
 
 
 def test_rle_runs_decode_negative_deltas():

@@ -17,6 +17,7 @@ from pairmine.operators.codecs import (
     decode_panoptic_ids,
     encode_jpeg,
     encode_png_gray,
+    orient,
     read_header,
 )
 
@@ -258,3 +259,36 @@ def test_panoptic_ids_bad_bytes(data, reason):
     with pytest.raises(BadInput) as info:
         decode_panoptic_ids(data, BIG)
     assert info.value.reason == reason
+
+
+# --- reduced (DCT-scaled) decoding ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("min_short_side", "factor"), [(None, 1), (100, 4), (200, 2), (202, 1), (50, 8)])
+def test_a_reduced_decode_keeps_the_short_side_and_looks_like_a_resize(min_short_side, factor):
+    """A 637x401 JPEG: the largest DCT scale keeping the short side (ceil(401 / f) >= min) is used; the
+    pixels match an area resize of the full decode, the header keeps the stored size."""
+    data = _pil_bytes(_rgb(401, 637), "JPEG", quality=95)
+    image, header = decode_image(data, BIG, min_short_side)
+    assert (header.height, header.width) == (401, 637)
+    assert image.shape[:2] == (-(-401 // factor), -(-637 // factor))
+    full, _ = decode_image(data, BIG)
+    resized = cv2.resize(full, image.shape[1::-1], interpolation=cv2.INTER_AREA)
+    error = np.abs(image.astype(int) - resized)
+    assert np.median(error) <= 2 and error.mean() < 5  # the picture's hard wrap edges differ most at 1/8
+
+
+def test_a_png_is_never_reduced():
+    image, _ = decode_image(_pil_bytes(_rgb(400, 600), "PNG"), BIG, 100)
+    assert image.shape[:2] == (400, 600)
+
+
+def test_orient_compares_the_stored_size_not_the_reduced_array():
+    """A sideways photo (orientation 6, stored 400x600) decoded at half size is turned when its
+    annotations were made upright (600x400), and kept when they fit the stored grid."""
+    array = np.zeros((200, 300, 3), np.uint8)
+    array[0, 0] = 255
+    turned, was = orient(array, 6, (600, 400), (400, 600))
+    assert was and turned.shape[:2] == (300, 200) and turned[0, -1].all()
+    kept, was = orient(array, 6, (400, 600), (400, 600))
+    assert not was and kept is array

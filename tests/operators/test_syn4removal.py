@@ -199,6 +199,33 @@ def test_resized_backgrounds_have_the_configured_short_side(sa1b_row):
     assert [min(b.image.shape[:2]) for b in group.backgrounds] == [300, 300]
 
 
+def test_a_reduced_decode_keeps_every_decision_and_cuts_smaller_entities(sa1b_row):
+    """With 200-px backgrounds the ~500-px samples decode at 1/2 (``codecs.reduction``). The checks count
+    annotated pixels, so the same entities and rejects come out; only their crops are smaller, and the
+    triplets meet the output contract at the new size."""
+    small = Syn4RemovalParams(backgrounds={"resize_short_side": 200})
+    full, reduced = extract(sa1b_row()), extract(sa1b_row(), small)
+    assert reduced.stats.counts["reduced_decodes"] == reduced.stats.counts["images"] > 0
+    assert [b.record for b in reduced.backgrounds] == [b.record for b in full.backgrounds]
+    assert full.stats.counts["reduced_decodes"] == 0
+    assert [e.id for e in reduced.entities] == [e.id for e in full.entities]
+    assert [r.to_dict() for r in reduced.rejects] == [r.to_dict() for r in full.rejects]
+    full_cut, full_out = materialize_all(full.entities, DEFAULT.entities)
+    small_cut, small_out = materialize_all(reduced.entities, small.entities)
+    assert [e.id for e in small_cut] == [e.id for e in full_cut]
+    assert [(r.input, r.reason) for r in small_out] == [(r.input, r.reason) for r in full_out]
+    for big, little in zip(full_cut, small_cut):
+        assert little.pixel_scale == pytest.approx(0.5, abs=0.01)
+        assert little.mask.shape == little.pixels.shape[:2]
+        assert all(s <= b // 2 + 2 for s, b in zip(little.mask.shape, big.mask.shape))  # thin slivers may vanish
+        assert little.mask.sum() == pytest.approx(big.mask.sum() / 4, rel=0.1)
+        assert little.area == pytest.approx(little.mask.sum(), rel=0.1)
+    reduced = extract(sa1b_row(), small)
+    samples = compose_group(reduced, small, "cfg0")
+    assert samples and all(min(b.image.shape[:2]) == 200 for b in reduced.backgrounds)
+    check_samples(samples, reduced, small, "cfg0")
+
+
 # --- score_entities --------------------------------------------------------------------------------
 
 
