@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 
 from .config import RayParams
 
@@ -18,6 +19,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     Ray's own progress bars and execution-plan lines are off (``progress.Display`` shows the user's
     units instead); workers' output reaches the terminal only with ``-v`` (it stays in Ray's session logs).
     """
+    global _EMBEDDED
     import ray
     from ray.data import DataContext
 
@@ -27,23 +29,40 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     # I/O operators get a concurrency cap sized for the cluster; Ray warns when a run has fewer inputs.
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for", category=UserWarning)
     if not ray.is_initialized():
-        # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
-        env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
-        runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
-        common = {"logging_level": logging.WARNING, "log_to_driver": logs.verbose(), "runtime_env": runtime_env}
+        common = {"logging_level": logging.WARNING, "log_to_driver": logs.verbose()}
         address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
         if address:
-            ray.init(address=address, **common)
+            # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
+            env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
+            runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
+            ray.init(address=address, runtime_env=runtime_env, **common)
         else:
-            ray.init(
-                num_cpus=params.num_cpus,
-                object_store_memory=params.object_store_memory,
-                include_dashboard=False,
-                **common,
-            )
+            # Local workers inherit this process's environment, so no runtime env: with one, every worker
+            # start runs through an extra setup process (~1 s of CPU each, a tenth of a 2-core run).
+            _EMBEDDED = True
+            with _environ(OPENCV_FOR_THREADS_NUM="1"):  # what setup_worker does, for the workers only
+                ray.init(
+                    num_cpus=params.num_cpus,
+                    object_store_memory=params.object_store_memory,
+                    include_dashboard=False,
+                    _system_config={"enable_metrics_collection": params.metrics},
+                    **common,
+                )
     context = DataContext.get_current()
     context.enable_progress_bars = context.enable_operator_progress_bars = context.print_on_execution_start = progress and logs.verbose()
     return ray.cluster_resources()
+
+
+@contextmanager
+def _environ(**values: str):
+    """Environment variables set while the embedded Ray starts (its processes inherit them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def setup_worker() -> None:
@@ -58,11 +77,15 @@ def setup_worker() -> None:
 
 
 MIN_IO_CONCURRENCY = 4  # a head with num-cpus 0, or an autoscaling cluster still at its minimum, must not read one file at a time
+_EMBEDDED = False  # this process started its own Ray: a fixed set of CPUs
 
 
 def io_concurrency() -> int:
-    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU the cluster has now, at least MIN_IO_CONCURRENCY."""
+    """Cap for I/O tasks that reserve no CPU (reads, writes): one per CPU the cluster has now; on a cluster at
+    least MIN_IO_CONCURRENCY. Each concurrent task is a worker process to start (~2 s of CPU, most of it
+    imports): an embedded Ray on a small machine starts no more than it has cores."""
     import ray
 
-    return max(MIN_IO_CONCURRENCY, int(ray.cluster_resources().get("CPU", 0)))
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return max(1, cpus) if _EMBEDDED else max(MIN_IO_CONCURRENCY, cpus)
 

@@ -1,0 +1,41 @@
+"""runtime: the embedded Ray a CLI run starts (in a fresh process: the suite's own Ray is already up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+PROBE = """
+import json, os
+import ray
+from pairmine.pipelines.config import RayParams
+from pairmine.pipelines.runtime import io_concurrency, start_ray
+
+start_ray(RayParams(num_cpus=1), progress=False)
+
+@ray.remote
+def worker():
+    import cv2
+    return {"env": os.environ.get("PAIRMINE_PROBE"), "cv2_threads": cv2.getNumThreads(),
+            "runtime_env": ray.get_runtime_context().runtime_env}
+
+print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(),
+                  "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM")}))
+"""
+
+
+def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
+    """No runtime env (each worker start would pass through an extra setup process), yet the workers get
+    pairmine's settings and one OpenCV thread; the driver's environment is left as it was; I/O tasks are
+    capped at the embedded Ray's CPUs."""
+    env = {**os.environ, "PAIRMINE_PROBE": "reached"}
+    env.pop("OPENCV_FOR_THREADS_NUM", None)
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["worker"]["env"] == "reached" and found["worker"]["cv2_threads"] == 1
+    assert not found["worker"]["runtime_env"]
+    assert found["driver_opencv_env"] is None
+    assert found["io"] == 1
