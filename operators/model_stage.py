@@ -35,6 +35,14 @@ class ModelStageParams(Params):
         json_schema_extra=RUNTIME,
     )
     concurrency: Concurrency = Field((1, 1), description="(min, max) actors of the stage", json_schema_extra=RUNTIME)
+    actor_cpus: float = Field(
+        1.0, ge=0, le=64, description="CPUs each actor reserves, also with a GPU: its threads for the pre- and "
+        "post-processing around the model (Ray sets its torch threads to it)", json_schema_extra=RUNTIME,
+    )
+    rows_per_call: int | None = Field(
+        None, ge=1, le=4096, description="groups (Syn4Removal) or segments (Video4Removal) one actor call takes "
+        "(null: the stage's own, 4 / 2); on a GPU, enough to fill batch_size", json_schema_extra=RUNTIME,
+    )
 
     def check_files(self) -> None:
         """Fail fast, in the driver, when a weights file or a config given as a path is missing; loads nothing."""

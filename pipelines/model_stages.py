@@ -95,10 +95,10 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
     staged = prepared.map_batches(
         StageActor,
         fn_constructor_args=(stage,),
-        batch_size=stage.items_per_call,
+        batch_size=params.rows_per_call or stage.items_per_call,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=params.concurrency[0], max_size=params.concurrency[1]),
         num_gpus=params.num_gpus,
-        num_cpus=0 if params.num_gpus else 1,  # a GPU actor leaves the CPUs to the steps that feed it
+        num_cpus=params.actor_cpus,
     )
     return staged.map(finish)

@@ -136,8 +136,11 @@ def test_the_cluster_has_cpu_and_gpu_groups_sized_for_the_model_actors():
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == groups["gpu"]["rayStartParams"]["num-gpus"] == "1"
     gpu_config = load_config(_pipeline_model("video4removal"), str(REPO / "configs" / "video4removal_gpu.yaml"), [])
-    assert gpu_config.masker.num_gpus == 1 and gpu_config.masker.concurrency[1] <= groups["gpu"]["maxReplicas"]
-    assert float(gpu["limits"]["cpu"]) >= 2, "a model actor's pod needs CPUs to prepare its batches"
+    masker = gpu_config.masker
+    per_gpu = round(1 / masker.num_gpus)  # actors sharing one GPU
+    assert per_gpu >= 1 and masker.concurrency[1] <= groups["gpu"]["maxReplicas"] * per_gpu
+    assert masker.actor_cpus >= 1 and masker.actor_cpus * per_gpu <= float(gpu["limits"]["cpu"]) - 2, \
+        "the GPU pod fits its actors' CPUs, with room for the CPU tasks that feed them"
     for _, doc in documents():  # every pairmine container gets the S3 settings from the Secret
         for where, template in pod_templates(doc.get("spec", {})):
             for container in template["spec"]["containers"]:
