@@ -191,6 +191,11 @@ class ClipScorer:
     def model_inputs(self, entity: Entity) -> dict[str, np.ndarray]:
         return self.params.model_inputs(entity)
 
+    @property
+    def provenance(self) -> dict:
+        """What produced the scores, for each sample's json: the model, the device and the precision it ran in."""
+        return {"name": self.name, "model": self.params.model, "device": str(self.model.device), "precision": self.model.precision}
+
     def score(self, entities: Sequence[Entity]) -> list[Score]:
         size = self.params.batch_size
         return [score for start in range(0, len(entities), size) for score in self._score_batch(entities[start : start + size])]

@@ -188,6 +188,13 @@ class GdinoSam2Masker:
         self.segmenter = Sam2(params.sam2_config, params.sam2_checkpoint, paths["sam2_checkpoint"], self.device, video=params.propagate)
 
     @property
+    def provenance(self) -> dict:
+        """What produced the masks, for each sample's json: the models, the device and the precision they ran in."""
+        precision = self.params.precision if self.device.type == "cuda" else "fp32"
+        return {"name": self.name, "model": f"{self.params.gdino_config} + {self.params.sam2_config}",
+                "device": str(self.device), "precision": precision}
+
+    @property
     def items_are_clip(self) -> bool:
         """True when one ``masks()`` call takes the frames of one clip (propagation): calls must not mix segments."""
         return self.params.propagate

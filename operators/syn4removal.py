@@ -85,6 +85,7 @@ class Group:
     entities: list[Entity] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    model: dict | None = None  # the model stage's provenance (device, precision), recorded in each sample's json
 
 
 class Parsed(NamedTuple):
@@ -262,6 +263,7 @@ class EntityScoring:
     def process(self, scorer: EntityScorer, groups: Sequence[Group]) -> list[float]:
         scores = iter(scorer.score([e for g in groups for e in g.entities]))
         for group in groups:
+            group.model = getattr(scorer, "provenance", None)
             group.stats.counts["entities_scored"] += len(group.entities)
             group.entities, rejects = keep_passing(group.entities, list(islice(scores, len(group.entities))), scorer.name)
             group.rejects += rejects
@@ -282,7 +284,7 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
     with stats.timed("compose"):
         for pair in pairs:
             with stats.timed("encode"):
-                samples.append(_sample(pair, params, config_hash))
+                samples.append(_sample(pair, params, config_hash, group.model))
     stats.seconds["compose"] -= stats.seconds["encode"] - encoding  # compose time excludes encoding
     stats.counts["pairs"] += len(samples)
     stats.counts["entities_kept"] += sum(e.mask is not None for e in group.entities)
@@ -290,7 +292,7 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
     return samples
 
 
-def _sample(pair, params: Syn4RemovalParams, config_hash: str) -> dict:
+def _sample(pair, params: Syn4RemovalParams, config_hash: str, model: dict | None = None) -> dict:
     """One triplet as a WebDataset sample: the files and the json metadata."""
     background, entity, composite = pair.background, pair.entity, pair.composite
     height, width = background.image.shape[:2]
@@ -308,6 +310,7 @@ def _sample(pair, params: Syn4RemovalParams, config_hash: str) -> dict:
             "scores": entity.scores,
         },
         **composite.meta,
+        **({"model": model} if model else {}),
         "seed": params.seed,
         "config_hash": config_hash,
         "version": __version__,

@@ -104,6 +104,7 @@ class SegmentWork:
     results: list[MaskResult] = field(default_factory=list)  # one per candidate, once masked
     rejects: list[Reject] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    model: dict | None = None  # the masker's provenance (device, precision) when it is a model, for each sample's json
 
     def reject(self, first: int, stop: int, stage: str, why: Reject) -> None:
         """Frames [first, stop) yield nothing at `stage`, for the reason `why` gives."""
@@ -318,6 +319,7 @@ class SegmentMasking:
             grouped = [flat[start:stop] for start, stop in zip(bounds, bounds[1:])]
         for work, results in zip(works, grouped):
             work.results = list(results)
+            work.model = getattr(masker, "provenance", None)
             work.stats.counts["masked"] += len(results)
         return [float(len(clip)) for clip in clips]  # the call's time shared by candidate count
 
@@ -356,6 +358,7 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 "quality": signals,
                 "phash": perceptual_hash(source.image, result.mask),
                 "masker": masker_name,
+                **({"model": work.model} if work.model else {}),
                 "reader": work.reader,
                 "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored
                 "config_hash": config_hash,

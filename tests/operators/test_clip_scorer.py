@@ -161,7 +161,7 @@ def test_auto_device_is_the_cpu_here_and_half_precision_falls_back_to_fp32(tiny,
 
     assert scorer.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     half = clip_params(tiny, precision="bf16", device="cpu").build()
-    assert half.model.precision == "fp32"
+    assert half.model.precision == "fp32" and half.provenance["precision"] == "fp32" and half.provenance["device"] == "cpu"
     assert next(half.model.model.parameters()).dtype == torch.float32
     assert np.array_equal(values(half.score(entities)), values(scorer.score(entities)))
 

@@ -130,6 +130,9 @@ def test_auto_device_is_the_cpu_here_and_cuda_is_refused(masker, tiny):
     assert next(masker.detector.model.parameters()).device.type == next(masker.segmenter.model.parameters()).device.type == "cpu"
     with pytest.raises(ValueError, match="no GPU"):
         make_params(tiny, device="cuda").build()
+    # what each sample's json records: the CPU runs fp32, whatever precision the config asks of CUDA
+    assert masker.provenance == {"name": "gdino_sam2", "model": f"{masker.params.gdino_config} + {masker.params.sam2_config}",
+                                 "device": "cpu", "precision": "fp32"}
 
 
 # -- geometry on hand-made boxes and masks --------------------------------------------------------------------

@@ -31,9 +31,11 @@ def test_syn4removal_with_the_clip_scorer_actor(tmp_path, ray_local):
     summary = run(SYN4REMOVAL, [SA1B_TAR], str(out), overrides=_clip(tmp_path, "entities.scorer.threshold=-1"), progress_bars=False)
     samples = read_samples(str(out))
     assert samples and summary["counts"]["entities_scored"] > 0
+    model = _clip(tmp_path)[1].split("=", 1)[1]
     for sample in samples:
         meta = check_sample(sample, "syn4removal")
         assert isinstance(meta["entity"]["scores"]["clip"], float)
+        assert meta["model"] == {"name": "clip", "model": model, "device": "cpu", "precision": "fp32"}  # how the scores were made
     score = summary["stages"]["score"]
     assert score["items"] == summary["counts"]["entities_scored"] and 0 < score["actor_busy_fraction"] <= 1
 
@@ -67,7 +69,8 @@ def test_runtime_settings_of_a_model_stage_keep_the_sample_keys(tmp_path, ray_lo
     first, second = tmp_path / "a", tmp_path / "b"
     run(SYN4REMOVAL, [SA1B_TAR], str(first), overrides=_clip(tmp_path, "entities.scorer.threshold=-1"), progress_bars=False)
     run(SYN4REMOVAL, [SA1B_TAR], str(second), progress_bars=False,
-        overrides=_clip(tmp_path, "entities.scorer.threshold=-1", "entities.scorer.batch_size=16", "entities.scorer.concurrency=[1,2]"))
+        overrides=_clip(tmp_path, "entities.scorer.threshold=-1", "entities.scorer.batch_size=16", "entities.scorer.concurrency=[1,2]",
+                        "entities.scorer.rows_per_call=1", "entities.scorer.actor_cpus=0.5"))
     keys = lambda out: sorted(json.loads(s["json"])["key"] for s in read_samples(str(out)))  # noqa: E731
     assert keys(first) == keys(second)
 
@@ -85,4 +88,5 @@ def test_video4removal_with_the_gdino_sam2_masker_actor(tmp_path, ray_local):
     assert len(rejects) + summary["written"]["samples"] == counts["pairs_selected"]
     assert all(r["reason"] in ("no_detection_explains_motion", "mask_full", "invalid_mask") for r in rejects)
     for sample in read_samples(str(out)):
-        assert check_sample(sample, "video4removal")["masker"] == "gdino_sam2"
+        meta = check_sample(sample, "video4removal")
+        assert meta["masker"] == "gdino_sam2" and meta["model"]["device"] == "cpu" and meta["model"]["precision"] == "fp32"

@@ -45,6 +45,7 @@ def test_every_sample_meets_the_contract_and_every_bad_record_is_rejected(tmp_pa
     keys = [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys))
     assert all(m["entity"]["source"] != m["background"]["id"] for m in metas), "entity pasted into its own image"
+    assert not any("model" in m for m in metas), "the annotation scorer is no model"
 
     rejects = read_parquet_dir(str(out / "rejects"))
     by_input = {(r["input"], r["stage"], r["reason"]) for r in rejects}
