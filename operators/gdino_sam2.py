@@ -98,6 +98,8 @@ class GdinoSam2MaskerParams(ModelStageParams):
     precision: Precision = Field(
         "bf16", description="on CUDA, the autocast dtype of both models (SAM2's own examples run bf16); the CPU always runs fp32",
     )
+    tf32: bool = Field(True, description="on CUDA, what autocast leaves in fp32 (and all of precision: fp32) runs its matmuls "
+                                         "and convolutions in TF32 (Ampere and later); off: full fp32")
 
     @field_validator("prompts")
     @classmethod
@@ -172,6 +174,15 @@ def _chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def _by_shape(images: Sequence[np.ndarray], size: int) -> list[list[int]]:
+    """Indices of `images` in batches of at most `size` frames of one shape: frames of several videos in one
+    padded batch would each get boxes that depend on the others."""
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        shapes.setdefault(image.shape, []).append(index)
+    return [chunk for indices in shapes.values() for chunk in _chunks(indices, size)]
+
+
 class GdinoSam2Masker:
     """The Masker of GdinoSam2MaskerParams: batched detection, box-prompted SAM2, matching with the MOG2 mask."""
 
@@ -182,6 +193,10 @@ class GdinoSam2Masker:
 
         self.params = params
         self.device = resolve_device(params.device)
+        if self.device.type == "cuda":  # process-wide switches: this actor's process runs only this model
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = params.tf32
         # every weights file first: a missing one fails before any model is built
         paths = {field: local_path(getattr(params, field), what) for field, what in WEIGHTS.items()}
         self.detector = GroundingDino(params, paths["gdino_checkpoint"], paths["text_encoder"], self.device)
@@ -190,7 +205,8 @@ class GdinoSam2Masker:
     @property
     def provenance(self) -> dict:
         """What produced the masks, for each sample's json: the models, the device and the precision they ran in."""
-        precision = self.params.precision if self.device.type == "cuda" else "fp32"
+        cuda = self.device.type == "cuda"
+        precision = (self.params.precision + ("+tf32" if self.params.tf32 else "")) if cuda else "fp32"
         return {"name": self.name, "model": f"{self.params.gdino_config} + {self.params.sam2_config}",
                 "device": str(self.device), "precision": precision}
 
@@ -213,7 +229,10 @@ class GdinoSam2Masker:
     def _masks(self, items: Sequence[MaskInput]) -> list[MaskResult]:
         params = self.params
         motions = [full_resolution(item.prior, item.source.shape[:2]) for item in items]
-        found = [d for chunk in _chunks([i.source for i in items], params.batch_size) for d in self.detector.detect(chunk)]
+        found: list[Detections] = [None] * len(items)
+        for chunk in _by_shape([item.source for item in items], params.batch_size):
+            for k, detections in zip(chunk, self.detector.detect([items[k].source for k in chunk])):
+                found[k] = detections
         found = [d.subset(boxes_on_motion(d.boxes, motion)) for d, motion in zip(found, motions)]
         if params.propagate:
             objects, labels = self._track(items, found)

@@ -380,3 +380,19 @@ def test_the_masker_takes_region_crops_through_the_same_interface(masker, testda
         x0, y0, x1, y1 = candidate.meta["crop"]
         assert candidate.source.image.shape[:2] == (y1 - y0, x1 - x0)
         assert_contract(result, candidate.source.image.shape[:2])
+
+
+def test_frames_of_different_sizes_are_never_detected_in_one_padded_batch(masker, frames, priors, monkeypatch):
+    """Two videos' frames in one call (rows_per_call > 1): each detection batch holds one frame size, so a
+    frame's boxes are those it gets alone, whichever frames share its call."""
+    narrow = np.ascontiguousarray(frames[SOURCES[0]][:, :-96])
+    items = [MaskInput(frames[SOURCES[0]], frames[TARGET], wide_motion(priors[SOURCES[0]])),
+             MaskInput(narrow, np.ascontiguousarray(frames[TARGET][:, :-96]), wide_motion(priors[SOURCES[0]])),
+             MaskInput(frames[SOURCES[1]], frames[TARGET], wide_motion(priors[SOURCES[1]]))]
+    shapes, detect = [], masker.detector.detect
+    monkeypatch.setattr(masker.detector, "detect", lambda images: shapes.append({im.shape for im in images}) or detect(images))
+    results = masker.masks(items)
+    assert len(shapes) == 2 and all(len(batch) == 1 for batch in shapes)
+    assert shapes[0] == {frames[SOURCES[0]].shape}  # the two full-size frames together (batch_size 2), the narrow one alone
+    monkeypatch.undo()
+    assert all(same(a, masker.masks([item])[0]) for a, item in zip(results, items)), "a frame's result does not depend on its batch"
