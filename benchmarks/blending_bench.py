@@ -13,9 +13,15 @@ beside it; ~1-3 blends in, higher is a visible cut).
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread, as in Ray's workers (OMP_NUM_THREADS=1), for the in-process rows: on a pinned core an
+# idle OpenBLAS thread busy-waits next to the work (it halved the full-resolution row without Ray).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import tarfile
 import time
 from pathlib import Path

@@ -1,14 +1,17 @@
-"""Model stages: items/s per actor at several batch sizes, and end to end with the actor in the graph.
+"""Model stages: items/s per actor over a batch sweep, and end to end with the actor in the graph.
 
 Models are built from the packages' own configs with random weights (no weights can be downloaded
 here) and saved as checkpoints: CLIP tiny (tests/models.py) and ViT-B-32; GroundingDINO + SAM2 tiny
 and at real size (GroundingDINO SwinT with a small BERT, SAM2.1 hiera-t). Per actor: the scorer or
 masker called directly on real inputs (SA-1B-sized entity crops from the syn4removal benchmark's
-tars; synth_static_dev pairs). End to end: the pipeline on an embedded Ray with the model stage in
-the graph, its items/s and the actor's busy fraction from the run summary. Runs on whatever device
-`device: auto` finds (the CPU on a machine without a GPU).
+tars; synth_static_dev pairs), at least 64 items per call sequence, each batch size warmed up with
+one untimed call, then the best of two. End to end: the pipeline on an embedded Ray with the model
+stage in the graph, its items/s and the actor's busy fraction from the run summary; with a GPU the
+actor reserves it (num_gpus 1) and runs in the stage's default half precision. Runs on whatever
+device `device: auto` finds (the CPU on a machine without a GPU, where the sweep stops at 32 unless
+--batches says otherwise).
 
-    .venv/bin/python benchmarks/model_stages_bench.py [--workdir /tmp/pairmine-model-bench] [--real-size]
+    .venv/bin/python benchmarks/model_stages_bench.py [--workdir /tmp/pairmine-model-bench] [--real-size] [--batches 1,8,32,128,512]
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ def entity_crops(count: int) -> list:
 
 
 def rate(call, items: int, repeat: int = 2) -> float:
-    """Items per second, best of `repeat` (the first call of a model also warms it up)."""
+    """Items per second, best of `repeat` after one untimed warm-up call (CUDA kernels, allocator, caches)."""
+    call()
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
@@ -107,7 +111,7 @@ def masker_rates(models: dict, items: list, batches: tuple[int, ...], **params) 
     out = {}
     for batch in batches:
         masker = GdinoSam2MaskerParams(**models, batch_size=batch, **params).build()
-        out[batch] = round(rate(lambda: masker.masks(items), len(items), repeat=1), 3)
+        out[batch] = round(rate(lambda: masker.masks(items), len(items)), 3)
     return out
 
 
@@ -115,32 +119,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/pairmine-model-bench")
     parser.add_argument("--real-size", action="store_true", help="also GroundingDINO SwinT + SAM2 hiera-t (minutes on a CPU)")
+    parser.add_argument("--batches", help="batch sizes of the sweep (default: 1,8,32,128,512 with a GPU, 1,8,32 without)")
     args = parser.parse_args()
+    import torch
+
+    gpu = torch.cuda.is_available()
+    batches = tuple(int(b) for b in (args.batches or ("1,8,32,128,512" if gpu else "1,8,32")).split(","))
+    items = max(64, max(batches))  # every batch size gets at least one full batch
     if not SA1B_SIZED.exists():
         sys.exit(f"{SA1B_SIZED} is missing: run benchmarks/syn4removal_bench.py first (it makes the SA-1B-sized tars)")
     work = Path(args.workdir)
     report: dict = {}
 
-    entities = entity_crops(64)
+    crops = entity_crops(64)
+    entities = (crops * -(-items // len(crops)))[:items]
     tiny = tiny_clip(work / "clip-tiny")
-    report["clip_items_per_s"] = {"tiny": clip_rates(*tiny, entities, (1, 8, 32)),
-                                  "ViT-B-32": clip_rates(*vit_b32(work / "clip-b32"), entities[:32], (1, 8, 32))}
+    report["device"] = "cuda" if gpu else "cpu"
+    report["clip_items_per_s"] = {"tiny": clip_rates(*tiny, entities, batches),
+                                  "ViT-B-32": clip_rates(*vit_b32(work / "clip-b32"), entities, batches)}
 
     pair_work = analyse_segment("static", str(STATIC), 0, 150, Video4RemovalParams())
-    items = [c.mask_input() for c in pair_work.candidates] * 2
+    pairs = [c.mask_input() for c in pair_work.candidates]
+    frames = (pairs * -(-items // len(pairs)))[:items]
     tiny_masker = tiny_gdino(work / "gdino") | tiny_sam2(work / "sam2")
-    report["gdino_sam2_items_per_s"] = {"tiny": masker_rates(tiny_masker, items, (1, 2, 4), detect_short_side=256, box_threshold=0.05)}
+    masker_batches = tuple(b for b in batches if b <= 64)  # frames of one shape per call: 64 full frames is already ~0.4 GB
+    report["gdino_sam2_items_per_s"] = {"tiny": masker_rates(tiny_masker, frames[:64], masker_batches, detect_short_side=256, box_threshold=0.05)}
     if args.real_size:
-        report["gdino_sam2_items_per_s"]["swint+hiera_t"] = masker_rates(real_size_gdino_sam2(work / "real"), items[:2], (1, 2))
+        report["gdino_sam2_items_per_s"]["swint+hiera_t"] = masker_rates(real_size_gdino_sam2(work / "real"), frames[:64 if gpu else 4],
+                                                                         masker_batches if gpu else (1, 2))
 
+    reserve = ["num_gpus=1"] if gpu else []
     clip_overrides = ["entities.scorer.name=clip", f"entities.scorer.model={tiny[0]}", f"entities.scorer.checkpoint={tiny[1]}",
-                      "entities.scorer.scale=cosine", "entities.scorer.threshold=-1"]
+                      "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", *(f"entities.scorer.{r}" for r in reserve)]
     syn = timed_run(SYN4REMOVAL, [str(SA1B_SIZED)], [str(TESTDATA / "sa1b" / "sa_000000.tar")], work / "syn-out", 2,
                     clip_overrides, clip_overrides)["summary"]
     masker_overrides = ["masker.name=gdino_sam2", "masker.detect_short_side=256", "masker.box_threshold=0.05",
-                        *(f"masker.{k}={v}" for k, v in tiny_masker.items())]
+                        *(f"masker.{k}={v}" for k, v in tiny_masker.items()), *(f"masker.{r}" for r in reserve)]
     video = timed_run(VIDEO4REMOVAL, [str(STATIC)] * 1, [str(STATIC)], work / "video-out", 2, masker_overrides, masker_overrides)["summary"]
-    report["end_to_end_2_cpus"] = {
+    report["end_to_end_2_cpus" + ("_1_gpu" if gpu else "")] = {
         "syn4removal+clip_tiny": {"triplets_per_s": syn["samples_per_second"], **syn["stages"]["score"]},
         "video4removal+gdino_sam2_tiny": {"pairs_per_s": video["samples_per_second"], **video["stages"]["mask"]},
     }

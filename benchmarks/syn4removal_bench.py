@@ -17,22 +17,28 @@ With --resize-short-side N (e.g. 512, the SmartEraser release's size) the run ke
 short side; the bound then decodes at the DCT scale the pipeline decodes at (1/2 for 1500 -> 512) and
 encodes outputs of that size.
 
-    .venv/bin/python benchmarks/syn4removal_bench.py [--images 480] [--resize-short-side 512] [--workdir /tmp/pairmine-bench]
+    .venv/bin/python benchmarks/syn4removal_bench.py [--images 480] [--resize-short-side 512] [--blending feather] [--workdir /tmp/pairmine-bench]
 """
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread, as in Ray's workers (OMP_NUM_THREADS=1), for the in-process rows: on a pinned core an
+# idle OpenBLAS thread busy-waits next to the work (it halved the full-resolution row without Ray).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import io
 import json
-import os
 import tarfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from common import timed_run
+from common import fixed_cost, print_profile, timed_run
 from pycocotools import mask as mask_utils
 
 from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
@@ -106,10 +112,12 @@ def codec_bound(inputs: Path, outputs: int, quality: int, short_side: int | None
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core
     jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
     start = time.perf_counter()
-    decoded = [decode_image(j, 50_000_000, short_side)[0] for j in jpgs]
+    decoded = [decode_image(j, 50_000_000, short_side)[0] for j in jpgs[:8]]  # kept: the pictures the outputs encode
+    for jpg in jpgs[8:]:  # not kept: 480 full-size images would hold 4.8 GB
+        decode_image(jpg, 50_000_000, short_side)
     decode_s = time.perf_counter() - start
     width, height = (round(WIDTH * short_side / HEIGHT), short_side) if short_side else (WIDTH, HEIGHT)
-    outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded[:8]] if short_side else decoded
+    outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded] if short_side else decoded
     mask = np.zeros((height, width), np.uint8)
     cv2.ellipse(mask, (width // 2, height // 2), (width * 2 // 15, height * 2 // 15), 0, 0, 360, 255, -1)
     start = time.perf_counter()
@@ -138,11 +146,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--workdir", default="/tmp/pairmine-bench")
     parser.add_argument("--resize-short-side", type=int, default=0, help="backgrounds.resize_short_side (0: full resolution)")
+    parser.add_argument("--blending", choices=("matting", "feather"), default="matting", help="blending.method")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     inputs = make_inputs(workdir, args.images)
     resize = args.resize_short_side or None
-    settings = ["shards.max_samples=100"] + ([f"backgrounds.resize_short_side={resize}"] if resize else [])
+    settings = ["shards.max_samples=100", f"blending.method={args.blending}"] + ([f"backgrounds.resize_short_side={resize}"] if resize else [])
     masks = [len(json.loads(t.extractfile(m).read())["annotations"]) for t in [tarfile.open(next(inputs.glob("*.tar")))] for m in t.getmembers() if m.name.endswith(".json")]
     results = {}
     for cpus in (1, 2):
@@ -154,8 +163,8 @@ def main() -> None:
     assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"
     bound_s = codec_bound(inputs, triplets, 95, resize)
     bound_rate = triplets / bound_s
-    alone_triplets, alone_s = without_ray(inputs, {"backgrounds": {"resize_short_side": resize}})
-    report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "resize_short_side": resize, "masks_per_image": round(float(np.mean(masks)), 1),
+    alone_triplets, alone_s = without_ray(inputs, {"backgrounds": {"resize_short_side": resize}, "blending": {"method": args.blending}})
+    report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "resize_short_side": resize, "blending": args.blending, "masks_per_image": round(float(np.mean(masks)), 1),
               "triplets": triplets, "bound_triplets_per_s_per_core": round(bound_rate, 3),
               "without_ray_triplets_per_s": round(alone_triplets / alone_s, 3),
               "without_ray_ratio_to_bound": round(alone_triplets / alone_s / bound_rate, 3)}
@@ -168,8 +177,10 @@ def main() -> None:
             "ratio_to_bound_per_core": round(rate / cpus / bound_rate, 3),
             "peak_worker_rss_mb": result["peak_worker_rss_mb"],
             "stages_cpu_s": {k: v["cpu_seconds"] for k, v in result["summary"]["stages"].items()},
+            "cpu_profile": result["cpu_profile"],
         }
     report["speedup_1_to_2"] = round(report["2_cpu"]["triplets_per_s"] / report["1_cpu"]["triplets_per_s"], 3)
+    report["fixed_cost_1_cpu"] = fixed_cost(SYN4REMOVAL, [str(SAMPLE_TAR)], workdir / "fixed", 1, settings)
     print(json.dumps(report, indent=2))
     print(f"\nbound (decode inputs + encode outputs, 1 core): {bound_rate:.2f} triplets/s")
     print(f"the same per-group work without Ray (1 core): {report['without_ray_triplets_per_s']:.2f} triplets/s "
@@ -178,7 +189,11 @@ def main() -> None:
         r = report[f"{cpus}_cpu"]
         print(f"{cpus} Ray CPU(s): {r['triplets_per_s']:.2f} triplets/s = {r['triplets_per_s_per_core']:.2f}/core "
               f"= {r['ratio_to_bound_per_core']:.2f} of the bound per core; peak worker RSS {r['peak_worker_rss_mb']} MB")
+        print_profile(cpus, r["cpu_profile"])
     print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
+    fixed = report["fixed_cost_1_cpu"]
+    print(f"fixed cost of a run (cold Ray start {fixed['ray_start_s']} s + a run on the {fixed['samples']}-triplet sample "
+          f"{fixed['run_s']} s + shutdown {fixed['ray_shutdown_s']} s)")
 
 
 if __name__ == "__main__":

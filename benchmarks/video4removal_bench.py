@@ -22,9 +22,15 @@ decode bound. The region target is >= 0.5 of the bound per core.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread, as in Ray's workers (OMP_NUM_THREADS=1), for the in-process rows: on a pinned core an
+# idle OpenBLAS thread busy-waits next to the work (it halved the full-resolution row without Ray).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +38,7 @@ import time
 from pathlib import Path
 
 import cv2
-from common import timed_run
+from common import fixed_cost, print_profile, timed_run
 
 from pairmine.operators.video4removal import process_segment, split_video
 from pairmine.operators.video_io import DecodeParams, analysis_size, probe, read_frames
@@ -143,8 +149,10 @@ def main() -> None:
             "pairs_per_minute": round(summary["written"]["samples"] / wall * 60, 1),
             "peak_worker_rss_mb": result["peak_worker_rss_mb"],
             "stages_cpu_s": {k: v["cpu_seconds"] for k, v in summary["stages"].items()},
+            "cpu_profile": result["cpu_profile"],
         }
     report["speedup_1_to_2"] = round(report["1_cpu"]["wall_s"] / report["2_cpu"]["wall_s"], 3)
+    report["fixed_cost_1_cpu"] = fixed_cost(VIDEO4REMOVAL, warmup[:1], workdir / "fixed", 1)
     report["modes_sample_clips"] = modes(sorted(VIDEOS.glob("*.mp4")), params)
     real = None if args.no_real else real_footage(workdir)
     if real:
@@ -159,7 +167,11 @@ def main() -> None:
         r = report[f"{cpus}_cpu"]
         print(f"{cpus} Ray CPU(s): {r['frames_per_s_per_core']:.0f} frames/s/core = {r['ratio_to_bound_per_core']:.2f} of the bound; "
               f"{r['pairs_per_minute']:.1f} pairs/min; peak worker RSS {r['peak_worker_rss_mb']} MB")
+        print_profile(cpus, r["cpu_profile"])
     print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
+    fixed = report["fixed_cost_1_cpu"]
+    print(f"fixed cost of a run (cold Ray start {fixed['ray_start_s']} s + a run on one sample clip ({fixed['samples']} pairs) "
+          f"{fixed['run_s']} s + shutdown {fixed['ray_shutdown_s']} s)")
     for name in ("modes_sample_clips", "modes_vtest"):
         if name in report:
             row = report[name]
