@@ -20,6 +20,7 @@ from pairmine.operators.composition import (
 from pairmine.operators.entities import Entity, EntityLimits
 from pairmine.operators.mask_enhance import MaskEnhanceParams
 from pairmine.operators.placement import PlacementParams
+from pairmine.operators.quality import paste_signals
 from pairmine.dataset import Reject
 from pairmine.operators.backgrounds import Instance
 
@@ -94,6 +95,8 @@ def test_compose_pair_contract(enhance, method):
         assert result.meta["blending"]["method"] == method
         check_composite(result, background)
         assert result.meta["paste"]["size_rule"] == "same_category"
+        # the signals, computed around the paste only, are those of the whole images (the ring can reach an edge)
+        assert {k: v for k, v in result.meta["quality"].items() if k != "scale_vs_category"} == paste_signals(result.source, result.alpha)
         variants.add(result.meta["mask"]["variant"])
         if result.meta["mask"]["variant"] == "exact" and method == "feather":
             np.testing.assert_array_equal(result.mask, result.alpha > 0)
