@@ -130,5 +130,10 @@ def fixed_cost(pipeline: Pipeline, inputs: list[str], output: Path, cpus: int, o
             "ray_shutdown_s": round(time.perf_counter() - ran, 2), "samples": summary["written"]["samples"]}
 
 
+def print_fixed_cost(fixed: dict, what: str) -> None:
+    print(f"fixed cost of a run (cold Ray start {fixed['ray_start_s']} s + a run on {what} ({fixed['samples']} samples) "
+          f"{fixed['run_s']} s + shutdown {fixed['ray_shutdown_s']} s)")
+
+
 def print_profile(cpus: int, profile: dict) -> None:
     print(f"  where the {cpus} core(s) went: " + ", ".join(f"{k} {v['share_of_cores']:.1%}" for k, v in profile.items() if v["share_of_cores"] >= 0.001))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import fixed_cost, print_profile, timed_run
+from common import fixed_cost, print_fixed_cost, print_profile, timed_run
 from pycocotools import mask as mask_utils
 
 from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
@@ -191,9 +191,7 @@ def main() -> None:
               f"= {r['ratio_to_bound_per_core']:.2f} of the bound per core; peak worker RSS {r['peak_worker_rss_mb']} MB")
         print_profile(cpus, r["cpu_profile"])
     print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
-    fixed = report["fixed_cost_1_cpu"]
-    print(f"fixed cost of a run (cold Ray start {fixed['ray_start_s']} s + a run on the {fixed['samples']}-triplet sample "
-          f"{fixed['run_s']} s + shutdown {fixed['ray_shutdown_s']} s)")
+    print_fixed_cost(report["fixed_cost_1_cpu"], "the sample tar")
 
 
 if __name__ == "__main__":

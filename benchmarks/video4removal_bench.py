@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import cv2
-from common import fixed_cost, print_profile, timed_run
+from common import fixed_cost, print_fixed_cost, print_profile, timed_run
 
 from pairmine.operators.video4removal import process_segment, split_video
 from pairmine.operators.video_io import DecodeParams, analysis_size, probe, read_frames
@@ -169,9 +169,7 @@ def main() -> None:
               f"{r['pairs_per_minute']:.1f} pairs/min; peak worker RSS {r['peak_worker_rss_mb']} MB")
         print_profile(cpus, r["cpu_profile"])
     print(f"speed-up 1 -> 2 CPUs: {report['speedup_1_to_2']:.2f}x")
-    fixed = report["fixed_cost_1_cpu"]
-    print(f"fixed cost of a run (cold Ray start {fixed['ray_start_s']} s + a run on one sample clip ({fixed['samples']} pairs) "
-          f"{fixed['run_s']} s + shutdown {fixed['ray_shutdown_s']} s)")
+    print_fixed_cost(report["fixed_cost_1_cpu"], "one sample clip")
     for name in ("modes_sample_clips", "modes_vtest"):
         if name in report:
             row = report[name]
