@@ -466,3 +466,22 @@ def test_panoptic_entities_are_sized_like_same_category_instances(panoptic):
     for sample in samples:
         meta = json.loads(sample["json"])
         assert meta["entity"]["category"] == "person" and meta["paste"]["size_rule"] == "same_category"
+
+
+def test_a_reduced_panoptic_decode_keeps_the_entities_and_scales_the_instances(panoptic):
+    """The panoptic map stays at the annotated size; entity masks come out area-scaled to the half-size
+    decode, and the background's instance boxes shrink with the image."""
+    small = PANOPTIC.model_copy(update={"backgrounds": PANOPTIC.backgrounds.model_copy(update={"resize_short_side": 200})})
+    assert [e.id for e in extract(panoptic_row(panoptic), small).entities] == [e.id for e in extract(panoptic_row(panoptic), PANOPTIC).entities]
+    full, reduced = extract_and_cut(panoptic_row(panoptic), PANOPTIC), extract_and_cut(panoptic_row(panoptic), small)
+    assert reduced.stats.counts["reduced_decodes"] == 1
+    cut = {e.id: e for e in full.entities}
+    both = [(cut[e.id], e) for e in reduced.entities if e.id in cut]
+    assert len(both) >= 0.8 * len(cut) > 0  # the shape checks look at the cut pixels: a part may merge or split at half size
+    for big, little in both:
+        assert little.mask.shape == little.pixels.shape[:2]
+        assert little.mask.sum() == pytest.approx(big.mask.sum() / 4, rel=0.15)
+    (big_bg,), (small_bg,) = full.backgrounds, reduced.backgrounds
+    scale = min(small_bg.image.shape[:2]) / min(big_bg.image.shape[:2])
+    for a, b in zip(big_bg.instances, small_bg.instances):
+        assert b.box == pytest.approx(tuple(v * scale for v in a.box), rel=0.02, abs=1.0) and b.category == a.category
