@@ -11,6 +11,7 @@ from .config import RayParams
 
 _SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
 _SHARED_PREFIX = "PAIRMINE_"  # pairmine's own settings (cache folder, test fault injection) reach every worker
+_WORKER_ENV = {"TQDM_DISABLE": "1"}  # no library's progress bar in workers (SAM2's per-call one): their output is logs
 
 
 def start_ray(params: RayParams, progress: bool) -> dict:
@@ -33,14 +34,14 @@ def start_ray(params: RayParams, progress: bool) -> dict:
         address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
         if address:
             # Workers must reach the same S3 endpoint as the driver; credentials stay with each node's chain.
-            env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)}
+            env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)} | _WORKER_ENV
             runtime_env = {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
             ray.init(address=address, runtime_env=runtime_env, **common)
         else:
             # Local workers inherit this process's environment, so no runtime env: with one, every worker
             # start runs through an extra setup process (~1 s of CPU each, a tenth of a 2-core run).
             _EMBEDDED = True
-            with _environ(OPENCV_FOR_THREADS_NUM="1"):  # what setup_worker does, for the workers only
+            with _environ(OPENCV_FOR_THREADS_NUM="1", **_WORKER_ENV):  # for the workers only (setup_worker's cv2 threads)
                 ray.init(
                     num_cpus=params.num_cpus,
                     object_store_memory=params.object_store_memory,

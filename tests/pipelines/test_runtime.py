@@ -18,8 +18,9 @@ start_ray(RayParams(num_cpus=1), progress=False)
 @ray.remote
 def worker():
     import cv2
+    from tqdm import tqdm
     return {"env": os.environ.get("PAIRMINE_PROBE"), "cv2_threads": cv2.getNumThreads(),
-            "runtime_env": ray.get_runtime_context().runtime_env}
+            "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable}
 
 print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(),
                   "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM")}))
@@ -28,7 +29,7 @@ print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(),
 
 def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     """No runtime env (each worker start would pass through an extra setup process), yet the workers get
-    pairmine's settings and one OpenCV thread; the driver's environment is left as it was; I/O tasks are
+    pairmine's settings, one OpenCV thread and no progress bars; the driver's environment is left as it was; I/O tasks are
     capped at the embedded Ray's CPUs."""
     env = {**os.environ, "PAIRMINE_PROBE": "reached"}
     env.pop("OPENCV_FOR_THREADS_NUM", None)
@@ -36,6 +37,7 @@ def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["worker"]["env"] == "reached" and found["worker"]["cv2_threads"] == 1
+    assert not found["worker"]["bars"]  # SAM2's per-call tqdm bar and the like stay out of the logs
     assert not found["worker"]["runtime_env"]
     assert found["driver_opencv_env"] is None
     assert found["io"] == 1
