@@ -68,14 +68,6 @@ def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
-def _around(spot, height: int, width: int) -> tuple[slice, slice]:
-    """The part of the image the paste's signals can look at: its box with the widest surround ring
-    ``paste_signals`` takes (a tenth of the object's size, +2 px), so they skip the untouched rest."""
-    margin = max(4, int(0.1 * np.sqrt(spot.width * spot.height))) + 3
-    return (slice(max(0, spot.y - margin), max(0, min(height, spot.y + spot.height + margin))),
-            slice(max(0, spot.x - margin), max(0, min(width, spot.x + spot.width + margin))))
-
-
 def compose_pair(
     background: Background,
     entity: Entity,
@@ -130,7 +122,7 @@ def compose_pair(
             "variant": variant,
         },
         "blending": {"method": blend.method, "edge_px": round(width_px, 3)},
-        "quality": paste_signals(*(image[_around(spot, height, width)] for image in (source, alpha))),
+        "quality": paste_signals(source, alpha, (spot.x, spot.y, spot.width, spot.height)),
         "phash": perceptual_hash(entity.pixels, entity.mask),  # as cut: every paste of one entity shares it
     }
     same = [i.area for i in background.instances if entity.category and i.category == entity.category]
