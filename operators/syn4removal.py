@@ -97,6 +97,11 @@ class Parsed(NamedTuple):
     size: tuple[int, int]  # (height, width) the annotations refer to
     turned: bool
 
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(y, x) image pixels per annotated pixel: below 1 for a reduced decode."""
+        return self.image.shape[0] / self.size[0], self.image.shape[1] / self.size[1]
+
 
 def _annotations(kind: str, record: dict, categories: dict | None, image: np.ndarray, header: ImageHeader, params: Syn4RemovalParams) -> Parsed:
     """Parse a record's annotations against the image's stored size (its header's: the array may be smaller)."""
@@ -155,7 +160,7 @@ def _entities_of(
     """Candidate entities of one image after the cheap checks (and a scorer that needs no pixels); the checks
     count annotated pixels, whatever size the image was decoded at."""
     height, width = parsed.size
-    pixel_scale = float(np.sqrt(parsed.image.shape[0] * parsed.image.shape[1] / (height * width)))
+    pixel_scale = float(np.sqrt(np.prod(parsed.scale)))
     candidates, rejects = [], []
     minimum = params.entities.min_class_entities
     for segment in parsed.annotations.segments:
@@ -225,7 +230,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         annotations, (height, width) = parsed.annotations, parsed.size
         stats.counts["exif_turned"] += parsed.turned
         stats.counts["images"] += 1
-        stats.counts["reduced_decodes"] += parsed.image.shape[0] < height
+        stats.counts["reduced_decodes"] += parsed.scale[0] < 1
         group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
         with stats.timed("entities"):
             entities, rejects = _entities_of(record_id, parsed, params, scorer, stats, class_sizes)
@@ -242,7 +247,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         if rejected:
             group.rejects.append(rejected.at(record_id, "background"))
             continue
-        sy, sx = parsed.image.shape[0] / height, parsed.image.shape[1] / width
+        sy, sx = parsed.scale
         instances = [i.scaled(sx, sy) for i in instances_of(annotations.segments, height, width, params.backgrounds)]
         background = Background(record_id, parsed.image, instances, parsed.turned)
         if params.backgrounds.resize_short_side:
