@@ -100,7 +100,7 @@ def _train_loop(config: dict) -> dict:
     amp_dtype = torch.float16 if params.mixed_precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and params.mixed_precision == "fp16")
     step, position = 0, config["stream_start"]  # position: one past the last stream position trained on
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _start_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"))
     if checkpoint:
         with checkpoint.as_directory() as folder:
             eraser.load_trainable(os.path.join(folder, "eraser"))
@@ -177,6 +177,23 @@ def _train_loop(config: dict) -> dict:
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}
 
 
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's folder in the run: named by its step, so a run's progress.json can name the one it committed."""
+    return f"checkpoint_{step:08d}"
+
+
+def _start_checkpoint(reported, committed_uri: str | None):
+    """The later of Ray's checkpoint (a restarted worker group's, or one Ray restored for a rerun) and the one the
+    run folder's progress.json names: a run killed after its upload but before Ray's controller recorded it
+    leaves only the latter."""
+    import ray.train
+
+    if committed_uri is None or (reported is not None and os.path.basename(reported.path.rstrip("/")) >= storage.basename(committed_uri)):
+        return reported
+    filesystem, path = storage.resolve(committed_uri)
+    return ray.train.Checkpoint(path, filesystem)
+
+
 def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank) -> None:
     """Rank 0 validates and writes the checkpoint; every rank reports (a barrier); then the stream position
     is recorded, so a rerun's driver starts the stream where this checkpoint left it."""
@@ -196,6 +213,6 @@ def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, ski
             with open(os.path.join(folder, "metrics.json"), "w") as f:
                 json.dump(report, f, indent=2)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(report, checkpoint=checkpoint)
+        ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))
     if rank == 0:
-        metrics.checkpoint(report)
+        metrics.checkpoint(report, checkpoint_name(step))

@@ -56,8 +56,9 @@ class MetricsLog:
             for name in ("loss", "lr", "samples_per_s", "data_wait_s", "compute_s", "skipped"):
                 self.board.add_scalar(f"train/{name}", record[name], record["step"])
 
-    def checkpoint(self, report: dict) -> None:
-        """Write the interval's step lines, the validation scores, and the progress a rerun's driver starts from."""
+    def checkpoint(self, report: dict, name: str) -> None:
+        """Write the interval's step lines, the validation scores, and the progress a rerun starts from: the step,
+        the stream position and the checkpoint folder `name`, written after that checkpoint's upload, so it commits it."""
         if self.pending:
             first, last = self.pending[0]["step"], self.pending[-1]["step"]
             lines = "".join(json.dumps(r) + "\n" for r in self.pending)
@@ -65,7 +66,7 @@ class MetricsLog:
             self.pending = []
         step = report["step"]
         storage.write_bytes(storage.join(self.run_uri, "metrics", f"validation-{step:08d}.json"), json.dumps(report, indent=2).encode())
-        storage.write_bytes(storage.join(self.run_uri, PROGRESS_FILE), json.dumps({"step": step, "position": report["position"]}).encode())
+        storage.write_bytes(storage.join(self.run_uri, PROGRESS_FILE), json.dumps({"step": step, "position": report["position"], "checkpoint": name}).encode())
         if self.board:
             for name, value in report.items():
                 if name.startswith("val_"):

@@ -2,8 +2,9 @@
 
 The run lives in ``<storage>/<name>/`` (local or s3://): Ray Train's checkpoints, and ours beside them:
 ``config.json`` (the config and its hash; a rerun with another hash is refused), ``progress.json``
-(step and stream position of the latest checkpoint: a rerun starts the stream there), ``metrics/``
-and ``summary.json``. Rerunning the same command resumes from the latest checkpoint.
+(step, stream position and folder of the latest checkpoint, written once it is uploaded: a rerun starts
+there even if Ray did not record it), ``metrics/`` and ``summary.json``. Rerunning the same command
+resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"params": params.model_dump(mode="json"), "run_uri": uri, "stream_start": stream.start, "validation": validation,
+                           "resume_from": storage.join(uri, plan["progress"]["checkpoint"]) if plan["progress"].get("checkpoint") else None,
                            "progress": board},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

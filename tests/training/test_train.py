@@ -15,6 +15,7 @@ import boto3
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from helpers import PAIRMINE
 from helpers import cli as pairmine
@@ -40,7 +41,7 @@ def summary_of(run: str) -> dict:
 
 
 def checkpoints(run: str) -> list[str]:
-    return sorted(storage.basename(e.path) for e in storage.list_dir(run) if storage.basename(e.path).startswith("checkpoint_2"))
+    return sorted(storage.basename(e.path) for e in storage.list_dir(run) if e.type == pafs.FileType.Directory and storage.basename(e.path).startswith("checkpoint_"))
 
 
 def assert_erases_only_inside_the_mask(checkpoint: str, tmp_path: Path) -> None:
@@ -138,6 +139,9 @@ def test_a_killed_run_resumes_from_its_checkpoint(training_outputs, smarteraser_
     first.wait(30)
     killed_at = json.loads((run / "progress.json").read_text())
     assert 10 <= killed_at["step"] < 40 and not (run / "summary.json").exists()
+    assert (run / killed_at["checkpoint"] / "state.pt").is_file(), "progress.json names an uploaded checkpoint"
+    # as if the kill came before Ray's controller recorded that checkpoint: only progress.json knows it
+    (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
     pairmine("train", "--config", str(config), "--no-progress", timeout=600)
     summary = summary_of(str(run))
     assert summary["steps"] == 40 and summary["resumed_from_step"] >= killed_at["step"] > 0
@@ -224,3 +228,25 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
     assert image.shape[0] == 3 * 256 and image.shape[1] == (3 + 3) * 256, "a row per sample: source | mask | target | three predictions"
     table = pairmine(*args, *[a for name in made for a in ("--checkpoint", str(tmp_path / name))], timeout=300).stdout
     assert "PSNR mask" in table and table.count("\n") >= 5
+
+
+def test_a_rerun_starts_from_the_later_of_rays_and_the_committed_checkpoint(tmp_path):
+    import ray.train
+
+    from pairmine.training.loop import _start_checkpoint, checkpoint_name
+
+    committed = str(tmp_path / checkpoint_name(20))
+    assert _start_checkpoint(None, None) is None
+    assert _start_checkpoint(None, committed).path == committed
+    assert _start_checkpoint(ray.train.Checkpoint(str(tmp_path / checkpoint_name(10))), committed).path == committed
+    later = ray.train.Checkpoint(str(tmp_path / checkpoint_name(100)))
+    assert _start_checkpoint(later, committed) is later, "a restarted worker group's own later checkpoint wins"
+
+
+def test_a_committed_checkpoint_on_s3_is_read_through_the_s3_filesystem(s3_bucket):
+    from pairmine.training.loop import _start_checkpoint, checkpoint_name
+
+    uri = f"s3://{s3_bucket}/runs/run/{checkpoint_name(20)}"
+    storage.write_bytes(f"{uri}/state.pt", b"state")
+    with _start_checkpoint(None, uri).as_directory() as folder:
+        assert Path(folder, "state.pt").read_bytes() == b"state"
