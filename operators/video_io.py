@@ -196,7 +196,7 @@ class PyAVReader:
         gap = max(1, round(_SEEK_GAP_SECONDS * clock.fps))
         for cluster in _clusters(wanted, gap):
             pending = 0
-            for frame in _decode_from(container, stream, clock, cluster[0], gap):
+            for frame in _decode_from(container, stream, clock, cluster[0], gap, set(cluster)):
                 index = clock.index(frame)
                 if index < cluster[pending]:
                     continue
@@ -255,13 +255,13 @@ def _clusters(wanted: list[int], gap: int) -> Iterator[list[int]]:
         yield cluster
 
 
-def _decode_from(container, stream, clock: _Clock, index: int, gap: int) -> Iterator:
+def _decode_from(container, stream, clock: _Clock, index: int, gap: int, wanted: set[int]) -> Iterator:
     """Decoded frames from the keyframe at or before ``index``; seeks earlier when the demuxer overshoots."""
     back = 0
     while True:
         seek_index = max(0, index - back)
         container.seek(clock.offset(seek_index), stream=stream, backward=True)
-        frames = container.decode(stream)
+        frames = _decoded(container, stream, clock, wanted)
         first = next(frames, None)
         if first is None:
             return
@@ -270,6 +270,21 @@ def _decode_from(container, stream, clock: _Clock, index: int, gap: int) -> Iter
             yield from frames
             return
         back = max(gap, 2 * back)
+
+
+def _decoded(container, stream, clock: _Clock, wanted: set[int]) -> Iterator:
+    """The stream's frames from where the container stands, leaving undecoded the unwanted frames no other
+    frame depends on: every one of an intra-only codec (its packets are not even sent), the non-reference
+    ones of the others (FFmpeg's ``skip_frame``, for the decoders that honour it: H.264, HEVC, MPEG-2...).
+    The wanted frames come out bit-identical to a full decode."""
+    context = stream.codec_context
+    intra_only = context.codec.intra_only
+    for packet in container.demux(stream):
+        skip = packet.pts is not None and clock.index(packet) not in wanted
+        if skip and intra_only:
+            continue
+        context.skip_frame = "NONREF" if skip else "DEFAULT"
+        yield from packet.decode()
 
 
 class DecordReader:

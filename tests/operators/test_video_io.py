@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pairmine.operators.codecs import BadInput
-from pairmine.operators.video_io import READERS, DecodeParams, analysis_size, probe, read_frames
+from pairmine.operators.video_io import READERS, DecodeParams, _Clock, _decoded, analysis_size, probe, read_frames
 
 BOTH = ("pyav", "decord")
 
@@ -160,3 +160,44 @@ def test_analysis_size_keeps_the_aspect_and_never_upscales():
     assert analysis_size(1920, 1080, 480) == (480, 270)
     assert analysis_size(1080, 1920, 480) == (270, 480)
     assert analysis_size(176, 144, 480) == (176, 144)
+
+
+def _all_frames(path: str) -> dict[int, np.ndarray]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        clock = _Clock.of(stream)
+        return {clock.index(f): f.to_ndarray(format="bgr24") for f in container.decode(stream)}
+
+
+def _mjpeg(path: str, frames: int = 30) -> str:
+    import cv2
+
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 64))
+    for k in range(frames):
+        image = np.zeros((64, 96, 3), np.uint8)
+        image[:, k * 3 : k * 3 + 8] = 255
+        writer.write(image)
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("clip", ["01_dog.mp4", "intra-only MJPEG"])
+def test_frames_nothing_depends_on_are_left_undecoded_and_the_wanted_ones_are_exact(videos, tmp_path, clip):
+    import av
+
+    path = _mjpeg(str(tmp_path / "clip.avi")) if clip.startswith("intra") else str(videos / clip)
+    everything = _all_frames(path)
+    wanted = set(range(0, len(everything), 3))
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        clock = _Clock.of(stream)
+        decoded = {clock.index(f): f.to_ndarray(format="bgr24") for f in _decoded(container, stream, clock, wanted)}
+        intra_only = stream.codec_context.codec.intra_only
+    assert wanted <= decoded.keys() and all(np.array_equal(decoded[k], everything[k]) for k in wanted), "bit-identical"
+    if intra_only:
+        assert decoded.keys() == wanted, "an intra-only codec decodes only the wanted frames"
+    else:  # H.264 from x264 with B-frames: its non-reference frames are skipped
+        assert len(decoded) < len(everything), f"{len(decoded)} of {len(everything)} frames decoded"
+    assert [f.index for f in read_frames(path, sorted(wanted), ("pyav",), None, 1).frames] == sorted(wanted)
