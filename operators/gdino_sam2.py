@@ -9,9 +9,13 @@ With ``propagate``, the items of one ``masks()`` call are the selected frames of
 order: SAM2's video predictor tracks every detected object across them, so an object found on one
 frame is masked on the others too.
 
-This module holds the config, the geometry (plain arrays, testable without models) and the masker's
-logic; torch, GroundingDINO and SAM2 (``gdino_sam2_models``, which never imports this module) load only
-where a masker is built.
+With ``propagate``, each object is prompted once, on the first frame it is detected on (boxes linked
+frame to frame by IoU). Masks stay on the model's device: the matching with the motion runs there and only
+the pair's uint8 mask comes back.
+
+This module holds the config, the geometry (arrays, testable without models) and the masker's logic;
+torch loads where the geometry runs, GroundingDINO and SAM2 (``gdino_sam2_models``, which never imports
+this module) only where a masker is built.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .checkpoints import check_exists, local_path
 from .devices import Precision, resolve_device
 from .maskers import MaskInput, MaskResult
 from .model_stage import ModelStageParams
+from .video_regions import Blob, link_tracks
 
 if TYPE_CHECKING:
     from .gdino_sam2_models import Detections
@@ -95,6 +100,10 @@ class GdinoSam2MaskerParams(ModelStageParams):
         description="track the detected objects across the segment's selected frames with SAM2's video predictor "
         "(objects found on one frame are masked on all); else each frame is segmented on its own",
     )
+    same_object_iou: float = Field(
+        0.5, gt=0, le=1, description="with propagate: a box overlapping a box of the previous frame with detections by this "
+        "IoU is that object again, already tracked, and is not prompted again",
+    )
     precision: Precision = Field(
         "bf16", description="on CUDA, the autocast dtype of both models (SAM2's own examples run bf16); the CPU always runs fp32",
     )
@@ -139,25 +148,28 @@ def boxes_on_motion(boxes: np.ndarray, motion: np.ndarray) -> np.ndarray:
     return counts[y1, x1] - counts[y0, x1] - counts[y1, x0] + counts[y0, x0] > 0
 
 
-def explain_motion(
-    objects: np.ndarray, labels: Sequence[str], motion: np.ndarray, min_overlap: float, min_explained: float,
-) -> MaskResult:
+def explain_motion(objects, labels: Sequence[str], motion, min_overlap: float, min_explained: float) -> MaskResult:
     """The union of the objects that moved as a 0/255 mask, or why the motion has no detected object.
 
-    ``objects`` (n, H, W) bool masks of the detected objects, ``motion`` the (H, W) bool MOG2 mask: an
-    object moved when at least ``min_overlap`` of it lies on the motion; the union of those must cover at
-    least ``min_explained`` of the motion.
+    ``objects`` (n, H, W) bool masks of the detected objects, ``motion`` the (H, W) bool MOG2 mask (numpy
+    arrays or torch tensors: computed where ``objects`` lie, so masks on a GPU never leave it; only the
+    uint8 mask and a few counts come back): an object moved when at least ``min_overlap`` of it lies on
+    the motion; the union of those must cover at least ``min_explained`` of the motion.
     """
-    moving = np.count_nonzero(motion)
+    import torch
+
+    objects = torch.as_tensor(objects)
+    motion = torch.as_tensor(motion, device=objects.device)
+    moving = int(motion.count_nonzero())
     if not moving:
         return MaskResult(None, Reject.because(NO_MOVING_OBJECT, "the MOG2 object mask is empty"))
     if not len(objects):
         return MaskResult(None, Reject.because(NO_MOVING_OBJECT, "no detected object lies on the moving region"))
-    areas = objects.reshape(len(objects), -1).sum(axis=1)
-    on_motion = (objects & motion).reshape(len(objects), -1).sum(axis=1) / np.maximum(areas, 1)
+    areas = objects.flatten(1).sum(1).cpu().numpy()
+    on_motion = (objects & motion).flatten(1).sum(1).cpu().numpy() / np.maximum(areas, 1)
     kept = (areas > 0) & (on_motion >= min_overlap)
-    union = objects[kept].any(axis=0)
-    explained = np.count_nonzero(union & motion) / moving
+    union = objects[torch.from_numpy(kept).to(objects.device)].any(0)
+    explained = int((union & motion).count_nonzero()) / moving
     if not kept.any() or explained < min_explained:
         best = int(on_motion.argmax())
         return MaskResult(None, Reject.because(
@@ -165,9 +177,19 @@ def explain_motion(
             f"{len(objects)} objects; the best, {labels[best]}, lies {on_motion[best]:.2f} on the motion "
             f"(min_motion_overlap={min_overlap}); the moving ones cover {explained:.2f} of it (min_motion_explained={min_explained})",
         ))
-    if union.all():
+    if bool(union.all()):
         return MaskResult(None, Reject.because("mask_full", f"the moving objects ({', '.join(np.asarray(labels)[kept])}) cover the whole frame"))
-    return MaskResult(union.astype(np.uint8) * np.uint8(255))
+    return MaskResult(union.to(torch.uint8).mul_(255).cpu().numpy())
+
+
+def object_prompts(found: Sequence["Detections"], min_iou: float) -> list[tuple[int, int]]:
+    """(frame, box index) of each object's first detection in a clip: boxes are linked frame to frame by IoU
+    (``video_regions.link_tracks``), so SAM2's tracker is prompted once per object, not on every frame it is seen."""
+    boxes = [Blob(frame, tuple(box), 0.0, k) for frame, d in enumerate(found) for k, box in enumerate(d.boxes)]  # label: box index
+    first: dict[int, tuple[int, int]] = {}
+    for blob in link_tracks(boxes, min_iou):
+        first.setdefault(blob.track, (blob.frame, blob.label))
+    return sorted(first.values())
 
 
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
@@ -243,9 +265,11 @@ class GdinoSam2Masker:
             for o, names, motion in zip(objects, labels, motions)
         ]
 
-    def _segment(self, items: Sequence[MaskInput], found: list[Detections]) -> list[np.ndarray]:
-        """Each frame's box-prompted masks (n, H, W); SAM2 encodes only the frames that have boxes."""
-        objects = [np.zeros((0, *item.source.shape[:2]), bool) for item in items]
+    def _segment(self, items: Sequence[MaskInput], found: list[Detections]) -> list:
+        """Each frame's box-prompted masks (n, H, W), on the device; SAM2 encodes only the frames that have boxes."""
+        import torch
+
+        objects = [torch.zeros((0, *item.source.shape[:2]), dtype=torch.bool, device=self.device) for item in items]
         prompted = [k for k, d in enumerate(found) if len(d.boxes)]
         for chunk in _chunks(prompted, self.params.batch_size):
             masks = self.segmenter.segment([items[k].source for k in chunk], [found[k].boxes for k in chunk])
@@ -253,8 +277,11 @@ class GdinoSam2Masker:
                 objects[k] = mask
         return objects
 
-    def _track(self, items: Sequence[MaskInput], found: list[Detections]) -> tuple[list[np.ndarray], list[tuple[str, ...]]]:
-        """Every frame's boxes become objects tracked over the whole clip: each frame gets all objects' masks."""
-        objects = self.segmenter.track([item.source for item in items], [d.boxes for d in found], self.params.batch_size)
-        labels = tuple(label for d in found for label in d.labels)
+    def _track(self, items: Sequence[MaskInput], found: list[Detections]) -> tuple[list, list[tuple[str, ...]]]:
+        """Each object detected in the clip, prompted on its first frame, tracked over the whole clip: each frame
+        gets all objects' masks."""
+        prompts = object_prompts(found, self.params.same_object_iou)
+        boxes = [(frame, found[frame].boxes[k]) for frame, k in prompts]
+        objects = self.segmenter.track([item.source for item in items], boxes, self.params.batch_size)
+        labels = tuple(found[frame].labels[k] for frame, k in prompts)
         return objects, [labels] * len(items)

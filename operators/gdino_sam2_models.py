@@ -229,8 +229,28 @@ def _memory_as_features(module, args, kwargs):
     return args, {**kwargs, "memory": kwargs["memory"].to(kwargs["curr"][0].dtype)}
 
 
+class DeviceTransforms(SAM2Transforms):
+    """SAM2's input transform (RGB in [0, 1], a bilinear antialiased resize to a square, ImageNet normalisation)
+    done on the model's device from BGR uint8 frames: only the uint8 frame crosses to the GPU, no CPU resize."""
+
+    def __init__(self, resolution: int, device: torch.device):
+        super().__init__(resolution=resolution, mask_threshold=0.0)
+        self.device = device
+        self.mean_std = [torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (self.mean, self.std)]
+
+    def forward_batch(self, img_list: list[np.ndarray]) -> torch.Tensor:
+        return torch.cat([self._pixels(image) for image in img_list])
+
+    def _pixels(self, image: np.ndarray) -> torch.Tensor:
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).flip(-1).permute(2, 0, 1)[None].float() / 255
+        square = torch.nn.functional.interpolate(rgb, (self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True)
+        mean, std = self.mean_std
+        return (square - mean) / std
+
+
 class Sam2:
-    """Box-prompted SAM2 masks of frames, one by one (image predictor) or tracked across a clip (video predictor)."""
+    """Box-prompted SAM2 masks of BGR frames, one by one (image predictor) or tracked across a clip (video
+    predictor): preprocessed on the model's device, masks returned there as bool tensors."""
 
     def __init__(self, config: str, checkpoint: str, weights: str, device: torch.device, video: bool):
         model = instantiate(sam2_config(config, video).model, _recursive_=True)
@@ -240,38 +260,44 @@ class Sam2:
         self.model = model.to(device).eval()
         self.model.memory_attention.register_forward_pre_hook(_memory_as_features, with_kwargs=True)
         self.device = device
+        self.transforms = DeviceTransforms(self.model.image_size, device)
         self.predictor = SAM2ImagePredictor(self.model)
-        self.transforms = SAM2Transforms(resolution=self.model.image_size, mask_threshold=0.0)
+        self.predictor._transforms = self.transforms  # set_image_batch's BGR frames go to the device as uint8
 
     @torch.inference_mode()
-    def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        """(n, H, W) bool masks of each BGR frame's n pixel boxes (n >= 1), the frames encoded in one pass."""
-        self.predictor.set_image_batch([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in images])
-        masks, _, _ = self.predictor.predict_batch(box_batch=boxes, multimask_output=False)
-        return [m.reshape(len(b), *im.shape[:2]) > 0 for m, b, im in zip(masks, boxes, images)]
+    def segment(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[torch.Tensor]:
+        """(n, H, W) bool masks, on the device, of each BGR frame's n pixel boxes (n >= 1); the frames are encoded
+        in one pass. SAM2ImagePredictor.predict_batch's own steps, less its copy of full-size float masks to numpy."""
+        self.predictor.set_image_batch(list(images))
+        masks = []
+        for k, (image, frame_boxes) in enumerate(zip(images, boxes)):
+            _, _, _, box = self.predictor._prep_prompts(None, None, frame_boxes, None, True, img_idx=k)
+            found, _, _ = self.predictor._predict(None, None, box, None, multimask_output=False, img_idx=k)
+            masks.append(found.reshape(len(frame_boxes), *image.shape[:2]))
+        return masks
 
     @torch.inference_mode()
-    def track(self, images: list[np.ndarray], boxes: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
-        """Each box of each frame of one clip (same-size BGR frames, in time order) tracked over all its frames:
-        per frame (objects, H, W) bool masks, objects in (frame, box) order."""
+    def track(self, images: list[np.ndarray], prompts: list[tuple[int, np.ndarray]], batch_size: int) -> list[torch.Tensor]:
+        """Objects prompted by a pixel box on one frame each, (frame index, box), tracked over all frames of one
+        clip (same-size BGR frames, in time order): per frame (objects, H, W) bool masks on the device."""
         height, width = images[0].shape[:2]
         if any(im.shape[:2] != (height, width) for im in images):
             raise ValueError("the frames of one clip must have one size (they come from one video)")
-        if not any(len(b) for b in boxes):
-            return [np.zeros((0, height, width), bool) for _ in images]
+        if not prompts:
+            return [torch.zeros((0, height, width), dtype=torch.bool, device=self.device) for _ in images]
         state = self._clip_state(images, batch_size)
-        for obj_id, (frame, box) in enumerate((f, box) for f, frame_boxes in enumerate(boxes) for box in frame_boxes):
+        for obj_id, (frame, box) in enumerate(prompts):
             self.model.add_new_points_or_box(state, frame_idx=frame, obj_id=obj_id, box=box)
-        masks: dict[int, np.ndarray] = {}
+        masks: dict[int, torch.Tensor] = {}
         for reverse in (False, True):  # from the first prompted frame forwards, then back to the clip's start
             for frame, _, logits in self.model.propagate_in_video(state, reverse=reverse):
-                masks.setdefault(frame, (logits[:, 0] > 0).cpu().numpy())
+                masks.setdefault(frame, logits[:, 0] > 0)
         return [masks[frame] for frame in range(len(images))]
 
     def _clip_state(self, images: list[np.ndarray], batch_size: int) -> dict:
         """SAM2VideoPredictor.init_state for frames in memory (it reads only JPEG folders and MP4 files), every
         frame encoded up front in batches: its one-frame feature cache would re-encode frames as tracking moves."""
-        pixels = self.transforms.forward_batch([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in images]).to(self.device)
+        pixels = self.transforms.forward_batch(images)
         cached = {}
         for start in range(0, len(images), batch_size):
             chunk = pixels[start : start + batch_size]

@@ -25,7 +25,9 @@ from pairmine.operators.gdino_sam2 import (
     boxes_on_motion,
     explain_motion,
     full_resolution,
+    object_prompts,
 )
+from pairmine.operators.gdino_sam2_models import Detections
 from pairmine.operators.maskers import MaskInput, MaskResult
 from pairmine.operators.video4removal import SegmentMasking, Video4RemovalParams, analyse_segment, encode_samples
 from pairmine.pipelines.model_stages import StageActor
@@ -241,10 +243,20 @@ def test_sam2_gives_one_full_resolution_mask_per_box(masker, frames, truth):
     images = [frames[75], frames[90]]
     boxes = [np.array([box_of(truth[75]), [0, 0, 100, 80]], np.float32), np.array([box_of(truth[90])], np.float32)]
     masks = masker.segmenter.segment(images, boxes)
-    assert [m.shape for m in masks] == [(2, *truth.shape[1:]), (1, *truth.shape[1:])]
-    assert all(m.dtype == bool for m in masks)
+    assert [tuple(m.shape) for m in masks] == [(2, *truth.shape[1:]), (1, *truth.shape[1:])]
+    assert all(m.dtype == torch.bool and m.device == masker.device for m in masks), "bool masks, left on the model's device"
     again = masker.segmenter.segment(images, boxes)
-    assert all(np.array_equal(a, b) for a, b in zip(masks, again)), "deterministic for fixed inputs"
+    assert all(torch.equal(a, b) for a, b in zip(masks, again)), "deterministic for fixed inputs"
+
+
+def test_sam2_inputs_are_prepared_on_the_device_as_sam2_prepares_them(masker, frames):
+    from sam2.utils.transforms import SAM2Transforms
+
+    images = [frames[75], np.ascontiguousarray(frames[90][:, :-96])]
+    ours = masker.segmenter.transforms.forward_batch(images)
+    theirs = SAM2Transforms(1024, 0.0).forward_batch([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in images])
+    assert ours.shape == theirs.shape == (2, 3, 1024, 1024) and ours.device == masker.device
+    assert torch.allclose(ours, theirs, atol=1e-4), "RGB, [0, 1], the same antialiased resize and normalisation"
 
 
 def test_masks_of_a_batch_equal_those_one_by_one(masker, frames, priors):
@@ -265,11 +277,21 @@ def tracker(tiny):
 
 def test_propagation_tracks_each_box_over_the_whole_clip(tracker, frames, truth):
     images = [frames[k] for k in SOURCES]
-    boxes = [np.zeros((0, 4), np.float32), np.array([box_of(truth[75])], np.float32), np.zeros((0, 4), np.float32)]
-    masks = tracker.segmenter.track(images, boxes, 2)
-    assert [m.shape for m in masks] == [(1, *truth.shape[1:])] * len(images) and all(m.dtype == bool for m in masks)
-    none = tracker.segmenter.track(images, [np.zeros((0, 4), np.float32)] * len(images), 2)
-    assert [m.shape for m in none] == [(0, *truth.shape[1:])] * len(images)
+    masks = tracker.segmenter.track(images, [(1, np.array(box_of(truth[75]), np.float32))], 2)
+    assert [tuple(m.shape) for m in masks] == [(1, *truth.shape[1:])] * len(images) and all(m.dtype == torch.bool for m in masks)
+    none = tracker.segmenter.track(images, [], 2)
+    assert [tuple(m.shape) for m in none] == [(0, *truth.shape[1:])] * len(images)
+
+
+def test_each_object_of_a_clip_is_prompted_once():
+    def found(*boxes):
+        return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes), np.float32), ("person",) * len(boxes))
+
+    walker, parked, newcomer = [10, 10, 50, 90], [200, 40, 260, 80], [120, 0, 160, 30]
+    clip = [found(walker), found(), found([14, 10, 54, 90], parked), found(parked, [20, 12, 60, 92], newcomer)]
+    assert object_prompts(clip, 0.5) == [(0, 0), (2, 1), (3, 2)], "the walker once, on frame 0; the others where they first show"
+    assert object_prompts(clip, 0.95) == [(0, 0), (2, 0), (2, 1), (3, 1), (3, 2)], "boxes that overlap less are new objects"
+    assert object_prompts([found(), found()], 0.5) == []
 
 
 def test_clip_state_has_the_keys_of_sam2s_own(tracker, frames, tmp_path):
