@@ -5,6 +5,11 @@ Every pipeline has the same three steps per row: ``prepare`` (CPU: decode, analy
 a stage that loads no model runs inside the CPU task; one that does runs as a ``map_batches`` actor
 pool that builds its model once per actor, on the GPUs, with the actor count and the batch of its
 config. Rows carry the unit of work in their ``"item"`` column between the steps.
+
+Around an actor stage the rows travel as pandas blocks (``run.pipeline_data_context`` keeps them so):
+Ray serialises the items' arrays out of band, one copy into the object store, read back in place
+(read-only), where an Arrow block pickles each item whole into a binary column and unpickles it at
+every hop: a 16-image full-resolution group costs ~0.2 s instead of seconds per hop.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from functools import partial
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..operators.devices import actor_device
 from ..operators.model_stage import ModelStage, runs_model
 from ..operators.stats import Stats
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 ITEM = "item"  # the row column holding a unit of work between prepare, the model stage and finish
 IDLE = "_idle"  # Stats.seconds["<stage>_idle"]: an actor stage's time between calls (summary: busy fraction)
@@ -65,7 +72,7 @@ class StageActor:
         stage = on_assigned_device(stage, gpu_ids)
         self.stage, self.model, self.clock = stage, stage.params.build(), ActorClock()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
         start = time.perf_counter()
         items = list(batch[ITEM])
         weights = self.stage.process(self.model, items)
@@ -83,6 +90,15 @@ def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, 
     return finish(row)
 
 
+def _prepare_frame(batch: "pa.Table", prepare: Callable[[dict], dict]) -> "pd.DataFrame":
+    """``prepare`` on each row of a batch (python values, as ``map`` gives them), as a pandas block whose
+    columns hold the objects themselves (see the module's note)."""
+    import pandas as pd
+
+    rows = [prepare(row) for row in batch.to_pylist()]
+    return pd.DataFrame({key: pd.Series([row[key] for row in rows], dtype=object) for key in rows[0]})
+
+
 def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict], dict], stage: ModelStage | None):
     """The pipeline's rows after prepare → stage → finish; ``prepare`` puts the unit of work in ``row["item"]``."""
     if stage is None or not runs_model(stage.params):
@@ -91,12 +107,12 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
     from ray.data import ActorPoolStrategy
 
     params = stage.params
-    prepared = rows.map(prepare)
+    prepared = rows.map_batches(_prepare_frame, fn_kwargs={"prepare": prepare}, batch_size=1, batch_format="pyarrow")
     staged = prepared.map_batches(
         StageActor,
         fn_constructor_args=(stage,),
         batch_size=params.rows_per_call or stage.items_per_call,
-        batch_format="numpy",
+        batch_format="pandas",
         compute=ActorPoolStrategy(min_size=params.concurrency[0], max_size=params.concurrency[1]),
         num_gpus=params.num_gpus,
         num_cpus=params.actor_cpus,

@@ -57,8 +57,10 @@ def pipeline_data_context() -> None:
     # Rows are whole groups (seconds of work each): one row per block makes one task per group,
     # instead of Ray packing a tar's groups into one block processed serially.
     context.target_max_block_size = 1
-    # Between a model stage and the CPU steps, groups and segments travel as pickled Python objects.
-    context.enable_fallback_to_arrow_object_ext_type = True
+    # Around a model stage, groups and segments travel as pandas blocks (model_stages: their arrays out of
+    # band, read back in place); a pandas batch would otherwise become an Arrow block of pickled objects.
+    context.batch_to_block_arrow_format = False
+    context.enable_fallback_to_arrow_object_ext_type = True  # the rows `map` makes (readers', inline steps')
 
 
 def build(pipeline: Pipeline, units: list[Unit], progress, config, digest: str):

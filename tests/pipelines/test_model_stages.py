@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
+from typing import ClassVar
 
+import numpy as np
 import pytest
 from helpers import check_sample, read_parquet_dir, read_samples
 from models import tiny_clip, tiny_gdino, tiny_sam2
 from sample_inputs import TESTDATA
 
 from pairmine.operators.checkpoints import CheckpointError
-from pairmine.pipelines.run import run
+from pairmine.operators.model_stage import ModelStageParams
+from pairmine.operators.stats import Stats
+from pairmine.pipelines.model_stages import ITEM, around_model
+from pairmine.pipelines.run import pipeline_data_context, run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
@@ -90,3 +97,55 @@ def test_video4removal_with_the_gdino_sam2_masker_actor(tmp_path, ray_local):
     for sample in read_samples(str(out)):
         meta = check_sample(sample, "video4removal")
         assert meta["masker"] == "gdino_sam2" and meta["model"]["device"] == "cpu" and meta["model"]["precision"] == "fp32"
+
+
+# -- the adapter: how items cross an actor stage ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Frames:
+    frames: list
+    total: int = 0
+    stats: Stats = dataclasses.field(default_factory=Stats)
+
+
+class Summing(ModelStageParams):
+    """A model stage whose model is numpy's sum: the adapter's wiring with a real actor pool, no weights."""
+
+    def check_files(self) -> None:
+        pass
+
+    def build(self):
+        return np.sum
+
+
+@dataclasses.dataclass(frozen=True)
+class SumStage:
+    params: Summing
+    items_per_call: int = 2
+    name: ClassVar[str] = "sum"
+
+    def process(self, model, items) -> list[float]:
+        for item in items:
+            item.total = int(sum(model(frame) for frame in item.frames))
+        return [1.0] * len(items)
+
+
+def test_items_cross_an_actor_stage_out_of_band_and_whole(ray_local):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    pipeline_data_context()
+
+    def prepare(row):
+        return {ITEM: Frames([np.full((200, 300, 3), row["id"], np.uint8)] * 2), "id": row["id"]}
+
+    def finish(row):
+        item = row[ITEM]
+        return {"id": row["id"], "total": item.total, "in_place": not item.frames[0].flags.writeable, "timed": item.stats.seconds["sum"] > 0}
+
+    rows = ray_local.data.range(5, override_num_blocks=1)
+    out = sorted(around_model(rows, prepare, finish, SumStage(Summing())).take_all(), key=lambda r: r["id"])
+    assert [r["total"] for r in out] == [2 * 200 * 300 * 3 * k for k in range(5)], "every item went through the model once"
+    assert all(r["timed"] for r in out)
+    assert all(r["in_place"] for r in out), "the frames were read from the object store in place (pandas blocks), not unpickled"
