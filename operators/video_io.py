@@ -272,18 +272,24 @@ def _decode_from(container, stream, clock: _Clock, index: int, gap: int, wanted:
         back = max(gap, 2 * back)
 
 
+# Decoders that read ``skip_frame`` for each packet they decode; others (libdav1d) read it once, when they
+# open, and would then drop wanted non-reference frames too
+_SKIP_PER_PACKET = frozenset({"h264", "hevc"})
+
+
 def _decoded(container, stream, clock: _Clock, wanted: set[int]) -> Iterator:
     """The stream's frames from where the container stands, leaving undecoded the unwanted frames no other
     frame depends on: every one of an intra-only codec (its packets are not even sent), the non-reference
-    ones of the others (FFmpeg's ``skip_frame``, for the decoders that honour it: H.264, HEVC, MPEG-2...).
-    The wanted frames come out bit-identical to a full decode."""
+    ones of H.264 and HEVC (FFmpeg's ``skip_frame``, set per packet). The wanted frames come out
+    bit-identical to a full decode."""
     context = stream.codec_context
-    intra_only = context.codec.intra_only
+    intra_only, per_packet = context.codec.intra_only, context.codec.name in _SKIP_PER_PACKET
     for packet in container.demux(stream):
         skip = packet.pts is not None and clock.index(packet) not in wanted
         if skip and intra_only:
             continue
-        context.skip_frame = "NONREF" if skip else "DEFAULT"
+        if per_packet:
+            context.skip_frame = "NONREF" if skip else "DEFAULT"
         yield from packet.decode()
 
 
