@@ -5,32 +5,36 @@ The prediction replaces the image only inside the mask; every pixel outside it i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import cv2
 import numpy as np
+import pyarrow.fs as pafs
 
 from .. import storage
 from ..errors import UserError
 from .data import object_crop
-from .metrics import PROGRESS_FILE, paste_back, predict
+from .metrics import checkpoint_step, paste_back, predict, read_progress
 
 log = logging.getLogger("pairmine")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def latest_checkpoint(uri: str) -> str:
-    """A saved eraser, a training checkpoint, or a run folder (the latest checkpoint its progress.json committed)."""
+    """A saved eraser, a training checkpoint, or a run folder (the checkpoint its progress.json committed)."""
     entries = storage.list_dir(uri)
     found = {storage.basename(e.path) for e in entries}
     if "eraser.json" in found or "eraser" in found:
         return uri
-    committed = json.loads(storage.read_bytes(storage.join(uri, PROGRESS_FILE))) if PROGRESS_FILE in found else {}
-    if not committed.get("checkpoint"):
-        raise UserError(f"{uri} is neither a saved eraser, a checkpoint nor a training run with a committed checkpoint")
-    return storage.join(uri, committed["checkpoint"])
+    committed = read_progress(uri).get("checkpoint")
+    if committed:
+        return storage.join(uri, committed)
+    # a run from before progress.json named its checkpoint: the latest of its folders
+    folders = [storage.basename(e.path) for e in entries if e.type == pafs.FileType.Directory and storage.basename(e.path).startswith("checkpoint_")]
+    if not folders:
+        raise UserError(f"{uri} is neither a saved eraser, a checkpoint nor a training run with checkpoints")
+    return storage.join(uri, max(folders, key=lambda name: (checkpoint_step(name), name)))
 
 
 def _read(path: str, flags: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from .config import TrainParams
 from .data import REASONS
 from . import models
 from .eraser import to_batch
-from .metrics import MetricsLog, validate
+from .metrics import MetricsLog, checkpoint_name, checkpoint_step, read_progress, validate
 
 log = logging.getLogger("pairmine")
 STATE_FILE = "state.pt"
@@ -100,7 +100,7 @@ def _train_loop(config: dict) -> dict:
     amp_dtype = torch.float16 if params.mixed_precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and params.mixed_precision == "fp16")
     step, position = 0, config["stream_start"]  # position: one past the last stream position trained on
-    checkpoint = _start_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"))
+    checkpoint = _start_checkpoint(ray.train.get_checkpoint(), config["run_uri"])
     if checkpoint:
         with checkpoint.as_directory() as folder:
             eraser.load_trainable(os.path.join(folder, "eraser"))
@@ -177,20 +177,16 @@ def _train_loop(config: dict) -> dict:
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}
 
 
-def checkpoint_name(step: int) -> str:
-    """A checkpoint's folder in the run: named by its step, so a run's progress.json can name the one it committed."""
-    return f"checkpoint_{step:08d}"
-
-
-def _start_checkpoint(reported, committed_uri: str | None):
-    """The later of Ray's checkpoint (a restarted worker group's, or one Ray restored for a rerun) and the one the
-    run folder's progress.json names: a run killed after its upload but before Ray's controller recorded it
-    leaves only the latter."""
+def _start_checkpoint(reported, run_uri: str):
+    """The later of Ray's checkpoint (a restarted worker group's, or one Ray restored for a rerun) and the one
+    the run's progress.json committed, read as the worker group starts: a kill after an upload but before
+    Ray's controller recorded it leaves only the latter, and a restart must not train over it again."""
     import ray.train
 
-    if committed_uri is None or (reported is not None and os.path.basename(reported.path.rstrip("/")) >= storage.basename(committed_uri)):
+    committed = read_progress(run_uri).get("checkpoint")
+    if committed is None or (reported is not None and checkpoint_step(os.path.basename(reported.path.rstrip("/"))) >= checkpoint_step(committed)):
         return reported
-    filesystem, path = storage.resolve(committed_uri)
+    filesystem, path = storage.resolve(storage.join(run_uri, committed))
     return ray.train.Checkpoint(path, filesystem)
 
 
@@ -214,5 +210,6 @@ def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, ski
                 json.dump(report, f, indent=2)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))
-    if rank == 0:
+    persisted = ray.train.get_checkpoint()  # still the previous one when Ray skipped the report (another worker failed)
+    if rank == 0 and persisted is not None and os.path.basename(persisted.path.rstrip("/")) == checkpoint_name(step):
         metrics.checkpoint(report, checkpoint_name(step))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import cv2
@@ -21,6 +22,26 @@ from .. import storage
 
 log = logging.getLogger("pairmine")
 PROGRESS_FILE = "progress.json"
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's folder in the run: named by its step, so the run's progress.json can name the one it committed."""
+    return f"checkpoint_{step:08d}"
+
+
+def checkpoint_step(name: str) -> int:
+    """The step in a checkpoint folder's name; -1 for a name of another form (Ray's timestamps, older runs)."""
+    found = re.fullmatch(r"checkpoint_(\d+)", name)
+    return int(found.group(1)) if found else -1
+
+
+def read_progress(run_uri: str) -> dict:
+    """The run's progress.json: step, stream position and (since checkpoints are named by step) the committed
+    checkpoint's folder; step 0 at position 0 for a new run."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(run_uri, PROGRESS_FILE)))
+    except (FileNotFoundError, OSError, ValueError):
+        return {"step": 0, "position": 0}
 
 
 class MetricsLog:

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..pipelines.config import config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
-from .metrics import PROGRESS_FILE
+from .metrics import read_progress
 
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
@@ -68,7 +68,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     if saved and saved.get("config_hash") != digest:
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}); "
                             f"resume it with its own config, or start a new run with --set name=...")
-    progress = _read_json(storage.join(uri, PROGRESS_FILE)) or {"step": 0, "position": 0}
+    progress = read_progress(uri)
     sources = _sources(params)
     scaling = params.scaling
     rows_per_step = params.batch_size * scaling.num_workers * params.grad_accumulation
@@ -157,7 +157,6 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"params": params.model_dump(mode="json"), "run_uri": uri, "stream_start": stream.start, "validation": validation,
-                           "resume_from": storage.join(uri, plan["progress"]["checkpoint"]) if plan["progress"].get("checkpoint") else None,
                            "progress": board},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

@@ -233,20 +233,39 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
 def test_a_rerun_starts_from_the_later_of_rays_and_the_committed_checkpoint(tmp_path):
     import ray.train
 
-    from pairmine.training.loop import _start_checkpoint, checkpoint_name
+    from pairmine.training.loop import _start_checkpoint
+    from pairmine.training.metrics import checkpoint_name
 
+    run = str(tmp_path)
+    assert _start_checkpoint(None, run) is None, "a new run"
+    (tmp_path / "progress.json").write_text(json.dumps({"step": 20, "position": 400, "checkpoint": checkpoint_name(20)}))
     committed = str(tmp_path / checkpoint_name(20))
-    assert _start_checkpoint(None, None) is None
-    assert _start_checkpoint(None, committed).path == committed
-    assert _start_checkpoint(ray.train.Checkpoint(str(tmp_path / checkpoint_name(10))), committed).path == committed
+    assert _start_checkpoint(None, run).path == committed, "Ray recorded nothing: the committed one"
+    assert _start_checkpoint(ray.train.Checkpoint(str(tmp_path / checkpoint_name(10))), run).path == committed
+    assert _start_checkpoint(ray.train.Checkpoint(str(tmp_path / "checkpoint_2026-12-01_10-00-00.000000")), run).path == committed, \
+        "a name of Ray's own form (an older run's) has no step: the committed one is later"
     later = ray.train.Checkpoint(str(tmp_path / checkpoint_name(100)))
-    assert _start_checkpoint(later, committed) is later, "a restarted worker group's own later checkpoint wins"
+    assert _start_checkpoint(later, run) is later, "a restarted worker group's own later checkpoint wins"
 
 
 def test_a_committed_checkpoint_on_s3_is_read_through_the_s3_filesystem(s3_bucket):
-    from pairmine.training.loop import _start_checkpoint, checkpoint_name
+    from pairmine.training.loop import _start_checkpoint
+    from pairmine.training.metrics import checkpoint_name
 
-    uri = f"s3://{s3_bucket}/runs/run/{checkpoint_name(20)}"
-    storage.write_bytes(f"{uri}/state.pt", b"state")
-    with _start_checkpoint(None, uri).as_directory() as folder:
+    run = f"s3://{s3_bucket}/runs/run"
+    storage.write_bytes(f"{run}/{checkpoint_name(20)}/state.pt", b"state")
+    storage.write_bytes(f"{run}/progress.json", json.dumps({"step": 20, "position": 0, "checkpoint": checkpoint_name(20)}).encode())
+    with _start_checkpoint(None, run).as_directory() as folder:
         assert Path(folder, "state.pt").read_bytes() == b"state"
+
+
+def test_erase_takes_a_run_folders_committed_checkpoint_or_else_its_latest(tmp_path):
+    from pairmine.training.erase import latest_checkpoint
+
+    for name in ("checkpoint_2026-12-01_10-00-00.000000", "checkpoint_2026-12-01_11-00-00.000000"):
+        (tmp_path / name).mkdir()
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_2026-12-01_11-00-00.000000"), "a run from before the commit"
+    (tmp_path / "checkpoint_00000030").mkdir()
+    (tmp_path / "checkpoint_00000040").mkdir()  # uploaded, never committed (a kill during the upload)
+    (tmp_path / "progress.json").write_text(json.dumps({"step": 30, "position": 0, "checkpoint": "checkpoint_00000030"}))
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_00000030")
