@@ -9,7 +9,8 @@ config. Rows carry the unit of work in their ``"item"`` column between the steps
 Around an actor stage the rows travel as pandas blocks (``run.pipeline_data_context`` keeps them so):
 Ray serialises the items' arrays out of band, one copy into the object store, read back in place
 (read-only), where an Arrow block pickles each item whole into a binary column and unpickles it at
-every hop: a 16-image full-resolution group costs ~0.2 s instead of seconds per hop.
+every hop: a 16-image full-resolution group costs ~0.2 s instead of seconds per hop. The unit of work
+travels ``Sized``, so that Ray Data's memory budgets count its arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import dataclasses
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from ..operators.devices import actor_device
 from ..operators.model_stage import ModelStage, runs_model
@@ -74,7 +77,7 @@ class StageActor:
 
     def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
         start = time.perf_counter()
-        items = list(batch[ITEM])
+        items = [sized.item for sized in batch[ITEM]]
         weights = self.stage.process(self.model, items)
         self.clock.record(self.stage.name, start, [item.stats for item in items], weights)
         return batch
@@ -90,13 +93,43 @@ def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, 
     return finish(row)
 
 
+def nbytes(value: Any) -> int:
+    """The bytes of the arrays a value holds (dataclasses, lists, tuples and dicts are looked into)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (list, tuple)):
+        return sum(map(nbytes, value))
+    if isinstance(value, dict):
+        return sum(map(nbytes, value.values()))
+    return 0
+
+
+class Sized:
+    """A unit of work in a pandas block, sized by the arrays it holds: Ray Data sizes an object column with
+    ``sys.getsizeof`` and would count a group of 16 images as a few bytes in its memory budgets."""
+
+    __slots__ = ("item", "size")
+
+    def __init__(self, item: Any):
+        self.item, self.size = item, nbytes(item)
+
+    def __sizeof__(self) -> int:
+        return self.size
+
+
 def _prepare_frame(batch: "pa.Table", prepare: Callable[[dict], dict]) -> "pd.DataFrame":
     """``prepare`` on each row of a batch (python values, as ``map`` gives them), as a pandas block whose
-    columns hold the objects themselves (see the module's note)."""
+    columns hold the objects themselves, the unit of work ``Sized`` (see the module's note)."""
     import pandas as pd
 
-    rows = [prepare(row) for row in batch.to_pylist()]
+    rows = [{**row, ITEM: Sized(row[ITEM])} for row in map(prepare, batch.to_pylist())]
     return pd.DataFrame({key: pd.Series([row[key] for row in rows], dtype=object) for key in rows[0]})
+
+
+def _finish_row(row: dict, finish: Callable[[dict], dict]) -> dict:
+    return finish({**row, ITEM: row[ITEM].item})
 
 
 def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict], dict], stage: ModelStage | None):
@@ -117,4 +150,4 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
         num_gpus=params.num_gpus,
         num_cpus=params.actor_cpus,
     )
-    return staged.map(finish)
+    return staged.map(partial(_finish_row, finish=finish))

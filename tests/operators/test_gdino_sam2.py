@@ -30,7 +30,7 @@ from pairmine.operators.gdino_sam2 import (
 from pairmine.operators.gdino_sam2_models import Detections
 from pairmine.operators.maskers import MaskInput, MaskResult
 from pairmine.operators.video4removal import SegmentMasking, Video4RemovalParams, analyse_segment, encode_samples
-from pairmine.pipelines.model_stages import StageActor
+from pairmine.pipelines.model_stages import Sized, StageActor
 from pairmine.operators.video_io import DecodeParams, analysis_size, read_frames
 
 SOURCES, TARGET = (60, 75, 90), 0  # frames with the object / the empty scene
@@ -378,7 +378,7 @@ def test_mask_stage_masks_every_candidate_and_times_itself(tiny, video, propagat
     empty = analyse_segment("synth/short", str(video), 0, 3, config)  # too short: no candidates
     assert work.candidates and not empty.candidates
     stage = StageActor(SegmentMasking(make_params(tiny, propagate=propagate, max_detections=2)))
-    batch = {"item": np.array([work, empty], dtype=object)}
+    batch = {"item": np.array([Sized(work), Sized(empty)], dtype=object)}
     out = stage(batch)
     assert out["item"] is batch["item"]
     results = work.results
@@ -387,7 +387,7 @@ def test_mask_stage_masks_every_candidate_and_times_itself(tiny, video, propagat
         assert_contract(result, candidate.source.image.shape[:2])
     assert work.stats.counts["masked"] == len(work.candidates) and empty.stats.counts["masked"] == 0
     assert work.stats.seconds["mask"] > 0 and work.stats.seconds["mask_idle"] == 0, "no idle time before the first call"
-    stage({"item": np.array([empty], dtype=object)})
+    stage({"item": np.array([Sized(empty)], dtype=object)})
     assert empty.stats.seconds["mask_idle"] > 0
     samples = encode_samples(work, stage.model.name, config, "c0ffee")
     assert len(samples) + sum(r.stage == "mask" for r in work.rejects) == len(work.candidates)

@@ -16,7 +16,7 @@ from sample_inputs import TESTDATA
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.operators.model_stage import ModelStageParams
 from pairmine.operators.stats import Stats
-from pairmine.pipelines.model_stages import ITEM, around_model
+from pairmine.pipelines.model_stages import ITEM, around_model, nbytes
 from pairmine.pipelines.run import pipeline_data_context, run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
@@ -129,6 +129,18 @@ class SumStage:
         for item in items:
             item.total = int(sum(model(frame) for frame in item.frames))
         return [1.0] * len(items)
+
+
+def test_a_unit_of_work_is_sized_by_its_arrays_for_ray_datas_memory_budgets():
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
+
+    from pairmine.pipelines.model_stages import _prepare_frame
+
+    item = Frames([np.zeros((300, 400, 3), np.uint8), {"mask": np.zeros((300, 400), bool)}], 7)
+    assert nbytes(item) == 300 * 400 * 4
+    block = _prepare_frame(pa.table({"id": [0]}), lambda row: {ITEM: item, "id": row["id"]})
+    assert BlockAccessor.for_block(block).size_bytes() >= nbytes(item), "what Ray Data counts in its memory budgets"
 
 
 def test_items_cross_an_actor_stage_out_of_band_and_whole(ray_local):
