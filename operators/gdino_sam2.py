@@ -7,11 +7,9 @@ the pair is kept when the objects kept cover at least ``min_motion_explained`` o
 it is rejected ("no_detection_explains_motion"), never given a mask of something that stood still.
 With ``propagate``, the items of one ``masks()`` call are the selected frames of one segment in time
 order: SAM2's video predictor tracks every detected object across them, so an object found on one
-frame is masked on the others too.
-
-With ``propagate``, each object is prompted once, on the first frame it is detected on (boxes linked
-frame to frame by IoU). Masks stay on the model's device: the matching with the motion runs there and only
-the pair's uint8 mask comes back.
+frame is masked on the others too; each object is prompted once, on the first frame it is detected on
+(boxes linked frame to frame by IoU). Masks stay on the model's device: the matching with the motion
+runs there and only the pair's uint8 mask comes back.
 
 This module holds the config, the geometry (arrays, testable without models) and the masker's logic;
 torch loads where the geometry runs, GroundingDINO and SAM2 (``gdino_sam2_models``, which never imports

@@ -13,6 +13,7 @@ its upload completes (boto3 aborts an unfinished multipart upload).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -159,6 +160,14 @@ def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def read_json(uri: str) -> dict | None:
+    """A small JSON file's content, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(read_bytes(uri))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -67,10 +67,7 @@ class Lease:
         return json.dumps(self.owner | {"heartbeat": time.time(), "expires_after_s": self.seconds}).encode()
 
     def _holder(self) -> dict | None:
-        try:
-            return json.loads(storage.read_bytes(self.uri))
-        except (FileNotFoundError, OSError, ValueError):
-            return None
+        return storage.read_json(self.uri)
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""

@@ -184,7 +184,7 @@ def _start_checkpoint(reported, run_uri: str):
     import ray.train
 
     committed = read_progress(run_uri).get("checkpoint")
-    if committed is None or (reported is not None and checkpoint_step(os.path.basename(reported.path.rstrip("/"))) >= checkpoint_step(committed)):
+    if committed is None or (reported is not None and checkpoint_step(storage.basename(reported.path)) >= checkpoint_step(committed)):
         return reported
     filesystem, path = storage.resolve(storage.join(run_uri, committed))
     return ray.train.Checkpoint(path, filesystem)
@@ -211,5 +211,5 @@ def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, ski
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))
     persisted = ray.train.get_checkpoint()  # still the previous one when Ray skipped the report (another worker failed)
-    if rank == 0 and persisted is not None and os.path.basename(persisted.path.rstrip("/")) == checkpoint_name(step):
+    if rank == 0 and persisted is not None and storage.basename(persisted.path) == checkpoint_name(step):
         metrics.checkpoint(report, checkpoint_name(step))

@@ -38,10 +38,7 @@ def checkpoint_step(name: str) -> int:
 def read_progress(run_uri: str) -> dict:
     """The run's progress.json: step, stream position and (since checkpoints are named by step) the committed
     checkpoint's folder; step 0 at position 0 for a new run."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(run_uri, PROGRESS_FILE)))
-    except (FileNotFoundError, OSError, ValueError):
-        return {"step": 0, "position": 0}
+    return storage.read_json(storage.join(run_uri, PROGRESS_FILE)) or {"step": 0, "position": 0}
 
 
 class MetricsLog:

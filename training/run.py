@@ -34,13 +34,6 @@ def run_uri(params: TrainParams) -> str:
     return storage.join(params.storage, params.name)
 
 
-def _read_json(uri: str) -> dict | None:
-    try:
-        return json.loads(storage.read_bytes(uri))
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-
-
 def _sources(params: TrainParams) -> list[tuple[float, list[dataset.Shard]]]:
     found = []
     for source in params.data.sources:
@@ -64,7 +57,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     models.check(params.eraser)
     uri = run_uri(params)
     storage.check_writable(params.storage, create=False)
-    saved = _read_json(storage.join(uri, CONFIG_FILE))
+    saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}); "
                             f"resume it with its own config, or start a new run with --set name=...")
