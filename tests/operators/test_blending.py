@@ -5,9 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import scipy.sparse.linalg
 from scipy import ndimage
 
-from pairmine.operators.blending import BlendParams, entity_alpha, feather_alpha, edge_px, matte_alpha, paste, place
+from pairmine.operators import blending
+from pairmine.operators.blending import BlendParams, _matting_system, _solve_banded, entity_alpha, feather_alpha, edge_px, matte_alpha, paste, place
 
 
 def disk_mask(size: int = 81, radius: int = 30) -> np.ndarray:
@@ -172,3 +174,45 @@ def test_large_crops_are_matted_at_a_bounded_size_with_the_same_result():
     full, bounded = matte_alpha(image, mask, 54.0, max_side=4096), matte_alpha(image, mask, 54.0, max_side=160)
     assert (bounded[mask == 0] == 0).all()
     assert np.abs(bounded / 255.0 - truth).mean() < 0.03 and np.abs(full / 255.0 - truth).mean() < 0.03
+
+
+def reference_laplacian(image: np.ndarray, epsilon: float) -> np.ndarray:
+    """The dense matting Laplacian by Levin et al.'s definition, window by window (3x3 windows inside the image)."""
+    h, w = image.shape[:2]
+    laplacian = np.zeros((h * w, h * w))
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            pixels = [(y + dy) * w + (x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            window = image.reshape(-1, 3)[pixels]
+            centred = window - window.mean(axis=0)
+            inverse = np.linalg.inv(centred.T @ centred / 9 + epsilon / 9 * np.eye(3))
+            laplacian[np.ix_(pixels, pixels)] += np.eye(9) - (1 + centred @ inverse @ centred.T) / 9
+    return laplacian
+
+
+def test_the_matting_system_is_levins_laplacian_on_the_unknown_pixels():
+    rng = np.random.default_rng(3)
+    image = rng.random((14, 17, 3))
+    image[:, :8] = image[:, :8] * 0.02 + 0.5  # a nearly flat half: ill-conditioned windows
+    unknown = np.zeros((14, 17), bool)
+    unknown[3:11, 4:13] = True
+    unknown[6:8, 7:10] = False  # a hole of known pixels inside the band
+    alpha = rng.random((14, 17)) * ~unknown
+    system, rhs = _matting_system(image, unknown, alpha, 1e-7)
+    laplacian, u, k = reference_laplacian(image, 1e-7), np.flatnonzero(unknown), np.flatnonzero(~unknown)
+    expected = laplacian[np.ix_(u, u)]
+    scale = np.abs(expected).max()
+    assert np.abs(system.toarray() - expected).max() < 1e-7 * scale
+    assert np.abs(rhs + laplacian[np.ix_(u, k)] @ alpha.ravel()[k]).max() < 1e-7 * scale
+
+
+def test_the_banded_solve_is_exact_and_conjugate_gradients_take_over_beyond_its_bandwidth(monkeypatch):
+    image, _, mask = soft_disk_scene()
+    captured = []
+    monkeypatch.setattr(blending, "_matting_system", lambda *args: captured.append(_matting_system(*args)) or captured[-1])
+    banded = matte_alpha(image, mask, 18.0)
+    system, rhs = captured[0]
+    assert np.abs(_solve_banded(system, rhs) - scipy.sparse.linalg.spsolve(system.tocsc(), rhs)).max() < 1e-6
+    monkeypatch.setattr(blending, "_MAX_BANDWIDTH", 0)
+    assert _solve_banded(system, rhs) is None
+    assert np.abs(matte_alpha(image, mask, 18.0).astype(int) - banded).max() <= 1  # CG: within one level
