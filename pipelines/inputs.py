@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import re
+import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, TypeVar
 
@@ -31,6 +33,7 @@ _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
 _OI_CSV = re.compile(r"(.+)-annotations-object-segmentation\.csv")
 _OI_CLASS_FILES = ("oidv7-class-descriptions-boxable.csv", "class-descriptions-boxable.csv", "oidv7-class-descriptions.csv")
 OI_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax", "PredictedIoU")
+_OI_MASK, _OI_IMAGE, _OI_LABEL = 0, 1, 2  # their places in OI_COLUMNS
 T = TypeVar("T")
 
 
@@ -338,16 +341,21 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     return json.dumps(categories), items
 
 
-def _table_rows(data: bytes) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+@contextmanager
+def _csv_rows(uri: str) -> Iterator[Iterator[list[str]]]:
+    """The rows of a csv, streamed: a split's segmentation csv runs to hundreds of MB and is never held whole."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as raw:
+        yield csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
 
 
 def _openimages_names(uri: str) -> dict[str, str]:
     """Label id -> display name from a class-descriptions csv (with or without its header)."""
-    rows = _table_rows(storage.read_bytes(uri))
-    if rows and rows[0][:2] == ["LabelName", "DisplayName"]:
-        rows = rows[1:]
-    return {r[0]: r[1] for r in rows if len(r) >= 2}
+    with _csv_rows(uri) as rows:
+        names = {r[0]: r[1] for r in rows if len(r) >= 2}
+    if names.get("LabelName") == "DisplayName":
+        del names["LabelName"]
+    return names
 
 
 def _split_tag(unit: Unit) -> str:
@@ -375,24 +383,26 @@ def _openimages_masks(unit: Unit) -> tuple[dict[str, str], dict[str, str]]:
 def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     """Categories (JSON: label id -> name and rows in the split) and the items of an Open Images split:
     one record per image, its csv rows as the annotation and one mask locator per row (None: not found)."""
+    per_image: dict[str, list[tuple[str, ...]]] = {}  # each image's rows as tuples of OI_COLUMNS: a train split has ~2.7M
+    items: list[tuple[str | None, object]] = []
     try:
         names = _openimages_names(unit.categories_uri)
-        rows = _table_rows(storage.read_bytes(unit.uri))
+        with _csv_rows(unit.uri) as rows:
+            header = next(rows, [])
+            missing = [c for c in OI_COLUMNS if c not in header]
+            if missing:
+                return "{}", [(None, Reject(unit.name, "read", "malformed_csv", f"{unit.uri}: no column {', '.join(missing)}"))]
+            columns = [header.index(c) for c in OI_COLUMNS]
+            repeated = {columns[_OI_IMAGE], columns[_OI_LABEL]}
+            for line, row in enumerate(rows, start=2):
+                if len(row) != len(header):
+                    items.append((None, Reject(f"{unit.name}:{line}", "read", "malformed_annotation", f"{len(row)} fields, header has {len(header)}")))
+                    continue
+                values = tuple(sys.intern(row[i]) if i in repeated else row[i] for i in columns)  # one string per id / label
+                per_image.setdefault(values[_OI_IMAGE], []).append(values)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return "{}", [(None, Reject(unit.name, "read", "malformed_csv", storage.first_line(exc)))]
-    header = rows[0] if rows else []
-    missing = [c for c in OI_COLUMNS if c not in header]
-    if missing:
-        return "{}", [(None, Reject(unit.name, "read", "malformed_csv", f"{unit.uri}: no column {', '.join(missing)}"))]
-    column = {c: header.index(c) for c in OI_COLUMNS}
-    per_image: dict[str, list[dict]] = {}
-    items: list[tuple[str | None, object]] = []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            items.append((None, Reject(f"{unit.name}:{line}", "read", "malformed_annotation", f"{len(row)} fields, header has {len(header)}")))
-            continue
-        per_image.setdefault(row[column["ImageID"]], []).append({c: row[i] for c, i in column.items()})
-    labels = Counter(r["LabelName"] for image_rows in per_image.values() for r in image_rows)
+    labels = Counter(r[_OI_LABEL] for image_rows in per_image.values() for r in image_rows)
     categories = {label: {"name": names[label], "count": n} for label, n in labels.items() if label in names}
     listed = storage.list_dir(unit.image_dir) if storage.info(unit.image_dir).type == pafs.FileType.Directory else []
     images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in listed if e.type == pafs.FileType.File}
@@ -408,9 +418,9 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
         if image_id not in images:
             items.append((image_id, Reject(f"{unit.name}/{image_id}", "read", "missing_image", f"no {image_id}.jpg in {unit.image_dir}")))
             continue
-        image_rows = per_image[image_id]
-        items.append((image_id, {"id": image_id, "image": images[image_id], "annotation": json.dumps(image_rows).encode(),
-                                 "masks": [locate(r["MaskPath"]) for r in image_rows]}))
+        image_rows = per_image.pop(image_id)
+        annotation = json.dumps([dict(zip(OI_COLUMNS, r)) for r in image_rows]).encode()
+        items.append((image_id, {"id": image_id, "image": images[image_id], "annotation": annotation, "masks": [locate(r[_OI_MASK]) for r in image_rows]}))
     return json.dumps(categories), items
 
 

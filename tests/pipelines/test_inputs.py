@@ -138,3 +138,17 @@ def test_open_images_root_without_class_names_is_a_one_line_error(tmp_path):
     (tmp_path / "oi" / "oidv7-class-descriptions-boxable.csv").unlink()
     with pytest.raises(InputError, match="class-descriptions"):
         discover(str(tmp_path / "oi"))
+
+
+def test_open_images_rows_of_the_wrong_width_are_rejected_by_line_and_an_undecodable_csv_is_one_reject(tmp_path):
+    ids = write_openimages(tmp_path / "oi")
+    table = tmp_path / "oi" / "validation-annotations-object-segmentation.csv"
+    header, *lines = table.read_bytes().splitlines()
+    table.write_bytes(b"\n".join([header, lines[0], b"too,few,fields", *lines[1:]]) + b"\n")
+    (unit,) = discover(str(tmp_path / "oi"))
+    rows = plan_groups(unit, group_size=16, skip=set())
+    assert ("oi/validation:3", "malformed_annotation") in [(r["input"], r["reason"]) for row in rows for r in row["rejects"]]
+    assert sorted(m["id"] for row in rows for m in row["records"]) == sorted(ids.values())  # every good row still planned
+    table.write_bytes(b"\n".join([header, lines[0], b"\xff\xfe not utf-8", *lines[1:]]) + b"\n")
+    (row,) = plan_groups(unit, group_size=16, skip=set())
+    assert not row["records"] and [(r["input"], r["reason"]) for r in row["rejects"]] == [("oi/validation", "malformed_csv")]
