@@ -79,20 +79,29 @@ def cpu_profile(spent: dict[str, float], wall_s: float, cpus: int) -> dict:
 
 
 @contextmanager
+def pinned(cpus: int):
+    """This process, and every process it starts meanwhile, on its first `cpus` cores; restored after."""
+    all_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(all_cores)[:cpus])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, all_cores)
+
+
+@contextmanager
 def _embedded_ray(cpus: int):
     """A fresh embedded Ray with `cpus` CPUs, started as the CLI starts it, the whole process tree (driver,
     Ray's services, workers) pinned to that many cores: otherwise a 1-CPU run would get the I/O tasks, the
     driver and Ray's services on the other cores for free."""
     import ray
 
-    all_cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, sorted(all_cores)[:cpus])
-    try:
-        start_ray(RayParams(num_cpus=cpus), progress=False)
-        yield
-    finally:
-        ray.shutdown()
-        os.sched_setaffinity(0, all_cores)
+    with pinned(cpus):
+        try:
+            start_ray(RayParams(num_cpus=cpus), progress=False)
+            yield
+        finally:
+            ray.shutdown()
 
 
 def timed_run(

@@ -8,7 +8,8 @@ written into SA-1B tars of --images records.
 
 Bound, measured in the same run on the same data: decoding every input JPEG once plus encoding
 every written output (source.jpg, target.jpg, mask.png, alpha.png) with the pipeline's encoders,
-in one process on one core. The pipeline runs the real CLI code path (run()) on an embedded Ray with
+in one process on one core; measured before and after the Ray runs and averaged (the drift between
+the two says how much the machine's speed moved during the run). The pipeline runs the real CLI code path (run()) on an embedded Ray with
 1, then 2 CPUs, the whole process tree pinned to that many cores; triplets/s per core is divided by
 the bound's triplets/s to give the ratio. The same per-group work without Ray (read, decode, compose,
 encode, pack; one core) separates the operators' cost from what Ray adds on this machine.
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import fixed_cost, print_fixed_cost, print_profile, timed_run
+from common import fixed_cost, pinned, print_fixed_cost, print_profile, timed_run
 from pycocotools import mask as mask_utils
 
 from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
@@ -104,27 +105,27 @@ def make_inputs(workdir: Path, images: int) -> Path:
     return folder
 
 
-def codec_bound(inputs: Path, outputs: int, quality: int, short_side: int | None = None) -> float:
-    """Seconds to decode every input JPEG once and encode `outputs` triplets of the inputs' size (or resized
-    to `short_side`: the inputs then decoded at the DCT scale the pipeline uses), one core (one OpenCV
+def codec_bound(inputs: Path, quality: int, short_side: int | None = None, encodes: int = 64) -> tuple[float, float]:
+    """(seconds to decode every input JPEG once, seconds to encode one triplet of the inputs' size (or resized
+    to `short_side`: the inputs then decoded at the DCT scale the pipeline uses)), one core (one OpenCV
     thread, like the pipeline's workers)."""
     cv2.setNumThreads(1)
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core
-    jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
-    start = time.perf_counter()
-    decoded = [decode_image(j, 50_000_000, short_side)[0] for j in jpgs[:8]]  # kept: the pictures the outputs encode
-    for jpg in jpgs[8:]:  # not kept: 480 full-size images would hold 4.8 GB
-        decode_image(jpg, 50_000_000, short_side)
-    decode_s = time.perf_counter() - start
-    width, height = (round(WIDTH * short_side / HEIGHT), short_side) if short_side else (WIDTH, HEIGHT)
-    outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded] if short_side else decoded
-    mask = np.zeros((height, width), np.uint8)
-    cv2.ellipse(mask, (width // 2, height // 2), (width * 2 // 15, height * 2 // 15), 0, 0, 360, 255, -1)
-    start = time.perf_counter()
-    for i in range(outputs):
-        image = outputs_of[i % len(outputs_of)]
-        encode_jpeg(image, quality), encode_jpeg(image, quality), encode_png_gray(mask), encode_png_gray(mask)
-    return decode_s + time.perf_counter() - start
+    with pinned(1):
+        jpgs = [t.extractfile(m).read() for p in sorted(inputs.glob("*.tar")) for t in [tarfile.open(p)] for m in t.getmembers() if m.name.endswith(".jpg")]
+        decoded = [decode_image(j, 50_000_000, short_side)[0] for j in jpgs[:8]]  # the pictures the outputs encode; a warm-up
+        start = time.perf_counter()
+        for jpg in jpgs:  # none kept: 480 full-size images would hold 4.8 GB
+            decode_image(jpg, 50_000_000, short_side)
+        decode_s = time.perf_counter() - start
+        width, height = (round(WIDTH * short_side / HEIGHT), short_side) if short_side else (WIDTH, HEIGHT)
+        outputs_of = [cv2.resize(d, (width, height), interpolation=cv2.INTER_AREA) for d in decoded] if short_side else decoded
+        mask = np.zeros((height, width), np.uint8)
+        cv2.ellipse(mask, (width // 2, height // 2), (width * 2 // 15, height * 2 // 15), 0, 0, 360, 255, -1)
+        start = time.perf_counter()
+        for i in range(encodes):
+            image = outputs_of[i % len(outputs_of)]
+            encode_jpeg(image, quality), encode_jpeg(image, quality), encode_png_gray(mask), encode_png_gray(mask)
+        return decode_s, (time.perf_counter() - start) / encodes
 
 
 def without_ray(inputs: Path, overrides: dict) -> tuple[int, float]:
@@ -132,12 +133,13 @@ def without_ray(inputs: Path, overrides: dict) -> tuple[int, float]:
     config = Syn4RemovalConfig.model_validate(overrides)
     digest = config_hash(config)
     triplets, seconds = 0, 0.0
-    for tar in sorted(inputs.glob("*.tar")):
-        with open(tar, "rb") as f:
-            rows = list(unit_groups(tar.name, "sa1b", "", tar_items(f, tar.name, config.max_file_bytes), config.group_size, set(), True))
-        start = time.perf_counter()
-        triplets += sum(len(finish(extract(row, config), config, digest)["keys"]) for row in rows)
-        seconds += time.perf_counter() - start
+    with pinned(1):
+        for tar in sorted(inputs.glob("*.tar")):
+            with open(tar, "rb") as f:
+                rows = list(unit_groups(tar.name, "sa1b", "", tar_items(f, tar.name, config.max_file_bytes), config.group_size, set(), True))
+            start = time.perf_counter()
+            triplets += sum(len(finish(extract(row, config), config, digest)["keys"]) for row in rows)
+            seconds += time.perf_counter() - start
     return triplets, seconds
 
 
@@ -153,6 +155,9 @@ def main() -> None:
     resize = args.resize_short_side or None
     settings = ["shards.max_samples=100", f"blending.method={args.blending}"] + ([f"backgrounds.resize_short_side={resize}"] if resize else [])
     masks = [len(json.loads(t.extractfile(m).read())["annotations"]) for t in [tarfile.open(next(inputs.glob("*.tar")))] for m in t.getmembers() if m.name.endswith(".json")]
+    # the bound before and after the Ray runs: this machine's speed drifts between runs (up to 30 %), so the
+    # ratios use their mean and the drift is printed next to them
+    bounds = [codec_bound(inputs, 95, resize)]
     results = {}
     for cpus in (1, 2):
         # the sample tar in groups of 2 gives one warm-up task per CPU; shards of 100 samples let shard
@@ -161,11 +166,13 @@ def main() -> None:
                                   settings, ["group_size=2"])
     triplets = results[1]["summary"]["written"]["samples"]
     assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"
-    bound_s = codec_bound(inputs, triplets, 95, resize)
-    bound_rate = triplets / bound_s
+    bounds.append(codec_bound(inputs, 95, resize))
+    before, after = (triplets / (decode_s + triplets * encode_s) for decode_s, encode_s in bounds)
+    bound_rate = (before + after) / 2
     alone_triplets, alone_s = without_ray(inputs, {"backgrounds": {"resize_short_side": resize}, "blending": {"method": args.blending}})
     report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "resize_short_side": resize, "blending": args.blending, "masks_per_image": round(float(np.mean(masks)), 1),
               "triplets": triplets, "bound_triplets_per_s_per_core": round(bound_rate, 3),
+              "bound_before_after": [round(before, 3), round(after, 3)],
               "without_ray_triplets_per_s": round(alone_triplets / alone_s, 3),
               "without_ray_ratio_to_bound": round(alone_triplets / alone_s / bound_rate, 3)}
     for cpus, result in results.items():
@@ -182,7 +189,8 @@ def main() -> None:
     report["speedup_1_to_2"] = round(report["2_cpu"]["triplets_per_s"] / report["1_cpu"]["triplets_per_s"], 3)
     report["fixed_cost_1_cpu"] = fixed_cost(SYN4REMOVAL, [str(SAMPLE_TAR)], workdir / "fixed", 1, settings)
     print(json.dumps(report, indent=2))
-    print(f"\nbound (decode inputs + encode outputs, 1 core): {bound_rate:.2f} triplets/s")
+    print(f"\nbound (decode inputs + encode outputs, 1 core): {bound_rate:.2f} triplets/s "
+          f"(before the Ray runs {before:.2f}, after {after:.2f}: the machine drifted {after / before - 1:+.0%})")
     print(f"the same per-group work without Ray (1 core): {report['without_ray_triplets_per_s']:.2f} triplets/s "
           f"= {report['without_ray_ratio_to_bound']:.2f} of the bound")
     for cpus in (1, 2):

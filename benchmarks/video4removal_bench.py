@@ -5,7 +5,8 @@ QCIF hand-held clips), so that both CPUs have segments to work on.
 
 Bound, measured in the same run on the same videos: decoding alone, in one process, every
 `stride`-th frame scaled to the analysis long side (the pipeline's analysis pass) with the
-default reader; the same with the other reader gives the decord vs PyAV comparison. The pipeline
+default reader, before and after the Ray runs (their mean; the drift says how much the machine's
+speed moved); the same with the other reader gives the decord vs PyAV comparison. The pipeline
 runs the real code path (run()) on an embedded Ray with 1, then 2 CPUs, the whole process tree
 pinned to that many cores; analysed frames per second per core are divided by the bound's analysed
 frames per second (one core). The same per-segment work without Ray (one core) separates the
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 
 import cv2
-from common import fixed_cost, print_fixed_cost, print_profile, timed_run
+from common import fixed_cost, pinned, print_fixed_cost, print_profile, timed_run
 
 from pairmine.operators.video4removal import process_segment, split_video
 from pairmine.operators.video_io import DecodeParams, analysis_size, probe, read_frames
@@ -123,17 +124,21 @@ def main() -> None:
     inputs = make_inputs(workdir, args.copies)
     videos = sorted(inputs.rglob("*.mp4"))
     warmup = [str(VIDEOS / "synth_static_dev.mp4"), str(VIDEOS / "synth_pan_dev.mp4")]  # one task per CPU
+    cv2.setNumThreads(1)  # like the pipeline's workers
+    params = DecodeParams()
+    with pinned(1):  # the bound before and after the Ray runs (the machine's speed drifts): ratios use the mean
+        decode_bound(videos[:1], params.reader, params)  # a warm-up: the decoder's first use costs more
+        first_frames, first_s = decode_bound(videos, params.reader, params)
     results = {cpus: timed_run(VIDEO4REMOVAL, [str(inputs)], warmup, workdir / f"out-{cpus}", cpus) for cpus in (1, 2)}
 
-    cv2.setNumThreads(1)  # like the pipeline's workers
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound on one core
-    params = DecodeParams()
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])  # the bound and the work without Ray on one core
     readers = {name: decode_bound(videos, name, params) for name in ("pyav", "decord")}
-    bound_frames, bound_s = readers[params.reader]
-    bound_rate = bound_frames / bound_s
+    before, after = first_frames / first_s, readers[params.reader][0] / readers[params.reader][1]
+    bound_rate = (before + after) / 2
     alone_frames, alone_s, _ = without_ray(videos)
     report = {"videos": len(videos), "stride": params.stride, "analysis_long_side": params.analysis_long_side,
               "bound_reader": params.reader, "bound_frames_per_s_per_core": round(bound_rate, 1),
+              "bound_before_after": [round(before, 1), round(after, 1)],
               "decode_frames_per_s": {name: round(f / s, 1) for name, (f, s) in readers.items()},
               "without_ray_frames_per_s": round(alone_frames / alone_s, 1),
               "without_ray_ratio_to_bound": round(alone_frames / alone_s / bound_rate, 3)}
@@ -159,8 +164,8 @@ def main() -> None:
         report["modes_vtest"] = modes([real], params)
     print(json.dumps(report, indent=2))
     print(f"\nbound ({params.reader} decode alone, stride {params.stride}, {params.analysis_long_side} px, 1 core): "
-          f"{bound_rate:.0f} analysed frames/s; decord {report['decode_frames_per_s']['decord']:.0f}, "
-          f"PyAV {report['decode_frames_per_s']['pyav']:.0f} frames/s")
+          f"{bound_rate:.0f} analysed frames/s (before the Ray runs {before:.0f}, after {after:.0f}: the machine drifted "
+          f"{after / before - 1:+.0%}); decord {report['decode_frames_per_s']['decord']:.0f}, PyAV {report['decode_frames_per_s']['pyav']:.0f} frames/s")
     print(f"the same per-segment work without Ray (1 core): {report['without_ray_frames_per_s']:.0f} frames/s "
           f"= {report['without_ray_ratio_to_bound']:.2f} of the bound")
     for cpus in (1, 2):
