@@ -75,13 +75,22 @@ _PAIR_CODE = np.array([[(b[0] - a[0] + 2) * 5 + (b[1] - a[1] + 2) for b in _WIND
 _CENTRE_CODE = 12  # offset (0, 0)
 
 
-def _inverse_sym3(matrices: np.ndarray) -> np.ndarray:
-    """Inverses of symmetric 3x3 matrices (n, 3, 3) by their cofactors: ~10x np.linalg.inv's batched LU here."""
-    a, b, c = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
-    d, e, f = matrices[:, 1, 1], matrices[:, 1, 2], matrices[:, 2, 2]
-    cofactors = np.stack([d * f - e * e, c * e - b * f, b * e - c * d, a * f - c * c, b * c - a * e, a * d - b * b], axis=1)
-    cofactors /= (a * cofactors[:, 0] + b * cofactors[:, 1] + c * cofactors[:, 2])[:, None]
-    return cofactors[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
+def _whitened(centred: np.ndarray, cov: np.ndarray, floor: float) -> np.ndarray:
+    """centred @ L^-T for cov = L L^T (batched closed-form 3x3 Cholesky), so that centred cov^-1 centred^T =
+    Y Y^T: ~8x np.linalg.inv's batched LU here, and as accurate on two-colour or grey windows (rank-1 plus
+    the regulariser), where a cofactor inverse loses digits. Each pivot is at least `floor` (eps/9) in exact
+    arithmetic; clamping to it keeps rounding from making one zero or negative."""
+    a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 0, 2]
+    d, e, f = cov[:, 1, 1], cov[:, 1, 2], cov[:, 2, 2]
+    l00 = np.sqrt(np.maximum(a, floor))
+    l10, l20 = b / l00, c / l00
+    l11 = np.sqrt(np.maximum(d - l10 * l10, floor))
+    l21 = (e - l20 * l10) / l11
+    l22 = np.sqrt(np.maximum(f - l20 * l20 - l21 * l21, floor))
+    y0 = centred[..., 0] / l00[:, None]
+    y1 = (centred[..., 1] - l10[:, None] * y0) / l11[:, None]
+    y2 = (centred[..., 2] - l20[:, None] * y0 - l21[:, None] * y1) / l22[:, None]
+    return np.stack([y0, y1, y2], axis=-1)
 
 
 def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, epsilon: float) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
@@ -98,7 +107,8 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
     mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[index[:, 4]]  # each window's mean, read at its centre
     centred = image.reshape(-1, 3)[index] - mean[:, None, :]
     cov = centred.transpose(0, 2, 1) @ centred / 9 + (epsilon / 9) * np.eye(3)
-    weights = (centred @ _inverse_sym3(cov)) @ centred.transpose(0, 2, 1)  # (n, 9, 9)
+    whitened = _whitened(centred, cov, epsilon / 9)
+    weights = whitened @ whitened.transpose(0, 2, 1)  # (n, 9, 9)
     weights += 1
     weights /= 9
     u = np.flatnonzero(unknown)

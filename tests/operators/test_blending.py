@@ -194,6 +194,8 @@ def test_the_matting_system_is_levins_laplacian_on_the_unknown_pixels():
     rng = np.random.default_rng(3)
     image = rng.random((14, 17, 3))
     image[:, :8] = image[:, :8] * 0.02 + 0.5  # a nearly flat half: ill-conditioned windows
+    image[:7, 8:] = np.where(np.arange(9) < 4, 0.2, 0.8)[None, :, None] * [1.0, 0.5, 0.25]  # two flat colours: rank-1 windows
+    image[7:, 8:] = rng.random((7, 9, 1))  # grey: rank-1 too
     unknown = np.zeros((14, 17), bool)
     unknown[3:11, 4:13] = True
     unknown[6:8, 7:10] = False  # a hole of known pixels inside the band
