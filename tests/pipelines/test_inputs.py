@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
+import fsspec
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from openimages_fixture import write_openimages
 from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
+from pairmine import storage
+from pairmine.pipelines import inputs
 from pairmine.pipelines.inputs import InputError, discover, discover_all, discover_videos, groups_of, plan_groups, unit_groups
 
 SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
@@ -152,3 +158,30 @@ def test_open_images_rows_of_the_wrong_width_are_rejected_by_line_and_an_undecod
     table.write_bytes(b"\n".join([header, lines[0], b"\xff\xfe not utf-8", *lines[1:]]) + b"\n")
     (row,) = plan_groups(unit, group_size=16, skip=set())
     assert not row["records"] and [(r["input"], r["reason"]) for r in row["rejects"]] == [("oi/validation", "malformed_csv")]
+
+
+def test_a_split_csv_streams_in_large_reads(monkeypatch):
+    """On S3 each read of an input stream is one GET: a csv of hundreds of MB must not go 8 KiB at a time."""
+    data = b"MaskPath,ImageID\n" + b"0123456789abcdef_m01g317_1.png,0123456789abcdef\n" * 100_000  # ~5 MB
+    reads = []
+
+    class Counting(io.RawIOBase):
+        def __init__(self):
+            self.data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            reads.append(size)
+            return self.data.read(size)
+
+    class Handler(pafs.FSSpecHandler):
+        def open_input_stream(self, path):
+            return pa.PythonFile(Counting(), mode="r")
+
+    filesystem = pafs.PyFileSystem(Handler(fsspec.filesystem("file")))
+    monkeypatch.setattr(storage, "resolve", lambda uri: (filesystem, uri))
+    with inputs._csv_rows("s3://bucket/train-annotations-object-segmentation.csv") as rows:
+        assert sum(1 for _ in rows) == 100_001
+    assert len(reads) <= 4  # 8 KiB reads: ~600
