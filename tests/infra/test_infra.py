@@ -18,6 +18,7 @@ from helpers import PAIRMINE
 
 from pairmine.pipelines.cli import build_parser
 from pairmine.pipelines.config import load_config
+from pairmine.pipelines.runtime import worker_pool_config
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((REPO / "infra" / "k8s").glob("*.yaml"))
@@ -146,6 +147,15 @@ def test_the_cluster_has_cpu_and_gpu_groups_sized_for_the_model_actors():
             for container in template["spec"]["containers"]:
                 if "pairmine" in container["image"]:
                     assert {"secretRef": {"name": "pairmine-s3"}} in container.get("envFrom", []) or "submitter" in container["name"], where
+
+
+def test_worker_nodes_keep_their_idle_workers_as_the_embedded_ray_does():
+    cluster = next(doc for _, doc in documents() if doc["kind"] == "RayCluster")
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        expected = worker_pool_config(int(container["resources"]["limits"]["cpu"]))
+        assert env == {f"RAY_{k}": str(v) for k, v in expected.items()}, group["groupName"]
 
 
 def _pipeline_model(name: str):

@@ -41,3 +41,38 @@ def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     assert not found["worker"]["runtime_env"]
     assert found["driver_opencv_env"] is None
     assert found["io"] == 1
+
+
+REUSE = """
+import json, os, time
+import ray
+from pairmine.pipelines.config import RayParams
+from pairmine.pipelines.runtime import start_ray
+
+start_ray(RayParams(num_cpus=1), progress=False)
+
+@ray.remote(num_cpus=0)
+def io_task():
+    time.sleep(0.5)
+    return os.getpid()
+
+@ray.remote(num_cpus=1)
+def cpu_task():
+    time.sleep(8)
+
+busy = cpu_task.remote()
+first = set(ray.get([io_task.remote() for _ in range(2)]))
+time.sleep(3)  # idle for longer than Ray's default 1 s
+again = set(ray.get([io_task.remote() for _ in range(2)]))
+ray.get(busy)
+print(json.dumps({"first": sorted(first), "again": sorted(again)}))
+"""
+
+
+def test_embedded_ray_keeps_the_io_tasks_workers_between_tasks():
+    """Zero-CPU reads and writes beside a busy core reuse their worker processes: by default Ray kills idle
+    workers beyond one per CPU after 1 s, and each new one costs ~1-2 s of CPU to start."""
+    done = subprocess.run([sys.executable, "-c", REUSE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(found["first"]) == 2 and found["again"] == found["first"]
