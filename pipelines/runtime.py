@@ -57,9 +57,9 @@ def start_ray(params: RayParams, progress: bool) -> dict:
 def worker_pool_config(cpus: int) -> dict[str, int]:
     """Ray system settings that keep a node's worker processes alive between tasks. By default a raylet keeps
     as many idle workers as it has CPUs and kills the others after 1 s idle, so the zero-CPU read and write
-    tasks running beside the map tasks churn through new workers, each ~1-2 s of CPU to start (imports): a
-    quarter of a 1-core run at 512 px (6.9-7.5 -> 9.6-10.2 triplets/s with these). Room for a map, a read
-    and a write task per CPU and a few more; infra/k8s sets the same through RAY_* variables."""
+    tasks running beside the map tasks churn through new workers, each ~1-2 s of CPU to start (imports);
+    alternating runs on 1 core at 512 px: 6.9-7.5 -> 9.6-10.2 triplets/s. Room for a map, a read and a
+    write task per CPU and a few more; infra/k8s sets the same through RAY_* variables."""
     return {"num_workers_soft_limit": 3 * cpus + 4, "idle_worker_killing_time_threshold_ms": 60_000}
 
 
