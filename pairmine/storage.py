@@ -166,7 +166,7 @@ def read_json(uri: str) -> dict | None:
     """A small JSON file's content, or None when it is missing, unreadable or not JSON."""
     try:
         return json.loads(read_bytes(uri))
-    except (FileNotFoundError, OSError, ValueError):
+    except (OSError, ValueError):  # FileNotFoundError is an OSError
         return None
 
 

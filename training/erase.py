@@ -23,15 +23,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def latest_checkpoint(uri: str) -> str:
     """A saved eraser, a training checkpoint, or a run folder (the checkpoint its progress.json committed)."""
-    entries = storage.list_dir(uri)
-    found = {storage.basename(e.path) for e in entries}
+    found = {storage.basename(e.path): e.type for e in storage.list_dir(uri)}
     if "eraser.json" in found or "eraser" in found:
         return uri
     committed = read_progress(uri).get("checkpoint")
     if committed:
         return storage.join(uri, committed)
     # a run from before progress.json named its checkpoint: the latest of its folders
-    folders = [storage.basename(e.path) for e in entries if e.type == pafs.FileType.Directory and storage.basename(e.path).startswith("checkpoint_")]
+    folders = [name for name, kind in found.items() if kind == pafs.FileType.Directory and name.startswith("checkpoint_")]
     if not folders:
         raise UserError(f"{uri} is neither a saved eraser, a checkpoint nor a training run with checkpoints")
     return storage.join(uri, max(folders, key=lambda name: (checkpoint_step(name), name)))
