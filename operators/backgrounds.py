@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from pydantic import Field
 
 from ..dataset import Reject
 from .annotations import Segment
+from .codecs import resample
 from .params import Params
 
 
@@ -86,7 +86,6 @@ def resize_background(background: Background, short_side: int) -> Background:
     height, width = background.image.shape[:2]
     scale = short_side / min(height, width)
     size = (round(width * scale), round(height * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    image = cv2.resize(background.image, size, interpolation=interpolation)
+    image = resample(background.image, size)
     instances = [i.scaled(scale, scale) for i in background.instances]
     return Background(background.record, image, instances, background.exif_turned)

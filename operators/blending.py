@@ -20,6 +20,7 @@ import scipy.sparse.csgraph
 import scipy.sparse.linalg
 from pydantic import Field
 
+from .codecs import resample
 from .params import Params
 
 
@@ -184,8 +185,8 @@ def matte_alpha(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: f
     scale = min(1.0, max_side / max(height, width))
     if scale < 1:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small_mask = (cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
-        small = _solve_matte(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), small_mask, max(1.0, band_px * scale), epsilon)
+        small_mask = (resample(mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
+        small = _solve_matte(resample(pixels, size), small_mask, max(1.0, band_px * scale), epsilon)
         alpha = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
         alpha = np.where(inside_distance(mask) > band_px, 1.0, alpha)  # the core stays opaque at full resolution
     else:

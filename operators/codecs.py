@@ -141,6 +141,17 @@ def decode_image(data: bytes, max_pixels: int, min_short_side: int | None = None
     return image, header
 
 
+def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` resized to `size` (width, height): area-averaged when it shrinks by more than 2x on a side,
+    bilinear otherwise. Within 2x bilinear's taps still reach every input pixel; OpenCV's INTER_AREA at a
+    non-integer ratio costs ~6x as much (7 ms for a 1125x750 -> 768x512 background, what a 2x reduced
+    decode leaves for the 512-px config) for the same error against a full-resolution area resize
+    (within 0.8 dB PSNR on the sample photos)."""
+    width, height = size
+    shrink = min(width / image.shape[1], height / image.shape[0])
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_LINEAR)
+
+
 def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode a COCO panoptic PNG to its int32 segment-id map (id = R + 256 G + 256^2 B)."""
     bgr, header = decode_image(data, max_pixels)

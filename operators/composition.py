@@ -18,6 +18,7 @@ from pydantic import Field
 from ..dataset import Reject
 from .backgrounds import Background
 from .blending import BlendParams, entity_alpha, edge_px, paste, place
+from .codecs import resample
 from .entities import Entity, EntityLimits, materialize
 from .mask_enhance import MaskEnhanceParams, random_enhance
 from .params import Params
@@ -90,14 +91,13 @@ def compose_pair(
     spot = choose_position(box_w, box_h, height, width, background.instances, placement, rng, min_scale)
     if spot is None:
         return Reject.because("no_position", f"R1 ∩ R2 is empty for a {box_w}x{box_h} box at scales {[round(s, 3) for s in placement.scales]}")
-    interpolation = cv2.INTER_AREA if spot.width < pixels.shape[1] else cv2.INTER_LINEAR
     size = (spot.width, spot.height)
-    inside = (cv2.resize(alpha, size, interpolation=interpolation) >= 128).astype(np.uint8)
+    inside = (resample(alpha, size) >= 128).astype(np.uint8)
     area = int(inside.sum())
     if area == 0:
         return Reject.because("mask_vanished", f"entity vanished when resized to {spot.width}x{spot.height}")
     width_px = edge_px(area, blend)
-    resized = cv2.resize(pixels, size, interpolation=interpolation)
+    resized = resample(pixels, size)
     source, alpha = paste(background.image, resized, entity_alpha(resized, inside, width_px, blend), spot.x, spot.y)
     exact = place(inside, spot.x, spot.y, height, width)  # the object's outline (matting may leave 0s inside it)
     exact_area = int(exact.sum())
