@@ -281,12 +281,22 @@ def _cropped(frame: Frame, box: Box, max_side: int | None) -> Frame:
 
 def effect_mask(source: np.ndarray, target: np.ndarray, mask: np.ndarray, params: EffectParams) -> np.ndarray:
     """The object and what it does to the scene (shadow, reflection): pixels where the pair differs by more than
-    `threshold`, near the object (within `near` of its box size), specks opened away; 0/255, the mask's size."""
+    `threshold`, within `near` of its box size of the object (Euclidean), specks opened away; 0/255, the mask's
+    size. Worked out on the object's box grown by that reach (+2 px, the blur's), where every pixel it can
+    keep and every pixel they read lies, with a distance transform: a disk dilation of that radius costs
+    ~r^2 per pixel (1 s for r = 200 px at 720p)."""
     ys, xs = np.nonzero(mask)
     size = max(int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
-    near = cv2.dilate((mask > 0).astype(np.uint8), disk(max(1, round(params.near * size))))
-    differs = (cv2.absdiff(cv2.GaussianBlur(source, (5, 5), 0), cv2.GaussianBlur(target, (5, 5), 0)).max(axis=2) > params.threshold)
-    effect = cv2.morphologyEx((differs & (near > 0)).astype(np.uint8), cv2.MORPH_OPEN, disk(1))
+    reach = max(1, round(params.near * size))
+    margin = reach + 2
+    rows = slice(max(0, ys.min() - margin), ys.max() + margin + 1)
+    cols = slice(max(0, xs.min() - margin), xs.max() + margin + 1)
+    outside = (mask[rows, cols] == 0).astype(np.uint8)
+    near = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach
+    blurred = (cv2.GaussianBlur(np.ascontiguousarray(image[rows, cols]), (5, 5), 0) for image in (source, target))
+    differs = cv2.absdiff(*blurred).max(axis=2) > params.threshold
+    effect = np.zeros(mask.shape, np.uint8)
+    effect[rows, cols] = cv2.morphologyEx((differs & near).astype(np.uint8), cv2.MORPH_OPEN, disk(1))
     return ((effect > 0) | (mask > 0)).astype(np.uint8) * np.uint8(255)
 
 

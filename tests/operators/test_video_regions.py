@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pairmine.operators.video4removal import Video4RemovalParams, effect_mask, EffectParams, process_segment
+from pairmine.operators.video_mog import disk
 from pairmine.operators.video_regions import (
     Blob, MoverCounts, RegionParams, clean_frames, components, crop_box, find_blobs, link_tracks, movers_in,
 )
@@ -125,3 +126,27 @@ def test_the_effect_mask_is_the_object_and_its_shadow_near_it():
     mask[30:60, 30:50] = 255
     effect = effect_mask(source, target, mask, EffectParams(near=0.5)) > 0
     assert effect[30:60, 30:50].all() and effect[62:68, 35:55].all() and not effect[5:10, 90:95].any()
+
+
+def test_the_effect_mask_is_worked_out_near_the_object_as_on_the_whole_frame():
+    """Cut to the object's box grown by its reach, the mask is exactly the whole-frame definition: blurred
+    differences over the threshold within `near` x size (Euclidean) of the object, opened; also for an
+    object at the frame's corner and one whose reach covers the frame."""
+    rng = np.random.default_rng(3)
+    source = cv2.GaussianBlur(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), (9, 9), 0)
+    target = source.copy()
+    field = cv2.GaussianBlur(rng.random((90, 160)).astype(np.float32), (0, 0), 3)
+    target[field > np.quantile(field, 0.7)] += 60  # blobs of change, some near each object
+    for box, near in (((60, 30, 90, 50), 0.5), ((0, 0, 20, 12), 1.0), ((70, 40, 80, 50), 5.0)):
+        mask = np.zeros((90, 160), np.uint8)
+        x0, y0, x1, y1 = box
+        mask[y0:y1, x0:x1] = 255
+        reach = max(1, round(near * max(x1 - x0, y1 - y0)))
+        yy, xx = np.mgrid[0:90, 0:160]
+        distance = np.sqrt(np.maximum(np.maximum(x0 - xx, xx - (x1 - 1)), 0) ** 2 + np.maximum(np.maximum(y0 - yy, yy - (y1 - 1)), 0) ** 2)
+        differs = cv2.absdiff(cv2.GaussianBlur(source, (5, 5), 0), cv2.GaussianBlur(target, (5, 5), 0)).max(axis=2) > 25
+        opened = cv2.morphologyEx((differs & (distance <= reach)).astype(np.uint8), cv2.MORPH_OPEN, disk(1))
+        expected = ((opened > 0) | (mask > 0)).astype(np.uint8) * 255
+        got = effect_mask(source, target, mask, EffectParams(near=near))
+        assert 0 < (got > 0).sum() - (mask > 0).sum(), "some differences count"
+        np.testing.assert_array_equal(got, expected)
