@@ -55,6 +55,11 @@ def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     return (slice(max(0, ys.min() - margin), ys.max() + margin + 1), slice(max(0, xs.min() - margin), xs.max() + margin + 1))
 
 
+def _mean(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per-channel mean of `image` over the boolean `where` (cv2.mean: no gather of the selected pixels)."""
+    return np.array(cv2.mean(image, mask=where.view(np.uint8))[: image.shape[2] if image.ndim == 3 else 1])
+
+
 def paste_signals(source: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int] | None = None) -> dict[str, float]:
     """Signals of an entity pasted into `source` (BGR) with `alpha` (0-255): `seam` (mean gradient on the
     outline over the mean gradient 2-4 px inside and outside it: ~1-3 where the paste blends in, high for a hard
@@ -74,13 +79,13 @@ def paste_signals(source: np.ndarray, alpha: np.ndarray, box: tuple[int, int, in
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     gradient = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)) / 4
     outline, near = _ring(obj, -1, 1), _ring(obj, -4, -2) | _ring(obj, 2, 4)
-    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).astype(np.float32)
     inside, around = cv2.erode(obj, _DISK, iterations=2) > 0, _ring(obj, 2, reach)
     if not inside.any():
         inside = obj > 0
-    signals = {"seam": float(gradient[outline].mean() / (gradient[near].mean() + 1.0)) if near.any() else 0.0}
+    signals = {"seam": float(_mean(gradient, outline)[0] / (_mean(gradient, near)[0] + 1.0)) if near.any() else 0.0}
     if around.any():
-        a_in, a_out = lab[inside].mean(axis=0), lab[around].mean(axis=0)
+        lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)  # 8-bit Lab: L scaled to 0-255, a and b offset by 128
+        a_in, a_out = _mean(lab, inside), _mean(lab, around)
         signals["colour_delta"] = float(np.hypot(*(a_in[1:] - a_out[1:])))
         signals["luminance_delta"] = float(abs(a_in[0] - a_out[0]) * 100 / 255)
     return {k: round(v, 4) for k, v in signals.items()}
