@@ -184,6 +184,25 @@ def test_png_gray_encoder_roundtrips_through_pil_and_opencv(shape):
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), image)
 
 
+@pytest.mark.parametrize("rows", [None, (0, 1), (699, 700), (0, 700), (250, 420), (37, 38)])
+def test_png_gray_encoder_splices_the_zero_rows_into_one_valid_stream(rows):
+    """A 700x333 mask whose content fills `rows` (None: all zero): the zero rows above and below (up to 233 KB,
+    several cached 64 KB deflate pieces and a remainder) decode back exactly, and the one zlib stream's
+    Adler-32 checks out (zlib.decompress verifies it)."""
+    image = np.zeros((700, 333), np.uint8)
+    if rows:
+        rng = np.random.default_rng(rows[0])
+        image[rows[0]:rows[1]] = rng.integers(0, 256, (rows[1] - rows[0], 333)) * (rng.random((rows[1] - rows[0], 333)) < 0.3)
+    data = encode_png_gray(image)
+    idat = data[8 + 25 + 8 : -12 - 4]  # after the signature, IHDR and IDAT's header; before IDAT's CRC and IEND
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(700, 334)
+    assert not raw[:, 0].any()  # every row unfiltered
+    np.testing.assert_array_equal(raw[:, 1:], image)
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), image)
+    with Image.open(io.BytesIO(data)) as im:
+        np.testing.assert_array_equal(np.asarray(im), image)
+
+
 def test_png_gray_encoder_accepts_non_contiguous_views():
     base = np.arange(40 * 60, dtype=np.uint32).reshape(40, 60).astype(np.uint8)
     view = base[::2, ::3]
