@@ -17,7 +17,7 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
@@ -50,6 +50,7 @@ class Unit:
     image_dir: str | None = None  # panoptic, openimages: the images
     categories_uri: str | None = None  # panoptic per-image layout, openimages: where category names come from
     problem: str | None = None  # why the unit cannot be read at all (its file name): it becomes one reject
+    size: int = 0  # bytes, where the listing gives them (tars, videos): a run starts the largest first
 
 
 UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
@@ -139,7 +140,7 @@ def discover(arg: str) -> list[Unit]:
     if found.type == pafs.FileType.File:
         if kind not in (None, "sa1b-tar") or not uri.endswith(".tar"):
             raise InputError(f"input {uri} is a file: only SA-1B .tar files can be given directly")
-        return [Unit("sa1b-tar", storage.basename(uri), uri)]
+        return [Unit("sa1b-tar", storage.basename(uri), uri, size=found.size or 0)]
     entries = _names(storage.list_dir(uri))
     tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type in (pafs.FileType.File, *UNREADABLE)]
     loose = any(n.endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
@@ -156,8 +157,9 @@ def discover(arg: str) -> list[Unit]:
     if not candidates[kind]:
         raise InputError(f"{uri} holds no {kind} input")
     if kind == "sa1b-tar":
-        return [Unit("sa1b-tar", storage.basename(t), t, problem=unreadable_reason(entries[storage.basename(t)])
-                     if entries[storage.basename(t)].type in UNREADABLE else None) for t in sorted(tars)]
+        listed = {t: entries[storage.basename(t)] for t in sorted(tars)}
+        return [Unit("sa1b-tar", storage.basename(t), t, problem=unreadable_reason(e) if e.type in UNREADABLE else None, size=e.size or 0)
+                for t, e in listed.items()]
     if kind == "sa1b-dir":
         return [Unit("sa1b-dir", storage.basename(uri), uri)]
     split_units = panoptic if kind == "panoptic" else openimages
@@ -174,11 +176,12 @@ def discover_videos(arg: str) -> list[Unit]:
     if found.type == pafs.FileType.File:
         if not arg.lower().endswith(VIDEO_EXTENSIONS):
             raise InputError(f"input {arg} is not a video ({', '.join(VIDEO_EXTENSIONS)}) or a folder of videos")
-        return [Unit("video", storage.basename(arg), arg)]
+        return [Unit("video", storage.basename(arg), arg, size=found.size or 0)]
     root = arg.rstrip("/")
     root_path = storage.resolve(root)[1]
     videos = [
-        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e), problem=unreadable_reason(e) if e.type in UNREADABLE else None)
+        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e), problem=unreadable_reason(e) if e.type in UNREADABLE else None,
+             size=e.size or 0)
         for e in storage.list_dir(root, recursive=True)
         if e.type in (pafs.FileType.File, *UNREADABLE) and e.path.lower().endswith(VIDEO_EXTENSIONS)
     ]
@@ -200,7 +203,7 @@ def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
             name = f"{name}~{hashlib.blake2b(unit.uri.encode(), digest_size=4).hexdigest()}"
         names.add(name)
         uris.add(unit.uri)
-        unique.append(Unit(unit.kind, name, unit.uri, unit.png_dir, unit.image_dir, unit.categories_uri, unit.problem))
+        unique.append(replace(unit, name=name))
     return unique
 
 

@@ -99,11 +99,12 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
 
 
 def plan(pipeline: Pipeline, units: list[Unit], output: str, digest: str):
-    """What earlier runs committed to the output, and the units still to do."""
+    """What earlier runs committed to the output, and the units still to do, the largest first: Ray Data
+    starts work in about that order, so the last wave is small units and leaves no core idle for long."""
     from .writer import read_progress
 
     progress = read_progress(output, pipeline.name, digest)
-    return progress, [u for u in units if u.name not in progress.complete_units]
+    return progress, sorted((u for u in units if u.name not in progress.complete_units), key=lambda u: -u.size)
 
 
 def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (),

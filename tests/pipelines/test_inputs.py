@@ -16,6 +16,8 @@ from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 from pairmine import storage
 from pairmine.pipelines import inputs
 from pairmine.pipelines.inputs import InputError, discover, discover_all, discover_videos, groups_of, plan_groups, unit_groups
+from pairmine.pipelines.run import plan
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
 SA1B_TAR = TESTDATA / "sa1b" / "sa_000000.tar"
 
