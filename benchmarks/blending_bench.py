@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from syn4removal_bench import codec_bound, make_inputs
+from syn4removal_bench import codec_bound, codec_rate, make_inputs
 
 from pairmine.operators.syn4removal import compose_group, extract_group
 from pairmine.pipelines.config import config_hash
@@ -65,8 +65,7 @@ def main() -> None:
     resize = args.resize_short_side or None
     results = {m: run_method(inputs, m, resize) for m in ("feather", "matting")}
     triplets = results["feather"]["triplets"]
-    decode_s, encode_s = codec_bound(inputs, 95, resize)
-    bound_rate = triplets / (decode_s + triplets * encode_s)
+    bound_rate = codec_rate(codec_bound(inputs, 95, resize), triplets)
     report = {"images": args.images, "resize_short_side": resize, "bound_triplets_per_s": round(bound_rate, 3)}
     for method, r in results.items():
         rate = r["triplets"] / r["seconds"]

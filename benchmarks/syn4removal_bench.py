@@ -128,6 +128,12 @@ def codec_bound(inputs: Path, quality: int, short_side: int | None = None, encod
         return decode_s, (time.perf_counter() - start) / encodes
 
 
+def codec_rate(bound: tuple[float, float], triplets: int) -> float:
+    """Triplets/s of a `codec_bound` measurement for a run writing `triplets`: every input decoded once, each triplet encoded."""
+    decode_s, encode_s = bound
+    return triplets / (decode_s + triplets * encode_s)
+
+
 def without_ray(inputs: Path, overrides: dict) -> tuple[int, float]:
     """(triplets, seconds) of the same per-group work in this process, one core: what Ray adds is the rest."""
     config = Syn4RemovalConfig.model_validate(overrides)
@@ -167,7 +173,7 @@ def main() -> None:
     triplets = results[1]["summary"]["written"]["samples"]
     assert triplets == results[2]["summary"]["written"]["samples"], "runs with 1 and 2 CPUs disagree"
     bounds.append(codec_bound(inputs, 95, resize))
-    before, after = (triplets / (decode_s + triplets * encode_s) for decode_s, encode_s in bounds)
+    before, after = (codec_rate(bound, triplets) for bound in bounds)
     bound_rate = (before + after) / 2
     alone_triplets, alone_s = without_ray(inputs, {"backgrounds": {"resize_short_side": resize}, "blending": {"method": args.blending}})
     report = {"images": args.images, "size": f"{WIDTH}x{HEIGHT}", "resize_short_side": resize, "blending": args.blending, "masks_per_image": round(float(np.mean(masks)), 1),
