@@ -76,22 +76,26 @@ _PAIR_CODE = np.array([[(b[0] - a[0] + 2) * 5 + (b[1] - a[1] + 2) for b in _WIND
 _CENTRE_CODE = 12  # offset (0, 0)
 
 
-def _whitened(centred: np.ndarray, cov: np.ndarray, floor: float) -> np.ndarray:
-    """centred @ L^-T for cov = L L^T (batched closed-form 3x3 Cholesky), so that centred cov^-1 centred^T =
-    Y Y^T: ~8x np.linalg.inv's batched LU here, and as accurate on two-colour or grey windows (rank-1 plus
-    the regulariser), where a cofactor inverse loses digits. Each pivot is at least `floor` (eps/9) in exact
-    arithmetic; clamping to it keeps rounding from making one zero or negative."""
-    a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 0, 2]
-    d, e, f = cov[:, 1, 1], cov[:, 1, 2], cov[:, 2, 2]
-    l00 = np.sqrt(np.maximum(a, floor))
-    l10, l20 = b / l00, c / l00
-    l11 = np.sqrt(np.maximum(d - l10 * l10, floor))
-    l21 = (e - l20 * l10) / l11
-    l22 = np.sqrt(np.maximum(f - l20 * l20 - l21 * l21, floor))
-    y0 = centred[..., 0] / l00[:, None]
-    y1 = (centred[..., 1] - l10[:, None] * y0) / l11[:, None]
-    y2 = (centred[..., 2] - l20[:, None] * y0 - l21[:, None] * y1) / l22[:, None]
-    return np.stack([y0, y1, y2], axis=-1)
+def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> np.ndarray:
+    """Each window's centred colours (three (n, 9) channel planes) times L^-T, where L L^T = cov + floor I
+    (batched closed-form 3x3 Cholesky), as (n, 9, 3) Y: then centred (cov + floor I)^-1 centred^T = Y Y^T.
+    ~8x np.linalg.inv's batched LU, and as accurate on two-colour or grey windows (rank-1 plus the
+    regulariser), where a cofactor inverse loses digits. Each pivot is at least `floor` (eps/9) in exact
+    arithmetic; clamping to it keeps rounding from making one zero or negative. Planes, not (n, 9, 3)
+    pixels: row dot products instead of batched 3x3 matmuls (~4x faster here)."""
+    def moment(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # a (co)variance per window: the planes are centred
+        return np.einsum("ij,ij->i", x, y) / 9
+
+    l00 = np.sqrt(np.maximum(moment(r, r) + floor, floor))
+    l10, l20 = moment(r, g) / l00, moment(r, b) / l00
+    l11 = np.sqrt(np.maximum(moment(g, g) + floor - l10 * l10, floor))
+    l21 = (moment(g, b) - l20 * l10) / l11
+    l22 = np.sqrt(np.maximum(moment(b, b) + floor - l20 * l20 - l21 * l21, floor))
+    whitened = np.empty(r.shape + (3,))
+    y0 = np.divide(r, l00[:, None], out=whitened[..., 0])
+    y1 = np.divide(g - l10[:, None] * y0, l11[:, None], out=whitened[..., 1])
+    np.divide(b - l20[:, None] * y0 - l21[:, None] * y1, l22[:, None], out=whitened[..., 2])
+    return whitened
 
 
 def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, epsilon: float) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
@@ -104,11 +108,11 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
     h, w = image.shape[:2]
     near = cv2.dilate(unknown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # windows touching the band
     near[:1], near[-1:], near[:, :1], near[:, -1:] = False, False, False, False
-    index = np.flatnonzero(near)[:, None] + np.array([dy * w + dx for dy, dx in _WINDOW])[None, :]  # (n, 9)
-    mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[index[:, 4]]  # each window's mean, read at its centre
-    centred = image.reshape(-1, 3)[index] - mean[:, None, :]
-    cov = centred.transpose(0, 2, 1) @ centred / 9 + (epsilon / 9) * np.eye(3)
-    whitened = _whitened(centred, cov, epsilon / 9)
+    centres = np.flatnonzero(near)
+    index = centres[:, None] + np.array([dy * w + dx for dy, dx in _WINDOW])[None, :]  # (n, 9)
+    mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[centres]  # each window's mean, read at its centre
+    planes = np.moveaxis(image, -1, 0).reshape(3, -1)  # contiguous channel planes: gathers read one value each
+    whitened = _whitened(*(planes[c][index] - mean[:, c:c + 1] for c in range(3)), epsilon / 9)
     weights = whitened @ whitened.transpose(0, 2, 1)  # (n, 9, 9)
     weights += 1
     weights /= 9
@@ -139,19 +143,21 @@ def _solve_banded(system: scipy.sparse.csr_matrix, rhs: np.ndarray) -> np.ndarra
     or it is not numerically positive definite. The factor is float32 (LAPACK's spbtrf, ~1.7x dpbtrf's
     speed) and one step of iterative refinement on the float64 residual brings the solution back to
     float64 accuracy (1e-7 of a level on SA-1B pastes, against 5e-3 unrefined)."""
+    n = system.shape[0]
     order = scipy.sparse.csgraph.reverse_cuthill_mckee(system, symmetric_mode=True)
     rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    entries = system.tocoo()
-    row, col = rank[entries.row], rank[entries.col]
-    upper = col >= row
-    row, col = row[upper], col[upper]
-    bandwidth = int((col - row).max(initial=0))
-    if bandwidth > _MAX_BANDWIDTH or (bandwidth + 1) * system.shape[0] > _MAX_BAND_VALUES:
+    rank[order] = np.arange(n)
+    row, col = np.repeat(rank, np.diff(system.indptr)), rank[system.indices]
+    lag = col - row
+    bandwidth = int(lag.max(initial=0))
+    if bandwidth > _MAX_BANDWIDTH or (bandwidth + 1) * n > _MAX_BAND_VALUES:
         return None
-    banded = np.zeros((bandwidth + 1, system.shape[0]), np.float32)  # LAPACK's upper band storage
-    banded[bandwidth + row - col, col] = entries.data[upper]
-    factor, info = scipy.linalg.lapack.spbtrf(banded, overwrite_ab=True)
+    # LAPACK's upper band storage, (bandwidth + 1, n) in Fortran order as LAPACK reads it (a C-order one is
+    # copied on the way in), filled through its flat index
+    banded = np.zeros(n * (bandwidth + 1), np.float32)
+    upper = lag >= 0
+    banded[(col * (bandwidth + 1) + bandwidth - lag)[upper]] = system.data[upper]
+    factor, info = scipy.linalg.lapack.spbtrf(banded.reshape(n, bandwidth + 1).T, overwrite_ab=True)
     if info:
         return None
 
