@@ -8,6 +8,7 @@ offers far more candidates than its backgrounds can use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -141,9 +142,9 @@ def nested_rejects(segments: list[Segment], max_inside: float) -> dict[int, Reje
 def textured_share(pixels: np.ndarray, mask: np.ndarray) -> float:
     """Share of the mask's pixels where the image has an edge or texture (Sobel magnitude >= 16 on 0..255 grey),
     on the crop area-averaged to ~64k pixels like the shape checks."""
-    size = _coarse_size(mask.shape)
-    grey = cv2.cvtColor(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY).astype(np.float32)
-    inside = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0
+    factor = _coarse_factor(mask.shape)
+    grey = cv2.cvtColor(_area_reduced(pixels, factor, cv2.BORDER_REPLICATE), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    inside = _area_reduced(mask * np.uint8(255), factor, cv2.BORDER_CONSTANT) >= 128
     magnitude = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)) + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))
     return float((magnitude[inside] >= 16 * 4).mean()) if inside.any() else 0.0  # a 3x3 Sobel scales gradients by 4
 
@@ -151,18 +152,28 @@ def textured_share(pixels: np.ndarray, mask: np.ndarray) -> float:
 _CC_PIXELS = 1 << 16
 
 
-def _coarse_size(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(width, height) of an image of `shape` area-scaled to at most ~64k pixels (never enlarged)."""
-    factor = max(1.0, float(np.sqrt(shape[0] * shape[1] / _CC_PIXELS)))
-    return max(1, round(shape[1] / factor)), max(1, round(shape[0] / factor))
+def _coarse_factor(shape: tuple[int, ...]) -> int:
+    """The whole factor per side that brings an image of `shape` to at most ~64k pixels (1: it is that small)."""
+    return max(1, math.ceil(math.sqrt(shape[0] * shape[1] / _CC_PIXELS)))
+
+
+def _area_reduced(image: np.ndarray, factor: int, border: int) -> np.ndarray:
+    """`image` averaged over `factor` x `factor` blocks, its right and bottom edges padded (`border`) to whole
+    blocks: a whole factor takes OpenCV's fast area path, ~4x a fractional one on SA-1B-sized masks."""
+    if factor == 1:
+        return image
+    height, width = image.shape[:2]
+    padded = cv2.copyMakeBorder(image, 0, -height % factor, 0, -width % factor, border, value=0)
+    return cv2.resize(padded, (padded.shape[1] // factor, padded.shape[0] // factor), interpolation=cv2.INTER_AREA)
 
 
 def _coarse(crop: np.ndarray) -> np.ndarray:
     """The crop area-averaged to at most ~64k pixels: connected parts of a large mask are found
     ~30x faster at that scale, and parts too small to survive it cannot change the main share much."""
-    if crop.size <= _CC_PIXELS:
+    factor = _coarse_factor(crop.shape)
+    if factor == 1:
         return crop
-    small = (cv2.resize(crop * np.uint8(255), _coarse_size(crop.shape), interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
+    small = (_area_reduced(crop * np.uint8(255), factor, cv2.BORDER_CONSTANT) >= 128).astype(np.uint8)
     return small if small.any() else crop
 
 

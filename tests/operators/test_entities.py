@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pairmine.operators.annotations import Segment
-from pairmine.operators.entities import Entity, EntityLimits, geometry_reject, materialize, nested_rejects, shape_reject
+from pairmine.operators.entities import Entity, EntityLimits, _coarse, geometry_reject, materialize, nested_rejects, shape_reject
 
 H, W = 200, 300
 LIMITS = EntityLimits()  # 0.05 <= area ratio <= 0.95, box side >= 32, main part >= 0.8, border contact <= 0.2
@@ -80,6 +80,26 @@ def test_fragmentation_is_the_main_part_share(speck_ratio, fragmented):
     main = 1600 / mask.sum()
     assert (main < LIMITS.min_main_component) == fragmented
     result = shape_reject(crop, bounds, H, W, LIMITS)
+    assert (result is not None and result.reason == "fragmented") == fragmented
+
+
+@pytest.mark.parametrize("shape", [(1501, 1203), (401, 331), (2250, 1500)])
+@pytest.mark.parametrize("speck_ratio, fragmented", [(0.1, False), (0.4, True)])
+def test_large_masks_are_checked_on_a_copy_of_at_most_64k_pixels_with_the_full_size_verdict(shape, speck_ratio, fragmented):
+    """A main blob and a speck in a crop whose sides are not multiples of the reduction: the reduced copy
+    keeps both parts and their share of the mask, so the verdict is the full-size one."""
+    h, w = shape
+    mask = np.zeros((h + 20, w + 20), np.uint8)
+    cv2.ellipse(mask, (w // 3, h // 2), (w // 4, h // 3), 0, 0, 360, 1, -1)
+    side = int(np.sqrt(mask.sum() * speck_ratio))
+    mask[h + 10 - side:h + 10, w + 10 - side:w + 10] = 1  # at the crop's bottom-right corner
+    crop, bounds = crop_of(mask)
+    small = _coarse(crop)
+    assert small.size <= 1 << 16 and small.shape[0] < crop.shape[0]
+    count, _, stats, _ = cv2.connectedComponentsWithStats(small, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    assert count == 3 and abs(areas.max() / areas.sum() - 1 / (1 + speck_ratio)) < 0.02
+    result = shape_reject(crop, bounds, h + 20, w + 20, LIMITS)
     assert (result is not None and result.reason == "fragmented") == fragmented
 
 
