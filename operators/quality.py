@@ -50,9 +50,15 @@ def _reach(area: float) -> int:
     return max(4, int(0.1 * np.sqrt(area)))
 
 
-def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    ys, xs = np.nonzero(mask)
-    return (slice(max(0, ys.min() - margin), ys.max() + margin + 1), slice(max(0, xs.min() - margin), xs.max() + margin + 1))
+def bounding_window(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """(rows, cols) of the box of `mask`'s nonzero pixels grown by `margin` (clipped at 0), or None when there
+    are none. cv2.boundingRect scans without listing the pixels: ~40x np.nonzero on a 2250x1500 mask."""
+    if mask.dtype != np.uint8:
+        mask = (mask != 0).view(np.uint8)
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask))
+    if w == 0:
+        return None
+    return slice(max(0, y - margin), y + h + margin), slice(max(0, x - margin), x + w + margin)
 
 
 def _mean(image: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -74,7 +80,7 @@ def paste_signals(source: np.ndarray, alpha: np.ndarray, box: tuple[int, int, in
     if not obj.any():
         return {}
     reach = _reach(obj.sum())
-    rows, cols = _window(obj, reach + 2)
+    rows, cols = bounding_window(obj, reach + 2)
     obj, image = obj[rows, cols], source[rows, cols]
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
     gradient = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)) / 4
@@ -113,10 +119,9 @@ def perceptual_hash(image: np.ndarray, mask: np.ndarray) -> str:
     its box with the rest set to the object's mean grey: the low 8x8 DCT frequencies of a 32x32 thumbnail
     against their median. Invariant to scale and JPEG noise, so the same object pasted or filmed again at
     another size lands in the same bucket; different objects rarely do."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    box = bounding_window(mask)
+    if box is None:
         return "0" * 16
-    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
     grey = cv2.cvtColor(image[box], cv2.COLOR_BGR2GRAY).astype(np.float32)
     inside = mask[box] > 0
     grey[~inside] = grey[inside].mean()

@@ -27,7 +27,7 @@ from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
 from .params import Params
-from .quality import FrameQualityParams, frame_signals, perceptual_hash, quality_reject
+from .quality import FrameQualityParams, bounding_window, frame_signals, perceptual_hash, quality_reject
 from .stats import Stats
 from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
 from .video_mog import MogParams, classify, disk, subtract_background
@@ -285,12 +285,9 @@ def effect_mask(source: np.ndarray, target: np.ndarray, mask: np.ndarray, params
     size. Worked out on the object's box grown by that reach (+2 px, the blur's), where every pixel it can
     keep and every pixel they read lies, with a distance transform: a disk dilation of that radius costs
     ~r^2 per pixel (1 s for r = 200 px at 720p)."""
-    ys, xs = np.nonzero(mask)
-    size = max(int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1)
-    reach = max(1, round(params.near * size))
-    margin = reach + 2
-    rows = slice(max(0, ys.min() - margin), ys.max() + margin + 1)
-    cols = slice(max(0, xs.min() - margin), xs.max() + margin + 1)
+    rows, cols = bounding_window(mask)
+    reach = max(1, round(params.near * max(rows.stop - rows.start, cols.stop - cols.start)))
+    rows, cols = bounding_window(mask, reach + 2)
     outside = (mask[rows, cols] == 0).astype(np.uint8)
     near = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach
     blurred = (cv2.GaussianBlur(np.ascontiguousarray(image[rows, cols]), (5, 5), 0) for image in (source, target))

@@ -8,7 +8,9 @@ import pytest
 from sample_inputs import TESTDATA
 
 from pairmine.operators.blending import feather_alpha
-from pairmine.operators.quality import FrameQualityParams, PasteQualityParams, frame_signals, paste_signals, perceptual_hash, quality_reject
+from pairmine.operators.quality import (
+    FrameQualityParams, PasteQualityParams, bounding_window, frame_signals, paste_signals, perceptual_hash, quality_reject,
+)
 
 H, W = 240, 320
 
@@ -81,3 +83,21 @@ def test_perceptual_hash_is_the_same_for_an_object_at_other_scales_and_differs_b
     distances = [bin(a ^ b).count("1") for i, a in enumerate(hashes) for b in hashes[i + 1:]]
     assert min(distances) >= 12  # other objects are far apart
     assert perceptual_hash(image, np.zeros_like(mask)) == "0" * 16
+
+
+@pytest.mark.parametrize("dtype, on", [(np.uint8, 1), (np.uint8, 255), (bool, True), (np.int32, 7)])
+@pytest.mark.parametrize("margin", [0, 3, 50])
+def test_bounding_window_is_the_box_of_the_nonzero_pixels_grown_and_clipped(dtype, on, margin):
+    rng = np.random.default_rng(margin)
+    for _ in range(20):
+        mask = np.zeros((H, W), dtype)
+        for _ in range(int(rng.integers(1, 4))):
+            y, x = int(rng.integers(0, H)), int(rng.integers(0, W))
+            mask[y:y + int(rng.integers(1, 40)), x:x + int(rng.integers(1, 40))] = on
+        ys, xs = np.nonzero(mask)
+        wide = np.zeros((H, 2 * W), dtype)
+        wide[:, ::2] = mask
+        rows, cols = bounding_window(wide[:, ::2], margin)  # a strided view, as crops of a frame are
+        assert (rows.start, rows.stop) == (max(0, ys.min() - margin), ys.max() + 1 + margin)
+        assert (cols.start, cols.stop) == (max(0, xs.min() - margin), xs.max() + 1 + margin)
+    assert bounding_window(np.zeros((H, W), dtype), margin) is None
