@@ -100,7 +100,7 @@ def compose_pair(
     resized = resample(pixels, size)
     source, alpha = paste(background.image, resized, entity_alpha(resized, inside, width_px, blend), spot.x, spot.y)
     exact = place(inside, spot.x, spot.y, height, width)  # the object's outline (matting may leave 0s inside it)
-    exact_area = int(exact.sum())
+    exact_area = cv2.countNonZero(exact)  # 0/1 masks: their sum, ~8x faster on a full-size one
     if exact_area == 0 or exact_area == exact.size:
         return Reject.because("degenerate_mask", f"pasted mask covers {exact_area} of {exact.size} px")
     mask, variant = random_enhance(exact, enhance, rng)
@@ -117,7 +117,7 @@ def compose_pair(
             "max_instance_overlap": round(spot.max_overlap, 4),
         },
         "mask": {
-            "area_ratio": round(float(mask.sum()) / mask.size, 5),
+            "area_ratio": round(cv2.countNonZero(mask) / mask.size, 5),
             "object_area_ratio": round(exact_area / exact.size, 5),
             "variant": variant,
         },
