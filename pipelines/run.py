@@ -142,7 +142,8 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
         pipeline_data_context()
         dataset = build(pipeline, pending, progress, config, digest)
         if dataset is not None:
-            board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()})
+            # the board feeds the display only: without one, no actor process idling beside the work
+            board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()}) if progress_bars else None
             sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board,
                              start_counter(output, config.dedup))
             lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
