@@ -130,7 +130,8 @@ def feasible_positions(
         ox = np.clip(np.minimum(xs + box_w, bx1) - np.maximum(xs, bx0), 0, None)  # (N, nx)
         oy = np.clip(np.minimum(ys + box_h, by1) - np.maximum(ys, by0), 0, None)  # (N, ny)
         areas = np.maximum(boxes[:, 2] * boxes[:, 3], 1.0)
-        overlap = (oy[:, :, None] * ox[:, None, :] / areas[:, None, None]).max(axis=0)
+        # divided before the outer product: a division over (N, ny, nx) cost ~10x the rest of this function
+        overlap = ((oy / areas[:, None])[:, :, None] * ox[:, None, :]).max(axis=0)
         ok &= overlap <= params.max_instance_overlap
         if params.min_instance_overlap > 0:
             ok &= overlap >= params.min_instance_overlap
