@@ -2,7 +2,8 @@
 
 The inputs are syn4removal_bench's (2250x1500 photos with ~3x their masks, SA-1B-like). For each method
 the same per-group work as the pipeline (decode, cut, compose, blend, encode) runs in this process on one
-core, on the same groups with the same seed, so the triplets differ only in their alpha. Printed per
+core, on the same groups with the same seed, so the triplets differ only in their alpha. The methods take
+turns group by group (each going first every other group), so the machine's drift falls on both. Printed per
 method: triplets/s, ms per triplet, the ratio to the codec bound measured in the same run (decoding the
 inputs and encoding the outputs, syn4removal_bench's bound), and the median and 90th percentile of every
 pair's boundary seam score (json ``quality.seam``: gradient on the paste outline over the gradient
@@ -37,20 +38,29 @@ from pairmine.pipelines.readers import tar_items
 from pairmine.pipelines.syn4removal import Syn4RemovalConfig
 
 
-def run_method(inputs: Path, method: str, resize: int | None) -> dict:
-    """Triplets, seconds and seam scores of the per-group work with blending.method = `method`."""
-    config = Syn4RemovalConfig.model_validate({"blending": {"method": method}, "backgrounds": {"resize_short_side": resize}})
-    digest = config_hash(config)
-    seams, triplets, seconds = [], 0, 0.0
+METHODS = ("feather", "matting")
+
+
+def run_methods(inputs: Path, resize: int | None) -> dict[str, dict]:
+    """Triplets, seconds and seam scores of the per-group work with each blending.method, taking turns per group."""
+    configs = {m: Syn4RemovalConfig.model_validate({"blending": {"method": m}, "backgrounds": {"resize_short_side": resize}}) for m in METHODS}
+    digests = {m: config_hash(c) for m, c in configs.items()}
+    results = {m: {"triplets": 0, "seconds": 0.0, "seams": []} for m in METHODS}
+    turn = 0
     for tar in sorted(inputs.glob("*.tar")):
         with open(tar, "rb") as f:
-            rows = list(unit_groups(tar.name, "sa1b", "", tar_items(f, tar.name, config.max_file_bytes), config.group_size, set(), True))
-        start = time.perf_counter()
-        samples = [s for row in rows for s in compose_group(extract_group(row, config, config.entities.scorer), config, digest)]
-        seconds += time.perf_counter() - start
-        triplets += len(samples)
-        seams += [json.loads(s["json"])["quality"]["seam"] for s in samples]
-    return {"triplets": triplets, "seconds": seconds, "seams": seams}
+            rows = list(unit_groups(tar.name, "sa1b", "", tar_items(f, tar.name, configs["feather"].max_file_bytes),
+                                    configs["feather"].group_size, set(), True))
+        for row in rows:
+            for method in METHODS[::-1] if turn % 2 else METHODS:
+                config, result = configs[method], results[method]
+                start = time.perf_counter()
+                samples = compose_group(extract_group(row, config, config.entities.scorer), config, digests[method])
+                result["seconds"] += time.perf_counter() - start
+                result["triplets"] += len(samples)
+                result["seams"] += [json.loads(s["json"])["quality"]["seam"] for s in samples]
+            turn += 1
+    return results
 
 
 def main() -> None:
@@ -63,7 +73,7 @@ def main() -> None:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
     inputs = make_inputs(Path(args.workdir), args.images)
     resize = args.resize_short_side or None
-    results = {m: run_method(inputs, m, resize) for m in ("feather", "matting")}
+    results = run_methods(inputs, resize)
     triplets = results["feather"]["triplets"]
     bound_rate = codec_rate(codec_bound(inputs, 95, resize), triplets)
     report = {"images": args.images, "resize_short_side": resize, "bound_triplets_per_s": round(bound_rate, 3)}

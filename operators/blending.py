@@ -74,6 +74,8 @@ _WINDOW = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 # Two pixels of one 3x3 window lie at most 2 apart: their affinity is one of 25 stencil offsets, coded here per pair
 _PAIR_CODE = np.array([[(b[0] - a[0] + 2) * 5 + (b[1] - a[1] + 2) for b in _WINDOW] for a in _WINDOW])
 _CENTRE_CODE = 12  # offset (0, 0)
+# How many 3x3 windows hold both a pixel and its neighbour at each offset: the "1 +" of every affinity summed
+_SHARED_WINDOWS = np.array([(3 - abs(dy)) * (3 - abs(dx)) for dy in range(-2, 3) for dx in range(-2, 3)], np.float64)
 
 
 def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> np.ndarray:
@@ -113,15 +115,14 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
     mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[centres]  # each window's mean, read at its centre
     planes = np.moveaxis(image, -1, 0).reshape(3, -1)  # contiguous channel planes: gathers read one value each
     whitened = _whitened(*(planes[c][index] - mean[:, c:c + 1] for c in range(3)), epsilon / 9)
-    weights = whitened @ whitened.transpose(0, 2, 1)  # (n, 9, 9)
-    weights += 1
-    weights /= 9
     u = np.flatnonzero(unknown)
     position = np.full(h * w, u.size)  # each pixel's row; u.size for the known ones, dropped below
     position[u] = np.arange(u.size)
     rows = position[index] * 25
-    stencil = np.bincount((rows[:, :, None] + _PAIR_CODE).ravel(), weights=weights.ravel(), minlength=(u.size + 1) * 25)
-    affinity = stencil.reshape(u.size + 1, 25)[:-1]
+    products = (whitened @ whitened.transpose(0, 2, 1)).ravel()  # (n, 9, 9): the window's term less its 1, times 9
+    stencil = np.bincount((rows[:, :, None] + _PAIR_CODE).ravel(), weights=products, minlength=(u.size + 1) * 25)
+    # An unknown pixel lies 2 px or more inside the image, so every window it shares with a neighbour does too
+    affinity = (stencil.reshape(u.size + 1, 25)[:-1] + _SHARED_WINDOWS) / 9
     columns = u[:, None] + np.array([dy * w + dx for dy in range(-2, 3) for dx in range(-2, 3)])
     position = position[columns]
     inside = position < u.size
