@@ -26,8 +26,8 @@ from .params import Params
 
 class BlendParams(Params):
     # Default by measurement (benchmarks/blending_bench.py, 48 SA-1B-sized images, one core): full resolution,
-    # matting 138 ms/triplet vs. feather 117 (1.18x), boundary seam median 1.16 vs. 1.86 (p90 1.26 vs. 2.08);
-    # 512-px backgrounds, 64 vs. 45 ms (1.42x), seam 1.59 vs. 2.40 (p90 2.03 vs. 3.37, a visible cut).
+    # matting 114 ms/triplet vs. feather 92 (1.24x), boundary seam median 1.16 vs. 1.86 (p90 1.26 vs. 2.08);
+    # 512-px backgrounds, 68 vs. 46 ms (1.47x), seam 1.59 vs. 2.40 (p90 2.03 vs. 3.37, a visible cut).
     method: Literal["feather", "matting"] = Field("matting", description="how the alpha is estimated: matting or feather")
     feather_ratio: float = Field(
         0.01, ge=0, le=0.5, description="feather width / sqrt(pasted mask area); 0 gives a hard edge"
