@@ -78,26 +78,35 @@ _CENTRE_CODE = 12  # offset (0, 0)
 _SHARED_WINDOWS = np.array([(3 - abs(dy)) * (3 - abs(dx)) for dy in range(-2, 3) for dx in range(-2, 3)], np.float64)
 
 
-def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> np.ndarray:
-    """Each window's centred colours (three (n, 9) channel planes) times L^-T, where L L^T = cov + floor I
-    (batched closed-form 3x3 Cholesky), as (n, 9, 3) Y: then centred (cov + floor I)^-1 centred^T = Y Y^T.
-    ~8x np.linalg.inv's batched LU, and as accurate on two-colour or grey windows (rank-1 plus the
-    regulariser), where a cofactor inverse loses digits. Each pivot is at least `floor` (eps/9) in exact
-    arithmetic; clamping to it keeps rounding from making one zero or negative. Planes, not (n, 9, 3)
-    pixels: row dot products instead of batched 3x3 matmuls (~4x faster here)."""
+def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each window's centred colours (three (9, n) channel planes: position in the window, window) times
+    L^-T, where L L^T = cov + floor I (batched closed-form 3x3 Cholesky), as three (9, n) planes Y: then
+    centred (cov + floor I)^-1 centred^T = Y Y^T. ~8x np.linalg.inv's batched LU, and as accurate on
+    two-colour or grey windows (rank-1 plus the regulariser), where a cofactor inverse loses digits. Each
+    pivot is at least `floor` (eps/9) in exact arithmetic; clamping to it keeps rounding from making one
+    zero or negative. Planes, not (n, 9, 3) pixels: dot products of contiguous rows instead of batched 3x3
+    matmuls (~4x faster here)."""
     def moment(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # a (co)variance per window: the planes are centred
-        return np.einsum("ij,ij->i", x, y) / 9
+        return np.einsum("ij,ij->j", x, y) / 9
 
     l00 = np.sqrt(np.maximum(moment(r, r) + floor, floor))
     l10, l20 = moment(r, g) / l00, moment(r, b) / l00
     l11 = np.sqrt(np.maximum(moment(g, g) + floor - l10 * l10, floor))
     l21 = (moment(g, b) - l20 * l10) / l11
     l22 = np.sqrt(np.maximum(moment(b, b) + floor - l20 * l20 - l21 * l21, floor))
-    whitened = np.empty(r.shape + (3,))
-    y0 = np.divide(r, l00[:, None], out=whitened[..., 0])
-    y1 = np.divide(g - l10[:, None] * y0, l11[:, None], out=whitened[..., 1])
-    np.divide(b - l20[:, None] * y0 - l21[:, None] * y1, l22[:, None], out=whitened[..., 2])
-    return whitened
+    y0 = r / l00
+    y1 = (g - l10 * y0) / l11
+    return y0, y1, (b - l20 * y0 - l21 * y1) / l22
+
+
+def _products(y: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(9, 9, n) Y_p . Y_q of every pair of window positions, from the (9, n) planes of `_whitened`: each
+    pair's dot product once, mirrored (half the work of the (n, 9, 3) @ (n, 3, 9) matmul, ~2x faster)."""
+    products = np.empty((9, 9, y[0].shape[1]))
+    for p in range(9):
+        row = y[0][p] * y[0][p:] + y[1][p] * y[1][p:] + y[2][p] * y[2][p:]
+        products[p, p:], products[p:, p] = row, row
+    return products
 
 
 def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, epsilon: float) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
@@ -111,16 +120,17 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
     near = cv2.dilate(unknown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # windows touching the band
     near[:1], near[-1:], near[:, :1], near[:, -1:] = False, False, False, False
     centres = np.flatnonzero(near)
-    index = centres[:, None] + np.array([dy * w + dx for dy, dx in _WINDOW])[None, :]  # (n, 9)
+    index = np.array([dy * w + dx for dy, dx in _WINDOW])[:, None] + centres[None, :]  # (9, n)
     mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[centres]  # each window's mean, read at its centre
     planes = np.moveaxis(image, -1, 0).reshape(3, -1)  # contiguous channel planes: gathers read one value each
-    whitened = _whitened(*(planes[c][index] - mean[:, c:c + 1] for c in range(3)), epsilon / 9)
+    whitened = _whitened(*(planes[c][index] - mean[:, c] for c in range(3)), epsilon / 9)
     u = np.flatnonzero(unknown)
     position = np.full(h * w, u.size)  # each pixel's row; u.size for the known ones, dropped below
     position[u] = np.arange(u.size)
     rows = position[index] * 25
-    products = (whitened @ whitened.transpose(0, 2, 1)).ravel()  # (n, 9, 9): the window's term less its 1, times 9
-    stencil = np.bincount((rows[:, :, None] + _PAIR_CODE).ravel(), weights=products, minlength=(u.size + 1) * 25)
+    # (9, 9, n): each window's term less its 1, times 9, added at (row of position p, offset from p to q)
+    slots = rows[:, None, :] + _PAIR_CODE[:, :, None]
+    stencil = np.bincount(slots.ravel(), weights=_products(whitened).ravel(), minlength=(u.size + 1) * 25)
     # An unknown pixel lies 2 px or more inside the image, so every window it shares with a neighbour does too
     affinity = (stencil.reshape(u.size + 1, 25)[:-1] + _SHARED_WINDOWS) / 9
     columns = u[:, None] + np.array([dy * w + dx for dy in range(-2, 3) for dx in range(-2, 3)])
