@@ -84,7 +84,7 @@ def _ellipse(mask: np.ndarray) -> np.ndarray:
 
 
 def _bbox_polygon(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x, y, w, h = cv2.boundingRect(cv2.findNonZero(mask))
+    x, y, w, h = cv2.boundingRect(mask)  # the box of its nonzero pixels, without listing them
     grow = np.sqrt(rng.uniform(1.10, 1.20))
     cx, cy, hw, hh = x + w / 2, y + h / 2, w * grow / 2, h * grow / 2
     corners = np.array([[cx - hw, cy - hh], [cx + hw, cy - hh], [cx + hw, cy + hh], [cx - hw, cy + hh]])
@@ -101,7 +101,7 @@ def _bbox_polygon(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _brush(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x, y, w, h = cv2.boundingRect(cv2.findNonZero(mask))
+    x, y, w, h = cv2.boundingRect(mask)  # the box of its nonzero pixels, without listing them
     size = np.sqrt(np.count_nonzero(mask))
     out = _resize_by_area(mask, rng.uniform(1.05, 1.15))
     for _ in range(rng.integers(2, 5)):

@@ -31,6 +31,7 @@ import pyarrow as pa
 from .. import dataset
 from ..operators.codecs import BadInput, decode_image
 from ..operators.mask_enhance import MaskEnhanceParams, random_enhance
+from ..operators.quality import bounding_window
 
 log = logging.getLogger("pairmine")
 
@@ -215,9 +216,9 @@ def _decode_gray(data: bytes | None, name: str) -> np.ndarray:
 def _crop_box(mask: np.ndarray, side: int, rng: np.random.Generator | None) -> tuple[int, int]:
     """Top-left corner of a side x side crop that holds as much of the mask's box as fits (random where free)."""
     height, width = mask.shape
-    ys, xs = np.nonzero(mask)
+    rows, cols = bounding_window(mask)
     corner = []
-    for low, high, extent in ((xs.min(), xs.max() + 1, width), (ys.min(), ys.max() + 1, height)):
+    for low, high, extent in ((cols.start, cols.stop, width), (rows.start, rows.stop, height)):
         first, last = max(0, high - side), min(low, extent - side)  # the range that holds [low, high)
         if first > last:  # the box is wider than the crop: centre on it
             first = last = int(np.clip((low + high) // 2 - side // 2, 0, extent - side))
@@ -228,9 +229,8 @@ def _crop_box(mask: np.ndarray, side: int, rng: np.random.Generator | None) -> t
 def object_crop(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
     """The object on white, cropped to the mask's box, short side resized to `size`, centre-cropped square
     (as SmartEraser's CLIP image processor prepares it)."""
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = np.where(mask[y0:y1, x0:x1, None] > 0, image[y0:y1, x0:x1], np.uint8(255))
+    box = bounding_window(mask)
+    crop = np.where(mask[box][..., None] > 0, image[box], np.uint8(255))
     scale = size / min(crop.shape[:2])
     resized = cv2.resize(crop, (max(size, round(crop.shape[1] * scale)), max(size, round(crop.shape[0] * scale))), interpolation=cv2.INTER_CUBIC)
     top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
