@@ -109,7 +109,10 @@ def test_near_duplicates_are_capped_per_bucket_across_tasks_and_runs(tmp_path, r
     sink = _write(_hashed_rows(groups), tmp_path, max_samples=100, rows_per_shard=1, buckets=buckets)
     manifest = read_parquet_dir(str(tmp_path / "manifest"))
     kept = [(k, h) for r in manifest for k, h in zip(r["keys"], r["phashes"])]
-    assert Counter(h for _, h in kept) == {aa: 1, aa_near: 1, bb: 2, cc: 1, dd: 1}
+    counts = Counter(h for _, h in kept)
+    # which of the three aa-bucket samples loses depends on which task asks the counter first
+    assert counts[aa] + counts[aa_near] == 2 and counts[aa] >= 1
+    assert {h: n for h, n in counts.items() if h not in (aa, aa_near)} == {bb: 2, cc: 1, dd: 1}
     rejects = read_parquet_dir(str(tmp_path / "rejects"))
     assert [(r["stage"], r["reason"]) for r in rejects] == [("dedup", "near_duplicate")]
     assert {r["input"] for r in rejects} | {k for k, _ in kept} == {f"g{g}-s{i}" for g, hs in enumerate(groups) for i in range(len(hs))}
