@@ -42,7 +42,7 @@ import numpy as np
 from common import fixed_cost, pinned, print_fixed_cost, print_profile, timed_run
 from pycocotools import mask as mask_utils
 
-from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray
+from pairmine.operators.codecs import decode_image, encode_jpeg, encode_png_gray, splice_jpeg_rows
 from pairmine.pipelines.config import config_hash
 from pairmine.pipelines.inputs import unit_groups
 from pairmine.pipelines.readers import tar_items
@@ -107,7 +107,8 @@ def make_inputs(workdir: Path, images: int) -> Path:
 
 def codec_bound(inputs: Path, quality: int, short_side: int | None = None, encodes: int = 64) -> tuple[float, float]:
     """(seconds to decode every input JPEG once, seconds to encode one triplet of the inputs' size (or resized
-    to `short_side`: the inputs then decoded at the DCT scale the pipeline uses)), one core (one OpenCV
+    to `short_side`: the inputs then decoded at the DCT scale the pipeline uses) the way the pipeline does:
+    the source as the target's JPEG with a paste's rows, here 4/15 of the height, re-encoded), one core (one OpenCV
     thread, like the pipeline's workers)."""
     cv2.setNumThreads(1)
     with pinned(1):
@@ -124,7 +125,9 @@ def codec_bound(inputs: Path, quality: int, short_side: int | None = None, encod
         start = time.perf_counter()
         for i in range(encodes):
             image = outputs_of[i % len(outputs_of)]
-            encode_jpeg(image, quality), encode_jpeg(image, quality), encode_png_gray(mask), encode_png_gray(mask)
+            target = encode_jpeg(image, quality, row_restarts=True)  # the source: the paste's rows spliced in
+            splice_jpeg_rows(target, image, (height // 2 - height * 2 // 15, height // 2 + height * 2 // 15), quality)
+            encode_png_gray(mask), encode_png_gray(mask)
         return decode_s, (time.perf_counter() - start) / encodes
 
 

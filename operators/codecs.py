@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -162,11 +163,53 @@ def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:
     return bgr[..., 2] + (bgr[..., 1] << 8) + (bgr[..., 0] << 16)
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+_MCU = 16  # 4:2:0 chroma: a colour JPEG is coded in 16x16-px units, row by row
+
+
+def encode_jpeg(image: np.ndarray, quality: int, row_restarts: bool = False) -> bytes:
+    """Baseline 4:2:0 JPEG of a BGR image; with `row_restarts`, each 16-px row of blocks is its own restart
+    interval (a few bytes per row), so rows can be re-encoded alone and spliced in (``splice_jpeg_rows``)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    if row_restarts:
+        params += [cv2.IMWRITE_JPEG_RST_INTERVAL, -(-image.shape[1] // _MCU)]
+    ok, buf = cv2.imencode(".jpg", image, params)
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+_RESTART = re.compile(rb"\xff[\xd0-\xd7]")  # RST0-7; a 0xff byte of coded data is followed by 0x00
+
+
+def _restart_intervals(data: bytes) -> tuple[int, list[bytes]]:
+    """Where a baseline JPEG's scan data starts (after its headers), and that data cut at its restart markers."""
+    position = 2  # after SOI
+    while data[position + 1] != 0xDA:  # each header segment: ff, kind, 2-byte length counting itself
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+    start = position + 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+    return start, _RESTART.split(data[start:data.rindex(_JPEG_EOI)])
+
+
+def splice_jpeg_rows(base: bytes, image: np.ndarray, rows: tuple[int, int], quality: int) -> bytes:
+    """The JPEG of `image` when it equals the image `base` encodes (``encode_jpeg(..., row_restarts=True)``,
+    same quality) outside rows [first, stop): only the 16-px block rows covering them are encoded, and their
+    restart intervals replace base's. Byte-identical to encoding `image` whole (blocks are coded on their
+    own, and a restart resets the DC predictions, the only state carried from block to block), at the cost
+    of the changed rows only: a paste's source from its target's JPEG."""
+    height = image.shape[0]
+    first, stop = max(rows[0], 0) // _MCU, min(-(-rows[1] // _MCU), -(-height // _MCU))
+    if first >= stop:
+        return base
+    start, intervals = _restart_intervals(base)
+    _, replacement = _restart_intervals(encode_jpeg(image[first * _MCU:stop * _MCU], quality, row_restarts=True))
+    if len(intervals) != -(-height // _MCU) or len(replacement) != stop - first:
+        raise ValueError(f"expected one restart interval per {_MCU}-px row: {len(intervals)} for {height} rows")
+    intervals[first:stop] = replacement
+    markers = [bytes((0xFF, 0xD0 + i % 8)) for i in range(8)]
+    pieces = [base[:start], intervals[0]]
+    for i, interval in enumerate(intervals[1:]):
+        pieces += (markers[i % 8], interval)
+    return b"".join(pieces) + _JPEG_EOI
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

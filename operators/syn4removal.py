@@ -22,7 +22,7 @@ from .annotations import (
 from .backgrounds import Background, BackgroundParams, background_reject, instances_of, resize_background
 from .blending import BlendParams
 from .clip_scorer import ClipScorerParams
-from .codecs import BadInput, ImageHeader, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient
+from .codecs import BadInput, ImageHeader, decode_image, decode_panoptic_ids, encode_jpeg, encode_png_gray, orient, splice_jpeg_rows
 from .composition import PairingParams, pair_group
 from .entities import Entity, EntityLimits, geometry_reject, materialize, nested_rejects
 from .mask_enhance import MaskEnhanceParams
@@ -320,11 +320,14 @@ def _sample(pair, params: Syn4RemovalParams, config_hash: str, model: dict | Non
         "config_hash": config_hash,
         "version": __version__,
     }
+    # The source differs from the target only in the paste box's rows: its JPEG is the target's with those
+    # rows re-encoded (the same bytes as a whole encode; outside the mask's blocks both decode identically)
+    target = encode_jpeg(background.image, params.jpeg_quality, row_restarts=True)
+    _, top, _, box_height = composite.meta["paste"]["box"]
     return {
         "__key__": key,
-        "source.jpg": encode_jpeg(composite.source, params.jpeg_quality),
-        # the same encoder as the source: outside the mask's JPEG blocks both are identical
-        "target.jpg": encode_jpeg(background.image, params.jpeg_quality),
+        "source.jpg": splice_jpeg_rows(target, composite.source, (top, top + box_height), params.jpeg_quality),
+        "target.jpg": target,
         "mask.png": encode_png_gray(composite.mask * np.uint8(255)),
         "alpha.png": encode_png_gray(composite.alpha),
         "json": sample_json(meta),

@@ -21,6 +21,7 @@ from pairmine.operators.codecs import (
     orient,
     read_header,
     resample,
+    splice_jpeg_rows,
 )
 
 BIG = 10**8  # a max_pixels that admits every test image
@@ -247,6 +248,43 @@ def test_jpeg_encoder_quality_orders_size_and_error():
     low, high = encode_jpeg(image, 60), encode_jpeg(image, 95)
     assert len(low) < len(high)
     assert _jpeg_error(high, image) < _jpeg_error(low, image)
+
+
+@pytest.mark.parametrize("size", [(96, 128), (101, 77), (16, 40)])
+@pytest.mark.parametrize("rows", [(0, 5), (40, 60), (31, 33), (-3, 200), (90, 101)])
+def test_spliced_rows_give_the_bytes_of_a_whole_encode(size, rows):
+    """Re-encoding only the changed 16-px rows of an image and splicing them into its base's JPEG gives the
+    same file as encoding the changed image whole, whatever the sizes and where the rows fall."""
+    image = _rgb(*size)
+    changed = image.copy()
+    top, bottom = max(rows[0], 0), min(rows[1], size[0])
+    changed[top:bottom, size[1] // 4:] = _rgb(*size, seed=1)[top:bottom, size[1] // 4:]
+    base = encode_jpeg(image, 90, row_restarts=True)
+    spliced = splice_jpeg_rows(base, changed, rows, 90)
+    assert spliced == encode_jpeg(changed, 90, row_restarts=True)
+    decoded = cv2.imdecode(np.frombuffer(spliced, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == changed.shape
+    if bottom > top and size[0] > 32:  # the splice changed something, and left what is outside its rows alone
+        assert spliced != base
+        before = cv2.imdecode(np.frombuffer(base, np.uint8), cv2.IMREAD_COLOR)
+        outside = np.ones(size[0], bool)  # a decoder's chroma upsampling reaches one pixel row further
+        outside[max(top // 16 * 16 - 1, 0):-(-bottom // 16) * 16 + 1] = False
+        assert np.array_equal(decoded[outside], before[outside])
+
+
+def test_row_restarts_cost_a_few_bytes_and_decode_alike():
+    image = _rgb(160, 240)
+    plain, restarted = encode_jpeg(image, 90), encode_jpeg(image, 90, row_restarts=True)
+    assert b"\xff\xdd\x00\x04\x00\x0f" in restarted[:1000]  # DRI: 15 blocks of 16 px, one row
+    assert abs(len(restarted) - len(plain)) < 3 * 10
+    decode = lambda data: np.asarray(Image.open(io.BytesIO(data)))  # noqa: E731 (an independent decoder)
+    assert np.array_equal(decode(plain), decode(restarted))
+
+
+def test_a_splice_refuses_a_base_without_row_restarts():
+    image = _rgb(64, 64)
+    with pytest.raises(ValueError, match="restart interval"):
+        splice_jpeg_rows(encode_jpeg(image, 90), image, (20, 30), 90)
 
 
 def _id_png(ids: np.ndarray) -> bytes:

@@ -18,6 +18,8 @@ from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
 from pairmine.dataset import sample_key
+from pairmine.operators import syn4removal
+from pairmine.operators.codecs import encode_jpeg, splice_jpeg_rows
 from pairmine.operators.scorers import AnnotationScorer
 from pairmine.operators.syn4removal import (
     PIPELINE,
@@ -310,6 +312,22 @@ def test_compose_group_samples_meet_the_output_contract(sa1b_row, params):
     failed = {(b, int(i)) for b, i in failed}
     expected = {(b.record, i) for b in group.backgrounds for i in range(params.pairing.pairs_per_background)}
     assert made | failed == expected and not made & failed
+
+
+def test_a_source_jpeg_is_its_whole_encode(sa1b_row, monkeypatch):
+    """The source's file is the target's with the paste box's rows re-encoded: the same bytes as encoding the
+    source whole, so the box covers every changed row (the real splice runs; its result is compared)."""
+    spliced = []
+
+    def checked(base, image, rows, quality):
+        data = splice_jpeg_rows(base, image, rows, quality)
+        spliced.append((data == encode_jpeg(image, quality, row_restarts=True), rows[1] - rows[0] < image.shape[0]))
+        return data
+
+    monkeypatch.setattr(syn4removal, "splice_jpeg_rows", checked)
+    samples = compose_group(extract(sa1b_row(), LOOSE), LOOSE, "cfg0")
+    assert len(spliced) == len(samples) > 0 and all(same for same, _ in spliced)
+    assert any(partial for _, partial in spliced)  # some pastes leave rows to copy
 
 
 def test_compose_group_is_deterministic(sa1b_row):
