@@ -132,14 +132,17 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
     slots = rows[:, None, :] + _PAIR_CODE[:, :, None]
     stencil = np.bincount(slots.ravel(), weights=_products(whitened).ravel(), minlength=(u.size + 1) * 25)
     # An unknown pixel lies 2 px or more inside the image, so every window it shares with a neighbour does too
-    affinity = (stencil.reshape(u.size + 1, 25)[:-1] + _SHARED_WINDOWS) / 9
+    affinity = stencil.reshape(u.size + 1, 25)[:-1]
+    affinity += _SHARED_WINDOWS
+    affinity /= 9
     columns = u[:, None] + np.array([dy * w + dx for dy in range(-2, 3) for dx in range(-2, 3)])
+    rhs = np.einsum("ij,ij->i", affinity, np.where(unknown, 0.0, alpha).ravel()[columns])  # known neighbours only
+    degree = affinity.sum(axis=1)
+    data = np.negative(affinity, out=affinity)
+    data[:, _CENTRE_CODE] += degree
     position = position[columns]
     inside = position < u.size
-    rhs = (affinity * np.where(inside, 0.0, alpha.ravel()[columns])).sum(axis=1)
-    data = -affinity
-    data[:, _CENTRE_CODE] += affinity.sum(axis=1)
-    indptr = np.concatenate(([0], np.cumsum(inside.sum(axis=1))))
+    indptr = np.concatenate(([0], np.cumsum(np.count_nonzero(inside, axis=1))))
     return scipy.sparse.csr_matrix((data[inside], position[inside], indptr), shape=(u.size, u.size)), rhs
 
 
