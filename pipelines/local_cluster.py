@@ -22,6 +22,14 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 # Token authentication is for clusters reachable by others; this one listens on one machine only.
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+_RESOURCES = "cluster resources: "  # marks the line `resources` reads among whatever else a driver prints
+
+
+def printed_resources(stdout: str) -> dict:
+    """The resources a `resources` driver printed, found by their line's mark: Ray may print its own lines
+    around it (on a busy machine: "raylet has lagging heartbeats ..."); {} when there is none."""
+    found = [line[len(_RESOURCES):] for line in stdout.splitlines() if line.startswith(_RESOURCES)]
+    return json.loads(found[-1]) if found else {}
 
 
 def _free_port() -> int:
@@ -77,9 +85,10 @@ class LocalCluster:
 
     def resources(self) -> dict:
         """The cluster's resources now, asked from a separate driver (this process may run its own Ray)."""
-        code = f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); print(json.dumps(ray.cluster_resources()))"
+        code = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+                f"print({_RESOURCES!r} + json.dumps(ray.cluster_resources()))")
         done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
-        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else {}
+        return printed_resources(done.stdout) if done.returncode == 0 else {}
 
     def wait_for(self, resource: str, timeout: float = 120.0) -> None:
         """Until the cluster lists `resource` (a node's own tag; "memory" for the head)."""

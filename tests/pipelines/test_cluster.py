@@ -16,11 +16,18 @@ from helpers import PAIRMINE
 from sample_inputs import TESTDATA, write_sa1b_tars
 
 from pairmine import dataset
-from pairmine.pipelines.local_cluster import LocalCluster
+from pairmine.pipelines.local_cluster import LocalCluster, printed_resources
 from pairmine.pipelines.verify import verify
 
 pytestmark = pytest.mark.slow
 VENV_BIN = str(Path(PAIRMINE).parent)
+
+
+def test_the_resources_line_is_found_among_rays_own():
+    """Ray's lines after the driver's own (a busy machine's heartbeat warning) once failed a cluster test."""
+    printed = 'cluster resources: {"CPU": 1.0, "localcluster_node_1": 1.0}\n\t(2) raylet has lagging heartbeats due to slow network or busy workload.\n'
+    assert printed_resources(printed) == {"CPU": 1.0, "localcluster_node_1": 1.0}
+    assert printed_resources("\t(2) raylet has lagging heartbeats\n") == {}
 
 
 @pytest.fixture(scope="module")
