@@ -27,9 +27,10 @@ def latest_checkpoint(uri: str) -> str:
     if "eraser.json" in found or "eraser" in found:
         return uri
     committed = read_progress(uri).get("checkpoint")
-    if committed:
+    if committed in found:
         return storage.join(uri, committed)
-    # a run from before progress.json named its checkpoint: the latest of its folders
+    # a run from before progress.json named its checkpoint, or one whose committed checkpoint Ray has already
+    # deleted (keep_checkpoints: 1, stopped between a newer upload and its commit): the latest of its folders
     folders = [name for name, kind in found.items() if kind == pafs.FileType.Directory and name.startswith("checkpoint_")]
     if not folders:
         raise UserError(f"{uri} is neither a saved eraser, a checkpoint nor a training run with checkpoints")

@@ -269,3 +269,6 @@ def test_erase_takes_a_run_folders_committed_checkpoint_or_else_its_latest(tmp_p
     (tmp_path / "checkpoint_00000040").mkdir()  # uploaded, never committed (a kill during the upload)
     (tmp_path / "progress.json").write_text(json.dumps({"step": 30, "position": 0, "checkpoint": "checkpoint_00000030"}))
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_00000030")
+    # keep_checkpoints 1: Ray deleted the committed one once the newer upload registered, before its commit
+    (tmp_path / "checkpoint_00000030").rmdir()
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_00000040")
