@@ -197,12 +197,13 @@ def splice_jpeg_rows(base: bytes, image: np.ndarray, rows: tuple[int, int], qual
     own, and a restart resets the DC predictions, the only state carried from block to block), at the cost
     of the changed rows only: a paste's source from its target's JPEG."""
     height = image.shape[0]
-    first, stop = max(rows[0], 0) // _MCU, min(-(-rows[1] // _MCU), -(-height // _MCU))
+    block_rows = -(-height // _MCU)
+    first, stop = max(rows[0], 0) // _MCU, min(-(-rows[1] // _MCU), block_rows)
     if first >= stop:
         return base
     start, intervals = _restart_intervals(base)
     _, replacement = _restart_intervals(encode_jpeg(image[first * _MCU:stop * _MCU], quality, row_restarts=True))
-    if len(intervals) != -(-height // _MCU) or len(replacement) != stop - first:
+    if len(intervals) != block_rows or len(replacement) != stop - first:
         raise ValueError(f"expected one restart interval per {_MCU}-px row: {len(intervals)} for {height} rows")
     intervals[first:stop] = replacement
     markers = [bytes((0xFF, 0xD0 + i % 8)) for i in range(8)]
