@@ -75,4 +75,5 @@ def test_embedded_ray_keeps_the_io_tasks_workers_between_tasks():
     done = subprocess.run([sys.executable, "-c", REUSE], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(found["first"]) == 2 and found["again"] == found["first"]
+    # Ray may run both first tasks in one worker when a second is slow to start; either way none is restarted.
+    assert found["again"] and set(found["again"]) <= set(found["first"])
