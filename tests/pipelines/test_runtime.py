@@ -15,22 +15,35 @@ from pairmine.pipelines.runtime import io_concurrency, start_ray
 
 start_ray(RayParams(num_cpus=1), progress=False)
 
+def refaults():  # page faults of filling 64 MB of 1 MB arrays again after the same were filled and freed
+    import resource
+    import numpy as np
+
+    def fill():
+        arrays = [np.ones(1 << 20, np.uint8) for _ in range(64)]
+        del arrays
+
+    fill()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fill()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
 @ray.remote
 def worker():
     import cv2
     from tqdm import tqdm
     return {"env": os.environ.get("PAIRMINE_PROBE"), "cv2_threads": cv2.getNumThreads(),
-            "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable}
+            "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable, "refaults": refaults()}
 
-print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(),
+print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(), "driver_refaults": refaults(),
                   "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM")}))
 """
 
 
 def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     """No runtime env (each worker start would pass through an extra setup process), yet the workers get
-    pairmine's settings, one OpenCV thread and no progress bars; the driver's environment is left as it was; I/O tasks are
-    capped at the embedded Ray's CPUs."""
+    pairmine's settings, one OpenCV thread, no progress bars and malloc settings that keep freed memory between
+    tasks; the driver's environment is left as it was; I/O tasks are capped at the embedded Ray's CPUs."""
     env = {**os.environ, "PAIRMINE_PROBE": "reached"}
     env.pop("OPENCV_FOR_THREADS_NUM", None)
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
@@ -41,6 +54,8 @@ def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     assert not found["worker"]["runtime_env"]
     assert found["driver_opencv_env"] is None
     assert found["io"] == 1
+    # glibc keeps the freed heap in workers (a 64 MB working set is 16,384 pages); the driver keeps its defaults
+    assert found["worker"]["refaults"] < 1000 < found["driver_refaults"], found
 
 
 REUSE = """
