@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from pairmine.pipelines.runtime import cluster_runtime_env
+
 PROBE = """
 import json, os
 import ray
@@ -92,3 +94,15 @@ def test_embedded_ray_keeps_the_io_tasks_workers_between_tasks():
     found = json.loads(done.stdout.strip().splitlines()[-1])
     # Ray may run both first tasks in one worker when a second is slow to start; either way none is restarted.
     assert found["again"] and set(found["again"]) <= set(found["first"])
+
+
+def test_a_cluster_runs_workers_get_the_s3_endpoint_pairmines_settings_and_the_worker_settings(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("PAIRMINE_CACHE", "/cache")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    runtime_env = cluster_runtime_env()
+    env = runtime_env["env_vars"]
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and env["PAIRMINE_CACHE"] == "/cache"
+    assert "AWS_SECRET_ACCESS_KEY" not in env, "credentials stay with each node's chain"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20) and env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["TQDM_DISABLE"] == "1"
+    assert runtime_env["worker_process_setup_hook"] == "pairmine.pipelines.runtime.setup_worker"
