@@ -47,7 +47,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
             # Local workers inherit this process's environment, so no runtime env: with one, every worker
             # start runs through an extra setup process (~1 s of CPU each, a tenth of a 2-core run).
             _EMBEDDED = True
-            with _environ(OPENCV_FOR_THREADS_NUM="1", **_WORKER_ENV):  # for the workers only (setup_worker's cv2 threads)
+            with _environ(OPENCV_FOR_THREADS_NUM="1", **_WORKER_ENV):  # for Ray's processes, not this driver (setup_worker's cv2 threads)
                 ray.init(
                     num_cpus=params.num_cpus,
                     object_store_memory=params.object_store_memory,
