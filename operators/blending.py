@@ -71,11 +71,13 @@ def feather_alpha(mask: np.ndarray, width_px: float) -> np.ndarray:
 
 
 _WINDOW = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-# Two pixels of one 3x3 window lie at most 2 apart: their affinity is one of 25 stencil offsets, coded here per pair
-_PAIR_CODE = np.array([[(b[0] - a[0] + 2) * 5 + (b[1] - a[1] + 2) for b in _WINDOW] for a in _WINDOW])
-_CENTRE_CODE = 12  # offset (0, 0)
+# L is symmetric: each pixel keeps its entries with the 13 stencil offsets forward of it in raster order (itself
+# first), the upper triangle. Two positions p <= q of one 3x3 window lie on one of them; the pairs in that order:
+_FORWARD = [(dy, dx) for dy in range(3) for dx in range(-2, 3) if dy > 0 or dx >= 0]
+_PAIRS = [(p, q) for p in range(9) for q in range(p, 9)]
+_PAIR_OFFSET = [_FORWARD.index((_WINDOW[q][0] - _WINDOW[p][0], _WINDOW[q][1] - _WINDOW[p][1])) for p, q in _PAIRS]
 # How many 3x3 windows hold both a pixel and its neighbour at each offset: the "1 +" of every affinity summed
-_SHARED_WINDOWS = np.array([(3 - abs(dy)) * (3 - abs(dx)) for dy in range(-2, 3) for dx in range(-2, 3)], np.float64)
+_SHARED_WINDOWS = np.array([(3 - abs(dy)) * (3 - abs(dx)) for dy, dx in _FORWARD], np.float64)[:, None]
 
 
 def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,53 +102,64 @@ def _whitened(r: np.ndarray, g: np.ndarray, b: np.ndarray, floor: float) -> tupl
 
 
 def _products(y: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """(9, 9, n) Y_p . Y_q of every pair of window positions, from the (9, n) planes of `_whitened`: each
-    pair's dot product once, mirrored (half the work of the (n, 9, 3) @ (n, 3, 9) matmul, ~2x faster)."""
-    products, term = np.empty((9, 9, y[0].shape[1])), np.empty_like(y[0])
+    """(45, n) Y_p . Y_q of the window position pairs p <= q (`_PAIRS`), from the (9, n) planes of
+    `_whitened`, summed in place (no temporaries)."""
+    products, term = np.empty((len(_PAIRS), y[0].shape[1])), np.empty_like(y[0])
+    first = 0
     for p in range(9):
-        row, part = products[p, p:], term[p:]  # summed in place: no temporaries
+        row, part = products[first:first + 9 - p], term[p:]
         np.multiply(y[0][p], y[0][p:], out=row)
         row += np.multiply(y[1][p], y[1][p:], out=part)
         row += np.multiply(y[2][p], y[2][p:], out=part)
-        products[p + 1:, p] = row[1:]
+        first += 9 - p
     return products
 
 
 def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, epsilon: float) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
-    """L_uu and -L_uk a_k of the matting Laplacian L = D - W of `image` (float RGB in [0, 1]) on the `unknown`
-    pixels (none within 2 px of the border), W_ij = sum over 3x3 windows of
+    """The upper triangle of L_uu (CSR), and -L_uk a_k, of the matting Laplacian L = D - W of `image` (float
+    RGB in [0, 1]) on the `unknown` pixels (none within 2 px of the border), W_ij = sum over 3x3 windows of
     (1 + (I_i - mu)^T (cov + eps/9 I)^-1 (I_j - mu)) / 9 (Levin et al., eq. 12).
 
-    Every affinity lies on one of 25 stencil offsets, so W is summed per (unknown pixel, offset) and the rows
-    are laid out straight into CSR (sorted): no COO assembly, no row for a pixel that is not solved."""
+    Every affinity lies on a stencil offset, so each unknown pixel's row is gathered per forward offset from
+    the windows that hold it: no scatter, and each symmetric pair once. A pixel's window terms sum to 1 over
+    the window (its centred colours sum to 0), so D_ii = 9; the known neighbours' share of the right-hand side
+    is summed per window the same way."""
     h, w = image.shape[:2]
     near = cv2.dilate(unknown.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # windows touching the band
     near[:1], near[-1:], near[:, :1], near[:, -1:] = False, False, False, False
     centres = np.flatnonzero(near)
-    index = np.array([dy * w + dx for dy, dx in _WINDOW])[:, None] + centres[None, :]  # (9, n)
+    window = np.array([dy * w + dx for dy, dx in _WINDOW])
+    index = window[:, None] + centres[None, :]  # (9, windows): the pixels of each window
     mean = cv2.blur(image, (3, 3)).reshape(-1, 3)[centres]  # each window's mean, read at its centre
     planes = np.moveaxis(image, -1, 0).reshape(3, -1)  # contiguous channel planes: gathers read one value each
-    whitened = _whitened(*(planes[c][index] - mean[:, c] for c in range(3)), epsilon / 9)
+    y = _whitened(*(planes[c][index] - mean[:, c] for c in range(3)), epsilon / 9)
     u = np.flatnonzero(unknown)
+    column = np.zeros(h * w, np.intp)
+    column[centres] = np.arange(centres.size)
+    # (9, n): the window holding each unknown pixel at position p; an unknown pixel lies 2 px or more inside
+    # the image, so all nine of its windows are among the centres
+    holding = column[u[None, :] - window[:, None]]
+    upper = np.zeros((len(_FORWARD), u.size))
+    for (p, _), offset, product in zip(_PAIRS, _PAIR_OFFSET, _products(y)):
+        upper[offset] += product[holding[p]]
+    upper += _SHARED_WINDOWS
+    upper /= -9  # -W_ij off the diagonal
+    upper[0] += 9  # D_ii - W_ii
+    # -L_uk a_k = sum over a pixel's windows of (s + Y_p . v) / 9, s and v the window's sums of a_k and a_k Y_q
+    known = np.where(unknown, 0.0, alpha).ravel()[index]
+    share = known.sum(axis=0) + sum(y[c] * np.einsum("ij,ij->j", known, y[c]) for c in range(3))
+    rhs = sum(share[p][holding[p]] for p in range(9)) / 9
     position = np.full(h * w, u.size)  # each pixel's row; u.size for the known ones, dropped below
     position[u] = np.arange(u.size)
-    rows = position[index] * 25
-    # (9, 9, n): each window's term less its 1, times 9, added at (row of position p, offset from p to q)
-    slots = rows[:, None, :] + _PAIR_CODE[:, :, None]
-    stencil = np.bincount(slots.ravel(), weights=_products(whitened).ravel(), minlength=(u.size + 1) * 25)
-    # An unknown pixel lies 2 px or more inside the image, so every window it shares with a neighbour does too
-    affinity = stencil.reshape(u.size + 1, 25)[:-1]
-    affinity += _SHARED_WINDOWS
-    affinity /= 9
-    columns = u[:, None] + np.array([dy * w + dx for dy in range(-2, 3) for dx in range(-2, 3)])
-    rhs = np.einsum("ij,ij->i", affinity, np.where(unknown, 0.0, alpha).ravel()[columns])  # known neighbours only
-    degree = affinity.sum(axis=1)
-    data = np.negative(affinity, out=affinity)
-    data[:, _CENTRE_CODE] += degree
-    position = position[columns]
-    inside = position < u.size
+    neighbour = position[u[:, None] + np.array([dy * w + dx for dy, dx in _FORWARD])]  # raster order: sorted
+    inside = neighbour < u.size
     indptr = np.concatenate(([0], np.cumsum(np.count_nonzero(inside, axis=1))))
-    return scipy.sparse.csr_matrix((data[inside], position[inside], indptr), shape=(u.size, u.size)), rhs
+    return scipy.sparse.csr_matrix((upper.T[inside], neighbour[inside], indptr), shape=(u.size, u.size)), rhs
+
+
+def _symmetric(upper: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+    """The whole symmetric matrix of its upper triangle."""
+    return (upper + upper.T - scipy.sparse.diags(upper.diagonal())).tocsr()
 
 
 # A banded Cholesky costs ~ n * bandwidth^2: measured faster than CG up to bandwidth ~190 on SA-1B pastes
@@ -154,17 +167,18 @@ def _matting_system(image: np.ndarray, unknown: np.ndarray, alpha: np.ndarray, e
 _MAX_BANDWIDTH, _MAX_BAND_VALUES = 192, 1 << 23
 
 
-def _solve_banded(system: scipy.sparse.csr_matrix, rhs: np.ndarray) -> np.ndarray | None:
-    """L_uu a = rhs by a banded Cholesky after reverse Cuthill-McKee ordering (an unknown band along an
-    outline orders into a narrow band: exact, and faster than CG there); None when its bandwidth is too wide
-    or it is not numerically positive definite. The factor is float32 (LAPACK's spbtrf, ~1.7x dpbtrf's
-    speed) and one step of iterative refinement on the float64 residual brings the solution back to
-    float64 accuracy (1e-7 of a level on SA-1B pastes, against 5e-3 unrefined)."""
-    n = system.shape[0]
-    order = scipy.sparse.csgraph.reverse_cuthill_mckee(system, symmetric_mode=True)
+def _solve_banded(upper: scipy.sparse.csr_matrix, rhs: np.ndarray) -> np.ndarray | None:
+    """L_uu a = rhs, from its upper triangle, by a banded Cholesky after reverse Cuthill-McKee ordering (an
+    unknown band along an outline orders into a narrow band: exact, and faster than CG there); None when its
+    bandwidth is too wide or it is not numerically positive definite. The factor is float32 (LAPACK's spbtrf,
+    ~1.7x dpbtrf's speed) and one step of iterative refinement on the float64 residual brings the solution
+    back to float64 accuracy (1e-7 of a level on SA-1B pastes, against 5e-3 unrefined)."""
+    n = upper.shape[0]
+    order = scipy.sparse.csgraph.reverse_cuthill_mckee(upper, symmetric_mode=False)  # it adds the transpose
     rank = np.empty_like(order)
     rank[order] = np.arange(n)
-    row, col = np.repeat(rank, np.diff(system.indptr)), rank[system.indices]
+    row, col = np.repeat(rank, np.diff(upper.indptr)), rank[upper.indices]
+    row, col = np.minimum(row, col), np.maximum(row, col)  # each entry in the reordered upper triangle
     lag = col - row
     bandwidth = int(lag.max(initial=0))
     if bandwidth > _MAX_BANDWIDTH or (bandwidth + 1) * n > _MAX_BAND_VALUES:
@@ -172,8 +186,7 @@ def _solve_banded(system: scipy.sparse.csr_matrix, rhs: np.ndarray) -> np.ndarra
     # LAPACK's upper band storage, (bandwidth + 1, n) in Fortran order as LAPACK reads it (a C-order one is
     # copied on the way in), filled through its flat index
     banded = np.zeros(n * (bandwidth + 1), np.float32)
-    upper = lag >= 0
-    banded[(col * (bandwidth + 1) + bandwidth - lag)[upper]] = system.data[upper]
+    banded[col * (bandwidth + 1) + bandwidth - lag] = upper.data
     factor, info = scipy.linalg.lapack.spbtrf(banded.reshape(n, bandwidth + 1).T, overwrite_ab=True)
     if info:
         return None
@@ -184,7 +197,7 @@ def _solve_banded(system: scipy.sparse.csr_matrix, rhs: np.ndarray) -> np.ndarra
         return x
 
     alpha = solved(rhs)
-    return alpha + solved(rhs - system @ alpha)
+    return alpha + solved(rhs - (upper @ alpha + upper.T @ alpha - upper.diagonal() * alpha))
 
 
 def _solve_matte(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: float) -> np.ndarray:
@@ -199,12 +212,13 @@ def _solve_matte(pixels: np.ndarray, mask: np.ndarray, band_px: float, epsilon: 
     unknown = (known > 0) & (foreground == 0)
     alpha = foreground.astype(np.float64)
     if unknown.any():
-        system, rhs = _matting_system(image, unknown, alpha, epsilon)
+        upper, rhs = _matting_system(image, unknown, alpha, epsilon)
         u = np.flatnonzero(unknown)
-        solved = _solve_banded(system, rhs)
+        solved = _solve_banded(upper, rhs)
         if solved is None:  # L_uu is symmetric positive definite: Jacobi-preconditioned conjugate gradients
-            diagonal = system.diagonal()  # from the feathered guess, within 1/255 of the exact solution
+            system, diagonal = _symmetric(upper), upper.diagonal()
             jacobi = scipy.sparse.linalg.LinearOperator(system.shape, matvec=lambda x: x / diagonal)
+            # from the feathered guess, within 1/255 of the exact solution
             guess = np.clip(cv2.distanceTransform(known, cv2.DIST_L2, 3).ravel()[u] / (radius + 1), 0, 1)
             solved, _ = scipy.sparse.linalg.cg(system, rhs, x0=guess, M=jacobi, rtol=1e-5, maxiter=1000)
         alpha.ravel()[u] = np.clip(np.nan_to_num(solved, nan=1.0), 0, 1)

@@ -9,7 +9,7 @@ import scipy.sparse.linalg
 from scipy import ndimage
 
 from pairmine.operators import blending
-from pairmine.operators.blending import BlendParams, _matting_system, _solve_banded, entity_alpha, feather_alpha, edge_px, matte_alpha, paste, place
+from pairmine.operators.blending import BlendParams, _matting_system, _solve_banded, _symmetric, entity_alpha, feather_alpha, edge_px, matte_alpha, paste, place
 
 
 def disk_mask(size: int = 81, radius: int = 30) -> np.ndarray:
@@ -200,11 +200,12 @@ def test_the_matting_system_is_levins_laplacian_on_the_unknown_pixels():
     unknown[3:11, 4:13] = True
     unknown[6:8, 7:10] = False  # a hole of known pixels inside the band
     alpha = rng.random((14, 17)) * ~unknown
-    system, rhs = _matting_system(image, unknown, alpha, 1e-7)
+    upper, rhs = _matting_system(image, unknown, alpha, 1e-7)
     laplacian, u, k = reference_laplacian(image, 1e-7), np.flatnonzero(unknown), np.flatnonzero(~unknown)
     expected = laplacian[np.ix_(u, u)]
     scale = np.abs(expected).max()
-    assert np.abs(system.toarray() - expected).max() < 1e-7 * scale
+    assert not scipy.sparse.tril(upper, -1).nnz  # each symmetric pair once
+    assert np.abs(_symmetric(upper).toarray() - expected).max() < 1e-7 * scale
     assert np.abs(rhs + laplacian[np.ix_(u, k)] @ alpha.ravel()[k]).max() < 1e-7 * scale
 
 
@@ -213,8 +214,8 @@ def test_the_banded_solve_is_exact_and_conjugate_gradients_take_over_beyond_its_
     captured = []
     monkeypatch.setattr(blending, "_matting_system", lambda *args: captured.append(_matting_system(*args)) or captured[-1])
     banded = matte_alpha(image, mask, 18.0)
-    system, rhs = captured[0]
-    assert np.abs(_solve_banded(system, rhs) - scipy.sparse.linalg.spsolve(system.tocsc(), rhs)).max() < 1e-6
+    upper, rhs = captured[0]
+    assert np.abs(_solve_banded(upper, rhs) - scipy.sparse.linalg.spsolve(_symmetric(upper).tocsc(), rhs)).max() < 1e-6
     monkeypatch.setattr(blending, "_MAX_BANDWIDTH", 0)
-    assert _solve_banded(system, rhs) is None
+    assert _solve_banded(upper, rhs) is None
     assert np.abs(matte_alpha(image, mask, 18.0).astype(int) - banded).max() <= 1  # CG: within one level
