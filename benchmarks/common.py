@@ -104,16 +104,55 @@ def _embedded_ray(cpus: int):
             ray.shutdown()
 
 
+def _fill_worker_pool(workers: int) -> None:
+    """Start `workers` Ray worker processes at once, each importing the pipelines: a run keeps a worker per CPU
+    for its map, read and write tasks each, and a warm-up run on a few records starts only some of them, so
+    the measured run would start the rest (~1-2 s of CPU each). Worker starts are part of the fixed cost,
+    measured on its own."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def started(barrier) -> int:
+        import pairmine.pipelines.syn4removal  # noqa: F401  (what a run's tasks import)
+        import pairmine.pipelines.video4removal  # noqa: F401
+
+        ray.get(barrier.wait.remote())  # every task waits until all are running: one process each
+        return os.getpid()
+
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        def __init__(self, parties: int):
+            self.parties, self.arrived = parties, 0
+
+        async def wait(self) -> None:
+            import asyncio
+
+            self.arrived += 1
+            while self.arrived < self.parties:
+                await asyncio.sleep(0.01)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    barrier = Barrier.remote(workers)
+    assert len(set(ray.get([started.remote(barrier) for _ in range(workers)]))) == workers
+    process = psutil.Process(ray.get(barrier.pid.remote()))
+    ray.kill(barrier)
+    psutil.wait_procs([process], timeout=30)  # gone before the measured run: its exit is not the run's CPU
+
+
 def timed_run(
     pipeline: Pipeline, inputs: list[str], warmup: list[str], output: Path, cpus: int, overrides: list[str] = (), warmup_overrides: list[str] = ()
 ) -> dict:
     """Run `pipeline` on an embedded Ray with `cpus` CPUs after a warm-up run on `warmup` (inputs giving at
-    least one task per CPU, so every worker is started and has imported everything); returns the run
-    summary, the peak RSS of any Ray worker in MB and the CPU profile of the measured run."""
+    least one task per CPU, so the workers have imported everything) and with every worker the run keeps
+    already started; returns the run summary, the peak RSS of any Ray worker in MB and the CPU profile of
+    the measured run."""
     with _embedded_ray(cpus):
         for path in (output, output.parent / f"{output.name}-warmup"):
             shutil.rmtree(path, ignore_errors=True)
         run(pipeline, warmup, str(output.parent / f"{output.name}-warmup"), overrides=list(warmup_overrides), progress_bars=False)
+        _fill_worker_pool(3 * cpus)
         stop, watch = threading.Event(), _Watch()
         watch.poll(baseline=True)
         watcher = threading.Thread(target=watch.run, args=(stop,), daemon=True)
