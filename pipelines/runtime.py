@@ -57,9 +57,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                 )
     context = DataContext.get_current()
     context.enable_progress_bars = context.enable_operator_progress_bars = context.print_on_execution_start = progress and logs.verbose()
-    resources = ray.cluster_resources()
-    _set_executor_poll(executor_poll_s(int(resources.get("CPU", 0))))
-    return resources
+    return ray.cluster_resources()
 
 
 def cluster_runtime_env() -> dict:
@@ -77,26 +75,6 @@ def worker_pool_config(cpus: int) -> dict[str, int]:
     alternating runs on 1 core at 512 px: 6.9-7.5 -> 9.6-10.2 triplets/s. Room for a map, a read and a
     write task per CPU and a few more; infra/k8s sets the same through RAY_* variables."""
     return {"num_workers_soft_limit": 3 * cpus + 4, "idle_worker_killing_time_threshold_ms": 60_000}
-
-
-def executor_poll_s(cpus: int) -> float:
-    """How long Ray Data's executor waits for finished tasks in each scheduling step (Ray's default 0.1 s)
-    on a cluster of `cpus` CPUs. A map task's CPU stays idle until the step that sees it finish submits the
-    next one, ~half that on average: ~7 % of a 512-px Syn4Removal task. 0.05 s from 2 CPUs on, alternating
-    runs on 2 cores: 14.5 -> 13.8 s. On one CPU the other processes fill that gap, and the extra steps cost
-    more than it (1 core: 23.5 -> 25.2 s), so Ray's default stays."""
-    return 0.05 if cpus >= 2 else 0.1
-
-
-def _set_executor_poll(seconds: float) -> None:
-    """Set Ray Data's executor wait per scheduling step (a private constant, read at every step; left alone
-    by a Ray that lacks it)."""
-    try:
-        from ray.data._internal.execution import streaming_executor_state
-    except ImportError:
-        return
-    if hasattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"):
-        streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = seconds
 
 
 @contextmanager
