@@ -12,6 +12,7 @@ from pairmine.pipelines.runtime import cluster_runtime_env
 PROBE = """
 import json, os
 import ray
+from ray.data._internal.execution import metadata_fetcher
 from pairmine.pipelines.config import RayParams
 from pairmine.pipelines.runtime import io_concurrency, start_ray
 
@@ -38,16 +39,19 @@ def worker():
             "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable, "refaults": refaults()}
 
 print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(), "driver_refaults": refaults(),
-                  "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM")}))
+                  "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM"),
+                  "metadata_fetcher": type(metadata_fetcher.make_metadata_fetcher()).__name__}))
 """
 
 
 def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     """No runtime env (each worker start would pass through an extra setup process), yet the workers get
     pairmine's settings, one OpenCV thread, no progress bars and malloc settings that keep freed memory between
-    tasks; the driver's environment is left as it was; I/O tasks are capped at the embedded Ray's CPUs."""
+    tasks; the driver's environment is left as it was; I/O tasks are capped at the embedded Ray's CPUs, and
+    Ray Data reads block metadata inline."""
     env = {**os.environ, "PAIRMINE_PROBE": "reached"}
     env.pop("OPENCV_FOR_THREADS_NUM", None)
+    env.pop("RAY_DATA_METADATA_PREFETCH_ON_THREAD", None)
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,6 +60,7 @@ def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     assert not found["worker"]["runtime_env"]
     assert found["driver_opencv_env"] is None
     assert found["io"] == 1
+    assert found["metadata_fetcher"] == "InlineMetadataFetcher"  # Ray's default is a thread polling every 0.1 s
     # glibc keeps the freed heap in workers (a 64 MB working set is 16,384 pages); the driver keeps its defaults
     assert found["worker"]["refaults"] < 1000 < found["driver_refaults"], found
 
