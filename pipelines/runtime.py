@@ -83,8 +83,9 @@ def _inline_block_metadata() -> None:
     unless the environment says otherwise). By default a background thread fetches it in passes that each wait
     up to 0.1 s, and a task counts as done only after that, so the CPU it held stayed idle for another pass:
     per-task timelines of a 512-px run on 2 cores, a task's end on its worker to the executor seeing it,
-    median 122-145 -> 53-67 ms over three pairs of runs (the metadata is small and already local). Ray reads the variable at import, before
-    this runs, hence its module setting (a private name, left alone where a Ray lacks it)."""
+    median 122-145 -> 53-67 ms over three pairs of runs (the metadata is small and already local). Ray reads
+    the variable at import, before this runs, hence its module setting (a private name, left alone where a
+    Ray lacks it)."""
     if "RAY_DATA_METADATA_PREFETCH_ON_THREAD" in os.environ:
         return
     try:
