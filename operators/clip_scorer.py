@@ -119,9 +119,9 @@ class ClipScorerParams(ModelStageParams):
         crop on the plain background (and, with `context`, the box as it is), each an RGB square at the model's
         input size (resizing a square is CLIP's resize + centre crop)."""
         side = clip_input_size(self.model)
-        inputs = {"clip": _resized(on_background(entity.pixels, entity.mask, self.background), side)}
+        inputs = {"clip": square_input(entity.pixels, entity.mask, self.background, side)}
         if self.context:
-            inputs["clip_context"] = _resized(on_background(entity.pixels, None, self.background), side)
+            inputs["clip_context"] = square_input(entity.pixels, None, self.background, side)
         return inputs
 
     def check_files(self) -> None:
@@ -151,10 +151,25 @@ def clip_input_size(model: str) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-def _resized(square: np.ndarray, side: int) -> np.ndarray:
-    """A square image at `side` px: area averaging when shrinking (antialiased, like PIL), bicubic when growing."""
-    interpolation = cv2.INTER_AREA if square.shape[0] > side else cv2.INTER_CUBIC
-    return np.ascontiguousarray(cv2.resize(square, (side, side), interpolation=interpolation))
+def square_input(pixels: np.ndarray, mask: np.ndarray | None, grey: int, side: int) -> np.ndarray:
+    """``on_background`` at `side` px: area averaging when shrinking (antialiased, like PIL), bicubic when growing.
+
+    A crop larger than `side` is shrunk before it is composed, never padded to a full-resolution square:
+    area averaging is linear, so the composite's average is the masked pixels' average plus grey times the
+    share of the mask left out (a megapixel crop: ~3 ms instead of ~16).
+    """
+    height, width = pixels.shape[:2]
+    if max(height, width) <= side:
+        return np.ascontiguousarray(cv2.resize(on_background(pixels, mask, grey), (side, side), interpolation=cv2.INTER_CUBIC))
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if mask is None:
+        small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    else:
+        masked = cv2.resize(cv2.bitwise_and(pixels, pixels, mask=mask.view(np.uint8)), size, interpolation=cv2.INTER_AREA)
+        left_out = 1 - cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        small = np.clip(masked + grey * left_out[..., None] + 0.5, 0, 255).astype(np.uint8)
+    return on_background(small, None, grey)  # its long side is `side`: the square is the input
 
 
 def on_background(pixels: np.ndarray, mask: np.ndarray | None, grey: int) -> np.ndarray:
