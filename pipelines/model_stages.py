@@ -93,16 +93,24 @@ def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, 
     return finish(row)
 
 
-def nbytes(value: Any) -> int:
-    """The bytes of the arrays a value holds (dataclasses, lists, tuples and dicts are looked into)."""
+def nbytes(value: Any, seen: set[int] | None = None) -> int:
+    """The bytes of the arrays a value holds (dataclasses, lists, tuples and dicts are looked into): each array's
+    memory counted once however often it is referenced, views as the array they look into (an image, its
+    entities' sources and crops: the image)."""
+    seen = set() if seen is None else seen
     if isinstance(value, np.ndarray):
+        while isinstance(value.base, np.ndarray):
+            value = value.base
+        if id(value) in seen:
+            return 0
+        seen.add(id(value))
         return value.nbytes
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return sum(nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+        return sum(nbytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
     if isinstance(value, (list, tuple)):
-        return sum(map(nbytes, value))
+        return sum(nbytes(v, seen) for v in value)
     if isinstance(value, dict):
-        return sum(map(nbytes, value.values()))
+        return sum(nbytes(v, seen) for v in value.values())
     return 0
 
 
@@ -140,7 +148,10 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
     from ray.data import ActorPoolStrategy
 
     params = stage.params
-    prepared = rows.map_batches(_prepare_frame, fn_kwargs={"prepare": prepare}, batch_size=1, batch_format="pyarrow")
+    # Ray Data fuses a task step into the actor step after it when their resource requests match (a model
+    # stage on CPUs): every row's prepare would then run on the actor pool alone. A token memory request
+    # (1 byte) keeps the prepare in CPU tasks.
+    prepared = rows.map_batches(_prepare_frame, fn_kwargs={"prepare": prepare}, batch_size=1, batch_format="pyarrow", memory=1)
     staged = prepared.map_batches(
         StageActor,
         fn_constructor_args=(stage,),

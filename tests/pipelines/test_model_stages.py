@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import ClassVar
 
@@ -106,6 +107,7 @@ def test_video4removal_with_the_gdino_sam2_masker_actor(tmp_path, ray_local):
 class Frames:
     frames: list
     total: int = 0
+    process: int = 0  # the pid that ran the model on it
     stats: Stats = dataclasses.field(default_factory=Stats)
 
 
@@ -127,7 +129,7 @@ class SumStage:
 
     def process(self, model, items) -> list[float]:
         for item in items:
-            item.total = int(sum(model(frame) for frame in item.frames))
+            item.total, item.process = int(sum(model(frame) for frame in item.frames)), os.getpid()
         return [1.0] * len(items)
 
 
@@ -139,6 +141,8 @@ def test_a_unit_of_work_is_sized_by_its_arrays_for_ray_datas_memory_budgets():
 
     item = Frames([np.zeros((300, 400, 3), np.uint8), {"mask": np.zeros((300, 400), bool)}], 7)
     assert nbytes(item) == 300 * 400 * 4
+    image = item.frames[0]
+    assert nbytes([image, image[10:20, 5:50], {"again": image}]) == image.nbytes, "views and repeats: the memory once"
     block = _prepare_frame(pa.table({"id": [0]}), lambda row: {ITEM: item, "id": row["id"]})
     assert BlockAccessor.for_block(block).size_bytes() >= nbytes(item), "what Ray Data counts in its memory budgets"
 
@@ -150,14 +154,16 @@ def test_items_cross_an_actor_stage_out_of_band_and_whole(ray_local):
     pipeline_data_context()
 
     def prepare(row):
-        return {ITEM: Frames([np.full((200, 300, 3), row["id"], np.uint8)] * 2), "id": row["id"]}
+        return {ITEM: Frames([np.full((200, 300, 3), row["id"], np.uint8)] * 2), "id": row["id"], "prepared_in": os.getpid()}
 
     def finish(row):
         item = row[ITEM]
-        return {"id": row["id"], "total": item.total, "in_place": not item.frames[0].flags.writeable, "timed": item.stats.seconds["sum"] > 0}
+        return {"id": row["id"], "total": item.total, "in_place": not item.frames[0].flags.writeable, "timed": item.stats.seconds["sum"] > 0,
+                "prepared_in": row["prepared_in"], "modelled_in": item.process}
 
     rows = ray_local.data.range(5, override_num_blocks=1)
     out = sorted(around_model(rows, prepare, finish, SumStage(Summing())).take_all(), key=lambda r: r["id"])
     assert [r["total"] for r in out] == [2 * 200 * 300 * 3 * k for k in range(5)], "every item went through the model once"
     assert all(r["timed"] for r in out)
     assert all(r["in_place"] for r in out), "the frames were read from the object store in place (pandas blocks), not unpickled"
+    assert not {r["prepared_in"] for r in out} & {r["modelled_in"] for r in out}, "prepare ran in CPU tasks, not fused into the actor"
