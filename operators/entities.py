@@ -58,13 +58,26 @@ class Entity:
     record: str  # "<unit>/<record>" of the source image: never pasted back into it
     segment: Segment
     area_ratio: float  # mask area / source image area
-    source: np.ndarray | None = None  # the decoded source image (BGR) until the crop is cut
+    source: np.ndarray | None = None  # the decoded source image (BGR); None once the entity proved unusable
     ids: np.ndarray | None = None  # panoptic: the source's segment-id map, until the crop is cut
     pixels: np.ndarray | None = None  # BGR crop of the entity's box (a view into the source image)
     mask: np.ndarray | None = None  # uint8 0/1 mask of the same crop: the entity's alpha
     scores: dict[str, float] = field(default_factory=dict)
     model_inputs: dict[str, np.ndarray] | None = None  # what a scorer's model sees, prepared in the CPU task
     pixel_scale: float = 1.0  # source pixels per annotated pixel, per side (< 1 for a reduced decode)
+    bounds: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) of the crop in the source, once cut
+
+    def __getstate__(self) -> dict:
+        """Pickled without ``pixels``: a view, which pickle would copy whole (a full-resolution group's crops
+        came to ~300 MB on the way to a model stage); rebuilt from ``source`` (shared with its background,
+        so it travels once) and ``bounds`` when loaded."""
+        return self.__dict__ | {"pixels": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.mask is not None:
+            x0, y0, x1, y1 = self.bounds
+            self.pixels = self.source[y0:y1, x0:x1]
 
     @property
     def category(self) -> str | None:
@@ -87,14 +100,16 @@ def materialize(entity: Entity, limits: EntityLimits) -> Reject | None:
         return bad.reject
     rejected = shape_reject(crop, bounds, height, width, limits)
     if rejected is None:
-        x0, y0, x1, y1 = bounds
+        x0, y0, x1, y1 = entity.bounds = tuple(int(v) for v in bounds)
         entity.pixels, entity.mask = entity.source[y0:y1, x0:x1], crop
         if limits.min_textured > 0:
             share = entity.scores["textured"] = textured_share(entity.pixels, crop)
             if share < limits.min_textured:
                 rejected = Reject.because("flat_texture", f"{share:.2f} of the mask is edge or texture < {limits.min_textured}")
-                entity.pixels = entity.mask = None
-    entity.source = entity.ids = None
+                entity.pixels = entity.mask = entity.bounds = None
+    entity.ids = None
+    if rejected:
+        entity.source = None
     return rejected
 
 

@@ -293,7 +293,7 @@ def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> 
     stats.seconds["compose"] -= stats.seconds["encode"] - encoding  # compose time excludes encoding
     stats.counts["pairs"] += len(samples)
     stats.counts["entities_kept"] += sum(e.mask is not None for e in group.entities)
-    stats.counts["entities_unused"] += sum(e.source is not None for e in group.entities)
+    stats.counts["entities_unused"] += sum(e.mask is None and e.source is not None for e in group.entities)
     return samples
 
 

@@ -147,7 +147,7 @@ def test_border_contact_bound_is_configurable():
     assert shape_reject(crop, bounds, H, W, EntityLimits(max_border_contact=1.0)) is None
 
 
-def test_materialize_cuts_pixels_and_mask_once_and_releases_the_source():
+def test_materialize_cuts_pixels_and_mask_once_as_a_view_of_the_source():
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(0)
@@ -157,12 +157,38 @@ def test_materialize_cuts_pixels_and_mask_once_and_releases_the_source():
     rle["counts"] = rle["counts"].decode()
     seg = Segment(index=0, box=tuple(mask_utils.toBbox(rle)), area=float(full.sum()), rle=rle)
     entity = Entity("u/r#0", "u/r", seg, full.sum() / (H * W), source=image)
-    assert materialize(entity, EntityLimits()) is None and entity.source is None
+    assert materialize(entity, EntityLimits()) is None and entity.source is image
     ys, xs = np.nonzero(full)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    assert entity.bounds == (x0, y0, x1, y1) and np.shares_memory(entity.pixels, image)
     np.testing.assert_array_equal(entity.pixels, image[y0:y1, x0:x1])
     np.testing.assert_array_equal(entity.mask, full[y0:y1, x0:x1])
     assert materialize(entity, EntityLimits()) is None  # a second call is a no-op
+
+
+def test_a_cut_entity_pickles_its_source_once_not_its_crop():
+    import pickle
+
+    from pycocotools import mask as mask_utils
+
+    image = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    entities = []
+    for k, centre in enumerate(((150, 100), (80, 80))):
+        full = disk(H, W, *centre, 30)
+        rle = mask_utils.encode(np.asfortranarray(full))
+        rle["counts"] = rle["counts"].decode()
+        seg = Segment(index=k, box=tuple(mask_utils.toBbox(rle)), area=float(full.sum()), rle=rle)
+        entities.append(Entity(f"u/r#{k}", "u/r", seg, full.sum() / (H * W), source=image))
+        assert materialize(entities[-1], EntityLimits()) is None
+    buffers = []
+    data = pickle.dumps(entities, protocol=5, buffer_callback=buffers.append)
+    assert len(data) < 20_000, "no crop copied into the pickle"
+    assert sum(b.raw().nbytes for b in buffers) == image.nbytes + sum(e.mask.nbytes for e in entities), "the source once, out of band"
+    loaded = pickle.loads(data, buffers=buffers)
+    assert loaded[0].source is loaded[1].source
+    for before, after in zip(entities, loaded):
+        np.testing.assert_array_equal(after.pixels, before.pixels)
+        assert np.shares_memory(after.pixels, after.source)
 
 
 def test_materialize_reports_a_failed_shape_check_and_keeps_no_pixels():

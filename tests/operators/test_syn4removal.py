@@ -183,7 +183,7 @@ def test_entities_are_cut_only_when_composition_draws_them(sa1b_row):
     cut_out = [r for r in group.rejects if r.stage == "entity" and r.reason in ("fragmented", "truncated_at_border", "corrupt_rle")]
     assert counts["entities_kept"] + counts["entities_unused"] + len(cut_out) == candidates
     assert counts["entities_unused"] > 0 and counts["entities_kept"] >= len({json.loads(s["json"])["entity"]["id"] for s in samples})
-    assert all((e.mask is None) == (e.source is not None) for e in group.entities if e.id not in {r.input for r in cut_out})
+    assert all((e.mask is None) == (e.bounds is None) and e.source is not None for e in group.entities if e.id not in {r.input for r in cut_out})
 
 
 def test_a_record_without_image_bytes_is_a_decode_reject(sa1b_members):
