@@ -64,15 +64,21 @@ def gpu_stages(workdir: Path, precisions: list[str], cpus: int) -> dict:
         clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
                 "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
                 "entities.scorer.num_gpus=1", "entities.scorer.batch_size=64"]
-        syn = timed_run(SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], workdir / f"gpu-syn-{precision}", cpus, clip, clip)["summary"]
+        syn_run = timed_run(SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], workdir / f"gpu-syn-{precision}", cpus, clip, clip)
+        syn = syn_run["summary"]
         # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage
         mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.num_gpus=1", "masker.batch_size=8", "masker.box_threshold=0.05",
                 *(f"masker.{k}={v}" for k, v in masker.items())]
-        video = timed_run(VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, workdir / f"gpu-video-{precision}", cpus, mask, mask)["summary"]
+        video_run = timed_run(VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, workdir / f"gpu-video-{precision}", cpus, mask, mask)
+        video = video_run["summary"]
         report[precision] = {
             "syn4removal+clip_vit_b32": {"triplets_per_s": syn["samples_per_second"], **syn["stages"].get("score", {})},
             "video4removal+gdino_swint_sam2_hiera_t": {"pairs_per_s": video["samples_per_second"], **video["stages"].get("mask", {})},
         }
+        for name, (summary, result) in (("syn4removal", (syn, syn_run)), ("video4removal", (video, video_run))):
+            # where the time went: the stages' CPU seconds and each kind of process's share of the cores
+            print(f"{precision} {name}: wall {summary['wall_seconds']} s, stages {json.dumps(summary['stages'])}, "
+                  f"cores {json.dumps({k: v['share_of_cores'] for k, v in result['cpu_profile'].items() if v['share_of_cores'] >= 0.005})}", flush=True)
         print(f"{precision}: {json.dumps(report[precision])}", flush=True)
     return report
 
