@@ -65,7 +65,7 @@ run() {
     python3 -P -c "import sys, torch, ray, pairmine.pipelines.syn4removal as s; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
     local sections=("$@") repo=$PWD
     cd /tmp  # Ray puts the driver's working directory first on its workers' paths: not the repository's pairmine/
-    [[ ${#sections[@]} -gt 0 ]] || sections=("220 --workers= --gpu" "310 --workers=1,2,4,8,16")
+    [[ ${#sections[@]} -gt 0 ]] || sections=("220 --workers= --gpu" "350 --workers=1,2,4,8,16")
     local section
     for section in "${sections[@]}"; do
         echo "== scaling_bench.py ${section#* } (at most ${section%% *} s)"

@@ -6,24 +6,28 @@ For a many-core machine (the 16-core GPU machine lent to some sessions), in one 
   Video4Removal on copies of the sample clips (one set per worker), each on an embedded Ray pinned to N
   cores (benchmarks/common.py), N in --workers capped at the cores present. The work grows with N, so
   each row takes about as long; efficiency = rate(N) / (N x rate(1)), the share of linear scaling kept.
+  Next to each row, the machine's own scaling on the same work: N processes, one per core, each running
+  one worker's share through the per-group / per-segment functions without Ray (the benchmarks' "work
+  without Ray"), started together; what Ray keeps of it is the row's rate over that one.
 - **GPU stages** (with --gpu, when torch sees CUDA): Syn4Removal with the CLIP ViT-B-32 scorer and
   Video4Removal with GroundingDINO SwinT + SAM2 hiera-t (random weights, the libraries' real configs), one
   actor on the GPU (num_gpus 1) fed by the CPU workers; the actor's busy fraction from the run summary, for
   each --precision.
 
-    .venv/bin/python benchmarks/scaling_bench.py [--workers 1,2,4,8,16] [--gpu] [--precision fp16,bf16]
+    .venv/bin/python benchmarks/scaling_bench.py [--workers 1,2,4,8,16] [--no-machine] [--gpu] [--precision fp16,bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
 from common import timed_run
-from syn4removal_bench import SAMPLE_TAR, make_inputs as make_sa1b
-from video4removal_bench import VIDEOS, make_inputs as make_videos
+from syn4removal_bench import SAMPLE_TAR, make_inputs as make_sa1b, without_ray as syn_alone
+from video4removal_bench import VIDEOS, make_inputs as make_videos, without_ray as video_alone
 
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
@@ -31,23 +35,57 @@ from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 WARMUP_VIDEOS = [str(VIDEOS / "synth_static_dev.mp4"), str(VIDEOS / "synth_pan_dev.mp4")]
 
 
-def scaling(workdir: Path, workers: list[int]) -> dict:
-    """Throughput per pipeline and worker count, and the efficiency against 1 worker."""
+def _share_alone(name: str, inputs: str, core: int, start, results) -> None:
+    """One worker's share without Ray, on `core` (a spawned process): puts (items done, seconds)."""
+    import cv2
+
+    os.sched_setaffinity(0, {core})
+    cv2.setNumThreads(1)  # like the pipeline's workers
+    start.wait()
+    if name == "syn4removal":
+        results.put(syn_alone(Path(inputs), {}))
+    else:
+        frames, seconds, _ = video_alone(sorted(Path(inputs).rglob("*.mp4")))
+        results.put((frames, seconds))
+
+
+def alone(name: str, shares: list[str]) -> float:
+    """Items/s of one share per process, all started together, one process per core: the machine's own scaling."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(len(shares)), context.Queue()
+    cores = sorted(os.sched_getaffinity(0))
+    processes = [context.Process(target=_share_alone, args=(name, share, cores[k], start, results)) for k, share in enumerate(shares)]
+    for process in processes:
+        process.start()
+    done = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return sum(items for items, _ in done) / max(seconds for _, seconds in done)
+
+
+def scaling(workdir: Path, workers: list[int], machine: bool) -> dict:
+    """Throughput per pipeline and worker count, and the efficiency against 1 worker (and the machine's own)."""
     rows: dict[str, dict[int, dict]] = {"syn4removal": {}, "video4removal": {}}
+    syn_share, video_share = make_sa1b(workdir, 48), make_videos(workdir, 1)
     for n in workers:
         syn = timed_run(SYN4REMOVAL, [str(make_sa1b(workdir, 48 * n))], [str(SAMPLE_TAR)] * n, workdir / f"syn-{n}", n,
                         ["shards.max_samples=100"], ["group_size=2"])
         video = timed_run(VIDEO4REMOVAL, [str(make_videos(workdir, n))], WARMUP_VIDEOS * n, workdir / f"video-{n}", n)
-        for name, result, unit in (("syn4removal", syn, "samples"), ("video4removal", video, "frames")):
+        for name, result, unit, share in (("syn4removal", syn, "samples", syn_share), ("video4removal", video, "frames", video_share)):
             summary = result["summary"]
             done = summary["written"]["samples"] if unit == "samples" else summary["counts"]["frames"]
-            rows[name][n] = {"per_s": round(done / summary["wall_seconds"], 3), "unit": "triplets" if unit == "samples" else "analysed frames",
-                             "wall_s": summary["wall_seconds"], "peak_worker_rss_mb": result["peak_worker_rss_mb"]}
-            print(f"{name}, {n} workers: {json.dumps(rows[name][n])}", flush=True)  # kept if a later row runs out of time
+            row = rows[name][n] = {"per_s": round(done / summary["wall_seconds"], 3), "unit": "triplets" if unit == "samples" else "analysed frames",
+                                   "wall_s": summary["wall_seconds"], "peak_worker_rss_mb": result["peak_worker_rss_mb"]}
+            if machine:
+                row["without_ray_per_s"] = round(alone(name, [str(share)] * n), 3)
+                row["of_without_ray"] = round(row["per_s"] / row["without_ray_per_s"], 3)
+            print(f"{name}, {n} workers: {json.dumps(row)}", flush=True)  # kept if a later row runs out of time
     base = min(workers)
     for per_n in rows.values():
         for n, row in per_n.items():
             row["efficiency_vs_linear"] = round(row["per_s"] / (per_n[base]["per_s"] * n / base), 3)
+            if machine:
+                row["machine_efficiency_vs_linear"] = round(row["without_ray_per_s"] / (per_n[base]["without_ray_per_s"] * n / base), 3)
     return rows
 
 
@@ -87,20 +125,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,4,8,16", help="worker counts (capped at the cores present; empty: no scaling rows)")
     parser.add_argument("--gpu", action="store_true", help="also the GPU model stages (needs CUDA)")
+    parser.add_argument("--no-machine", action="store_true", help="skip the machine's own scaling (the same work without Ray)")
     parser.add_argument("--precision", default="fp16,bf16")
     parser.add_argument("--workdir", default="/tmp/pairmine-scaling")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     workers = sorted({n for n in (int(w) for w in args.workers.split(",") if w) if n <= cores})
     workdir = Path(args.workdir)
-    report = {"cores": cores, "scaling": scaling(workdir, workers) if workers else {}}
+    report = {"cores": cores, "scaling": scaling(workdir, workers, not args.no_machine) if workers else {}}
     if args.gpu:
         import torch
 
         report["gpu"] = gpu_stages(workdir, args.precision.split(","), cores) if torch.cuda.is_available() else "no CUDA device"
     print(json.dumps(report, indent=2))
     for name, per_n in report["scaling"].items():
-        print(f"{name}: " + ", ".join(f"{n} workers {r['per_s']} {r['unit']}/s ({r['efficiency_vs_linear']:.2f} of linear)" for n, r in per_n.items()))
+        print(f"{name}: " + ", ".join(f"{n} workers {r['per_s']} {r['unit']}/s ({r['efficiency_vs_linear']:.2f} of linear"
+                                      + (f"; without Ray {r['without_ray_per_s']}, {r['machine_efficiency_vs_linear']:.2f} of linear" if "without_ray_per_s" in r else "")
+                                      + ")" for n, r in per_n.items()))
     if isinstance(report.get("gpu"), dict):
         for precision, stages in report["gpu"].items():
             for stage, row in stages.items():
