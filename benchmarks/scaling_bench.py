@@ -75,7 +75,8 @@ def scaling(workdir: Path, workers: list[int], machine: bool) -> dict:
             summary = result["summary"]
             done = summary["written"]["samples"] if unit == "samples" else summary["counts"]["frames"]
             row = rows[name][n] = {"per_s": round(done / summary["wall_seconds"], 3), "unit": "triplets" if unit == "samples" else "analysed frames",
-                                   "wall_s": summary["wall_seconds"], "peak_worker_rss_mb": result["peak_worker_rss_mb"]}
+                                   "wall_s": summary["wall_seconds"], "peak_worker_rss_mb": result["peak_worker_rss_mb"],
+                                   "cores": {k: v["share_of_cores"] for k, v in result["cpu_profile"].items() if v["share_of_cores"] >= 0.01}}
             if machine:
                 row["without_ray_per_s"] = round(alone(name, [str(share)] * n), 3)
                 row["of_without_ray"] = round(row["per_s"] / row["without_ray_per_s"], 3)
