@@ -156,7 +156,7 @@ def square_input(pixels: np.ndarray, mask: np.ndarray | None, grey: int, side: i
 
     A crop larger than `side` is shrunk before it is composed, never padded to a full-resolution square:
     area averaging is linear, so the composite's average is the masked pixels' average plus grey times the
-    share of the mask left out (a megapixel crop: ~3 ms instead of ~16).
+    share of the mask left out (a megapixel crop: ~2 ms instead of ~16).
     """
     height, width = pixels.shape[:2]
     if max(height, width) <= side:
@@ -164,12 +164,23 @@ def square_input(pixels: np.ndarray, mask: np.ndarray | None, grey: int, side: i
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if mask is None:
-        small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        small = _area(pixels, size)
     else:
-        masked = cv2.resize(cv2.bitwise_and(pixels, pixels, mask=mask.view(np.uint8)), size, interpolation=cv2.INTER_AREA)
-        left_out = 1 - cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        masked = _area(cv2.bitwise_and(pixels, pixels, mask=mask.view(np.uint8)), size)
+        left_out = 1 - _area(mask.astype(np.float32), size)
         small = np.clip(masked + grey * left_out[..., None] + 0.5, 0, 255).astype(np.uint8)
     return on_background(small, None, grey)  # its long side is `side`: the square is the input
+
+
+def _area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area averaging to `size` (width, height), first by the largest whole factor, OpenCV's fast path (3-7x
+    faster on a large crop; the rows and columns past a multiple of the factor, fewer than it, are left out)."""
+    height, width = image.shape[:2]
+    factor = min(height // size[1], width // size[0])
+    if factor > 1:
+        whole = image[: height // factor * factor, : width // factor * factor]
+        image = cv2.resize(whole, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def on_background(pixels: np.ndarray, mask: np.ndarray | None, grey: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pairmine.operators.annotations import Segment
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.operators.clip_model import ClipModel
-from pairmine.operators.clip_scorer import ClipScorerParams, clip_input_size, on_background
+from pairmine.operators.clip_scorer import ClipScorerParams, clip_input_size, on_background, square_input
 from pairmine.operators.entities import Entity
 from pairmine.operators.scorers import Score
 from pairmine.operators.syn4removal import EntityScoring, Syn4RemovalParams, extract_group, score_entities
@@ -141,6 +141,23 @@ def test_crops_are_centred_on_a_grey_square_in_rgb():
     assert np.array_equal(inside[mask == 1], pixels[..., ::-1][mask == 1])
     assert (inside[mask == 0] == 77).all()
     assert np.array_equal(on_background(pixels, None, 77)[1:4], pixels[..., ::-1])
+
+
+@pytest.mark.parametrize("shape", [(1000, 700), (333, 1201), (224, 300), (90, 60)])
+def test_a_crop_shrunk_before_it_is_composed_is_the_composed_square_resized(shape):
+    rng = np.random.default_rng(sum(shape))
+    pixels = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (0, 0), 4)
+    mask = np.zeros(shape, np.uint8)
+    cv2.ellipse(mask, (shape[1] // 2, shape[0] // 2), (shape[1] // 3, shape[0] // 3), 0, 0, 360, 1, -1)
+    for m in (mask, None):
+        square = on_background(pixels, m, 77)
+        reference = cv2.resize(square, (224, 224), interpolation=cv2.INTER_AREA if square.shape[0] > 224 else cv2.INTER_CUBIC)
+        fast = square_input(pixels, m, 77, 224)
+        assert fast.shape == (224, 224, 3) and fast.dtype == np.uint8
+        ref = reference.astype(int)
+        one_pixel = max(np.abs(ref[1:] - ref[:-1]).mean(), np.abs(ref[:, 1:] - ref[:, :-1]).mean())
+        assert np.abs(fast.astype(int) - ref).mean() <= one_pixel, "the same picture, up to a sub-pixel shift"
+        assert (fast[:, :2] == 77).all() if shape[0] > shape[1] else (fast[:2] == 77).all(), "grey padding on the short side"
 
 
 # --- the model --------------------------------------------------------------------------------------------
