@@ -68,16 +68,19 @@ class Entity:
     bounds: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) of the crop in the source, once cut
 
     def __getstate__(self) -> dict:
-        """Pickled without ``pixels``: a view, which pickle would copy whole (a full-resolution group's crops
-        came to ~300 MB on the way to a model stage); rebuilt from ``source`` (shared with its background,
-        so it travels once) and ``bounds`` when loaded."""
-        return self.__dict__ | {"pixels": None}
+        """Pickled without ``pixels`` when it is the cut view: pickle would copy it whole (a full-resolution
+        group's crops came to ~300 MB on the way to a model stage); rebuilt from ``source`` (shared with its
+        background, so it travels once) and ``bounds`` when loaded. Pixels given directly travel as they are."""
+        return self.__dict__ | {"pixels": None} if self._cut_from_source() else self.__dict__
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if self.mask is not None:
+        if self._cut_from_source():
             x0, y0, x1, y1 = self.bounds
             self.pixels = self.source[y0:y1, x0:x1]
+
+    def _cut_from_source(self) -> bool:
+        return self.bounds is not None and self.source is not None
 
     @property
     def category(self) -> str | None:

@@ -189,6 +189,8 @@ def test_a_cut_entity_pickles_its_source_once_not_its_crop():
     for before, after in zip(entities, loaded):
         np.testing.assert_array_equal(after.pixels, before.pixels)
         assert np.shares_memory(after.pixels, after.source)
+    given = Entity("u/r#2", "u/r", entities[0].segment, 0.1, pixels=image[:20, :30].copy(), mask=np.ones((20, 30), np.uint8))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(given)).pixels, given.pixels)  # no source to cut from: kept
 
 
 def test_materialize_reports_a_failed_shape_check_and_keeps_no_pixels():
