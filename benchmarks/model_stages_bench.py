@@ -115,6 +115,51 @@ def masker_rates(models: dict, items: list, batches: tuple[int, ...], **params) 
     return out
 
 
+def masker_profile(models: dict, items: list, batch: int, **params) -> dict:
+    """Where one masker call's time goes: wall ms per frame of detection, SAM2 and the matching with the motion
+    (the device synchronised around each), and the ops taking most device and host time (torch's profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from pairmine.operators import gdino_sam2
+
+    masker = GdinoSam2MaskerParams(**models, batch_size=batch, **params).build()
+    cuda = masker.device.type == "cuda"
+    spent: dict[str, float] = {}
+
+    def timed(name, call):
+        def run(*args, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = call(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return out
+        return run
+
+    masker.masks(items)  # warm-up: kernels, allocator
+    detector, segmenter = masker.detector, masker.segmenter
+    explain = gdino_sam2.explain_motion
+    detector._tensor, detector.detect = timed("detect_inputs", detector._tensor), timed("detect", detector.detect)
+    segmenter.segment, gdino_sam2.explain_motion = timed("segment", segmenter.segment), timed("explain_motion", explain)
+    try:
+        start = time.perf_counter()
+        masker.masks(items)
+        total = time.perf_counter() - start
+    finally:  # the instance attributes shadow the methods: deleting them restores the class's
+        del detector._tensor, detector.detect, segmenter.segment
+        gdino_sam2.explain_motion = explain
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        masker.masks(items)
+    for key in ("self_device_time_total", "self_cpu_time_total") if cuda else ("self_cpu_time_total",):
+        print(f"top ops by {key}:\n{prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60)}", flush=True)
+    per_frame = {name: round(1000 * seconds / len(items), 2) for name, seconds in spent.items()}  # detect includes its inputs
+    return {"frames": len(items), "frame_shape": list(items[0].source.shape), "precision": masker.provenance["precision"],
+            "ms_per_frame": {"call": round(1000 * total / len(items), 2), **per_frame}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/pairmine-model-bench")

@@ -9,12 +9,15 @@ For a many-core machine (the 16-core GPU machine lent to some sessions), in one 
   Next to each row, the machine's own scaling on the same work: N processes, one per core, each running
   one worker's share through the per-group / per-segment functions without Ray (the benchmarks' "work
   without Ray"), started together; what Ray keeps of it is the row's rate over that one.
-- **GPU stages** (with --gpu, when torch sees CUDA): Syn4Removal with the CLIP ViT-B-32 scorer and
-  Video4Removal with GroundingDINO SwinT + SAM2 hiera-t (random weights, the libraries' real configs), one
-  actor on the GPU (num_gpus 1) fed by the CPU workers; the actor's busy fraction from the run summary, for
-  each --precision.
+- **GPU stages** (with --gpu, when torch sees CUDA), for each --precision: the GroundingDINO SwinT + SAM2
+  hiera-t masker called directly on the candidates of three sample clips (region crops of several sizes,
+  whole frames; model_stages_bench.masker_profile: ms per frame of each part, torch's profiler's top ops);
+  then Syn4Removal with the CLIP ViT-B-32 scorer and Video4Removal with that masker (random weights, the
+  libraries' real configs), each stage's n actors sharing the GPU (num_gpus 1/n, n in --actors) fed by the
+  CPU workers: items/s and the actors' busy fraction from the run summary.
 
     .venv/bin/python benchmarks/scaling_bench.py [--workers 1,2,4,8,16] [--no-machine] [--gpu] [--precision fp16,bf16]
+        [--actors 1,4] [--gpu-pipelines syn4removal,video4removal]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from common import timed_run
 from syn4removal_bench import SAMPLE_TAR, make_inputs as make_sa1b, without_ray as syn_alone
 from video4removal_bench import VIDEOS, make_inputs as make_videos, without_ray as video_alone
 
+from pairmine.operators.video4removal import Video4RemovalParams, analyse_segment
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
@@ -90,35 +94,42 @@ def scaling(workdir: Path, workers: list[int], machine: bool) -> dict:
     return rows
 
 
-def gpu_stages(workdir: Path, precisions: list[str], cpus: int) -> dict:
-    """End to end with the model stage as one GPU actor: items/s and the actor's busy fraction."""
-    from model_stages_bench import real_size_gdino_sam2, vit_b32
+def gpu_stages(workdir: Path, precisions: list[str], cpus: int, actors: list[int], pipelines: list[str]) -> dict:
+    """End to end with each model stage's actors sharing the GPU (num_gpus 1/n for n in `actors`): items/s and
+    the actors' busy fraction; first, per precision, the masker called directly (where a call's time goes)."""
+    from model_stages_bench import masker_profile, real_size_gdino_sam2, vit_b32
 
     model, checkpoint = vit_b32(workdir / "clip-b32")
     masker = real_size_gdino_sam2(workdir / "gdino-sam2")
     sa1b = make_sa1b(workdir, 48 * cpus)
     videos = make_videos(workdir, max(1, cpus // 2))
+    # the candidates of three clips: region crops of several sizes and whole 960x540 frames, as the pipeline sends them
+    segments = [analyse_segment("static", str(VIDEOS / clip), 0, 300, Video4RemovalParams())
+                for clip in ("01_dog.mp4", "synth_crowd_dev.mp4", "synth_static_dev.mp4")]
+    frames = [candidate.mask_input() for segment in segments for candidate in segment.candidates] * 3
     report = {}
     for precision in precisions:
-        clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
-                "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
-                "entities.scorer.num_gpus=1", "entities.scorer.batch_size=64"]
-        syn_run = timed_run(SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], workdir / f"gpu-syn-{precision}", cpus, clip, clip)
-        syn = syn_run["summary"]
-        # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage
-        mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.num_gpus=1", "masker.batch_size=8", "masker.box_threshold=0.05",
-                *(f"masker.{k}={v}" for k, v in masker.items())]
-        video_run = timed_run(VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, workdir / f"gpu-video-{precision}", cpus, mask, mask)
-        video = video_run["summary"]
-        report[precision] = {
-            "syn4removal+clip_vit_b32": {"triplets_per_s": syn["samples_per_second"], **syn["stages"].get("score", {})},
-            "video4removal+gdino_swint_sam2_hiera_t": {"pairs_per_s": video["samples_per_second"], **video["stages"].get("mask", {})},
-        }
-        for name, (summary, result) in (("syn4removal", (syn, syn_run)), ("video4removal", (video, video_run))):
-            # where the time went: the stages' CPU seconds and each kind of process's share of the cores
-            print(f"{precision} {name}: wall {summary['wall_seconds']} s, stages {json.dumps(summary['stages'])}, "
-                  f"cores {json.dumps({k: v['share_of_cores'] for k, v in result['cpu_profile'].items() if v['share_of_cores'] >= 0.005})}", flush=True)
-        print(f"{precision}: {json.dumps(report[precision])}", flush=True)
+        print(f"{precision} masker profile: {json.dumps(masker_profile(masker, frames, 8, precision=precision, box_threshold=0.05))}", flush=True)
+        for n in actors:
+            share = [f"num_gpus={1 / n:.4g}", f"concurrency=[{n},{n}]"]
+            clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
+                    "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
+                    "entities.scorer.batch_size=64", *(f"entities.scorer.{s}" for s in share)]
+            # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage
+            mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.batch_size=8", "masker.box_threshold=0.05",
+                    *(f"masker.{k}={v}" for k, v in masker.items()), *(f"masker.{s}" for s in share)]
+            runs = {"syn4removal+clip_vit_b32": (SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], clip, "score"),
+                    "video4removal+gdino_swint_sam2_hiera_t": (VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, mask, "mask")}
+            for name, (pipeline, inputs, warmup, overrides, stage) in runs.items():
+                if name.split("+")[0] not in pipelines:
+                    continue
+                result = timed_run(pipeline, inputs, warmup, workdir / f"gpu-{name}-{precision}-{n}", cpus, overrides, overrides)
+                summary = result["summary"]
+                row = report.setdefault(precision, {}).setdefault(f"{n} actors", {})[name] = {
+                    "per_s": summary["samples_per_second"], "wall_s": summary["wall_seconds"], **summary["stages"].get(stage, {})}
+                # where the time went: the stages' CPU seconds and each kind of process's share of the cores
+                print(f"{precision}, {n} actors per GPU, {name}: {json.dumps(row)}; stages {json.dumps(summary['stages'])}; cores "
+                      f"{json.dumps({k: v['share_of_cores'] for k, v in result['cpu_profile'].items() if v['share_of_cores'] >= 0.005})}", flush=True)
     return report
 
 
@@ -128,6 +139,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="also the GPU model stages (needs CUDA)")
     parser.add_argument("--no-machine", action="store_true", help="skip the machine's own scaling (the same work without Ray)")
     parser.add_argument("--precision", default="fp16,bf16")
+    parser.add_argument("--actors", default="1", help="GPU rows: actors sharing the GPU (num_gpus 1/n), e.g. 1,4")
+    parser.add_argument("--gpu-pipelines", default="syn4removal,video4removal", help="GPU rows: which pipelines")
     parser.add_argument("--workdir", default="/tmp/pairmine-scaling")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -137,17 +150,18 @@ def main() -> None:
     if args.gpu:
         import torch
 
-        report["gpu"] = gpu_stages(workdir, args.precision.split(","), cores) if torch.cuda.is_available() else "no CUDA device"
+        report["gpu"] = gpu_stages(workdir, args.precision.split(","), cores,
+                                   [int(n) for n in args.actors.split(",")], args.gpu_pipelines.split(",")) if torch.cuda.is_available() else "no CUDA device"
     print(json.dumps(report, indent=2))
     for name, per_n in report["scaling"].items():
         print(f"{name}: " + ", ".join(f"{n} workers {r['per_s']} {r['unit']}/s ({r['efficiency_vs_linear']:.2f} of linear"
                                       + (f"; without Ray {r['without_ray_per_s']}, {r['machine_efficiency_vs_linear']:.2f} of linear" if "without_ray_per_s" in r else "")
                                       + ")" for n, r in per_n.items()))
     if isinstance(report.get("gpu"), dict):
-        for precision, stages in report["gpu"].items():
-            for stage, row in stages.items():
-                print(f"{precision} {stage}: actor busy {row.get('actor_busy_fraction')}")
-
+        for precision, by_actors in report["gpu"].items():
+            for actors, rows in by_actors.items():
+                for name, row in rows.items():
+                    print(f"{precision}, {actors} per GPU, {name}: {row['per_s']}/s, actor busy {row.get('actor_busy_fraction')}")
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from functools import lru_cache
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Protocol
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 from groundingdino.models import build_model
+from groundingdino.models.GroundingDINO import groundingdino as gdino_module
 from groundingdino.util.misc import clean_state_dict, nested_tensor_from_tensor_list
 from groundingdino.util.slconfig import SLConfig
 from hydra import compose
@@ -124,6 +126,28 @@ def _bert_tokenizer(path: str, uri: str):
     if model_type != "bert":
         raise CheckpointError(f"GroundingDINO text encoder {uri} is not a BERT folder: it holds a {model_type} model")
     return tokenizer
+
+
+_upstream_text_masks = gdino_module.generate_masks_with_special_tokens_and_transfer_map
+
+
+@lru_cache(maxsize=16)
+def _text_masks_of(input_ids: tuple[tuple[int, ...], ...], special_tokens: tuple[int, ...], device: str) -> tuple:
+    with torch.inference_mode(False):  # kept across calls: plain tensors, whatever mode the first call ran in
+        masks, positions, spans = _upstream_text_masks({"input_ids": torch.tensor(input_ids)}, list(special_tokens), None)
+        return masks.to(device), positions.to(device), [span.to(device) for span in spans]
+
+
+def text_masks(tokenized, special_tokens_list, tokenizer) -> tuple:
+    """GroundingDINO's text masks (which caption tokens attend to which, their positions, each phrase's tokens):
+    upstream's own function, run on the CPU once per caption batch and kept on the model's device (the model only
+    reads them). Upstream builds them in every forward with a python loop over device tensors: ~90 GPU
+    synchronisations per frame for 8 prompts."""
+    ids = tokenized["input_ids"]
+    return _text_masks_of(tuple(map(tuple, ids.tolist())), tuple(special_tokens_list), str(ids.device))
+
+
+gdino_module.generate_masks_with_special_tokens_and_transfer_map = text_masks  # what GroundingDINO.forward calls
 
 
 class GroundingDino:

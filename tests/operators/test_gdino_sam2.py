@@ -233,6 +233,27 @@ def test_detections_are_pixel_boxes_best_first_after_nms(masker, frames):
     assert np.allclose(alone.boxes, found[1].boxes, atol=0.05) and alone.labels == found[1].labels, "batching changes nothing"
 
 
+def test_text_masks_are_upstreams_built_once_per_caption(masker, frames, monkeypatch):
+    from groundingdino.models.GroundingDINO import groundingdino as gdino_module
+
+    from pairmine.operators import gdino_sam2_models as models
+
+    model = masker.detector.model
+    tokenized = model.tokenizer([masker.detector.caption] * 3, padding="longest", return_tensors="pt")
+    ours, upstream = models.text_masks(tokenized, model.specical_tokens, None), models._upstream_text_masks(tokenized, model.specical_tokens, None)
+    assert torch.equal(ours[0], upstream[0]) and torch.equal(ours[1], upstream[1])
+    assert len(ours[2]) == 3 and all(torch.equal(a, b) for a, b in zip(ours[2], upstream[2]))
+    assert ours[0].any(2).all() and len(ours[2][0]) == len(PROMPTS), "each token attends to its phrase; one span per prompt"
+    assert models.text_masks(tokenized, model.specical_tokens, None)[0] is ours[0], "built once, then reused"
+
+    assert gdino_module.generate_masks_with_special_tokens_and_transfer_map is models.text_masks, "what the forward calls"
+    images = [frames[k] for k in SOURCES]
+    cached = masker.detector.detect(images)
+    monkeypatch.setattr(gdino_module, "generate_masks_with_special_tokens_and_transfer_map", models._upstream_text_masks)
+    for a, b in zip(cached, masker.detector.detect(images)):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and a.labels == b.labels
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
