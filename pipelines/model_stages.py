@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 ITEM = "item"  # the row column holding a unit of work between prepare, the model stage and finish
 IDLE = "_idle"  # Stats.seconds["<stage>_idle"]: an actor stage's time between calls (summary: busy fraction)
+START = "_start"  # Stats.seconds["<stage>_start"]: its actors' model loads, Stats.counts["<stage>_start"]: how many
 
 
 class ActorClock:
@@ -41,8 +42,9 @@ class ActorClock:
     run is the actor's busy fraction.
     """
 
-    def __init__(self):
+    def __init__(self, start_seconds: float = 0.0):
         self._last_end: float | None = None
+        self.start_seconds = start_seconds  # the actor's model load, reported with its first call
 
     def record(self, stage: str, started: float, stats: list[Stats], weights: list[float]) -> None:
         """Add the call that began at `started` to `stats`, in proportion to `weights` (equally when all 0)."""
@@ -53,6 +55,9 @@ class ActorClock:
             share = weight / total if total else 1 / len(stats)
             item.seconds[stage] += busy * share
             item.seconds[stage + IDLE] += idle * share
+        if self._last_end is None and stats:
+            stats[0].seconds[stage + START] += self.start_seconds
+            stats[0].counts[stage + START] += 1
         self._last_end = end
 
 
@@ -72,8 +77,10 @@ class StageActor:
     batch's items processed in one call."""
 
     def __init__(self, stage: ModelStage, gpu_ids: list | None = None):
+        start = time.perf_counter()
         stage = on_assigned_device(stage, gpu_ids)
-        self.stage, self.model, self.clock = stage, stage.params.build(), ActorClock()
+        self.stage, self.model = stage, stage.params.build()
+        self.clock = ActorClock(time.perf_counter() - start)
 
     def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
         start = time.perf_counter()

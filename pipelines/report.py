@@ -275,7 +275,7 @@ def render(data: dict) -> str:
 <h2>Shards</h2>{histogram_svg([s['samples'] for s in data['shards']], 'samples per shard') if data['shards'] else ''}
 {_table(data['shards'], ['shard', 'run', 'samples', 'bytes', 'rejects'])}
 <h2>Runs</h2>{_table(data['runs'], ['run', 'started', 'status', 'units', 'shards', 'samples', 'rejects', 'wall_seconds', 'samples_per_second', 'version'])}
-<h2>Last run: stages and counters</h2>{_table(stages, ['stage', 'cpu_seconds', 'items', 'items_per_cpu_second', 'actor_busy_fraction'])}
+<h2>Last run: stages and counters</h2>{_table(stages, ['stage', 'cpu_seconds', 'items', 'items_per_cpu_second', 'actor_busy_fraction', 'actors', 'actor_start_seconds'])}
 {_table(counts, ['counter', 'value'])}
 <h2>Config</h2><p>hash {_e(data['config_hash'])}</p><pre>{_e(json.dumps(data['config'], indent=2, sort_keys=True))}</pre>
 </body></html>"""

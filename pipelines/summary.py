@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 
 from ..operators.stats import Stats
-from .model_stages import IDLE
+from .model_stages import IDLE, START
 
 
 def build_summary(task_results: list[dict], wall_seconds: float, stage_items: dict[str, tuple[str, ...]], **context) -> dict:
@@ -29,7 +29,7 @@ def build_summary(task_results: list[dict], wall_seconds: float, stage_items: di
                 signals.setdefault(name, []).append(values)
     stages = {}
     for stage, seconds in sorted(stats.seconds.items()):
-        if stage.endswith(IDLE):
+        if stage.endswith((IDLE, START)):
             continue
         items = next((stats.counts[k] for k in stage_items.get(stage, ()) if k in stats.counts), 0)
         stages[stage] = {
@@ -40,9 +40,12 @@ def build_summary(task_results: list[dict], wall_seconds: float, stage_items: di
         if stage + IDLE in stats.seconds:  # an actor stage: how busy its actors were between calls
             busy = seconds / (seconds + stats.seconds[stage + IDLE]) if seconds > 0 else 0.0
             stages[stage]["actor_busy_fraction"] = round(busy, 3)
+        if stats.counts[stage + START]:  # how long its actors took to load the model before their first call
+            stages[stage]["actors"] = stats.counts[stage + START]
+            stages[stage]["actor_start_seconds"] = round(stats.seconds[stage + START] / stats.counts[stage + START], 3)
     return {
         **context,
-        "counts": dict(sorted(stats.counts.items())),
+        "counts": dict(sorted((k, v) for k, v in stats.counts.items() if not k.endswith(START))),
         "written": {"shards": shards, "samples": samples, "bytes": size},
         "rejects": {"total": rejects, "by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))},
         "stages": stages,
@@ -72,6 +75,7 @@ def format_summary(summary: dict) -> str:
         + ", ".join(
             f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}"
             + (f" ({v['actor_busy_fraction']:.0%} busy)" if "actor_busy_fraction" in v else "")
+            + (f" ({v['actors']} actors, {v['actor_start_seconds']:.1f}s each to load)" if "actors" in v else "")
             for k, v in summary["stages"].items()
         ),
         *(["  quality (p10 / median / p90): " + ", ".join(f"{k} {v['p10']:g} / {v['p50']:g} / {v['p90']:g}" for k, v in summary["quality"].items())]

@@ -17,7 +17,8 @@ from sample_inputs import TESTDATA
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.operators.model_stage import ModelStageParams
 from pairmine.operators.stats import Stats
-from pairmine.pipelines.model_stages import ITEM, around_model, nbytes
+from pairmine.pipelines.model_stages import ITEM, ActorClock, around_model, nbytes
+from pairmine.pipelines.summary import build_summary, format_summary
 from pairmine.pipelines.run import pipeline_data_context, run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
@@ -46,6 +47,24 @@ def test_syn4removal_with_the_clip_scorer_actor(tmp_path, ray_local):
         assert meta["model"] == {"name": "clip", "model": model, "device": "cpu", "precision": "fp32"}  # how the scores were made
     score = summary["stages"]["score"]
     assert score["items"] == summary["counts"]["entities_scored"] and 0 < score["actor_busy_fraction"] <= 1
+    assert score["actors"] == 1 and 0 < score["actor_start_seconds"] < summary["wall_seconds"], "the model load, reported once"
+    assert not any(k.startswith("score_") for k in summary["counts"])
+
+
+def test_an_actors_model_load_is_reported_once_per_actor():
+    """Each actor's load goes with its first call's first item; the summary gives the actors and their mean load."""
+    first, second = ActorClock(start_seconds=3.0), ActorClock(start_seconds=5.0)
+    items = [Stats() for _ in range(5)]
+    for clock, calls in ((first, [items[0:2], items[2:3]]), (second, [items[3:5]])):
+        for call in calls:
+            clock.record("score", 0.0, call, [1.0] * len(call))
+    assert [i.seconds["score_start"] for i in items] == [3.0, 0, 0, 5.0, 0]
+    results = [{"stats": i.to_dict(), "shards": []} for i in items]
+    summary = build_summary(results, 10.0, {"score": ()}, pipeline="syn4removal", run="r", output="o", units={"planned": 1, "already_complete": 0},
+                            output_totals={"samples": 0, "shards": 0})
+    assert summary["stages"]["score"]["actors"] == 2 and summary["stages"]["score"]["actor_start_seconds"] == 4.0
+    assert "score_start" not in summary["counts"] and "score_start" not in summary["stages"]
+    assert "2 actors, 4.0s each to load" in format_summary(summary)
 
 
 def test_clip_threshold_rejects_with_the_score(tmp_path, ray_local):
