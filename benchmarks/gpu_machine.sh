@@ -65,7 +65,8 @@ run() {
     python3 -P -c "import sys, torch, ray, pairmine.pipelines.syn4removal as s; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
     local sections=("$@") repo=$PWD
     cd /tmp  # Ray puts the driver's working directory first on its workers' paths: not the repository's pairmine/
-    [[ ${#sections[@]} -gt 0 ]] || sections=("220 --workers= --gpu" "350 --workers=1,2,4,8,16")
+    # the defaults fit one 600-s device call: fp16 GPU rows with 1 and 2 actors per GPU, then 1 and 16 workers
+    [[ ${#sections[@]} -gt 0 ]] || sections=("330 --workers= --gpu --precision fp16 --actors 1,2" "230 --workers=1,16")
     local section
     for section in "${sections[@]}"; do
         echo "== scaling_bench.py ${section#* } (at most ${section%% *} s)"

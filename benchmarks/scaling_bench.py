@@ -14,7 +14,8 @@ For a many-core machine (the 16-core GPU machine lent to some sessions), in one 
   whole frames; model_stages_bench.masker_profile: ms per frame of each part, torch's profiler's top ops);
   then Syn4Removal with the CLIP ViT-B-32 scorer and Video4Removal with that masker (random weights, the
   libraries' real configs), each stage's n actors sharing the GPU (num_gpus 1/n, n in --actors) fed by the
-  CPU workers: items/s and the actors' busy fraction from the run summary.
+  CPU workers, the masker's calls sized as configs/video4removal_gpu.yaml sizes them (batch_size,
+  rows_per_call, actor_cpus): items/s, the actors' busy fraction and model load from the run summary.
 
     .venv/bin/python benchmarks/scaling_bench.py [--workers 1,2,4,8,16] [--no-machine] [--gpu] [--precision fp16,bf16]
         [--actors 1,4] [--gpu-pipelines syn4removal,video4removal]
@@ -28,6 +29,8 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import yaml
+
 from common import timed_run
 from syn4removal_bench import SAMPLE_TAR, make_inputs as make_sa1b, without_ray as syn_alone
 from video4removal_bench import VIDEOS, make_inputs as make_videos, without_ray as video_alone
@@ -37,6 +40,8 @@ from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
 WARMUP_VIDEOS = [str(VIDEOS / "synth_static_dev.mp4"), str(VIDEOS / "synth_pan_dev.mp4")]
+GPU_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "video4removal_gpu.yaml"
+GPU_CALLS = {k: v for k, v in yaml.safe_load(GPU_CONFIG.read_text())["masker"].items() if k in ("batch_size", "rows_per_call", "actor_cpus")}
 
 
 def _share_alone(name: str, inputs: str, core: int, start, results) -> None:
@@ -109,15 +114,16 @@ def gpu_stages(workdir: Path, precisions: list[str], cpus: int, actors: list[int
     frames = [candidate.mask_input() for segment in segments for candidate in segment.candidates] * 3
     report = {}
     for precision in precisions:
-        print(f"{precision} masker profile: {json.dumps(masker_profile(masker, frames, 8, precision=precision, box_threshold=0.05))}", flush=True)
+        print(f"{precision} masker profile: {json.dumps(masker_profile(masker, frames, GPU_CALLS['batch_size'], precision=precision, box_threshold=0.05))}", flush=True)
         for n in actors:
             share = [f"num_gpus={1 / n:.4g}", f"concurrency=[{n},{n}]"]
             clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
                     "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
                     "entities.scorer.batch_size=64", *(f"entities.scorer.{s}" for s in share)]
-            # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage
-            mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.batch_size=8", "masker.box_threshold=0.05",
-                    *(f"masker.{k}={v}" for k, v in masker.items()), *(f"masker.{s}" for s in share)]
+            # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage;
+            # the calls sized as configs/video4removal_gpu.yaml sizes them
+            mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.box_threshold=0.05",
+                    *(f"masker.{k}={v}" for k, v in {**masker, **GPU_CALLS}.items()), *(f"masker.{s}" for s in share)]
             runs = {"syn4removal+clip_vit_b32": (SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], clip, "score"),
                     "video4removal+gdino_swint_sam2_hiera_t": (VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, mask, "mask")}
             for name, (pipeline, inputs, warmup, overrides, stage) in runs.items():
@@ -139,7 +145,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="also the GPU model stages (needs CUDA)")
     parser.add_argument("--no-machine", action="store_true", help="skip the machine's own scaling (the same work without Ray)")
     parser.add_argument("--precision", default="fp16,bf16")
-    parser.add_argument("--actors", default="1", help="GPU rows: actors sharing the GPU (num_gpus 1/n), e.g. 1,4")
+    parser.add_argument("--actors", default="1,2", help="GPU rows: actors sharing the GPU (num_gpus 1/n); 2 is configs/video4removal_gpu.yaml")
     parser.add_argument("--gpu-pipelines", default="syn4removal,video4removal", help="GPU rows: which pipelines")
     parser.add_argument("--workdir", default="/tmp/pairmine-scaling")
     args = parser.parse_args()
