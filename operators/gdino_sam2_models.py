@@ -3,15 +3,16 @@
 Both load strictly: weights that are missing, unreadable, or of another model (keys or shapes that do not
 fit the config) raise ``CheckpointError`` naming the file and the model, before any frame is seen.
 GroundingDINO's BERT comes from a folder (``text_encoder``), never from the hub name in its config.
-Importing this module loads torch, groundingdino and sam2: only processes that build a masker should.
+Importing this module loads torch, groundingdino and sam2: only processes that build a masker should. It
+also hands GroundingDINO's forward a text-mask builder that runs once per caption (``text_masks``).
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.util import find_spec
 from typing import Protocol
 
