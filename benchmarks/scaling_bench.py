@@ -101,34 +101,35 @@ def scaling(workdir: Path, workers: list[int], machine: bool) -> dict:
 
 def gpu_stages(workdir: Path, precisions: list[str], cpus: int, actors: list[int], pipelines: list[str]) -> dict:
     """End to end with each model stage's actors sharing the GPU (num_gpus 1/n for n in `actors`): items/s and
-    the actors' busy fraction; first, per precision, the masker called directly (where a call's time goes)."""
+    the actors' busy fraction; first, per precision, the masker called directly (where a call's time goes).
+    Models and inputs are made only for the pipelines asked for."""
     from model_stages_bench import masker_profile, real_size_gdino_sam2, vit_b32
 
-    model, checkpoint = vit_b32(workdir / "clip-b32")
-    masker = real_size_gdino_sam2(workdir / "gdino-sam2")
-    sa1b = make_sa1b(workdir, 48 * cpus)
-    videos = make_videos(workdir, max(1, cpus // 2))
-    # the candidates of three clips: region crops of several sizes and whole 960x540 frames, as the pipeline sends them
-    segments = [analyse_segment("static", str(VIDEOS / clip), 0, 300, Video4RemovalParams())
-                for clip in ("01_dog.mp4", "synth_crowd_dev.mp4", "synth_static_dev.mp4")]
-    frames = [candidate.mask_input() for segment in segments for candidate in segment.candidates] * 3
+    runs = {}  # name: (pipeline, inputs, warm-up inputs, stage, its config section, its settings)
+    if "syn4removal" in pipelines:
+        model, checkpoint = vit_b32(workdir / "clip-b32")
+        scorer = ["name=clip", f"model={model}", f"checkpoint={checkpoint}", "scale=cosine", "threshold=-1", "batch_size=64"]
+        runs["syn4removal+clip_vit_b32"] = (SYN4REMOVAL, [str(make_sa1b(workdir, 48 * cpus))], [str(SAMPLE_TAR)], "score", "entities.scorer", scorer)
+    if "video4removal" in pipelines:
+        models = real_size_gdino_sam2(workdir / "gdino-sam2")
+        # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage;
+        # the calls sized as configs/video4removal_gpu.yaml sizes them
+        masker = ["name=gdino_sam2", "box_threshold=0.05", *(f"{k}={v}" for k, v in {**models, **GPU_CALLS}.items())]
+        runs["video4removal+gdino_swint_sam2_hiera_t"] = (VIDEO4REMOVAL, [str(make_videos(workdir, max(1, cpus // 2)))], WARMUP_VIDEOS,
+                                                          "mask", "masker", masker)
+        # the candidates of three clips: region crops of several sizes and whole 960x540 frames, as the pipeline sends them
+        segments = [analyse_segment("static", str(VIDEOS / clip), 0, 300, Video4RemovalParams())
+                    for clip in ("01_dog.mp4", "synth_crowd_dev.mp4", "synth_static_dev.mp4")]
+        frames = [candidate.mask_input() for segment in segments for candidate in segment.candidates] * 3
     report = {}
     for precision in precisions:
-        print(f"{precision} masker profile: {json.dumps(masker_profile(masker, frames, GPU_CALLS['batch_size'], precision=precision, box_threshold=0.05))}", flush=True)
+        if "video4removal" in pipelines:
+            profile = masker_profile(models, frames, GPU_CALLS["batch_size"], precision=precision, box_threshold=0.05)
+            print(f"{precision} masker profile: {json.dumps(profile)}", flush=True)
         for n in actors:
-            share = [f"num_gpus={1 / n:.4g}", f"concurrency=[{n},{n}]"]
-            clip = ["entities.scorer.name=clip", f"entities.scorer.model={model}", f"entities.scorer.checkpoint={checkpoint}",
-                    "entities.scorer.scale=cosine", "entities.scorer.threshold=-1", f"entities.scorer.precision={precision}",
-                    "entities.scorer.batch_size=64", *(f"entities.scorer.{s}" for s in share)]
-            # random weights score boxes low: a threshold of 0.05 gives SAM2 boxes to segment, as on real footage;
-            # the calls sized as configs/video4removal_gpu.yaml sizes them
-            mask = ["masker.name=gdino_sam2", f"masker.precision={precision}", "masker.box_threshold=0.05",
-                    *(f"masker.{k}={v}" for k, v in {**masker, **GPU_CALLS}.items()), *(f"masker.{s}" for s in share)]
-            runs = {"syn4removal+clip_vit_b32": (SYN4REMOVAL, [str(sa1b)], [str(SAMPLE_TAR)], clip, "score"),
-                    "video4removal+gdino_swint_sam2_hiera_t": (VIDEO4REMOVAL, [str(videos)], WARMUP_VIDEOS, mask, "mask")}
-            for name, (pipeline, inputs, warmup, overrides, stage) in runs.items():
-                if name.split("+")[0] not in pipelines:
-                    continue
+            for name, (pipeline, inputs, warmup, stage, section, settings) in runs.items():
+                changes = (*settings, f"precision={precision}", f"num_gpus={1 / n:.4g}", f"concurrency=[{n},{n}]")
+                overrides = [f"{section}.{change}" for change in changes]
                 result = timed_run(pipeline, inputs, warmup, workdir / f"gpu-{name}-{precision}-{n}", cpus, overrides, overrides)
                 summary = result["summary"]
                 row = report.setdefault(precision, {}).setdefault(f"{n} actors", {})[name] = {
@@ -168,6 +169,7 @@ def main() -> None:
             for actors, rows in by_actors.items():
                 for name, row in rows.items():
                     print(f"{precision}, {actors} per GPU, {name}: {row['per_s']}/s, actor busy {row.get('actor_busy_fraction')}")
+
 
 if __name__ == "__main__":
     main()
