@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -67,3 +69,20 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None, check: bool =
     if check:
         assert done.returncode == 0, f"pairmine {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
+
+
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, for commands that start no Ray (dry runs, config errors, erase,
+    evaluate): the same result as `cli` without a new interpreter's ~10 s of torch and diffusers imports."""
+    from pairmine.pipelines.cli import main
+
+    root, ours = logging.getLogger(), logging.getLogger("pairmine")
+    saved = (list(root.handlers), root.level, ours.level)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        root.handlers, root.level, ours.level = saved[0], saved[1], saved[2]
+    return subprocess.CompletedProcess(["pairmine", *args], code, out.getvalue(), err.getvalue())
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import zipfile
@@ -53,6 +54,16 @@ def object_mask(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray
     return np.where((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
 
 
+@functools.cache
+def photo_and_mask(photo: str, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A photo and its object's mask, read-only: GrabCut takes seconds a photo, so once per process."""
+    image = cv2.imread(str(PHOTOS / photo), cv2.IMREAD_COLOR)
+    mask = object_mask(image, box)
+    image.setflags(write=False)
+    mask.setflags(write=False)
+    return image, mask
+
+
 def png(mask: np.ndarray) -> bytes:
     return cv2.imencode(".png", mask)[1].tobytes()
 
@@ -62,11 +73,10 @@ def write_openimages(root: Path, loose: bool = False) -> dict[str, str]:
     (root / SPLIT).mkdir(parents=True, exist_ok=True)
     rows, masks, ids = [], {}, {}
     for n, (photo, label, _, box) in enumerate(OBJECTS):
-        image = cv2.imread(str(PHOTOS / photo), cv2.IMREAD_COLOR)
+        image, mask = photo_and_mask(photo, box)
         ids[photo] = iid = image_id(photo)
         cv2.imwrite(str(root / SPLIT / f"{iid}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         height, width = image.shape[:2]
-        mask = object_mask(image, box)
         small = cv2.resize(mask, (width * 3 // 4, height * 3 // 4), interpolation=cv2.INTER_AREA)
         ys, xs = np.nonzero(mask)
         name = f"{iid}_{label.replace('/', '')}_{n:08x}.png"

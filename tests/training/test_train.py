@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pytest
 from helpers import PAIRMINE
 from helpers import cli as pairmine
+from helpers import cli_in_process
 from training_inputs import train_config
 
 from pairmine import dataset, storage
@@ -51,9 +52,9 @@ def assert_erases_only_inside_the_mask(checkpoint: str, tmp_path: Path) -> None:
     mask[30:60, 40:90] = 255
     cv2.imwrite(str(tmp_path / "image.png"), image)
     cv2.imwrite(str(tmp_path / "mask.png"), mask)
-    done = pairmine("erase", "--checkpoint", checkpoint, "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
-                    "--out", str(tmp_path / "erased.png"), "--steps", "3", timeout=300)
-    assert "1 erased" in done.stdout
+    done = cli_in_process("erase", "--checkpoint", checkpoint, "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
+                          "--out", str(tmp_path / "erased.png"), "--steps", "3")
+    assert done.returncode == 0 and "1 erased" in done.stdout, done.stderr
     erased = cv2.imread(str(tmp_path / "erased.png"))
     assert erased.shape == image.shape and np.array_equal(erased[mask == 0], image[mask == 0]), "a pixel outside the mask changed"
     assert not np.array_equal(erased[mask > 0], image[mask > 0])
@@ -154,14 +155,14 @@ def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
     (tmp_path / "runs" / "run").mkdir(parents=True)
     (tmp_path / "runs" / "run" / "config.json").write_text(json.dumps({"config_hash": "0" * 64}))
-    done = pairmine("train", "--config", str(config), "--dry-run", check=False, timeout=120)
+    done = cli_in_process("train", "--config", str(config), "--dry-run")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "holds a run made with config 000000000000" in done.stderr and "--set name=" in done.stderr
 
 
 def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser_parts, tmp_path):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 0.8), (training_outputs["video"], 0.2)])
-    plan = json.loads(pairmine("train", "--config", str(config), "--dry-run", timeout=120).stdout)
+    plan = json.loads(cli_in_process("train", "--config", str(config), "--dry-run").stdout)
     assert [s["samples"] for s in plan["sources"]] == [76, 2] and plan["steps"]["remaining"] == 20
     assert plan["stream"]["stop"] >= 20 * 2 and not (tmp_path / "runs" / "run").exists()
 
@@ -173,7 +174,7 @@ def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser
 ])
 def test_bad_configs_stop_in_one_line(training_outputs, smarteraser_parts, tmp_path, bad, message):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
-    done = pairmine("train", "--config", str(config), "--dry-run", *[a for b in bad for a in ("--set", b)], check=False, timeout=120)
+    done = cli_in_process("train", "--config", str(config), "--dry-run", *[a for b in bad for a in ("--set", b)])
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
@@ -218,7 +219,9 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
         models.build(params, torch.device("cpu")).save(str(tmp_path / name), {"resolution": 64, "step": 7, "val_fraction": 0.1})
     sheet = tmp_path / "compare.png"
     args = ["evaluate", "--data", str(training_outputs["syn"]), "--data", str(training_outputs["video"]), "--samples", "3", "--sheet", str(sheet)]
-    done = pairmine(*args, *[a for name in made for a in ("--checkpoint", str(tmp_path / name))], "--json", timeout=300)
+    checkpoint_args = [a for name in made for a in ("--checkpoint", str(tmp_path / name))]
+    done = cli_in_process(*args, *checkpoint_args, "--json")
+    assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["samples"] == 3 and result["resolution"] == 64 and result["val_fraction"] == 0.1
     assert [row["eraser"] for row in result["table"]] == list(made) and all(row["step"] == 7 for row in result["table"])
@@ -226,7 +229,7 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
         assert 0 < row["psnr_mask"] < 100 and 0 <= row["change_outside"] <= 1 and row["seconds_per_image"] > 0
     image = cv2.imread(str(sheet))
     assert image.shape[0] == 3 * 256 and image.shape[1] == (3 + 3) * 256, "a row per sample: source | mask | target | three predictions"
-    table = pairmine(*args, *[a for name in made for a in ("--checkpoint", str(tmp_path / name))], timeout=300).stdout
+    table = cli_in_process(*args, *checkpoint_args).stdout
     assert "PSNR mask" in table and table.count("\n") >= 5
 
 
