@@ -84,20 +84,20 @@ def test_print_config_and_dry_run(tmp_path):
 @pytest.mark.slow
 def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, ray_local):
     loose = tmp_path / "loose"
-    stems = write_loose_sa1b(loose, 80)
+    stems = write_loose_sa1b(loose, 24)
     args = ["--input", str(loose), "--set", "group_size=2", "--set", "shards.max_samples=2", "--set", "ray.num_cpus=2", "--no-progress"]
     out = tmp_path / "killed"
     job = subprocess.Popen([*PAIRMINE, "syn4removal", "--output", str(out), *args], start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "manifest").glob("*.parquet"))) < 3:
+    while time.time() < deadline and len(list((out / "manifest").glob("*.parquet"))) < 2:
         assert job.poll() is None, "the job ended before it could be killed"
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     time.sleep(2)  # anything still writing would show up now
     listed = {r["shard"]: r for r in read_parquet_dir(str(out / "manifest")) if r["shard"]}
-    assert 0 < len(listed) and len(set(r["shard"] for r in read_parquet_dir(str(out / "manifest")))) < 40, "not killed mid-way"
+    assert listed, "killed before its first shard"
     for path in shard_paths(str(out)):
         with tarfile.open(path) as tar:  # every visible .tar is a complete archive
             assert tar.getmembers()
@@ -115,6 +115,7 @@ def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, r
     clean = tmp_path / "clean"
     run(SYN4REMOVAL, [str(loose)], str(clean), overrides=["group_size=2", "shards.max_samples=2"], progress_bars=False)
     assert sorted(keys) == sorted(s["__key__"] for s in read_samples(str(clean)))
+    assert len(listed) < len(shard_paths(str(clean))), "the kill came after the last shard: nothing was left to the rerun"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

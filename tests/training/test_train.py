@@ -61,21 +61,41 @@ def assert_erases_only_inside_the_mask(checkpoint: str, tmp_path: Path) -> None:
 
 
 @slow
-def test_two_workers_train_from_s3_shards_into_s3_storage(s3_bucket, training_outputs, smarteraser_parts, tmp_path):
+def test_a_killed_two_worker_run_on_s3_resumes_from_its_checkpoint(s3_bucket, training_outputs, smarteraser_parts, tmp_path):
+    """Two workers stream shards from S3 into a run folder on S3. The job is killed after its first checkpoint,
+    as if before Ray's controller recorded it (only progress.json knows it), and a rerun resumes from there."""
     for name, path in training_outputs.items():
         upload(path, f"s3://{s3_bucket}/{name}")
     config = train_config(tmp_path, smarteraser_parts, [(f"s3://{s3_bucket}/syn", 0.8), (f"s3://{s3_bucket}/video", 0.2)],
-                          storage=f"s3://{s3_bucket}/runs", scaling__num_workers=2, scaling__cpus_per_worker=0.5)
-    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600)
+                          storage=f"s3://{s3_bucket}/runs", max_steps=40, scaling__num_workers=2, scaling__cpus_per_worker=0.5)
     run = f"s3://{s3_bucket}/runs/run"
+    first_out = tmp_path / "first.out"
+    with first_out.open("wb") as sink:
+        first = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True,
+                                 stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not storage.exists(storage.join(run, "progress.json")):
+        assert first.poll() is None, "the first run ended before its first checkpoint:\n" + first_out.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    killed_at = json.loads(storage.read_bytes(storage.join(run, "progress.json")))
+    assert 10 <= killed_at["step"] < 40 and not storage.exists(storage.join(run, "summary.json"))
+    assert storage.exists(storage.join(run, killed_at["checkpoint"], "state.pt")), "progress.json names an uploaded checkpoint"
+    storage.delete(storage.join(run, "checkpoint_manager_snapshot.json"))
+
+    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600)
     summary = summary_of(run)
-    assert summary["steps"] == 20 and summary["workers"] == 2 and summary["resumed_from_step"] == 0
-    assert "20 steps" in done.stdout and "loss:" in done.stdout
-    losses = [m["loss"] for m in read_step_metrics(run)]
-    assert [m["step"] for m in read_step_metrics(run)] == [5, 10, 15, 20] and all(np.isfinite(losses))
-    assert losses[-1] < losses[0], f"the loss did not fall: {losses}"
+    assert summary["steps"] == 40 and summary["workers"] == 2 and summary["resumed_from_step"] >= killed_at["step"] > 0
+    assert summary["position"] > killed_at["position"]
+    assert "40 steps" in done.stdout and "loss:" in done.stdout
+    metrics = read_step_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(5, 45, 5)), "every interval's metrics, the resumed run's included"
+    losses = [m["loss"] for m in metrics]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
     found = checkpoints(run)
-    assert len(found) == 2, found
+    assert found[-2:] == ["checkpoint_00000030", "checkpoint_00000040"], found
     latest = storage.join(run, found[-1])
     names = {storage.basename(e.path) for e in storage.list_dir(latest, recursive=True)}
     assert {"eraser.json", "unet.safetensors", "state.pt", "validation.png", "metrics.json"} <= names
@@ -121,34 +141,6 @@ def test_bad_data_is_skipped_and_counted_and_a_failed_worker_is_retried(outputs_
     skipped = summary["skipped"]
     assert skipped.get("corrupt_sample", 0) >= 1 and skipped.get("unreadable_shard", 0) >= 2, skipped
     assert "corrupt_sample" in done.stdout and "unreadable_shard" in done.stdout
-
-
-@slow
-def test_a_killed_run_resumes_from_its_checkpoint(training_outputs, smarteraser_parts, tmp_path):
-    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], max_steps=40)
-    run = tmp_path / "runs" / "run"
-    first_out = tmp_path / "first.out"
-    with first_out.open("wb") as sink:
-        first = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True,
-                                 stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while not (run / "progress.json").exists():
-        assert first.poll() is None, "the first run ended before its first checkpoint:\n" + first_out.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(30)
-    killed_at = json.loads((run / "progress.json").read_text())
-    assert 10 <= killed_at["step"] < 40 and not (run / "summary.json").exists()
-    assert (run / killed_at["checkpoint"] / "state.pt").is_file(), "progress.json names an uploaded checkpoint"
-    # as if the kill came before Ray's controller recorded that checkpoint: only progress.json knows it
-    (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)
-    pairmine("train", "--config", str(config), "--no-progress", timeout=600)
-    summary = summary_of(str(run))
-    assert summary["steps"] == 40 and summary["resumed_from_step"] >= killed_at["step"] > 0
-    steps = [m["step"] for m in read_step_metrics(str(run))]
-    assert steps == list(range(5, 45, 5)), "every interval's metrics, the resumed run's included"
-    assert summary["position"] > killed_at["position"]
 
 
 def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts, tmp_path):
