@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from helpers import read_parquet_dir, read_samples, shard_paths
 from sample_inputs import TESTDATA, write_loose_sa1b
 
+from pairmine.pipelines.cli import COMMAND_MODULES
 from pairmine.pipelines.run import run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 
@@ -34,6 +36,16 @@ def test_help_says_what_it_does_with_examples(args):
     assert args[0].strip("-") in result.stdout or ("syn4removal" in result.stdout and "video4removal" in result.stdout)
     if len(args) == 2:
         assert "examples:" in result.stdout and "--input" in result.stdout and "s3://" in result.stdout
+
+
+def test_each_command_is_declared_by_the_module_the_registry_names_and_a_command_line_imports_only_it():
+    for name, module in COMMAND_MODULES.items():
+        assert name in [c.name for c in importlib.import_module(module).COMMANDS], f"{module} does not declare {name}"
+    declared = [c.name for module in dict.fromkeys(COMMAND_MODULES.values()) for c in importlib.import_module(module).COMMANDS]
+    assert sorted(declared) == sorted(COMMAND_MODULES), "a declared command is missing from the registry"
+    code = "import sys; from pairmine.pipelines import cli; cli.build_parser(['verify', 'out']); print('ray.data' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert found.stdout.strip() == "False", "`pairmine verify` imported the pipelines (Ray Data)"
 
 
 @pytest.mark.parametrize(
