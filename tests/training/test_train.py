@@ -11,7 +11,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import boto3
 import cv2
 import numpy as np
 import pyarrow as pa
@@ -123,26 +122,6 @@ def _corrupt_training_samples(output: Path, val_fraction: float) -> list[str]:
     return keys
 
 
-@slow
-def test_bad_data_is_skipped_and_counted_and_a_failed_worker_is_retried(outputs_copy, smarteraser_parts, tmp_path):
-    import pyarrow.parquet  # noqa: F401  (pa.parquet)
-
-    _corrupt_training_samples(outputs_copy["syn"], 0.1)
-    video = dataset.committed_shards(str(outputs_copy["video"]))[0]
-    Path(video.uri).write_bytes(Path(video.uri).read_bytes()[:5000])  # truncated: its size no longer matches the manifest
-    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 0.8), (outputs_copy["video"], 0.2)], scaling__max_failures=1)
-    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
-    run = str(tmp_path / "runs" / "run")
-    summary = summary_of(run)
-    assert summary["steps"] == 20, "the run completed despite the failure"
-    assert summary["resumed_from_step"] == 10, "the restarted worker group went on from the step-10 checkpoint"
-    assert storage.read_bytes(storage.join(run, ".injected-failure")) == b"15"
-    assert "injected failure at step 15" in done.stdout + done.stderr
-    skipped = summary["skipped"]
-    assert skipped.get("corrupt_sample", 0) >= 1 and skipped.get("unreadable_shard", 0) >= 2, skipped
-    assert "corrupt_sample" in done.stdout and "unreadable_shard" in done.stdout
-
-
 def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts, tmp_path):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
     (tmp_path / "runs" / "run").mkdir(parents=True)
@@ -183,14 +162,28 @@ def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
 
 @slow
 @pytest.mark.parametrize("eraser", ["eradiff", "omnieraser"])
-def test_the_other_erasers_train_resume_and_erase_on_the_same_trainer(eraser, request, training_outputs, tmp_path):
+def test_the_other_erasers_skip_bad_data_survive_a_failed_worker_and_erase(eraser, request, outputs_copy, tmp_path):
+    """EraDiff and OmniEraser on SmartEraser's trainer: a corrupt sample in every Syn4Removal shard and a truncated
+    Video4Removal shard are skipped and counted; a worker failure at step 15 restarts the worker group from the
+    step-10 checkpoint (each eraser's resume); the trained eraser changes only the masked pixels."""
+    import pyarrow.parquet  # noqa: F401  (pa.parquet)
+
+    _corrupt_training_samples(outputs_copy["syn"], 0.1)
+    video = dataset.committed_shards(str(outputs_copy["video"]))[0]
+    Path(video.uri).write_bytes(Path(video.uri).read_bytes()[:5000])  # truncated: its size no longer matches the manifest
     parts = request.getfixturevalue(f"{eraser}_parts")
-    config = train_config(tmp_path, parts, [(training_outputs["syn"], 0.5), (training_outputs["video"], 0.5)], eraser=eraser,
+    config = train_config(tmp_path, parts, [(outputs_copy["syn"], 0.8), (outputs_copy["video"], 0.2)], eraser=eraser,
                           scaling__max_failures=1)
-    pairmine("train", "--config", str(config), "--no-progress", timeout=600, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
+    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
     run = str(tmp_path / "runs" / "run")
     summary = summary_of(run)
-    assert summary["eraser"] == eraser and summary["steps"] == 20 and summary["resumed_from_step"] == 10
+    assert summary["eraser"] == eraser and summary["steps"] == 20, "the run completed despite the failure"
+    assert summary["resumed_from_step"] == 10, "the restarted worker group went on from the step-10 checkpoint"
+    assert storage.read_bytes(storage.join(run, ".injected-failure")) == b"15"
+    assert "injected failure at step 15" in done.stdout + done.stderr
+    skipped = summary["skipped"]
+    assert skipped.get("corrupt_sample", 0) >= 1 and skipped.get("unreadable_shard", 0) >= 2, skipped
+    assert "corrupt_sample" in done.stdout and "unreadable_shard" in done.stdout
     losses = [m["loss"] for m in read_step_metrics(run)]
     assert len(losses) == 4 and all(np.isfinite(losses))
     latest = storage.join(run, checkpoints(run)[-1], "eraser")
