@@ -15,6 +15,8 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,7 +24,6 @@ import torch
 from .. import storage
 from .config import TrainParams
 from .data import REASONS
-from . import models
 from .eraser import to_batch
 from .metrics import MetricsLog, checkpoint_name, checkpoint_step, read_progress, validate
 
@@ -92,6 +93,12 @@ def _train_loop(config: dict) -> dict:
     rank, world = context.get_world_rank(), context.get_world_size()
     if not params.scaling.use_gpu:
         torch.set_num_threads(max(1, int(params.scaling.cpus_per_worker)))
+    rows_iter = _started(iter(ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=params.batch_size, drop_last=True, local_shuffle_buffer_size=params.data.shuffle_buffer or None,
+        local_shuffle_seed=params.seed + rank if params.data.shuffle_buffer else None,
+    )))
+    from . import models  # the model libraries (diffusers, transformers, peft): their import overlaps the stream's start
+
     device = ray.train.torch.get_device()
     eraser = models.build(params.eraser, device)
     optimizer = _optimizer(params, eraser.trainable_parameters(), world)
@@ -116,13 +123,8 @@ def _train_loop(config: dict) -> dict:
     validation = config["validation"] if rank == 0 else None
     skipped = np.zeros(len(REASONS), np.int64)
     generator = torch.Generator(device=device)
-    rows_iter = ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=params.batch_size, drop_last=True, local_shuffle_buffer_size=params.data.shuffle_buffer or None,
-        local_shuffle_seed=params.seed + rank if params.data.shuffle_buffer else None,
-    )
     micro, window_loss, window_samples, waited, computed = 0, 0.0, 0, 0.0, 0.0
     last = time.perf_counter()
-    rows_iter = iter(rows_iter)
     while step < params.max_steps:
         started = time.perf_counter()
         try:
@@ -175,6 +177,23 @@ def _train_loop(config: dict) -> dict:
     totals = _all_reduce([float(v) for v in skipped])
     return {"steps": step, "resumed_from_step": resumed_from, "position": position, "metrics": metrics.summary(),
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}
+
+
+def _started(batches: Iterator) -> Iterator:
+    """`batches` with its first batch already being fetched, in a thread, while the worker loads its model: Ray
+    Data starts a pipeline on the first request (its actors, worker processes and first reads, ~10 s on 2 cores
+    before the first rows), so that start overlaps the model libraries' import and the weights' load."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pairmine-first-rows")
+    first = pool.submit(next, batches, None)
+    pool.shutdown(wait=False)
+
+    def rest() -> Iterator:
+        batch = first.result()
+        if batch is not None:
+            yield batch
+            yield from batches
+
+    return rest()
 
 
 def _start_checkpoint(reported, run_uri: str):
