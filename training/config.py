@@ -81,7 +81,7 @@ class ScalingParams(Params):
 class TrainParams(Params):
     """Everything that decides the trained weights (hashed), and where the run lives."""
 
-    seed: int = Field(0, ge=0, description="seed of the data plan, the augmentation and the noise")
+    seed: int = Field(0, ge=0, description="seed of the data plan, the augmentation, the noise and the new layers' initial weights")
     batch_size: int = Field(4, ge=1, le=4096, description="samples per worker per micro-step (the release: 4 per GPU)")
     grad_accumulation: int = Field(1, ge=1, le=1024, description="micro-steps per optimizer step")
     max_steps: int = Field(1000, ge=1, description="optimizer steps of the whole run")

@@ -97,10 +97,8 @@ def _train_loop(config: dict) -> dict:
         batch_size=params.batch_size, drop_last=True, local_shuffle_buffer_size=params.data.shuffle_buffer or None,
         local_shuffle_seed=params.seed + rank if params.data.shuffle_buffer else None,
     )))
-    from . import models  # the model libraries (diffusers, transformers, peft): their import overlaps the stream's start
-
     device = ray.train.torch.get_device()
-    eraser = models.build(params.eraser, device)
+    eraser = build_eraser(params, device)  # the model libraries' import and the weights' load overlap the stream's start
     optimizer = _optimizer(params, eraser.trainable_parameters(), world)
     schedule = _schedule(params, optimizer)
     amp = params.scaling.use_gpu and params.mixed_precision != "no"
@@ -177,6 +175,15 @@ def _train_loop(config: dict) -> dict:
     totals = _all_reduce([float(v) for v in skipped])
     return {"steps": step, "resumed_from_step": resumed_from, "position": position, "metrics": metrics.summary(),
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}
+
+
+def build_eraser(params: TrainParams, device: torch.device):
+    """The eraser to train, its new layers (SmartEraser's token MLP, OmniEraser's LoRA) drawn from the run's
+    seed: a rerun of a config starts from the same weights."""
+    from . import models  # diffusers, transformers, peft: imported here, after the worker started its stream
+
+    torch.manual_seed(params.seed)
+    return models.build(params.eraser, device)
 
 
 def _started(batches: Iterator) -> Iterator:

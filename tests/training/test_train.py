@@ -218,6 +218,16 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
     assert "PSNR mask" in table and table.count("\n") >= 5
 
 
+def test_the_new_layers_start_from_the_runs_seed(smarteraser_parts, tmp_path):
+    import torch
+
+    from pairmine.training.loop import build_eraser
+
+    params = TrainParams.model_validate({"eraser": smarteraser_parts, "data": {"sources": [{"output": "x"}]}, "storage": str(tmp_path)})
+    weights = [build_eraser(params.model_copy(update={"seed": seed}), torch.device("cpu")).token_mlp.fc.weight for seed in (0, 0, 1)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
 def test_a_rerun_starts_from_the_later_of_rays_and_the_committed_checkpoint(tmp_path):
     import ray.train
 
