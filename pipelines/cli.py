@@ -4,7 +4,7 @@ A command is a name, its help texts and two functions (add its arguments, run it
 theirs from their ``Pipeline`` declaration (``run.pipeline_command``); other commands (training,
 erasing, reports) declare one directly. Adding a command is one line in ``COMMAND_MODULES``. A command
 line that names a command imports only that command's module (``pairmine verify`` needs no Ray Data,
-SciPy or torch): ~1 s to start instead of ~4. Any ``UserError`` a command raises becomes a one-line
+SciPy or torch): 1.8 s to start instead of 4.0. Any ``UserError`` a command raises becomes a one-line
 message and exit code 2.
 """
 

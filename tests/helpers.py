@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import contextlib
+import glob
 import io
 import json
 import logging
@@ -83,6 +83,5 @@ def cli_in_process(*args: str) -> subprocess.CompletedProcess:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(args))
     finally:
-        root.handlers, root.level, ours.level = saved[0], saved[1], saved[2]
+        root.handlers, root.level, ours.level = saved
     return subprocess.CompletedProcess(["pairmine", *args], code, out.getvalue(), err.getvalue())
-

@@ -81,9 +81,8 @@ def test_each_kind_of_damage_is_found(output, damage, found):
 
 def test_a_key_in_two_shards_and_an_input_accounted_twice(output):
     # two committed shards' rows (a group whose records were all rejected has a row with no keys)
-    first, second = [f for f in sorted((output / "manifest").glob("*.parquet")) if pa.parquet.read_table(f)["keys"][0].as_py()][:2]
-    row = pa.parquet.read_table(first).to_pylist()[0]
-    other = pa.parquet.read_table(second).to_pylist()
+    manifests = [(f, pa.parquet.read_table(f).to_pylist()) for f in sorted((output / "manifest").glob("*.parquet"))]
+    (_, (row, *_)), (second, other) = [(f, rows) for f, rows in manifests if rows[0]["keys"]][:2]
     other[0]["keys"] = other[0]["keys"] + row["keys"][:1]
     other[0]["inputs"] = other[0]["inputs"] + row["inputs"]
     second.write_bytes(dataset.to_parquet(pa.Table.from_pylist(other, schema=dataset.MANIFEST_SCHEMA)))
