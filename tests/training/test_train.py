@@ -165,7 +165,8 @@ def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
 def test_the_other_erasers_skip_bad_data_survive_a_failed_worker_and_erase(eraser, request, outputs_copy, tmp_path):
     """EraDiff and OmniEraser on SmartEraser's trainer: a corrupt sample in every Syn4Removal shard and a truncated
     Video4Removal shard are skipped and counted; a worker failure at step 15 restarts the worker group from the
-    step-10 checkpoint (each eraser's resume); the trained eraser changes only the masked pixels."""
+    step-10 checkpoint (each eraser's resume), and the run ends with the losses and weights of the same run
+    without the failure (the resume is exact); the trained eraser changes only the masked pixels."""
     import pyarrow.parquet  # noqa: F401  (pa.parquet)
 
     _corrupt_training_samples(outputs_copy["syn"], 0.1)
@@ -190,6 +191,16 @@ def test_the_other_erasers_skip_bad_data_survive_a_failed_worker_and_erase(erase
     saved = {storage.basename(e.path) for e in storage.list_dir(latest)}
     assert saved == ({"eraser.json", "lora.safetensors"} if eraser == "omnieraser" else {"eraser.json", "unet.safetensors"})
     assert_erases_only_inside_the_mask(run, tmp_path)
+
+    (tmp_path / "uninterrupted").mkdir()
+    twin = train_config(tmp_path / "uninterrupted", parts, [(outputs_copy["syn"], 0.8), (outputs_copy["video"], 0.2)], eraser=eraser)
+    pairmine("train", "--config", str(twin), "--no-progress", timeout=600)
+    reference = str(tmp_path / "uninterrupted" / "runs" / "run")
+    assert summary_of(reference)["skipped"] == skipped
+    assert [m["loss"] for m in read_step_metrics(reference)] == losses, "the resumed run's losses differ from the uninterrupted run's"
+    for name in saved - {"eraser.json"}:
+        assert storage.read_bytes(storage.join(latest, name)) == storage.read_bytes(storage.join(reference, checkpoints(reference)[-1], "eraser", name)), \
+            f"the resumed run's {name} differs from the uninterrupted run's"
 
 
 def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs, smarteraser_parts, eradiff_parts, omnieraser_parts, tmp_path):
