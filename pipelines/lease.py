@@ -4,7 +4,8 @@ A run takes the lease before it touches the output (it removes orphans, plans ag
 writes shards), renews it every ``LEASE_SECONDS / 4`` from a driver thread, and gives it back at the
 end. A second run on the same output finds the lease held and waits (``--wait``) or stops with exit
 code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
-belongs to a crashed run and is taken over (at once when that run's process on this host is gone). So
+belongs to a crashed run and is taken over (at once when that run's process, on this host and in this
+pid namespace, is gone). So
 concurrent runs never delete or duplicate each other's work: they take turns, each doing only what the
 manifest says is left.
 """
@@ -41,10 +42,22 @@ def _stale(holder: dict, seconds: float) -> str | None:
     return f"no heartbeat for {silent:.0f} s" if silent > holder.get("expires_after_s", seconds) else None
 
 
+def pid_space() -> str:
+    """Which processes this one's pids name: the kernel's boot id and this pid namespace. Two containers may share a
+    hostname (or run `--network host`) while a pid means a different process in each; "" where Linux's /proc is not."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 def _dead_here(holder: dict) -> bool:
-    """The holder ran on this host and its process is gone (killed): its lease is stale now, not after expiry.
-    Hosts are told apart by hostname (unique per pod or container); an unknown or live pid waits for expiry."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) or holder["pid"] == os.getpid():
+    """The holder ran in this host's pid space and its process is gone (killed): its lease is stale now, not after
+    expiry. A holder elsewhere (another hostname or pid space, or one that did not say), or an unknown or live pid,
+    waits for the expiry."""
+    here = (socket.gethostname(), pid_space())
+    if (holder.get("host"), holder.get("pid_space")) != here or not here[1] or not isinstance(holder.get("pid"), int) or holder["pid"] == os.getpid():
         return False
     try:
         os.kill(holder["pid"], 0)
@@ -59,7 +72,7 @@ class Lease:
     def __init__(self, output: str, run_id: str, seconds: float = LEASE_SECONDS):
         self.output, self.uri = output, storage.join(output, LEASE)
         self.seconds = seconds
-        self.owner = {"run": run_id, "host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+        self.owner = {"run": run_id, "host": socket.gethostname(), "pid_space": pid_space(), "pid": os.getpid(), "token": secrets.token_hex(8)}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -12,7 +12,7 @@ from helpers import PAIRMINE, cli
 from sample_inputs import write_loose_sa1b
 
 from pairmine import storage
-from pairmine.pipelines.lease import LEASE, Lease, OutputBusy
+from pairmine.pipelines.lease import LEASE, Lease, OutputBusy, pid_space
 from pairmine.pipelines.verify import verify
 
 
@@ -46,12 +46,16 @@ def test_a_crashed_runs_lease_is_taken_over(output):
 
 
 def test_a_killed_process_on_this_host_frees_its_lease_at_once(tmp_path):
+    """A gone pid frees a fresh lease only when it was a pid of this host's pid space: another container with the
+    same hostname (another pid namespace), or a lease that does not say, waits for the expiry."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     alive = subprocess.Popen(["sleep", "30"])
+    here = pid_space()
+    assert here and here.count("/") == 1
     try:
-        for pid, free in ((gone.pid, True), (alive.pid, False)):
-            holder = {"run": "killed", "host": socket.gethostname(), "pid": pid, "token": "x", "heartbeat": time.time(), "expires_after_s": 120}
+        for pid, space, free in ((gone.pid, here, True), (alive.pid, here, False), (gone.pid, here.split("/")[0] + "/pid:[1]", False), (gone.pid, None, False)):
+            holder = {"run": "killed", "host": socket.gethostname(), "pid_space": space, "pid": pid, "token": "x", "heartbeat": time.time(), "expires_after_s": 120}
             (tmp_path / LEASE).write_text(json.dumps(holder))
             lease = Lease(str(tmp_path), "rerun")
             if free:
