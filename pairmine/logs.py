@@ -3,8 +3,9 @@
 ``configure`` sets the console format once per process (``--log-format text|json``, ``-v``).
 ``run_log`` captures a run: every pairmine line, and Ray's own lines (its loggers do not propagate,
 so they get the file handler directly), go to ``<folder>/logs/<run>.log``; unless verbose, Ray's lines
-go only there, so a terminal shows pairmine's progress and summary, not Ray's internals. On S3 the
-log is written locally and uploaded when the run ends.
+go only there, so a terminal shows pairmine's progress and summary, not Ray's internals (with ``-v`` they
+reach the terminal too, in the console's format; Ray's workers' output is printed by Ray as it is). On S3
+the log is written locally and uploaded when the run ends.
 """
 
 from __future__ import annotations
@@ -47,11 +48,19 @@ def formatter() -> logging.Formatter:
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _in_our_format(handler: logging.Handler) -> logging.Handler:
+    """`handler` with the console's formatter, kept: ``ray.init`` sets its own on every handler of the "ray"
+    logger (``ray._private.ray_logging.setup_logger``), which would turn a run's log, JSON lines included,
+    into Ray's format from Ray's start on."""
+    handler.setFormatter(formatter())
+    handler.setFormatter = lambda fmt: None
+    return handler
+
+
 def configure(verbose: bool = False, fmt: str = "text") -> None:
     """The console: pairmine at INFO (DEBUG with -v), libraries at WARNING, in `fmt` (text or json)."""
     _state.update(verbose=verbose, format=fmt)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter())
+    handler = _in_our_format(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("pairmine").setLevel(logging.DEBUG if verbose else logging.INFO)
 
@@ -66,14 +75,15 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
     uri = storage.join(folder, "logs", f"{run_id}.log")
     local = uri if not storage.is_s3(uri) else os.path.join(tempfile.mkdtemp(prefix="pairmine-log-"), f"{run_id}.log")
     os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
-    handler = logging.FileHandler(local, encoding="utf-8")
-    handler.setFormatter(formatter())
+    handler = _in_our_format(logging.FileHandler(local, encoding="utf-8"))
     handler.setLevel(logging.DEBUG if verbose() else logging.INFO)
+    # with -v, Ray's lines also reach the terminal, through a console handler of ours: in the console's format
+    # (one JSON object per line with --log-format json), not in Ray's own
+    console = [_in_our_format(logging.StreamHandler(sys.stderr))] if verbose() else []
     saved = {name: list(logging.getLogger(name).handlers) for name in RAY_LOGGERS}
     logging.getLogger().addHandler(handler)
     for name, handlers in saved.items():
-        kept = handlers if verbose() else [h for h in handlers if not _is_console(h)]
-        logging.getLogger(name).handlers = [*kept, handler]
+        logging.getLogger(name).handlers = [*(h for h in handlers if not _is_console(h)), *console, handler]
     try:
         yield uri
     finally:

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,20 +131,29 @@ def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, r
     assert len(listed) < len(shard_paths(str(clean))), "the kill came after the last shard: nothing was left to the rerun"
 
 
-@pytest.mark.parametrize("fmt", ["text", "json"])
-def test_a_run_prints_a_few_lines_and_logs_ray_to_its_folder(tmp_path, fmt):
+@pytest.mark.parametrize("fmt, verbose", [("text", False), ("json", False), ("json", True)])
+def test_a_run_prints_a_few_lines_and_logs_ray_to_its_folder(tmp_path, fmt, verbose):
+    """Ray's lines go to the run's log file (and with -v to the terminal), in the run's format from start to end:
+    ray.init sets its own formatter on the handlers of its logger, ours included, unless they keep theirs."""
     loose = tmp_path / "loose"
     write_loose_sa1b(loose, 2)
     out = tmp_path / "out"
-    done = pairmine("syn4removal", "--input", str(loose), "--output", str(out), "--no-progress", "--log-format", fmt)
+    done = pairmine("syn4removal", *(["-v"] if verbose else []), "--input", str(loose), "--output", str(out), "--no-progress", "--log-format", fmt)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 3, lines  # the start line (and Ray's one-time notices at most), no Ray execution chatter
-    assert not any("Starting execution" in line or "progress UI" in line for line in lines)
+    if not verbose:
+        assert 1 <= len(lines) <= 3, lines  # the start line (and Ray's one-time notices at most), no Ray execution chatter
+        assert not any("Starting execution" in line or "progress UI" in line for line in lines)
+    (run_log,) = (out / "logs").glob("*.log")
+    logged = run_log.read_text().splitlines()
+    assert any("Data sink ShardSink finished" in line for line in logged), "Ray's own lines go to the run's log file"
     if fmt == "json":
         start = json.loads(lines[0])  # every line one JSON object
         assert start["level"] == "INFO" and start["logger"] == "pairmine" and start["pipeline"] == "syn4removal"
-        assert all(isinstance(json.loads(line), dict) for line in lines)
-    (run_log,) = (out / "logs").glob("*.log")
-    assert "Data sink ShardSink finished" in run_log.read_text(), "Ray's own lines go to the run's log file"
+        for line in lines + logged:
+            assert isinstance(json.loads(line), dict), line
+        if verbose:
+            assert any(json.loads(line)["logger"].startswith("ray.data") for line in lines), "-v shows Ray's lines, as JSON"
+    else:
+        assert all(re.match(r"\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ [\w.]+: ", line) for line in logged), logged
     assert "syn4removal run" in done.stdout and "samples" in done.stdout  # the summary
