@@ -5,9 +5,8 @@ writes shards), renews it every ``LEASE_SECONDS / 4`` from a driver thread, and 
 end. A second run on the same output finds the lease held and waits (``--wait``) or stops with exit
 code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
 belongs to a crashed run and is taken over (at once when that run's process, on this host and in this
-pid namespace, is gone). So
-concurrent runs never delete or duplicate each other's work: they take turns, each doing only what the
-manifest says is left.
+pid namespace, is gone). So concurrent runs never delete or duplicate each other's work: they take turns,
+each doing only what the manifest says is left.
 """
 
 from __future__ import annotations
@@ -44,7 +43,8 @@ def _stale(holder: dict, seconds: float) -> str | None:
 
 def pid_space() -> str:
     """Which processes this one's pids name: the kernel's boot id and this pid namespace. Two containers may share a
-    hostname (or run `--network host`) while a pid means a different process in each; "" where Linux's /proc is not."""
+    hostname (or run `--network host`) while a pid means a different process in each. "" where Linux's /proc is not
+    (macOS: no pid namespaces, so the hostname tells)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as boot:
             return f"{boot.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
@@ -57,7 +57,7 @@ def _dead_here(holder: dict) -> bool:
     expiry. A holder elsewhere (another hostname or pid space, or one that did not say), or an unknown or live pid,
     waits for the expiry."""
     here = (socket.gethostname(), pid_space())
-    if (holder.get("host"), holder.get("pid_space")) != here or not here[1] or not isinstance(holder.get("pid"), int) or holder["pid"] == os.getpid():
+    if (holder.get("host"), holder.get("pid_space")) != here or not isinstance(holder.get("pid"), int) or holder["pid"] == os.getpid():
         return False
     try:
         os.kill(holder["pid"], 0)
