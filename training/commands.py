@@ -72,7 +72,7 @@ def _add_erase_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a training run folder (its latest checkpoint), a checkpoint, or a saved eraser; local or s3://")
     parser.add_argument("--image", required=True, metavar="PATH", help="an image, or a folder of images")
-    parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase), or a folder of masks with the same stems")
+    parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems")
     parser.add_argument("--out", required=True, metavar="PATH", help="the output image (its extension picks the format), or a folder")
     parser.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the eraser's, 50)")
     parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default: the eraser's, 1.5)")
