@@ -37,10 +37,10 @@ def latest_checkpoint(uri: str) -> str:
     return storage.join(uri, max(folders, key=lambda name: (checkpoint_step(name), name)))
 
 
-def _read(path: str, flags: int) -> np.ndarray:
+def _read(path: str, flags: int, what: str) -> np.ndarray:
     image = cv2.imread(path, flags) if os.path.isfile(path) else None
     if image is None:
-        raise UserError(f"cannot read the image {path}")
+        raise UserError(f"cannot read the {what} {path}" + ("" if os.path.isfile(path) else " (no such file)"))
     return image
 
 
@@ -103,8 +103,8 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     done, failed = 0, {}
     for image_path, mask_path, out_path in jobs:
         try:
-            rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            binary = erase_region(_read(mask_path, cv2.IMREAD_GRAYSCALE))
+            rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+            binary = erase_region(_read(mask_path, cv2.IMREAD_GRAYSCALE, "mask"))
             if binary.shape != rgb.shape[:2]:
                 raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}")
             if not binary.any():

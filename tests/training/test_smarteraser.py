@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import cli_in_process
 from models import tiny_sd_inpainting
 from safetensors.torch import load_file, save_file
 from training_inputs import overfit_losses
@@ -144,6 +146,28 @@ def test_a_checkpoint_round_trips_its_trained_parts(eraser, tmp_path):
     assert meta["resolution"] == 64 and loaded.params == eraser.params and not loaded.training
     for name, module in eraser.trainable().items():
         assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.trainable()[name].state_dict().values())), name
+
+
+def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(eraser, tmp_path):
+    """A 0/255 and a 0/1 mask each erase their object, only inside it; an image without a mask is named, the others done."""
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    images, masks, out = (tmp_path / name for name in ("images", "masks", "out"))
+    images.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(0)
+    mask = np.zeros((50, 70), np.uint8)
+    mask[10:30, 20:50] = 1
+    for stem, scale in (("a", 255), ("b", 1), ("c", None)):
+        cv2.imwrite(str(images / f"{stem}.png"), (rng.random((50, 70, 3)) * 255).astype(np.uint8))
+        if scale:
+            cv2.imwrite(str(masks / f"{stem}.png"), mask * scale)
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(images), "--mask", str(masks),
+                          "--out", str(out), "--steps", "1")
+    assert done.returncode == 1 and "2 erased" in done.stdout and "1 failed" in done.stdout, done.stdout + done.stderr
+    assert f"cannot read the mask {masks / 'c.png'} (no such file)" in done.stderr
+    for stem in ("a", "b"):
+        image, erased = cv2.imread(str(images / f"{stem}.png")), cv2.imread(str(out / f"{stem}.png"))
+        assert np.array_equal(erased[mask == 0], image[mask == 0]) and not np.array_equal(erased[mask == 1], image[mask == 1]), stem
+    assert not (out / "c.png").exists()
 
 
 def test_a_checkpoint_of_another_eraser_is_refused(eraser, tmp_path, smarteraser_parts):
