@@ -17,7 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..dataset import Reject
-from .codecs import BadInput, read_header
+from .codecs import BadInput, mask_foreground, read_header
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _mask_rle(data: bytes, height: int, width: int, max_pixels: int) -> dict:
         raise BadInput("mask_size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}: another aspect ratio")
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
-    binary = np.asfortranarray(mask >= 128, dtype=np.uint8)
+    binary = np.asfortranarray(mask_foreground(mask), dtype=np.uint8)
     if not binary.any():
         raise BadInput("empty_mask", "mask has no foreground")
     rle = mask_utils.encode(binary)

@@ -154,6 +154,12 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_LINEAR)
 
 
+def mask_foreground(gray: np.ndarray) -> np.ndarray:
+    """The object of a grayscale mask: its white half (over 127), or the 1s of a mask saved as 0/1 (label masks
+    often are; read as 0-255 it would be empty)."""
+    return gray > (0 if gray.max(initial=0) <= 1 else 127)
+
+
 def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode a COCO panoptic PNG to its int32 segment-id map (id = R + 256 G + 256^2 B)."""
     bgr, header = decode_image(data, max_pixels)

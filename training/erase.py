@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 
 from .. import storage
 from ..errors import UserError
+from ..operators.codecs import mask_foreground
 from .data import object_crop
 from .metrics import checkpoint_step, paste_back, predict, read_progress
 
@@ -42,12 +43,6 @@ def _read(path: str, flags: int, what: str) -> np.ndarray:
     if image is None:
         raise UserError(f"cannot read the {what} {path}" + ("" if os.path.isfile(path) else " (no such file)"))
     return image
-
-
-def erase_region(gray: np.ndarray) -> np.ndarray:
-    """The pixels to erase of a grayscale mask: its white (over 127), or the 1s of a mask saved as 0/1 (label
-    masks often are; read as 0-255 they would be empty)."""
-    return gray > (0 if gray.max(initial=0) <= 1 else 127)
 
 
 def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, seed: int = 0) -> np.ndarray:
@@ -104,7 +99,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     for image_path, mask_path, out_path in jobs:
         try:
             rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
-            binary = erase_region(_read(mask_path, cv2.IMREAD_GRAYSCALE, "mask"))
+            binary = mask_foreground(_read(mask_path, cv2.IMREAD_GRAYSCALE, "mask"))
             if binary.shape != rgb.shape[:2]:
                 raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}")
             if not binary.any():

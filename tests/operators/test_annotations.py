@@ -421,14 +421,17 @@ def test_open_images_masks_are_resized_to_the_image_and_bad_rows_rejected():
     cv2.ellipse(full, (200, 150), (120, 80), 0, 0, 360, 255, -1)
     small = cv2.resize(full, (300, 200), interpolation=cv2.INTER_AREA)  # the release's masks come at their own size
     categories = {"/m/01yrx": {"name": "Cat", "count": 5}}
-    rows = [_oi_row(), _oi_row(), _oi_row("/m/0nope"), _oi_row(), _oi_row(BoxXMin="nan"), _oi_row(), _oi_row(PredictedIoU="")]
-    masks = [_png(small), _png(np.full((200, 200), 255, np.uint8)), _png(small), None, _png(small), b"garbage", _png(small)]
+    rows = [_oi_row(), _oi_row(), _oi_row("/m/0nope"), _oi_row(), _oi_row(BoxXMin="nan"), _oi_row(), _oi_row(PredictedIoU=""), _oi_row()]
+    masks = [_png(small), _png(np.full((200, 200), 255, np.uint8)), _png(small), None, _png(small), b"garbage", _png(small),
+             _png((small > 127).astype(np.uint8))]  # the last saved as 0/1
     parsed = parse_openimages(rows, masks, categories, height, width, max_pixels=10**7)
     reasons = {i: r.reason for i, r in parsed.invalid.items()}
     assert reasons == {1: "mask_size_mismatch", 2: "unknown_category", 3: "missing_mask", 4: "non_finite_value", 5: "corrupt_mask"}
-    first, last = parsed.segments
+    first, last, zero_one = parsed.segments
     assert (first.index, first.category, first.scores) == (0, "Cat", {"predicted_iou": 0.8})
     assert last.scores == {}  # no PredictedIoU: no score, not a zero
+    differ = np.logical_xor(mask_utils.decode(zero_one.rle), mask_utils.decode(first.rle)).sum()
+    assert differ < 0.01 * first.area, "a 0/1 mask is the same object (up to its resize)"
     decoded = mask_utils.decode(first.rle)
     assert decoded.shape == (height, width)
     assert np.logical_xor(decoded, full > 0).sum() < 0.02 * (full > 0).sum()  # the object, at the image's size

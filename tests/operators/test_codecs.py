@@ -18,6 +18,7 @@ from pairmine.operators.codecs import (
     decode_panoptic_ids,
     encode_jpeg,
     encode_png_gray,
+    mask_foreground,
     orient,
     read_header,
     resample,
@@ -373,3 +374,13 @@ def test_resample_within_2x_is_as_close_to_the_full_resolution_picture_as_an_are
     assert psnr(resample(half, size)) > 30
     quarter = (w // 5, h // 5)
     np.testing.assert_array_equal(resample(full, quarter), cv2.resize(full, quarter, interpolation=cv2.INTER_AREA))
+
+
+def test_a_mask_is_its_white_half_or_the_ones_of_a_0_1_mask():
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1:3, 2:5] = 1
+    assert np.array_equal(mask_foreground(mask), mask == 1), "a 0/1 mask: its 1s"
+    assert np.array_equal(mask_foreground(mask * 255), mask == 1), "a 0/255 mask: its white"
+    soft = mask * 200 + 100 * (mask == 0)  # a soft or JPEG-noisy mask: its white half
+    assert np.array_equal(mask_foreground(soft.astype(np.uint8)), mask == 1)
+    assert not mask_foreground(np.zeros_like(mask)).any()

@@ -268,18 +268,6 @@ def test_a_committed_checkpoint_on_s3_is_read_through_the_s3_filesystem(s3_bucke
         assert Path(folder, "state.pt").read_bytes() == b"state"
 
 
-def test_erase_reads_white_or_one_as_the_region_to_erase():
-    from pairmine.training.erase import erase_region
-
-    mask = np.zeros((4, 6), np.uint8)
-    mask[1:3, 2:5] = 1
-    assert np.array_equal(erase_region(mask), mask == 1), "a 0/1 mask: its 1s"
-    assert np.array_equal(erase_region(mask * 255), mask == 1), "a 0/255 mask: its white"
-    soft = mask * 200 + 100 * (mask == 0)  # a soft or JPEG-noisy mask: its white half
-    assert np.array_equal(erase_region(soft.astype(np.uint8)), mask == 1)
-    assert not erase_region(np.zeros_like(mask)).any()
-
-
 def test_erase_takes_a_run_folders_committed_checkpoint_or_else_its_latest(tmp_path):
     from pairmine.training.erase import latest_checkpoint
 
