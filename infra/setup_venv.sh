@@ -9,7 +9,7 @@
 # The container images (infra/Dockerfile) run this same script with
 #   PAIRMINE_EXTRAS   the extras to install (default: models,train,cluster,dev; images: models,train,cluster)
 #   TORCH_INDEX_URL   where torch comes from (default: the configured index, which gives the CPU build
-#                     here; the CUDA image: https://download.pytorch.org/whl/cu128)
+#                     here; the CUDA image: https://download.pytorch.org/whl/cu130)
 #   PAIRMINE_VENV     where the venv goes (default: .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
