@@ -25,7 +25,9 @@ COMMAND_MODULES = {
     "verify": "pairmine.pipelines.verify", "report": "pairmine.pipelines.report",
     "train": "pairmine.training.commands", "erase": "pairmine.training.commands", "evaluate": "pairmine.training.commands",
 }
-EXIT_CODES = "exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later)."
+EXIT_CODES = "exit codes: 0 done, 1 failure, 2 bad arguments/config/inputs (nothing was run)."
+PIPELINE_EXIT_CODES = ("exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n"
+                       "2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later).")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Command:
     examples: str  # the epilog of `pairmine NAME --help`
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]  # the exit code; raises UserError for the user's mistakes
+    exit_codes: str = EXIT_CODES  # the last lines of `pairmine NAME --help`
 
 
 def commands(names: list[str] | None = None) -> list[Command]:
@@ -45,9 +48,10 @@ def commands(names: list[str] | None = None) -> list[Command]:
     return [declared[name] for name in names]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
-    """The options of every config-driven command: --config, --set, --print-config, --dry-run, -v."""
-    parser.add_argument("--config", metavar="FILE", help=f"YAML config, local or s3:// (default: the packaged defaults, see {default_config})")
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """The options of every config-driven command: --config (`config_help` says what it defaults to), --set,
+    --print-config, --dry-run."""
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config, local or s3:// ({config_help})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. seed=3 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan without running")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and its hash, then exit")
@@ -66,7 +70,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for command in commands(words[:1] if words and words[0] in COMMAND_MODULES else None):
         sub = subparsers.add_parser(
             command.name, help=command.help, description=command.description,
-            epilog=f"{command.examples.rstrip()}\n\n{EXIT_CODES}\n", formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"{command.examples.rstrip()}\n\n{command.exit_codes}\n", formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
         sub.add_argument("-v", "--verbose", action="store_true", help="debug logging, and Ray's own log lines and progress bars")

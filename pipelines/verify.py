@@ -200,4 +200,5 @@ def _run(args: argparse.Namespace) -> int:
 COMMANDS = [Command("verify", "check an output against its contract (and, given its inputs, that nothing was lost)",
                     "Verify a pipeline output, local or s3://: shards against their manifest rows (size, sha256, keys), no file "
                     "outside the manifest, no key twice, every sample complete and decodable, and every input record accounted for.",
-                    EXAMPLES, _add_arguments, _run)]
+                    EXAMPLES, _add_arguments, _run,
+                    "exit codes: 0 the output keeps its contract, 1 problems found (each listed), 2 bad arguments or no output.")]

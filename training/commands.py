@@ -31,14 +31,15 @@ Rerunning the same command resumes the run (<storage>/<name>) from its latest ch
 included; a run whose config changed is refused (give it another name)."""
 
 ERASE_EXAMPLES = """examples:
-  # one image: the latest checkpoint of a run, the release's inference settings (guidance 1.5, 50 steps)
+  # one image: the latest checkpoint of a run, the eraser's inference settings (SmartEraser's release:
+  # guidance 1.5, 50 steps)
   pairmine erase --checkpoint runs/smarteraser --image photo.jpg --mask photo_mask.png --out clean.png
 
-  # a folder of images with masks of the same file stems, on a GPU, 25 steps
-  pairmine erase --checkpoint s3://runs/erasers/smarteraser/checkpoint_2026-11-30_10-00-00.000000 \\
+  # a folder of images with masks of the same file stems, one checkpoint, on a GPU, 25 steps
+  pairmine erase --checkpoint s3://runs/erasers/smarteraser/checkpoint_00002000 \\
       --image photos/ --mask masks/ --out cleaned/ --device cuda --steps 25
 
-Masks: white (> 127) marks the object to erase. Only the masked pixels change."""
+Masks: white (> 127) marks the object to erase (in a 0/1 mask, 1). Only the masked pixels change."""
 
 EVALUATE_EXAMPLES = """examples:
   # three trained erasers on the held-out split of two outputs: one table, one sheet
@@ -50,7 +51,7 @@ checkpoint's run unless --val-fraction is given); every checkpoint sees the same
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, "configs/train_smarteraser.yaml")
+    add_config_arguments(parser, "the eraser's weights, the data and the storage have no defaults: start from configs/train_*.yaml")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
@@ -74,8 +75,8 @@ def _add_erase_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, metavar="PATH", help="an image, or a folder of images")
     parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems")
     parser.add_argument("--out", required=True, metavar="PATH", help="the output image (its extension picks the format), or a folder")
-    parser.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the eraser's, 50)")
-    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default: the eraser's, 1.5)")
+    parser.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the eraser's; SmartEraser and EraDiff 50, OmniEraser 28)")
+    parser.add_argument("--guidance", type=float, metavar="G", help="guidance scale (default: the eraser's; SmartEraser 1.5, EraDiff 1: none, OmniEraser 3.5: FLUX's distilled guidance)")
     parser.add_argument("--resolution", type=int, metavar="PX", help="short side the eraser works at (default: its training resolution)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the eraser runs (auto: CUDA if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
@@ -119,7 +120,9 @@ COMMANDS = [
             TRAIN_EXAMPLES, _add_train_arguments, _run_train),
     Command("erase", "remove the masked objects from images with a trained eraser",
             "Run a trained eraser on an image and its mask (or folders of them); pixels outside the mask are kept as they are.",
-            ERASE_EXAMPLES, _add_erase_arguments, _run_erase),
+            ERASE_EXAMPLES, _add_erase_arguments, _run_erase,
+            "exit codes: 0 every image erased, 1 some could not be (each named; the others are written),\n"
+            "2 bad arguments or checkpoint (nothing was run)."),
     Command("evaluate", "compare trained erasers on the same held-out samples (PSNR / SSIM in the mask, change outside)",
             "Score one or more trained erasers on the held-out split of pipeline outputs: PSNR and SSIM inside the mask, the mean "
             "change outside it and seconds per image, as one table, with the predictions side by side on a sheet.",

@@ -18,7 +18,7 @@ import pytest
 from helpers import read_parquet_dir, read_samples, shard_paths
 from sample_inputs import TESTDATA, write_loose_sa1b
 
-from pairmine.pipelines.cli import COMMAND_MODULES
+from pairmine.pipelines.cli import COMMAND_MODULES, build_parser, commands
 from pairmine.pipelines.run import run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
 
@@ -37,6 +37,16 @@ def test_help_says_what_it_does_with_examples(args):
     assert args[0].strip("-") in result.stdout or ("syn4removal" in result.stdout and "video4removal" in result.stdout)
     if len(args) == 2:
         assert "examples:" in result.stdout and "--input" in result.stdout and "s3://" in result.stdout
+
+
+def test_each_commands_help_ends_with_the_exit_codes_it_returns():
+    """Only the pipelines, which hold an output's lease, can answer 3 (output busy); erase says what its 1 means."""
+    for command in commands():
+        (help_text,) = [sub.format_help() for action in build_parser([command.name])._subparsers._group_actions
+                        for name, sub in action.choices.items() if name == command.name]
+        assert help_text.rstrip().endswith(command.exit_codes.rstrip()), command.name
+        assert ("3 output busy" in help_text) == (command.name in ("syn4removal", "video4removal")), command.name
+    assert "1 some could not be" in commands(["erase"])[0].exit_codes
 
 
 def test_each_command_is_declared_by_the_module_the_registry_names_and_a_command_line_imports_only_it():
