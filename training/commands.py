@@ -72,9 +72,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_erase_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a training run folder (its latest checkpoint), a checkpoint, or a saved eraser; local or s3://")
-    parser.add_argument("--image", required=True, metavar="PATH", help="an image, or a folder of images")
-    parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems")
-    parser.add_argument("--out", required=True, metavar="PATH", help="the output image (its extension picks the format), or a folder")
+    parser.add_argument("--image", required=True, metavar="PATH", help="an image, or a folder of images; local or s3://")
+    parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems; local or s3://")
+    parser.add_argument("--out", required=True, metavar="PATH", help="the output image (its extension picks the format: .jpg, .jpeg, .png, .webp, .bmp), or a folder (PNGs named by stem); local or s3://")
     parser.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the eraser's; SmartEraser and EraDiff 50, OmniEraser 28)")
     parser.add_argument("--guidance", type=float, metavar="G", help="guidance scale (default: the eraser's; SmartEraser 1.5, EraDiff 1: none, OmniEraser 3.5: FLUX's distilled guidance)")
     parser.add_argument("--resolution", type=int, metavar="PX", help="short side the eraser works at (default: its training resolution)")

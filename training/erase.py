@@ -38,11 +38,25 @@ def latest_checkpoint(uri: str) -> str:
     return storage.join(uri, max(folders, key=lambda name: (checkpoint_step(name), name)))
 
 
-def _read(path: str, flags: int, what: str) -> np.ndarray:
-    image = cv2.imread(path, flags) if os.path.isfile(path) else None
+def _read(uri: str, flags: int, what: str) -> np.ndarray:
+    """An image file, local or s3://, decoded; a UserError naming `what` it is when it cannot be."""
+    try:
+        data = storage.read_bytes(uri)
+    except (OSError, storage.StorageError) as exc:
+        missing = isinstance(exc, FileNotFoundError) or storage.info(uri).type == pafs.FileType.NotFound
+        raise UserError(f"cannot read the {what} {uri}" + (" (no such file)" if missing else f": {storage.first_line(exc)}")) from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
-        raise UserError(f"cannot read the {what} {path}" + ("" if os.path.isfile(path) else " (no such file)"))
+        raise UserError(f"cannot read the {what} {uri} (not an image)")
     return image
+
+
+def _is_folder(uri: str) -> bool:
+    return storage.info(uri).type == pafs.FileType.Directory
+
+
+def _extension(uri: str) -> str:
+    return os.path.splitext(storage.basename(uri))[1].lower()
 
 
 def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, seed: int = 0) -> np.ndarray:
@@ -64,18 +78,22 @@ def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, se
     return (paste_back(full, image / 255.0, mask) * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def _images(folder: str) -> dict[str, str]:
+    """{file stem: uri} of the image files directly in a folder (local or s3://)."""
+    names = [storage.basename(e.path) for e in storage.list_dir(folder) if e.type == pafs.FileType.File]
+    return {os.path.splitext(name)[0]: storage.join(folder, name) for name in names if _extension(name) in IMAGE_EXTENSIONS}
+
+
 def pairs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
-    """(image, mask, output) paths: one file each, or folders matched by file stem."""
-    if not os.path.isdir(image):
+    """(image, mask, output) paths, local or s3://: one file each, or folders matched by file stem (outputs: PNG)."""
+    if not _is_folder(image):
+        if _extension(out) not in IMAGE_EXTENSIONS:
+            raise UserError(f"--out {out}: the extension picks the format, one of {', '.join(IMAGE_EXTENSIONS)}")
         return [(image, mask, out)]
-    if not os.path.isdir(mask):
+    if not _is_folder(mask):
         raise UserError(f"--image {image} is a folder: --mask must be a folder of masks with the same file stems")
-    masks = {os.path.splitext(f)[0]: os.path.join(mask, f) for f in os.listdir(mask) if f.lower().endswith(IMAGE_EXTENSIONS)}
-    found = []
-    for name in sorted(os.listdir(image)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in IMAGE_EXTENSIONS:
-            found.append((os.path.join(image, name), masks.get(stem, os.path.join(mask, stem + ".png")), os.path.join(out, stem + ".png")))
+    masks = _images(mask)
+    found = [(uri, masks.get(stem, storage.join(mask, stem + ".png")), storage.join(out, stem + ".png")) for stem, uri in sorted(_images(image).items())]
     if not found:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image}")
     return found
@@ -105,9 +123,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             if not binary.any():
                 raise UserError(f"mask {mask_path} is empty")
             result = erase_image(eraser, rgb, binary, resolution, seed)
-            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-            if not cv2.imwrite(out_path, cv2.cvtColor(result, cv2.COLOR_RGB2BGR)):
-                raise UserError(f"cannot write {out_path} (unknown image extension?)")
+            storage.write_bytes(out_path, cv2.imencode(_extension(out_path), cv2.cvtColor(result, cv2.COLOR_RGB2BGR))[1].tobytes())
             done += 1
         except UserError as exc:
             failed[image_path] = str(exc)

@@ -14,6 +14,7 @@ from models import tiny_sd_inpainting
 from safetensors.torch import load_file, save_file
 from training_inputs import overfit_losses
 
+from pairmine import storage
 from pairmine.operators.checkpoints import CheckpointError
 from pairmine.training import models
 from pairmine.training.eraser import read_eraser_file
@@ -148,26 +149,34 @@ def test_a_checkpoint_round_trips_its_trained_parts(eraser, tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), loaded.trainable()[name].state_dict().values())), name
 
 
-def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(eraser, tmp_path):
-    """A 0/255 and a 0/1 mask each erase their object, only inside it; an image without a mask is named, the others done."""
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(eraser, tmp_path, request, where):
+    """Folders local or on S3: a 0/255 and a 0/1 mask each erase their object, only inside it; an image without
+    a mask is named, the others done."""
+    root = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
     eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
-    images, masks, out = (tmp_path / name for name in ("images", "masks", "out"))
-    images.mkdir(), masks.mkdir()
+    images, masks, out = (storage.join(root, name) for name in ("images", "masks", "out"))
     rng = np.random.default_rng(0)
     mask = np.zeros((50, 70), np.uint8)
     mask[10:30, 20:50] = 1
+    pictures = {stem: (rng.random((50, 70, 3)) * 255).astype(np.uint8) for stem in "abc"}
     for stem, scale in (("a", 255), ("b", 1), ("c", None)):
-        cv2.imwrite(str(images / f"{stem}.png"), (rng.random((50, 70, 3)) * 255).astype(np.uint8))
+        storage.write_bytes(storage.join(images, f"{stem}.png"), cv2.imencode(".png", pictures[stem])[1].tobytes())
         if scale:
-            cv2.imwrite(str(masks / f"{stem}.png"), mask * scale)
-    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(images), "--mask", str(masks),
-                          "--out", str(out), "--steps", "1")
+            storage.write_bytes(storage.join(masks, f"{stem}.png"), cv2.imencode(".png", mask * scale)[1].tobytes())
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", images, "--mask", masks, "--out", out, "--steps", "1")
     assert done.returncode == 1 and "2 erased" in done.stdout and "1 failed" in done.stdout, done.stdout + done.stderr
-    assert f"cannot read the mask {masks / 'c.png'} (no such file)" in done.stderr
+    assert f"cannot read the mask {storage.join(masks, 'c.png')} (no such file)" in done.stderr
     for stem in ("a", "b"):
-        image, erased = cv2.imread(str(images / f"{stem}.png")), cv2.imread(str(out / f"{stem}.png"))
+        erased = cv2.imdecode(np.frombuffer(storage.read_bytes(storage.join(out, f"{stem}.png")), np.uint8), cv2.IMREAD_COLOR)
+        image = pictures[stem]
         assert np.array_equal(erased[mask == 0], image[mask == 0]) and not np.array_equal(erased[mask == 1], image[mask == 1]), stem
-    assert not (out / "c.png").exists()
+    assert not storage.exists(storage.join(out, "c.png"))
+
+
+def test_erase_refuses_an_output_extension_it_cannot_write_before_loading_anything(tmp_path):
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "nowhere"), "--image", "x.png", "--mask", "m.png", "--out", "x.xyz")
+    assert done.returncode == 2 and done.stderr.strip() == "pairmine: error: --out x.xyz: the extension picks the format, one of .jpg, .jpeg, .png, .webp, .bmp"
 
 
 def test_a_checkpoint_of_another_eraser_is_refused(eraser, tmp_path, smarteraser_parts):
