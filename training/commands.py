@@ -99,7 +99,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=16, metavar="N", help="held-out samples to score (default 16)")
     parser.add_argument("--val-fraction", type=float, metavar="F", help="the held-out share (default: the first checkpoint's run's)")
     parser.add_argument("--resolution", type=int, metavar="PX", help="square side of the samples (default: the first checkpoint's)")
-    parser.add_argument("--sheet", metavar="PNG", help="write the predictions side by side to this PNG")
+    parser.add_argument("--sheet", metavar="PNG", help="write the predictions side by side to this PNG, local or s3://")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the erasers run (auto: CUDA if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")

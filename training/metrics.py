@@ -157,12 +157,12 @@ def sheet(rows: list[list[np.ndarray]], cell: int = 256) -> np.ndarray:
     return np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines], axis=0)
 
 
-def write_png(path: str, rgb: np.ndarray) -> None:
+def write_png(uri: str, rgb: np.ndarray) -> None:
+    """An RGB image as a PNG file, local or s3://."""
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("PNG encoding failed")
-    with open(path, "wb") as f:
-        f.write(data.tobytes())
+    storage.write_bytes(uri, data.tobytes())
 
 
 def predict(eraser, samples: list[dict], seed: int, batch_size: int = 4) -> list[np.ndarray]:
