@@ -25,6 +25,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from . import storage
+from .errors import UserError
 
 SHARDS, MANIFEST, REJECTS, SUCCESS, RUNS = "shards", "manifest", "rejects", "_SUCCESS", "runs"
 TEMP_PREFIX = ".tmp-"  # files being written (storage.write_bytes, staging shards): never part of an output
@@ -152,6 +153,12 @@ def _read_index(output: str, folder: str, schema: pa.Schema, columns: list[str] 
         return None
 
 
+class DamagedOutput(UserError):
+    """An output's own bookkeeping (a manifest or rejects file) cannot be read; exit code 1."""
+
+    exit_code = 1
+
+
 def _read_rows(output: str, folder: str, schema: pa.Schema, columns: list[str] | None, use_index: bool = True) -> pa.Table:
     """Every committed Parquet file of a folder as one table, with each row's file name: rows of files the
     index covers come from the index (one read), the others from their files (side by side)."""
@@ -166,12 +173,20 @@ def _read_rows(output: str, folder: str, schema: pa.Schema, columns: list[str] |
         for name in set(cached[FILE].to_pylist()):
             del files[name]
 
-    def read(item: tuple[str, str]) -> pa.Table:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(item[1])), schema=schema, columns=columns, use_threads=False)
+    def read(item: tuple[str, str]) -> pa.Table | str:
+        """The file's rows, or why it cannot be read, raised by the caller in the main thread (raised here, in a
+        pool thread, the process aborted at exit in 1 of 12 runs; 0 of 20 so)."""
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(item[1])), schema=schema, columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            return f"{item[1]} is not a readable {folder} file ({storage.first_line(exc)})"
         return table.append_column(FILE, pa.array([item[0]] * table.num_rows, pa.string()))
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         tables += pool.map(read, sorted(files.items()))
+    unreadable = [t for t in tables if isinstance(t, str)]
+    if unreadable:
+        raise DamagedOutput(f"{unreadable[0]}: the output is damaged; restore the file, or move the output aside and rerun into a new one")
     if not tables:
         empty = schema.empty_table()
         empty = empty.select(columns) if columns else empty
@@ -194,6 +209,11 @@ def write_index(output: str) -> None:
         table = _read_rows(output, folder, schema, None)
         if cached is None or set(cached[FILE].to_pylist()) != set(table[FILE].to_pylist()):
             storage.write_bytes(_index_uri(output, folder), to_parquet(table))
+
+
+def is_output(output: str) -> bool:
+    """Whether a folder or prefix holds a pipeline output (a run started writing there)."""
+    return any(storage.exists(storage.join(output, name)) for name in (SHARDS, MANIFEST, REJECTS, SUCCESS))
 
 
 def read_manifest(output: str, columns: list[str] | None = None, use_index: bool = True) -> pa.Table:

@@ -5,13 +5,15 @@ theirs from their ``Pipeline`` declaration (``run.pipeline_command``); other com
 erasing, reports) declare one directly. Adding a command is one line in ``COMMAND_MODULES``. A command
 line that names a command imports only that command's module (``pairmine verify`` needs no Ray Data,
 SciPy or torch): 1.8 s to start instead of 4.0. Any ``UserError`` a command raises becomes a one-line
-message and exit code 2.
+message and exit code 2; an ``OSError`` (a full disk, a path under a file) one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -48,10 +50,47 @@ def commands(names: list[str] | None = None) -> list[Command]:
     return [declared[name] for name in names]
 
 
+def path_arg(value: str) -> str:
+    """A path argument: not empty (an empty --output would be the current folder, or /)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return value
+
+
+def count_arg(value: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def nonnegative_arg(value: str) -> float:
+    """A finite number of at least 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {value}")
+    return number
+
+
+def fraction_arg(value: str) -> float:
+    """A share in (0, 1]."""
+    number = nonnegative_arg(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value}")
+    return number
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
     """The options of every config-driven command: --config (`config_help` says what it defaults to), --set,
     --print-config, --dry-run."""
-    parser.add_argument("--config", metavar="FILE", help=f"YAML config, local or s3:// ({config_help})")
+    parser.add_argument("--config", type=path_arg, metavar="FILE", help=f"YAML config, local or s3:// ({config_help})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. seed=3 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan without running")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and its hash, then exit")
@@ -87,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"pairmine: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # a file or the network failed mid-command (a full disk, a path under a file): one line
+        logging.getLogger("pairmine").debug("the error in full", exc_info=True)
+        print(f"pairmine: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from .. import dataset, storage
 from ..errors import UserError
-from .cli import Command
+from .cli import Command, count_arg, path_arg
 
 # The numbers of a sample's json plotted per pipeline: a path to a dict plots each numeric leaf under it.
 SIGNALS = {
@@ -282,11 +282,11 @@ def render(data: dict) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="a pipeline output: local folder or s3:// prefix")
-    parser.add_argument("--out", metavar="FILE", help="where to write the page (default: report.html in the current folder)")
-    parser.add_argument("--shards", type=int, default=32, metavar="N", help="shards sampled for signals and pairs (default 32)")
-    parser.add_argument("--per-shard", type=int, default=32, metavar="N", help="samples read per sampled shard (default 32)")
-    parser.add_argument("--pairs", type=int, default=24, metavar="N", help="pairs on the contact sheet (default 24)")
+    parser.add_argument("output", type=path_arg, metavar="OUTPUT", help="a pipeline output: local folder or s3:// prefix")
+    parser.add_argument("--out", type=path_arg, metavar="FILE", help="where to write the page (default: report.html in the current folder)")
+    parser.add_argument("--shards", type=count_arg, default=32, metavar="N", help="shards sampled for signals and pairs (default 32)")
+    parser.add_argument("--per-shard", type=count_arg, default=32, metavar="N", help="samples read per sampled shard (default 32)")
+    parser.add_argument("--pairs", type=count_arg, default=24, metavar="N", help="pairs on the contact sheet (default 24)")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from .. import __version__, logs, storage
 from ..dataset import SUCCESS
 from ..operators.model_stage import ModelStage, runs_model
-from .cli import PIPELINE_EXIT_CODES, Command, add_config_arguments
+from .cli import PIPELINE_EXIT_CODES, Command, add_config_arguments, nonnegative_arg, path_arg
 from .config import config_hash, load_config, to_yaml
 from .inputs import Unit
 from .summary import build_summary, format_summary
@@ -198,11 +198,11 @@ def pipeline_command(pipeline: Pipeline) -> Command:
     """The CLI command of a pipeline: --input ... --output ... plus the config options."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", action="append", required=True, metavar="PATH", help="input path or s3:// URI (repeatable)")
-        parser.add_argument("--output", required=True, metavar="PATH", help="output directory or s3:// prefix")
+        parser.add_argument("--input", action="append", required=True, type=path_arg, metavar="PATH", help="input path or s3:// URI (repeatable)")
+        parser.add_argument("--output", required=True, type=path_arg, metavar="PATH", help="output directory or s3:// prefix")
         add_config_arguments(parser, f"default: the packaged defaults, see configs/{pipeline.name}.yaml")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-        parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+        parser.add_argument("--wait", type=nonnegative_arg, default=0.0, metavar="SECONDS",
                             help="when another run holds the output, wait this long for it (default: exit 3 at once)")
 
     def run_command(args: argparse.Namespace) -> int:

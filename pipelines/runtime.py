@@ -7,6 +7,7 @@ import os
 import warnings
 from contextlib import contextmanager
 
+from ..errors import UserError
 from .config import RayParams
 
 _SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
@@ -42,7 +43,10 @@ def start_ray(params: RayParams, progress: bool) -> dict:
         common = {"logging_level": logging.WARNING, "log_to_driver": logs.verbose()}
         address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
         if address:
-            ray.init(address=address, runtime_env=cluster_runtime_env(), **common)
+            try:
+                ray.init(address=address, runtime_env=cluster_runtime_env(), **common)
+            except (ValueError, ConnectionError) as exc:  # a malformed address, or no cluster there
+                raise UserError(f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         else:
             # Local workers inherit this process's environment, so no runtime env: with one, every worker
             # start runs through an extra setup process (~1 s of CPU each, a tenth of a 2-core run).

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import dataset, storage
 from ..errors import UserError
-from .cli import Command
+from .cli import Command, path_arg
 
 MAX_LISTED = 20  # problems printed one per line; the rest are counted
 
@@ -147,7 +147,9 @@ def input_ids(pipeline: str, inputs: list[str]) -> dict[str, set[str]]:
 
 def verify(output: str, inputs: list[str] = (), samples: bool = True) -> Report:
     if not storage.is_s3(output) and not os.path.isdir(output):
-        raise UserError(f"output not found: {output}")
+        raise UserError(f"output not found: {output}" + (" (a file, not a folder)" if os.path.exists(output) else ""))
+    if not dataset.is_output(output):
+        raise UserError(f"{output} holds no pipeline output (no {dataset.SHARDS}/, {dataset.MANIFEST}/, {dataset.REJECTS}/ or {dataset.SUCCESS})")
     report, accounted = check_output(output, samples)
     if inputs:
         pipelines = {row["pipeline"] for row in dataset.read_manifest(output, use_index=False).select(["pipeline"]).to_pylist()}
@@ -182,8 +184,8 @@ EXAMPLES = """examples:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="a pipeline output folder or s3:// prefix")
-    parser.add_argument("--input", action="append", default=[], metavar="PATH", help="the run's inputs, as given to it (repeatable)")
+    parser.add_argument("output", type=path_arg, metavar="OUTPUT", help="a pipeline output folder or s3:// prefix")
+    parser.add_argument("--input", action="append", default=[], type=path_arg, metavar="PATH", help="the run's inputs, as given to it (repeatable)")
     parser.add_argument("--quick", action="store_true", help="check sizes, checksums and keys; decode no sample")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..pipelines.cli import Command, add_config_arguments
+from ..pipelines.cli import Command, add_config_arguments, count_arg, fraction_arg, nonnegative_arg, path_arg
 
 TRAIN_EXAMPLES = """examples:
   # fine-tune SmartEraser on two pipeline outputs (weights 0.8 / 0.2), embedded local Ray
@@ -70,14 +70,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_erase_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+    parser.add_argument("--checkpoint", required=True, type=path_arg, metavar="PATH",
                         help="a training run folder (its latest checkpoint), a checkpoint, or a saved eraser; local or s3://")
-    parser.add_argument("--image", required=True, metavar="PATH", help="an image, or a folder of images; local or s3://")
-    parser.add_argument("--mask", required=True, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems; local or s3://")
-    parser.add_argument("--out", required=True, metavar="PATH", help="the output image (its extension picks the format: .jpg, .jpeg, .png, .webp, .bmp), or a folder (PNGs named by stem); local or s3://")
-    parser.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the eraser's; SmartEraser and EraDiff 50, OmniEraser 28)")
-    parser.add_argument("--guidance", type=float, metavar="G", help="guidance scale (default: the eraser's; SmartEraser 1.5, EraDiff 1: none, OmniEraser 3.5: FLUX's distilled guidance)")
-    parser.add_argument("--resolution", type=int, metavar="PX", help="short side the eraser works at (default: its training resolution)")
+    parser.add_argument("--image", required=True, type=path_arg, metavar="PATH", help="an image, or a folder of images; local or s3://")
+    parser.add_argument("--mask", required=True, type=path_arg, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems; local or s3://")
+    parser.add_argument("--out", required=True, type=path_arg, metavar="PATH", help="the output image (its extension picks the format: .jpg, .jpeg, .png, .webp, .bmp), or a folder (PNGs named by stem); local or s3://")
+    parser.add_argument("--steps", type=count_arg, metavar="N", help="denoising steps (default: the eraser's; SmartEraser and EraDiff 50, OmniEraser 28)")
+    parser.add_argument("--guidance", type=nonnegative_arg, metavar="G", help="guidance scale (default: the eraser's; SmartEraser 1.5, EraDiff 1: none, OmniEraser 3.5: FLUX's distilled guidance)")
+    parser.add_argument("--resolution", type=count_arg, metavar="PX", help="short side the eraser works at (default: its training resolution)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the eraser runs (auto: CUDA if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
 
@@ -93,13 +93,13 @@ def _run_erase(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="PATH",
+    parser.add_argument("--checkpoint", action="append", required=True, type=path_arg, metavar="PATH",
                         help="a run folder, a checkpoint or a saved eraser, local or s3:// (repeat to compare)")
-    parser.add_argument("--data", action="append", required=True, metavar="OUTPUT", help="a pipeline output, local or s3:// (repeatable)")
-    parser.add_argument("--samples", type=int, default=16, metavar="N", help="held-out samples to score (default 16)")
-    parser.add_argument("--val-fraction", type=float, metavar="F", help="the held-out share (default: the first checkpoint's run's)")
-    parser.add_argument("--resolution", type=int, metavar="PX", help="square side of the samples (default: the first checkpoint's)")
-    parser.add_argument("--sheet", metavar="PNG", help="write the predictions side by side to this PNG, local or s3://")
+    parser.add_argument("--data", action="append", required=True, type=path_arg, metavar="OUTPUT", help="a pipeline output, local or s3:// (repeatable)")
+    parser.add_argument("--samples", type=count_arg, default=16, metavar="N", help="held-out samples to score (default 16)")
+    parser.add_argument("--val-fraction", type=fraction_arg, metavar="F", help="the held-out share (default: the first checkpoint's run's)")
+    parser.add_argument("--resolution", type=count_arg, metavar="PX", help="square side of the samples (default: the first checkpoint's)")
+    parser.add_argument("--sheet", type=path_arg, metavar="PNG", help="write the predictions side by side to this PNG, local or s3://")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the erasers run (auto: CUDA if present)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")

@@ -51,6 +51,15 @@ def _read(uri: str, flags: int, what: str) -> np.ndarray:
     return image
 
 
+def inference_device(device: str):
+    """The torch device of --device (auto: CUDA when there is one); asking for CUDA without it is the user's error."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch sees no CUDA GPU (a CPU build, or no GPU); use --device cpu or auto")
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+
+
 def _is_folder(uri: str) -> bool:
     return storage.info(uri).type == pafs.FileType.Directory
 
@@ -86,6 +95,9 @@ def _images(folder: str) -> dict[str, str]:
 
 def pairs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
     """(image, mask, output) paths, local or s3://: one file each, or folders matched by file stem (outputs: PNG)."""
+    for flag, uri in (("--image", image), ("--mask", mask)):
+        if not storage.exists(uri):
+            raise UserError(f"{flag} {uri} not found")
     if not _is_folder(image):
         if _extension(out) not in IMAGE_EXTENSIONS:
             raise UserError(f"--out {out}: the extension picks the format, one of {', '.join(IMAGE_EXTENSIONS)}")
@@ -102,14 +114,12 @@ def pairs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
 def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = "auto", resolution: int | None = None,
                 seed: int = 0, overrides: dict | None = None) -> dict:
     """Erase every (image, mask) pair; a pair that fails is reported and skipped. Returns counts and failures."""
-    import torch
-
     import pairmine  # noqa: F401  (the torchvision shim, before diffusers imports torchvision)
 
     from . import models
 
     jobs = pairs(image, mask, out)  # argument errors before any model loads
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = inference_device(device)
     checkpoint = latest_checkpoint(checkpoint)
     eraser, meta = models.load(checkpoint, target, **(overrides or {}))
     resolution = resolution or int(meta.get("resolution", 512))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, ValidationError
 
 from ..errors import UserError
 from ..operators.params import Params
@@ -109,4 +109,7 @@ def eraser_params(data: dict) -> EraserParams:
     cls = ERASERS.get(data.get("name"))
     if cls is None:
         raise UserError(f"unknown eraser {data.get('name')!r} (known: {', '.join(ERASERS)})")
-    return cls.model_validate(data)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:  # a damaged eraser.json, or an erase override (--steps, --guidance) it refuses
+        raise UserError(f"{data['name']}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None

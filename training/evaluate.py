@@ -17,14 +17,12 @@ from .. import dataset
 from ..errors import UserError
 from ..operators.mask_enhance import MaskEnhanceParams
 from .data import Preparation, object_crop, validation_samples
-from .erase import latest_checkpoint
+from .erase import inference_device, latest_checkpoint
 from .metrics import paste_back, predict, scores, sheet, write_png
 
 
 def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: str = "auto", resolution: int | None = None,
              val_fraction: float | None = None, seed: int = 0, sheet_path: str | None = None) -> dict:
-    import torch
-
     import pairmine  # noqa: F401  (the torchvision shim, before diffusers imports torchvision)
 
     from . import models
@@ -32,7 +30,7 @@ def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: s
     shards = [s for output in outputs for s in dataset.committed_shards(output)]
     if not shards:
         raise UserError(f"no committed shards in {', '.join(outputs)}")
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = inference_device(device)
     erasers = []
     for uri in checkpoints:
         found = latest_checkpoint(uri)

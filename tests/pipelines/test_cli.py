@@ -39,6 +39,21 @@ def test_help_says_what_it_does_with_examples(args):
         assert "examples:" in result.stdout and "--input" in result.stdout and "s3://" in result.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["syn4removal", "--input", SA1B_TAR, "--output", ""], "argument --output: an empty path"),  # it was the current folder, or /
+    (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--wait", "nan"], "argument --wait: must be a finite number of at least 0, not nan"),
+    (["report", "out", "--shards", "0"], "argument --shards: must be at least 1, not 0"),
+    (["erase", "--checkpoint", "c", "--image", "nope.png", "--mask", "m.png", "--out", "x.png"], "--image nope.png not found"),
+    (["erase", "--checkpoint", "c", "--image", "i.png", "--mask", "m.png", "--out", "x.png", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
+    (["evaluate", "--checkpoint", "c", "--data", "d", "--val-fraction", "2"], "argument --val-fraction: must be in (0, 1], not 2"),
+    (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--set", "ray.address=foo"], "cannot join the Ray cluster at 'foo'"),
+])
+def test_bad_arguments_stop_in_one_line_before_any_work(args, message, tmp_path):
+    done = pairmine(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
 def test_each_commands_help_ends_with_the_exit_codes_it_returns():
     """Only the pipelines, which hold an output's lease, can answer 3 (output busy); erase says what its 1 means."""
     for command in commands():

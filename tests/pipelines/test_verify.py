@@ -105,3 +105,20 @@ def test_a_missing_output_is_one_line(tmp_path):
     done = cli("verify", str(tmp_path / "nowhere"), check=False, timeout=60)
     assert done.returncode == 2 and done.stderr.strip() == f"pairmine: error: output not found: {tmp_path / 'nowhere'}"
 
+
+
+def test_a_folder_that_is_no_output_and_a_damaged_manifest_are_one_line(output, tmp_path):
+    """A folder no run wrote to is not 'ok'; a manifest file that is not Parquet names itself (exit 1), in verify,
+    report and a rerun alike, instead of a pyarrow traceback."""
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated" / "notes.txt").write_text("hello")
+    done = cli("verify", str(tmp_path / "unrelated"), check=False, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == f"pairmine: error: {tmp_path / 'unrelated'} holds no pipeline output (no shards/, manifest/, rejects/ or _SUCCESS)"
+    damaged = sorted((output / "manifest").glob("*.parquet"))[0]
+    damaged.write_bytes(b"not parquet")
+    shutil.rmtree(output / "_index", ignore_errors=True)
+    for args in (["verify", str(output)], ["report", str(output), "--out", str(tmp_path / "r.html")]):
+        done = cli(*args, check=False, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+        assert lines[0].startswith(f"pairmine: error: {damaged} is not a readable manifest file"), lines
