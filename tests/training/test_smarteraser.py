@@ -175,7 +175,10 @@ def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(
 
 
 def test_erase_refuses_an_output_extension_it_cannot_write_before_loading_anything(tmp_path):
-    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "nowhere"), "--image", "x.png", "--mask", "m.png", "--out", "x.xyz")
+    for name in ("x.png", "m.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8), np.uint8))
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "nowhere"), "--image", str(tmp_path / "x.png"), "--mask",
+                          str(tmp_path / "m.png"), "--out", "x.xyz")
     assert done.returncode == 2 and done.stderr.strip() == "pairmine: error: --out x.xyz: the extension picks the format, one of .jpg, .jpeg, .png, .webp, .bmp"
 
 
