@@ -78,7 +78,12 @@ def _names(entries: list[pafs.FileInfo]) -> dict[str, pafs.FileInfo]:
 
 def _split_kind(arg: str) -> tuple[str | None, str]:
     match = _KIND_PREFIX.match(arg)
-    return (match.group(1), match.group(2)) if match else (None, arg)
+    if match:
+        return match.group(1), match.group(2)
+    unknown = re.match(r"([A-Za-z][\w-]*):(?!//)", arg)
+    if unknown and not storage.exists(arg):  # a mistyped kind, not a local name with a colon in it
+        raise InputError(f"unknown input kind {unknown.group(1)!r} in {arg} (known: {', '.join(k + ':' for k in KINDS)})")
+    return None, arg
 
 
 def _panoptic_units(root: str, entries: dict[str, pafs.FileInfo]) -> list[Unit]:

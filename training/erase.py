@@ -24,6 +24,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 def latest_checkpoint(uri: str) -> str:
     """A saved eraser, a training checkpoint, or a run folder (the checkpoint its progress.json committed)."""
+    if not storage.exists(uri):
+        raise UserError(f"checkpoint not found: {uri}")
     found = {storage.basename(e.path): e.type for e in storage.list_dir(uri)}
     if "eraser.json" in found or "eraser" in found:
         return uri
