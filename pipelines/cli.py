@@ -57,12 +57,16 @@ def path_arg(value: str) -> str:
     return value
 
 
+def _parsed(value: str, convert: Callable[[str], int | float], what: str) -> int | float:
+    try:
+        return convert(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {value!r}") from None
+
+
 def count_arg(value: str) -> int:
     """A whole number of at least 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    number = _parsed(value, int, "a whole number")
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
     return number
@@ -70,10 +74,7 @@ def count_arg(value: str) -> int:
 
 def nonnegative_arg(value: str) -> float:
     """A finite number of at least 0."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    number = _parsed(value, float, "a number")
     if not math.isfinite(number) or number < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {value}")
     return number

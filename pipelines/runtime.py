@@ -7,6 +7,7 @@ import os
 import warnings
 from contextlib import contextmanager
 
+from .. import storage
 from ..errors import UserError
 from .config import RayParams
 
@@ -46,7 +47,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
             try:
                 ray.init(address=address, runtime_env=cluster_runtime_env(), **common)
             except (ValueError, ConnectionError) as exc:  # a malformed address, or no cluster there
-                raise UserError(f"cannot join the Ray cluster at {address!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise UserError(f"cannot join the Ray cluster at {address!r}: {storage.first_line(exc)}") from None
         else:
             # Local workers inherit this process's environment, so no runtime env: with one, every worker
             # start runs through an extra setup process (~1 s of CPU each, a tenth of a 2-core run).

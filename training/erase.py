@@ -62,10 +62,6 @@ def inference_device(device: str):
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
 
 
-def _is_folder(uri: str) -> bool:
-    return storage.info(uri).type == pafs.FileType.Directory
-
-
 def _extension(uri: str) -> str:
     return os.path.splitext(storage.basename(uri))[1].lower()
 
@@ -97,14 +93,16 @@ def _images(folder: str) -> dict[str, str]:
 
 def pairs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
     """(image, mask, output) paths, local or s3://: one file each, or folders matched by file stem (outputs: PNG)."""
-    for flag, uri in (("--image", image), ("--mask", mask)):
-        if not storage.exists(uri):
-            raise UserError(f"{flag} {uri} not found")
-    if not _is_folder(image):
+    paths = {"--image": image, "--mask": mask}
+    kinds = {flag: storage.info(uri).type for flag, uri in paths.items()}  # one lookup each: a file, a folder or nothing
+    for flag, kind in kinds.items():
+        if kind == pafs.FileType.NotFound:
+            raise UserError(f"{flag} {paths[flag]} not found")
+    if kinds["--image"] != pafs.FileType.Directory:
         if _extension(out) not in IMAGE_EXTENSIONS:
             raise UserError(f"--out {out}: the extension picks the format, one of {', '.join(IMAGE_EXTENSIONS)}")
         return [(image, mask, out)]
-    if not _is_folder(mask):
+    if kinds["--mask"] != pafs.FileType.Directory:
         raise UserError(f"--image {image} is a folder: --mask must be a folder of masks with the same file stems")
     masks = _images(mask)
     found = [(uri, masks.get(stem, storage.join(mask, stem + ".png")), storage.join(out, stem + ".png")) for stem, uri in sorted(_images(image).items())]
