@@ -69,6 +69,29 @@ def config_hash(config: BaseModel) -> str:
     return hashlib.sha256(json.dumps(_semantic(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (not the last one wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str | bytes):
+    """Parse YAML; a YAMLError's message becomes one line that names the line and column."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(where + (getattr(exc, "problem", None) or storage.first_line(exc))) from None
+
+
 def _set(data: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
     if not all(keys):
@@ -80,9 +103,9 @@ def _set(data: dict, dotted: str, raw: str) -> None:
             raise ConfigError(f"--set {dotted}={raw}: {key} is not a section")
         node = child
     try:
-        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc.problem})") from None
+        node[keys[-1]] = _yaml(raw) if raw != "" else None
+    except ConfigError as exc:
+        raise ConfigError(f"--set {dotted}: value {raw!r} is not valid YAML ({exc})") from None
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -129,11 +152,13 @@ def load_config(model: type[C], path: str | None = None, overrides: list[str] = 
     data: dict = {}
     if path:
         try:
-            data = yaml.safe_load(storage.read_bytes(path)) or {}
+            text = storage.read_bytes(path)
         except (OSError, storage.StorageError) as exc:
             raise ConfigError(f"cannot read config {path}: {storage.first_line(exc)}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {storage.first_line(exc)}") from None
+        try:
+            data = _yaml(text) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of keys to values")
     for item in overrides:

@@ -36,6 +36,9 @@ def test_set_overrides_nested_keys_with_yaml_values(tmp_path):
         ("entities.min_area_ratio=0.99", "min_area_ratio (0.99) must be below max_area_ratio"),
         ("entities.scorer.name=clip-xl", "entities.scorer.name"),
         ("placement.scales=[]", "scales must be a non-empty list"),
+        ("seed=true", "seed: expected a number, not a boolean"),
+        ("ray.num_cpus=false", "ray.num_cpus: expected a number, not a boolean"),
+        ("placement.scales=[1.0, 0.5", "--set placement.scales: value '[1.0, 0.5' is not valid YAML (line 1, column"),
     ],
 )
 def test_errors_name_the_key_on_one_line(override, fragment):
@@ -44,13 +47,17 @@ def test_errors_name_the_key_on_one_line(override, fragment):
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
-def test_bad_yaml_and_non_mapping_files_are_config_errors(tmp_path):
-    broken, listing = tmp_path / "broken.yaml", tmp_path / "list.yaml"
-    broken.write_text("seed: [1, 2\n")
-    listing.write_text("- 1\n- 2\n")
-    for path, fragment in ((broken, "not valid YAML"), (listing, "must be a mapping")):
-        with pytest.raises(ConfigError, match=fragment):
-            load_config(Syn4RemovalConfig, str(path))
+def test_bad_yaml_duplicate_keys_and_non_mapping_files_are_config_errors(tmp_path):
+    files = {
+        "broken.yaml": ("seed: 1\nplacement: [1, 2\ngroup_size: 3\n", "not valid YAML: line 3, column 11: expected ',' or ']'"),
+        "twice.yaml": ("seed: 1\nplacement:\n  grid: 8\n  grid: 16\n", "not valid YAML: line 4, column 3: duplicate key 'grid'"),
+        "list.yaml": ("- 1\n- 2\n", "must be a mapping"),
+    }
+    for name, (text, fragment) in files.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as error:
+            load_config(Syn4RemovalConfig, str(tmp_path / name))
+        assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
 def test_hash_covers_what_decides_samples_only():
