@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from contextlib import contextmanager
 
@@ -44,6 +45,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
         common = {"logging_level": logging.WARNING, "log_to_driver": logs.verbose()}
         address = params.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
         if address:
+            _answers(address)
             try:
                 ray.init(address=address, runtime_env=cluster_runtime_env(), **common)
             except (ValueError, ConnectionError) as exc:  # a malformed address, or no cluster there
@@ -64,6 +66,21 @@ def start_ray(params: RayParams, progress: bool) -> dict:
     context.enable_progress_bars = context.enable_operator_progress_bars = context.print_on_execution_start = progress and logs.verbose()
     _inline_block_metadata()
     return ray.cluster_resources()
+
+
+def _answers(address: str, timeout: float = 10.0) -> None:
+    """Refuse in one line a HOST:PORT (or ray://HOST:PORT) where nothing answers: Ray itself retries for minutes.
+
+    'auto', 'local' and malformed addresses are left to Ray, which answers those at once.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot join the Ray cluster at {address!r}: nothing answers on {host}:{port} ({reason})") from None
 
 
 def cluster_runtime_env() -> dict:
