@@ -297,7 +297,9 @@ def check_writable(uri: str, create: bool = True) -> None:
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.path.isdir(existing):
+        raise StorageError(f"output {uri} is not writable ({existing} is a file, not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
         raise StorageError(f"output {uri} is not writable ({existing} is read-only for this user)")
     if not create:
         return

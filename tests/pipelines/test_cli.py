@@ -49,6 +49,7 @@ def test_help_says_what_it_does_with_examples(args):
     (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--set", "ray.address=foo"], "cannot join the Ray cluster at 'foo'"),
     (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--set", "ray.address=127.0.0.1:1"],  # Ray retries for minutes
      "cannot join the Ray cluster at '127.0.0.1:1': nothing answers on 127.0.0.1:1"),
+    (["syn4removal", "--input", SA1B_TAR, "--output", f"{SA1B_TAR}/out", "--dry-run"], f"({SA1B_TAR} is a file, not a folder)"),
     (["syn4removal", "--input", f"foo:{SA1B_TAR}", "--output", "out"], "unknown input kind 'foo'"),
     (["erase", "--checkpoint", "nowhere", "--image", SA1B_TAR, "--mask", SA1B_TAR, "--out", "x.png"], "checkpoint not found: nowhere"),
 ])
