@@ -93,7 +93,9 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
         handler.close()
         if local != uri:
             with contextlib.suppress(OSError, storage.StorageError):
-                storage.upload_file(local, uri)
+                storage.upload_file(local, uri)  # removes the local file, uploaded or not
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(local))
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections import Counter
 
 import boto3
@@ -194,7 +195,10 @@ def test_quality_statistics_and_the_near_duplicate_cap(tmp_path, ray_local):
     assert capped["rejects"]["by_reason"]["dedup/near_duplicate"] == sum(hashes.values()) - len(hashes)
 
 
-def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_bucket):
+def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_bucket, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     s3 = boto3.client("s3")
     s3.upload_file(SA1B_TAR, s3_bucket, "in/sa1b/sa_000000.tar")
     loose = tmp_path / "loose"
@@ -206,6 +210,7 @@ def test_s3_inputs_and_outputs_through_the_s3_protocol(tmp_path, ray_local, s3_b
     listing = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/run1/")["Contents"]]
     shards = [k for k in listing if k.startswith("out/run1/shards/") and k.endswith(".tar")]
     assert shards and any(k.startswith("out/run1/manifest/") for k in listing) and "out/run1/_SUCCESS" in listing
+    assert any(k.startswith("out/run1/logs/") for k in listing) and not list(scratch.glob("pairmine-log-*")), "the run log's local copy was left"
     local = tmp_path / "mirror"
     for key in listing:
         assert not key.endswith("/"), f"a directory-marker object in the output: {key}"
