@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import cv2
@@ -49,6 +50,14 @@ def load_json(data: bytes | str) -> object:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput("malformed_json", str(exc)) from None
+    except RecursionError:
+        raise BadInput("malformed_json", "nested too deeply") from None
+
+
+# A compressed COCO RLE string: characters '0'..'o' (6 bits each), the last one ending a value (bit 0x20 clear).
+# pycocotools' area / toBbox read past the end of a string that breaks this, and answer garbage that changes from
+# call to call; the full check (sum of runs) is rle_runs', when a mask is decoded.
+_RLE_COUNTS = re.compile("[0-o]*[0-O]")
 
 
 def declared_size(doc: object) -> tuple[int, int] | None:
@@ -66,8 +75,10 @@ def declared_size(doc: object) -> tuple[int, int] | None:
 
 def parse_sa1b(data: bytes | dict, height: int, width: int) -> Annotations:
     """Segments of an SA-1B per-image JSON (bytes, or already parsed), checked against the decoded image size."""
-    doc = data if isinstance(data, dict) else load_json(data)
-    anns = doc.get("annotations") if isinstance(doc, dict) else None
+    doc = load_json(data) if isinstance(data, (bytes, str)) else data
+    if not isinstance(doc, dict):
+        raise BadInput("malformed_json", f"the JSON is {type(doc).__name__}, not an object")
+    anns = doc.get("annotations")
     if not isinstance(anns, list):
         raise BadInput("malformed_json", "no 'annotations' list")
     rles: list[dict] = []
@@ -84,6 +95,9 @@ def parse_sa1b(data: bytes | dict, height: int, width: int) -> Annotations:
             invalid[index] = Reject.because("rle_size_mismatch", f"RLE size {size[1]}x{size[0]} != image {width}x{height}")
             continue
         rle = {"size": [height, width], "counts": counts}
+        if isinstance(counts, str) and not _RLE_COUNTS.fullmatch(counts):
+            invalid[index] = Reject.because("corrupt_rle", "RLE counts are not a COCO RLE string")
+            continue
         if isinstance(counts, list):  # uncompressed RLE: compress once so every later step sees one form
             if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= height * width for n in counts):
                 invalid[index] = Reject.because("malformed_annotation", "uncompressed RLE counts are not run lengths in [0, h*w]")

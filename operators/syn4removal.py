@@ -8,6 +8,7 @@ and the output depends only on the inputs and the config (never on scheduling).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Annotated, ClassVar, NamedTuple, Sequence, Union
@@ -33,6 +34,8 @@ from .scorers import AnnotationScorer, EntityScorer, Score
 from .stats import Stats
 
 PIPELINE = "syn4removal"
+
+log = logging.getLogger(__name__)
 
 
 def _scorer_name(value) -> str:
@@ -199,6 +202,47 @@ def materialize_all(entities: list[Entity], limits: EntityLimits) -> tuple[list[
     return kept, rejects
 
 
+def _extract_record(
+    record_id: str, record: dict, kind: str, categories: dict | None, class_sizes: dict, params: Syn4RemovalParams,
+    scorer: EntityScorer, stats: Stats,
+) -> tuple[list[Entity], list[Reject], Background | None]:
+    """One record's entities, rejects and background (None: not kept)."""
+    try:
+        with stats.timed("decode"):
+            image, header = decode_image(record["image"], params.max_image_pixels, params.backgrounds.resize_short_side)
+    except BadInput as bad:
+        return [], [bad.reject.at(record_id, "decode")], None
+    try:
+        with stats.timed("annotations"):
+            parsed = _annotations(kind, record, categories, image, header, params)
+    except BadInput as bad:
+        return [], [bad.reject.at(record_id, "annotation")], None
+    annotations, (height, width) = parsed.annotations, parsed.size
+    stats.counts["exif_turned"] += parsed.turned
+    stats.counts["images"] += 1
+    stats.counts["reduced_decodes"] += parsed.scale[0] < 1
+    rejects = [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
+    with stats.timed("entities"):
+        entities, cut = _entities_of(record_id, parsed, params, scorer, stats, class_sizes)
+        rejects += cut
+        if scorer.needs_pixels:
+            entities, cut_out = materialize_all(entities, params.entities)
+            rejects += cut_out
+            for entity in entities:  # the model stage gets these, not the crops
+                entity.model_inputs = scorer.model_inputs(entity)
+    rejected = background_reject(height, width, params.backgrounds)
+    if annotations.invalid and not annotations.segments:
+        rejected = Reject.because("annotations_invalid", f"all {len(annotations.invalid)} annotations are unusable")
+    if rejected:
+        return entities, [*rejects, rejected.at(record_id, "background")], None
+    sy, sx = parsed.scale
+    instances = [i.scaled(sx, sy) for i in instances_of(annotations.segments, height, width, params.backgrounds)]
+    background = Background(record_id, parsed.image, instances, parsed.turned)
+    if params.backgrounds.resize_short_side:
+        background = resize_background(background, params.backgrounds.resize_short_side)
+    return entities, rejects, background
+
+
 def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) -> Group:
     """Decode a reader row's images; cut their entities and keep them as backgrounds."""
     group = Group(row["unit"], list(row["consumed"]), int(row["unit_total"]))
@@ -216,43 +260,16 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
         record_id = f"{group.unit}/{record['id']}"
         stats.counts["records"] += 1
         try:
-            with stats.timed("decode"):
-                image, header = decode_image(record["image"], params.max_image_pixels, params.backgrounds.resize_short_side)
-        except BadInput as bad:
-            group.rejects.append(bad.reject.at(record_id, "decode"))
+            entities, rejects, background = _extract_record(record_id, record, kind, categories, class_sizes, params, scorer, stats)
+        except Exception as exc:  # data no check foresaw broke an operator: this record's reject, not the job's end
+            log.warning("%s: unexpected %s while extracting it", record_id, type(exc).__name__, exc_info=True)
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            group.rejects.append(Reject.because("unexpected_error", detail).at(record_id, "extract"))
             continue
-        try:
-            with stats.timed("annotations"):
-                parsed = _annotations(kind, record, categories, image, header, params)
-        except BadInput as bad:
-            group.rejects.append(bad.reject.at(record_id, "annotation"))
-            continue
-        annotations, (height, width) = parsed.annotations, parsed.size
-        stats.counts["exif_turned"] += parsed.turned
-        stats.counts["images"] += 1
-        stats.counts["reduced_decodes"] += parsed.scale[0] < 1
-        group.rejects += [why.at(f"{record_id}#{i}", "annotation") for i, why in annotations.invalid.items()]
-        with stats.timed("entities"):
-            entities, rejects = _entities_of(record_id, parsed, params, scorer, stats, class_sizes)
-            if scorer.needs_pixels:
-                entities, cut_out = materialize_all(entities, params.entities)
-                rejects += cut_out
-                for entity in entities:  # the model stage gets these, not the crops
-                    entity.model_inputs = scorer.model_inputs(entity)
         group.entities += entities
         group.rejects += rejects
-        rejected = background_reject(height, width, params.backgrounds)
-        if annotations.invalid and not annotations.segments:
-            rejected = Reject.because("annotations_invalid", f"all {len(annotations.invalid)} annotations are unusable")
-        if rejected:
-            group.rejects.append(rejected.at(record_id, "background"))
-            continue
-        sy, sx = parsed.scale
-        instances = [i.scaled(sx, sy) for i in instances_of(annotations.segments, height, width, params.backgrounds)]
-        background = Background(record_id, parsed.image, instances, parsed.turned)
-        if params.backgrounds.resize_short_side:
-            background = resize_background(background, params.backgrounds.resize_short_side)
-        group.backgrounds.append(background)
+        if background is not None:
+            group.backgrounds.append(background)
     stats.counts["backgrounds_kept"] += len(group.backgrounds)
     return group
 

@@ -260,6 +260,10 @@ def test_parse_sa1b_uncompressed_counts_equal_compressed():
         ({"size": [4, 4], "counts": [-1, 17]}, "malformed_annotation"),
         ({"size": [4, 4], "counts": [None]}, "malformed_annotation"),
         ({"size": [4, 4], "counts": [2**40]}, "malformed_annotation"),
+        # pycocotools' area / toBbox read past such strings (their answers changed from call to call)
+        ({"size": [4, 4], "counts": "\u00ff\u00ff\u00ff"}, "corrupt_rle"),
+        ({"size": [4, 4], "counts": "05a"}, "corrupt_rle"),  # ends in the middle of a value
+        ({"size": [4, 4], "counts": ""}, "corrupt_rle"),
         ({"size": [4, 5], "counts": "04"}, "rle_size_mismatch"),
         ({"size": [5, 4], "counts": "04"}, "rle_size_mismatch"),
     ],

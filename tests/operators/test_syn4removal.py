@@ -80,6 +80,34 @@ def test_each_bad_sa1b_record_is_rejected_with_its_reason(sa1b_row, sa1b_members
     assert {(r.stage, r.reason) for r in mismatched} == {("annotation", "rle_size_mismatch")}
 
 
+def test_a_json_that_is_no_object_or_nests_too_deep_is_that_records_reject(sa1b_row):
+    """It failed the whole group (and so the job): the parsed list was parsed again."""
+    row = sa1b_row(("sa_100", "sa_101"))
+    image = row["records"][0]["image"]
+    odd = {"list": b"[]", "null": b"null", "number": b"5", "deep": b'{"annotations": ' + b"[" * 5000 + b"]" * 5000 + b"}"}
+    row["records"] += [{"id": name, "segmentation": None, "image": image, "annotation": doc} for name, doc in odd.items()]
+    group = extract(row)
+    assert record_rejects(group) == {(f"{UNIT}/{name}", "annotation", "malformed_json") for name in odd}
+    assert sorted(b.record for b in group.backgrounds) == [f"{UNIT}/sa_100", f"{UNIT}/sa_101"]
+
+
+def test_an_error_no_check_foresaw_is_the_records_reject_not_the_jobs_end(sa1b_row, monkeypatch):
+    row = sa1b_row(("sa_100", "sa_101"))
+    broken = row["records"][1]["image"]
+    real = syn4removal.decode_image
+
+    def decode(data, *args):
+        if data is broken:
+            raise ZeroDivisionError("as if an operator had a bug this record finds")
+        return real(data, *args)
+
+    monkeypatch.setattr(syn4removal, "decode_image", decode)
+    group = extract(row)
+    assert record_rejects(group) == {(f"{UNIT}/sa_101", "extract", "unexpected_error")}
+    assert "ZeroDivisionError: as if" in next(r.detail for r in group.rejects if r.reason == "unexpected_error")
+    assert [b.record for b in group.backgrounds] == [f"{UNIT}/sa_100"] and {e.record for e in group.entities} == {f"{UNIT}/sa_100"}
+
+
 def test_only_good_sa1b_records_give_backgrounds_and_entities(sa1b_row):
     group = extract(sa1b_row())
     good = [f"{UNIT}/{s}" for s in GOOD]
