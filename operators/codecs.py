@@ -23,7 +23,9 @@ from ..dataset import Reject
 
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND"
-_TAIL = 4096  # the end marker must sit in the last bytes; trailing padding is tolerated
+_TAIL = 4096  # a PNG's end chunk must sit in the last bytes; trailing padding is tolerated
+# a marker after entropy-coded data: FF, then neither a stuffed 00, a restart marker RSTn nor another fill FF
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class BadInput(ValueError):
@@ -126,15 +128,37 @@ def reduction(header: ImageHeader, min_short_side: int | None) -> int:
     return next((f for f in (8, 4, 2) if -(-short // f) >= min_short_side), 1)
 
 
+def jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's own stream reaches its end-of-image marker, whatever follows it (a phone's motion photo
+    appends an MP4, other writers pad): segments are skipped by their lengths (an EXIF thumbnail's EOI is not
+    the image's), each scan's entropy-coded data up to the next marker."""
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte, RSTn, TEM: no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _MARKER_AFTER_SCAN.search(data, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return data[pos : pos + 2] == _JPEG_EOI
+
+
 def decode_image(data: bytes, max_pixels: int, min_short_side: int | None = None) -> tuple[np.ndarray, ImageHeader]:
     """Decode to a BGR uint8 array as stored (EXIF orientation not applied) after header, size and truncation
     checks; with `min_short_side`, a JPEG is decoded at the smallest DCT scale keeping that short side
     (``reduction``: the array is then ceil(size / f), the header keeps the stored size)."""
     header = read_header(data, max_pixels)
-    tail = data[-_TAIL:]
-    if header.format == "JPEG" and _JPEG_EOI not in tail:
+    if header.format == "JPEG" and not jpeg_complete(data):  # ~0.1 ms for a 150 KB JPEG
         raise BadInput("truncated_image", "JPEG data ends before its end-of-image marker")
-    if header.format == "PNG" and _PNG_IEND not in tail:
+    if header.format == "PNG" and _PNG_IEND not in data[-_TAIL:]:
         raise BadInput("truncated_image", "PNG data ends before its IEND chunk")
     f = reduction(header, min_short_side)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[f] | cv2.IMREAD_IGNORE_ORIENTATION)

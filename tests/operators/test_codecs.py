@@ -93,7 +93,7 @@ BAD_INPUTS = {
     "jpeg_bomb_header": (lambda: _bomb_jpeg(65000, 65000), "image_too_large"),
     "png_bomb_header": (lambda: _bomb_png(65000, 65000), "image_too_large"),
     "corrupt_png_data": (_corrupt_png_idat, "corrupt_image"),
-    "padding_past_tail": (lambda: _jpeg() + bytes(5000), "truncated_image"),
+    "png_padding_past_tail": (lambda: _png() + bytes(5000), "truncated_image"),
 }
 
 
@@ -104,6 +104,30 @@ def test_bad_bytes_raise_badinput_with_reason(name):
         decode_image(make(), BIG)
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError) and info.value.detail
+
+
+def _with_exif_thumbnail(jpeg: bytes) -> bytes:
+    """`jpeg` with an APP1 segment holding a JPEG thumbnail (its own end-of-image marker) after SOI."""
+    thumbnail = _pil_bytes(_rgb(16, 12), "JPEG")
+    payload = b"Exif\x00\x00" + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_a_jpeg_is_complete_at_its_own_end_marker_whatever_follows_it():
+    """A phone's motion photo appends an MP4 after the JPEG (it was `truncated_image`); padding is harmless.
+    A truncated JPEG stays truncated, also when an EXIF thumbnail's end marker lies before the cut."""
+    rng = np.random.default_rng(0)
+    motion_video = b"\x00\x00\x00\x18ftypmp42" + rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    picture = _rgb(240, 320)
+    baseline = _pil_bytes(picture, "JPEG", quality=90)
+    for jpeg in (baseline, _pil_bytes(picture, "JPEG", quality=90, progressive=True), _with_exif_thumbnail(baseline)):
+        alone = decode_image(jpeg, BIG)[0]
+        for trailer in (motion_video, bytes(5000)):
+            assert np.array_equal(decode_image(jpeg + trailer, BIG)[0], alone)
+        for cut in (len(jpeg) * 3 // 4, len(jpeg) - 2):
+            with pytest.raises(BadInput) as info:
+                decode_image(jpeg[:cut], BIG)
+            assert info.value.reason == "truncated_image"
 
 
 def test_header_over_max_pixels_is_too_large_before_decoding():
