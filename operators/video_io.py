@@ -256,16 +256,18 @@ def _clusters(wanted: list[int], gap: int) -> Iterator[list[int]]:
 
 
 def _decode_from(container, stream, clock: _Clock, index: int, gap: int, wanted: set[int]) -> Iterator:
-    """Decoded frames from the keyframe at or before ``index``; seeks earlier when the demuxer overshoots."""
+    """Decoded frames from the keyframe at or before ``index``; seeks earlier while the demuxer lands past it
+    or on nothing (MPEG-TS seeks forward to the next keyframe, even to the stream's own start time), at last to
+    before the stream's start, which reaches its first frame."""
     back = 0
     while True:
-        seek_index = max(0, index - back)
+        seek_index = index - back if index - back >= 0 else -gap
         container.seek(clock.offset(seek_index), stream=stream, backward=True)
         frames = _decoded(container, stream, clock, wanted)
         first = next(frames, None)
-        if first is None:
+        if seek_index < 0 and first is None:
             return
-        if clock.index(first) <= index or seek_index == 0:
+        if first is not None and (clock.index(first) <= index or seek_index < 0):
             yield first
             yield from frames
             return

@@ -183,16 +183,19 @@ def _mjpeg(path: str, frames: int = 30) -> str:
     return path
 
 
-def _encoded(path: str, codec: str, frames: int = 40) -> str:
-    """A small clip with B-frames / non-reference frames where the codec has them."""
+def _encoded(path: str, codec: str, frames: int = 40, gop: int | None = None) -> str:
+    """A small clip with B-frames / non-reference frames where the codec has them (a keyframe every `gop`)."""
     import av
 
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
         for k in range(frames):
             image = np.zeros((96, 128, 3), np.uint8)
-            image[:, k * 2 : k * 2 + 12] = (40 + 5 * k, 200, 255 - 4 * k)
+            c = k % 40  # the same pictures as ever for the first 40 frames, then again shifted
+            image[:, c * 2 + k // 40 : c * 2 + k // 40 + 12] = (40 + 5 * c, 200, 255 - 4 * c)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -209,6 +212,18 @@ def test_every_codec_gives_exactly_the_wanted_frames(tmp_path, codec):
     for wanted in (list(range(1, 38, 3)), list(range(5, 40)), [0, 17, 39]):
         frames = read_frames(path, wanted, ("pyav",), None, 1).frames
         assert [f.index for f in frames] == wanted, codec
+        assert all(np.array_equal(f.image, everything[f.index]) for f in frames)
+
+
+def test_mpeg_ts_reads_every_wanted_frame_though_its_seeks_land_on_the_next_keyframe(tmp_path):
+    """MPEG-TS seeks forward to the next keyframe, even to the stream's start time: the first keyframe interval
+    was silently never read and frames after the last keyframe came back as nothing."""
+    path = _encoded(str(tmp_path / "clip.ts"), "libx264", frames=130, gop=50)
+    everything = _all_frames(path)
+    assert len(everything) == 130
+    for wanted in ([0, 5, 30], [60, 70], [105, 129], [0, 55, 101, 128]):
+        frames = read_frames(path, wanted, ("pyav",), None, 1).frames
+        assert [f.index for f in frames] == wanted
         assert all(np.array_equal(f.image, everything[f.index]) for f in frames)
 
 
