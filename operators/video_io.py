@@ -172,7 +172,7 @@ class PyAVReader:
             raise BadInput("not_a_video", f"a still image ({container.format.name})")
         if not container.streams.video:
             raise BadInput("no_video_stream", f"{container.format.name} container has no video stream")
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")  # FFmpeg's choice, as its CLI's: not a cover picture listed first
         name = stream.codec_context.name if stream.codec_context else "?"
         try:
             av.codec.Codec(name, "r")

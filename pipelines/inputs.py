@@ -27,7 +27,7 @@ from .. import storage
 from ..errors import UserError
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic", "openimages")
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".flv", ".wmv")
 _KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic|openimages):(.+)$")
 _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
 _OI_CSV = re.compile(r"(.+)-annotations-object-segmentation\.csv")

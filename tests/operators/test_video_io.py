@@ -245,3 +245,23 @@ def test_frames_nothing_depends_on_are_left_undecoded_and_the_wanted_ones_are_ex
     else:  # H.264 from x264 with B-frames: its non-reference frames are skipped
         assert len(decoded) < len(everything), f"{len(decoded)} of {len(everything)} frames decoded"
     assert [f.index for f in read_frames(path, sorted(wanted), ("pyav",), None, 1).frames] == sorted(wanted)
+
+
+def test_the_video_stream_is_ffmpegs_choice_not_a_cover_picture_listed_first(tmp_path):
+    """A one-frame MJPEG track before the real one made the video `too_short` (the first track was taken)."""
+    import av
+
+    path = str(tmp_path / "cover.mkv")
+    with av.open(path, "w") as container:
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 128, 96, "yuv420p"
+        pictures = [(cover, np.full((48, 64, 3), 128, np.uint8))]
+        pictures += [(video, np.roll(np.eye(96, 128, dtype=np.uint8) * 255, k, axis=1)[..., None].repeat(3, axis=2)) for k in range(30)]
+        for stream, image in [*pictures, (cover, None), (video, None)]:
+            for packet in stream.encode(None if image is None else av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+    info = probe(path, DecodeParams())
+    assert (info.width, info.height, info.frames, info.codec) == (128, 96, 30, "h264")
+    assert [f.image.shape for f in read_frames(path, [0, 29], ("pyav",), None, 1).frames] == [(96, 128, 3)] * 2
