@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Literal, Protocol, Union
 
 import cv2
@@ -146,7 +146,12 @@ class PyAVReader:
         with _opened(source) as src:
             try:
                 with av.open(src) as container:
-                    return self._info(container, self._video_stream(container))
+                    stream = self._video_stream(container)
+                    info = self._info(container, stream)
+                    if info.frames == 0 and info.fps > 0:  # no length in the header (a live or streamed recording): count
+                        frames = sum(1 for packet in container.demux(stream) if packet.size)  # no decoding; skips the flush packet
+                        info = replace(info, frames=frames, duration=frames / info.fps)
+                    return info
             except av.FFmpegError as exc:
                 raise BadInput("unreadable", f"not a readable video container ({exc})") from None
 

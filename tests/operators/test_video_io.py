@@ -265,3 +265,34 @@ def test_the_video_stream_is_ffmpegs_choice_not_a_cover_picture_listed_first(tmp
     info = probe(path, DecodeParams())
     assert (info.width, info.height, info.frames, info.codec) == (128, 96, 30, "h264")
     assert [f.image.shape for f in read_frames(path, [0, 29], ("pyav",), None, 1).frames] == [(96, 128, 3)] * 2
+
+
+def test_a_video_whose_header_gives_no_length_is_counted(tmp_path):
+    """WebM written to a pipe (browser recordings, live dumps) has no Duration: it was `too_short`, 0 frames."""
+    import av
+
+    class Pipe(io.RawIOBase):  # not seekable: the muxer cannot go back to write the duration
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, chunk):
+            self.data += bytes(chunk)
+            return len(chunk)
+
+    pipe, path = Pipe(), tmp_path / "live.webm"
+    with av.open(pipe, "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for k in [*range(30), None]:
+            image = None if k is None else np.roll(np.eye(96, 128, dtype=np.uint8) * 255, 3 * k, axis=1)[..., None].repeat(3, axis=2)
+            for packet in stream.encode(None if image is None else av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+    path.write_bytes(pipe.data)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0 and container.duration is None, "the clip has no length in its header"
+    info = probe(str(path), DecodeParams())
+    assert (info.frames, info.duration) == (30, 1.2)
+    assert [f.index for f in read_frames(str(path), [0, 14, 29], ("pyav",), None, 1).frames] == [0, 14, 29]
