@@ -307,11 +307,15 @@ def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
 def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     """Categories (JSON text) and the items of a panoptic split, in either annotation layout."""
     listed = storage.list_dir(unit.image_dir)
-    images = {_stem(storage.basename(e.path)): storage.uri_of(unit.image_dir, e) for e in listed if e.type == pafs.FileType.File}
+    candidates: dict[str, dict[str, str]] = {}  # stem -> {image file name: URI}, by name
+    for entry in sorted((e for e in listed if e.type == pafs.FileType.File), key=lambda e: e.path):
+        name = storage.basename(entry.path)
+        candidates.setdefault(_stem(name), {})[name] = storage.uri_of(unit.image_dir, entry)
     items: list[tuple[str | None, object]] = [
         (storage.basename(e.path), Reject(f"{unit.name}/{storage.basename(e.path)}", "read", "unreadable_name", unreadable_reason(e)))
         for e in listed if e.type in UNREADABLE
     ]
+    named: dict[str, str] = {}  # stem -> the image file the split's json names (its `images` list)
     if unit.categories_uri is None:  # one json for the split
         try:
             doc = json.loads(storage.read_bytes(unit.uri))
@@ -320,6 +324,7 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
                 raise TypeError("'categories' and 'annotations' must be lists")
         except (ValueError, KeyError, TypeError, OSError) as exc:
             return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {storage.first_line(exc)}"))]
+        named = {_stem(i["file_name"]): i["file_name"] for i in doc.get("images") or [] if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
         per_image = {}
         for ann in annotations:
             if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
@@ -337,6 +342,12 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
             name = storage.basename(entry.path)
             files.setdefault(_stem(name), {})[name.rsplit(".", 1)[-1].lower()] = storage.uri_of(unit.png_dir, entry)
         per_image = {stem: (f["png"], f["json"]) for stem, f in files.items() if "png" in f and "json" in f}
+    images = {}
+    for stem, names in candidates.items():  # x.jpg and x.png for one annotation: the json's, else the first by name
+        chosen = named[stem] if named.get(stem) in names else next(iter(names))
+        images[stem] = names[chosen]
+        items += [(name, Reject(f"{unit.name}/{name}", "read", "duplicate_image", f"{chosen} is the image of {stem}; this one is not used"))
+                  for name in names if name != chosen]
     for stem in sorted(set(per_image) | set(images)):
         input_id = f"{unit.name}/{stem}"
         if stem not in per_image:

@@ -112,6 +112,19 @@ def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
     assert '"isthing"' in rows[0]["categories"]
 
 
+@pytest.mark.parametrize("per_image_layout", [False, True])
+def test_two_images_of_one_panoptic_stem_use_the_named_one_and_report_the_other(tmp_path, per_image_layout):
+    """x.jpg and x.webp beside one annotation: one was taken silently (the last listed), whichever it was."""
+    root = write_panoptic_root(tmp_path / "p", 2, per_image_layout)
+    shutil.copy(root / "val2017" / "000000000002.jpg", root / "val2017" / "000000000001.bmp")
+    (unit,) = discover(str(root))
+    (row,) = plan_groups(unit, group_size=16, skip=set())
+    used, other = ("bmp", "jpg") if per_image_layout else ("jpg", "bmp")  # the split's json names the .jpg; else the first by name
+    images = {m["id"]: m["image"] for m in row["records"]}
+    assert images["000000000001"].endswith(f"000000000001.{used}") and images["000000000002"].endswith("000000000002.jpg")
+    assert [(r["input"], r["reason"]) for r in row["rejects"]] == [(f"p/val2017/000000000001.{other}", "duplicate_image")]
+
+
 def test_videos_are_found_recursively_and_named_by_relative_path(tmp_path):
     video = TESTDATA / "video" / "bikes.mp4"
     for rel in ("cam1/a.mp4", "cam2/a.mp4", "top.MOV"):
