@@ -8,7 +8,8 @@ frames at the start of a run are judged like the others, and a passing object do
 background while it crosses.
 MOG2 runs on colour, which separates shadows (darker, same chromaticity; labelled 127) from
 objects far better than grey, at ~2 ms per 480x270 frame and pass. Shadow pixels are not object,
-but a background frame must be free of both.
+but a background frame must be free of both. Grey footage gets no shadow labels (see
+`subtract_background`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .params import Params
 
 _FOREGROUND, _SHADOW = 255, 127  # MOG2's labels
 _MEDIAN_FRAMES = 15  # frames, evenly spaced, whose median seeds the model
+_GREY_SPREAD = 8  # levels between a pixel's channels under which footage counts as grey (`colourless`)
 
 
 class MogParams(Params):
@@ -55,12 +57,22 @@ def disk(radius_px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
 
 
+def colourless(frame: np.ndarray, max_spread: int = _GREY_SPREAD) -> bool:
+    """Whether a BGR frame is grey (IR / night cameras, desaturated clips): 99 % of its pixels' channels lie
+    within `max_spread` levels of each other (compression leaves ~3; the sample clips' colour, 26 and more)."""
+    spread = cv2.absdiff(frame.max(axis=2), frame.min(axis=2))
+    return bool(np.percentile(spread, 99) <= max_spread)
+
+
 def subtract_background(frames: list[np.ndarray], params: MogParams) -> list[np.ndarray]:
-    """MOG2 labels (0 background, 127 shadow, 255 foreground) of each BGR frame of one static run."""
-    mog = cv2.createBackgroundSubtractorMOG2(history=len(frames), varThreshold=params.var_threshold, detectShadows=True)
-    mog.setShadowThreshold(params.shadow_threshold)
+    """MOG2 labels (0 background, 127 shadow, 255 foreground) of each BGR frame of one static run. On grey
+    footage there are no shadow labels: without colour MOG2's shadow test (darker, same chromaticity) holds for
+    every darker pixel, and dark parts of objects fell out of their masks."""
     step = max(1, len(frames) // _MEDIAN_FRAMES)
-    mog.apply(np.median(np.stack(frames[::step]), axis=0).astype(np.uint8))
+    median = np.median(np.stack(frames[::step]), axis=0).astype(np.uint8)
+    mog = cv2.createBackgroundSubtractorMOG2(history=len(frames), varThreshold=params.var_threshold, detectShadows=not colourless(median))
+    mog.setShadowThreshold(params.shadow_threshold)
+    mog.apply(median)
     for frame in frames:
         mog.apply(frame, learningRate=1 / len(frames))
     return [mog.apply(frame, learningRate=0) for frame in frames]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pairmine.operators.video_mog import MogParams, classify, subtract_background
+from pairmine.operators.video_mog import MogParams, classify, colourless, subtract_background
 
 PARAMS = MogParams()
 
@@ -18,6 +19,17 @@ def test_frames_are_classified_as_the_ground_truth_says(static_clip):
         assert cls.kind == ("foreground" if gt.any() else "background")
     ious = [np.logical_and(c.mask, gt).sum() / np.logical_or(c.mask, gt).sum() for c, gt in zip(classes, truth) if gt.any()]
     assert min(ious) >= 0.6
+
+
+def test_grey_footage_keeps_the_dark_parts_of_objects(static_clip):
+    """Without colour, MOG2's shadow test (darker, same chromaticity) took dark parts of the object for shadow:
+    on the clip made grey its masks covered 0.62 of the object at worst (colour: 0.96)."""
+    images, truth = static_clip
+    grey = [cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for image in images]
+    assert colourless(grey[0]) and not colourless(images[0])
+    classes = [classify(labels, PARAMS) for labels in subtract_background(grey, PARAMS)]
+    assert [c.kind for c in classes] == ["foreground" if gt.any() else "background" for gt in truth]
+    assert min((c.mask & gt).sum() / gt.sum() for c, gt in zip(classes, truth) if gt.any()) >= 0.95
 
 
 def test_the_first_frames_of_a_run_are_judged_like_the_others(static_clip):
