@@ -148,7 +148,7 @@ def discover(arg: str) -> list[Unit]:
         return [Unit("sa1b-tar", storage.basename(uri), uri, size=found.size or 0)]
     entries = _names(storage.list_dir(uri))
     tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type in (pafs.FileType.File, *UNREADABLE)]
-    loose = any(n.endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
+    loose = any(n.lower().endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
     openimages = _openimages_units(uri, entries) if kind in (None, "openimages") else []
     candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic), "openimages": bool(openimages)}

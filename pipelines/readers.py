@@ -66,12 +66,12 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
     pending: dict[str, dict] = {}
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:  # a gzip / bz2 / xz compressed tar too
             for member in tar:
                 if member.isdir():
                     continue
                 name = storage.printable(member.name)
-                stem, _, ext = name.rpartition(".")
+                stem, _, ext = name.removeprefix("./").rpartition(".")  # `tar -C dir .` writes ./x.jpg
                 field = _TAR_EXTENSIONS.get(ext.lower())
                 if _unsafe(name) or not member.isfile():
                     if stem not in seen:

@@ -89,6 +89,16 @@ def test_unit_groups_account_for_every_id_once():
     assert list(unit_groups("u", "sa1b", "", [], 2, set(), immutable=False)) == []
 
 
+def test_a_folder_of_upper_case_names_is_an_sa1b_folder(tmp_path):
+    """X.JPG beside X.JSON (cameras, Windows tools) was refused at discovery: '.json' was matched case-sensitively."""
+    folder = tmp_path / "loose"
+    for stem in write_loose_sa1b(folder, 2):
+        for ext in ("jpg", "json"):
+            (folder / f"{stem}.{ext}").rename(folder / f"{stem}.{ext.upper()}")
+    (unit,) = discover(str(folder))
+    assert [m["id"] for r in plan_groups(unit, group_size=2, skip=set()) for m in r["records"]] == ["sa_1000", "sa_1001"]
+
+
 def test_planned_folders_pair_files_and_reject_orphans(tmp_path):
     folder = tmp_path / "loose"
     write_loose_sa1b(folder, 5)

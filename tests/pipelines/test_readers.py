@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 
@@ -60,6 +61,16 @@ def test_oversized_unexpected_and_link_members_are_rejected():
     items = _items(data, max_file_bytes=limit)
     assert [i for i, r in items if isinstance(r, dict)] == ["a"]
     assert sorted(r.reason for _, r in items if not isinstance(r, dict)) == ["file_too_large", "unexpected_member", "unsafe_member"]
+
+
+def test_a_compressed_tar_and_dot_slash_names_pair_like_a_plain_tar():
+    """A gzip tar was `truncated_tar ... after 0 records`; `./a.jpg` (tar -C dir .) did not pair with `a.json`."""
+    members = sa1b_members()["sa_100"]
+    plain = _tar([("./a.jpg", members["jpg"]), ("a.json", members["json"]), ("./b/c.jpg", members["jpg"]), ("./b/c.json", members["json"])])
+    for data in (plain, gzip.compress(plain)):
+        items = _items(data)
+        assert [(i, r["image"] == members["jpg"]) for i, r in items if isinstance(r, dict)] == [("a", True), ("b/c", True)]
+        assert [r for _, r in items if not isinstance(r, dict)] == []
 
 
 def test_unreadable_planned_files_become_rejects(tmp_path):
