@@ -27,6 +27,7 @@ from .. import storage
 from ..errors import UserError
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic", "openimages")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # SA-1B tars; compressed ones are read through the decompressor
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".flv", ".wmv")
 _KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic|openimages):(.+)$")
 _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
@@ -143,11 +144,11 @@ def discover(arg: str) -> list[Unit]:
     except storage.StorageError as exc:
         raise InputError(str(exc)) from None
     if found.type == pafs.FileType.File:
-        if kind not in (None, "sa1b-tar") or not uri.endswith(".tar"):
-            raise InputError(f"input {uri} is a file: only SA-1B .tar files can be given directly")
+        if kind not in (None, "sa1b-tar") or not uri.lower().endswith(TAR_SUFFIXES):
+            raise InputError(f"input {uri} is a file: only SA-1B tars ({', '.join(TAR_SUFFIXES)}) can be given directly")
         return [Unit("sa1b-tar", storage.basename(uri), uri, size=found.size or 0)]
     entries = _names(storage.list_dir(uri))
-    tars = [storage.join(uri, n) for n, e in entries.items() if n.endswith(".tar") and e.type in (pafs.FileType.File, *UNREADABLE)]
+    tars = [storage.join(uri, n) for n, e in entries.items() if n.lower().endswith(TAR_SUFFIXES) and e.type in (pafs.FileType.File, *UNREADABLE)]
     loose = any(n.lower().endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
     openimages = _openimages_units(uri, entries) if kind in (None, "openimages") else []

@@ -104,7 +104,7 @@ EXAMPLES = """examples:
   # Open Images v7 instance masks (csv + class names + masks in zips or a folder + <split>/ images)
   pairmine syn4removal --input openimages:/data/oidv7 --output out/oi --set entities.min_class_entities=50
 
-inputs: an SA-1B .tar, a folder of SA-1B tars, a folder of loose SA-1B jpg+json, a COCO/COCONut
+inputs: an SA-1B .tar (or .tar.gz / .tgz), a folder of SA-1B tars, a folder of loose SA-1B jpg+json, a COCO/COCONut
 panoptic root (annotations/panoptic_<split>.json), or an Open Images root
 (<split>-annotations-object-segmentation.csv); prefix KIND: (sa1b-tar:, sa1b-dir:, panoptic:,
 openimages:) when a folder holds several kinds. Local paths or s3:// URIs; S3 settings come from the AWS

@@ -43,7 +43,7 @@ def test_ambiguous_folder_needs_a_kind_prefix(tmp_path):
     assert [u.kind for u in discover(f"sa1b-dir:{tmp_path}")] == ["sa1b-dir"]
 
 
-@pytest.mark.parametrize("arg, message", [("no/such/dir", "input not found"), (__file__, "only SA-1B .tar files")])
+@pytest.mark.parametrize("arg, message", [("no/such/dir", "input not found"), (__file__, "only SA-1B tars")])
 def test_unusable_inputs_are_input_errors(arg, message):
     with pytest.raises(InputError, match=message):
         discover(arg)

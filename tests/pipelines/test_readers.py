@@ -73,6 +73,15 @@ def test_a_compressed_tar_and_dot_slash_names_pair_like_a_plain_tar():
         assert [r for _, r in items if not isinstance(r, dict)] == []
 
 
+def test_a_gzip_tar_is_found_by_its_name_and_read_end_to_end(tmp_path):
+    (tmp_path / "sa_000000.tar.gz").write_bytes(gzip.compress(SA1B_TAR.read_bytes()))
+    assert [(u.kind, u.name) for u in discover(str(tmp_path))] == [("sa1b-tar", "sa_000000.tar.gz")]
+    (unit,) = discover(str(tmp_path / "sa_000000.tar.gz"))
+    with open(unit.uri, "rb") as stream:
+        records = [i for i, r in tar_items(stream, unit.name, 1 << 30) if isinstance(r, dict)]
+    assert records == [i for i, r in _items(SA1B_TAR.read_bytes()) if isinstance(r, dict)] and records
+
+
 def test_unreadable_planned_files_become_rejects(tmp_path):
     folder = tmp_path / "loose"
     write_loose_sa1b(folder, 3)
