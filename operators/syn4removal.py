@@ -263,8 +263,7 @@ def extract_group(row: dict, params: Syn4RemovalParams, scorer: EntityScorer) ->
             entities, rejects, background = _extract_record(record_id, record, kind, categories, class_sizes, params, scorer, stats)
         except Exception as exc:  # data no check foresaw broke an operator: this record's reject, not the job's end
             log.warning("%s: unexpected %s while extracting it", record_id, type(exc).__name__, exc_info=True)
-            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            group.rejects.append(Reject.because("unexpected_error", detail).at(record_id, "extract"))
+            group.rejects.append(Reject.unexpected(exc).at(record_id, "extract"))
             continue
         group.entities += entities
         group.rejects += rejects

@@ -12,6 +12,7 @@ misaligned pair is ever written.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from .video_regions import Box, RegionParams, pair_regions
 from .video_screen import Screening, ScreenParams, Span, screen
 
 PIPELINE = "video4removal"
+
+log = logging.getLogger(__name__)
 
 
 def _masker_name(value) -> str:
@@ -211,7 +214,19 @@ def analyse_segment(
     video_id: str, source: Source, start: int, stop: int, params: Video4RemovalParams, segments: int = 1,
 ) -> SegmentWork:
     """Everything up to the masks: the segment's selected pairs with their full-resolution frames (or crops), and
-    rejects. `segments`: how many segments share the video's max_pairs_per_video."""
+    rejects. `segments`: how many segments share the video's max_pairs_per_video. Footage that breaks an
+    operator in a way no check foresaw makes the whole segment one `unexpected_error` reject, not the job's end."""
+    try:
+        return _analyse_segment(video_id, source, start, stop, params, segments)
+    except Exception as exc:
+        log.warning("%s#%d-%d: unexpected %s while analysing it", video_id, start, stop, type(exc).__name__, exc_info=True)
+        work = SegmentWork(video_id, start, stop)
+        work.stats.counts["segments"] += 1
+        work.reject(start, stop, "analyse", Reject.unexpected(exc))
+        return work
+
+
+def _analyse_segment(video_id: str, source: Source, start: int, stop: int, params: Video4RemovalParams, segments: int) -> SegmentWork:
     work = SegmentWork(video_id, start, stop)
     stats = work.stats
     stats.counts["segments"] += 1

@@ -76,6 +76,12 @@ class Reject:
     def because(cls, reason: str, detail: str = "") -> "Reject":
         return cls("", "", reason, detail)
 
+    @classmethod
+    def unexpected(cls, exc: BaseException) -> "Reject":
+        """An error no check foresaw (data that broke an operator), as a reject: its type and first line."""
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return cls.because("unexpected_error", f"{type(exc).__name__}: {first}"[:300])
+
     def at(self, input: str, stage: str) -> "Reject":
         return dataclasses.replace(self, input=input, stage=stage)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from .. import storage
 from ..dataset import Reject
-from ..operators.codecs import BadInput
 from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
 from ..operators.video_io import probe
 from .config import RunParams
@@ -38,7 +37,7 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     the segment stage turns into a reject with the reader's reason."""
     try:
         ranges = [(0, 0)] if row["problem"] else split_video(probe(_source(row["uri"]), config.decode), config)
-    except BadInput:
+    except Exception:  # BadInput, or what no check foresaw: the segment stage probes again and rejects it, saying why
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
     return [

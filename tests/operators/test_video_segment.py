@@ -11,6 +11,7 @@ import pytest
 from pairmine import __version__
 from pairmine.operators.maskers import MaskResult
 from pairmine.dataset import sample_key
+from pairmine.operators import video4removal
 from pairmine.operators.video4removal import PIPELINE, Video4RemovalParams, process_segment, split_video
 from pairmine.operators.video_io import probe
 
@@ -25,6 +26,7 @@ REASONS = {  # every reject reason the pipeline may give, by stage
     "pair": {"mse_above_threshold", "background_differs", "object_in_background", "misaligned",
              "no_clean_frame", "movers_overlap", "tiny_object", "border_cut"},  # the last four: region pairs
     "mask": {"mask_too_small", "mask_too_large", "mask_disagrees", "invalid_mask"},
+    "analyse": {"unexpected_error"},  # footage that broke an operator in a way no check foresaw
 }
 
 
@@ -41,6 +43,17 @@ def static(video):
 def decode(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     images = [cv2.imdecode(np.frombuffer(sample[k], np.uint8), cv2.IMREAD_UNCHANGED) for k in ("source.jpg", "target.jpg", "mask.png")]
     return *images, json.loads(sample["json"])
+
+
+def test_footage_that_breaks_an_operator_is_its_segments_reject_not_the_jobs_end(video, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("as if the screening had a bug this footage finds")
+
+    monkeypatch.setattr(video4removal, "screen", broken)
+    samples, rejects, _ = process_segment("synth/static", str(video / "synth_static_dev.mp4"), 0, 150, PARAMS, HASH)
+    assert samples == []
+    assert [(r.input, r.stage, r.reason) for r in rejects] == [("synth/static#0-150", "analyse", "unexpected_error")]
+    assert rejects[0].detail.startswith("ZeroDivisionError: as if")
 
 
 def test_static_clip_gives_pairs_with_correct_masks_and_clean_targets(static, video):
