@@ -74,10 +74,13 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
                 stem, _, ext = name.removeprefix("./").rpartition(".")  # `tar -C dir .` writes ./x.jpg
                 field = _TAR_EXTENSIONS.get(ext.lower())
                 if _unsafe(name) or not member.isfile():
-                    if stem not in seen:
+                    why = Reject(f"{unit}/{name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
+                    if stem in seen:  # a record of that stem is done (or already this reject): an extra member
+                        yield None, why
+                    else:
                         seen.add(stem)
                         pending.pop(stem, None)  # its other member came first: the record is this reject
-                        yield stem, Reject(f"{unit}/{name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
+                        yield stem, why
                     continue
                 if field is None:
                     yield None, Reject(f"{unit}/{name}", "read", "unexpected_member", "not an SA-1B .jpg or .json")
