@@ -65,6 +65,7 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
     """
     pending: dict[str, dict] = {}
     seen: set[str] = set()
+    unsafe: set[str] = set()  # records rejected for an unsafe member: their other members are part of that reject
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:  # a gzip / bz2 / xz compressed tar too
             for member in tar:
@@ -75,12 +76,13 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
                 field = _TAR_EXTENSIONS.get(ext.lower())
                 if _unsafe(name) or not member.isfile():
                     why = Reject(f"{unit}/{name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
-                    if stem in seen:  # a record of that stem is done (or already this reject): an extra member
-                        yield None, why
-                    else:
+                    if stem not in seen:
                         seen.add(stem)
+                        unsafe.add(stem)
                         pending.pop(stem, None)  # its other member came first: the record is this reject
                         yield stem, why
+                    elif stem not in unsafe:  # after its record was complete: an extra member, said on its own
+                        yield None, why
                     continue
                 if field is None:
                     yield None, Reject(f"{unit}/{name}", "read", "unexpected_member", "not an SA-1B .jpg or .json")
