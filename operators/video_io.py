@@ -148,10 +148,10 @@ class PyAVReader:
                 with av.open(src) as container:
                     stream = self._video_stream(container)
                     info = self._info(container, stream)
-                    if info.frames == 0 and info.fps > 0:  # no length in the header (a live or streamed recording): count
-                        frames = sum(1 for packet in container.demux(stream) if packet.size)  # no decoding; skips the flush packet
-                        info = replace(info, frames=frames, duration=frames / info.fps)
-                    return info
+                    if stream.frames or not info.fps > 0:  # the container counts its frames (MP4, MOV)
+                        return info
+                    frames = _counted(container, stream, info.frames)
+                    return replace(info, frames=frames, duration=frames / info.fps)
             except av.FFmpegError as exc:
                 raise BadInput("unreadable", f"not a readable video container ({exc})") from None
 
@@ -212,6 +212,20 @@ class PyAVReader:
                     pending += 1
                 if pending == len(cluster):
                     break
+
+
+def _counted(container, stream, estimate: int) -> int:
+    """The frames of a stream whose header gives at most a duration (MKV, WebM, MPEG-TS): a wrong one planned
+    thousands of imaginary segments, a missing one none. Seeks to the claimed end and demuxes what is left (a
+    few packets, no decoding): the last packet's frame index + 1, used when it differs from the estimate by more
+    than a second (packet timestamps can miss the last frame or two). When that seek lands on nothing, the
+    estimate stands if there is one, else every packet is counted (a recording written to a pipe has no length)."""
+    clock = _Clock.of(stream)
+    if estimate > 0:
+        container.seek(clock.offset(estimate - 1), stream=stream, backward=True)
+        last = max((clock.index(p) for p in container.demux(stream) if p.size and p.pts is not None), default=None)
+        return estimate if last is None or abs(last + 1 - estimate) <= clock.fps else last + 1
+    return sum(1 for packet in container.demux(stream) if packet.size)  # skips the flush packet
 
 
 def _first_line(exc: Exception) -> str:

@@ -296,3 +296,21 @@ def test_a_video_whose_header_gives_no_length_is_counted(tmp_path):
     info = probe(str(path), DecodeParams())
     assert (info.frames, info.duration) == (30, 1.2)
     assert [f.index for f in read_frames(str(path), [0, 14, 29], ("pyav",), None, 1).frames] == [0, 14, 29]
+
+
+def test_a_header_that_claims_the_wrong_length_is_corrected_from_the_stream_end(tmp_path):
+    """An MKV whose Duration says 27 hours planned 3,333 segments of frames that do not exist."""
+    import struct
+
+    import av
+
+    path = _encoded(str(tmp_path / "clip.mkv"), "libx264", frames=60, gop=25)
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"\x44\x89")  # Matroska's Duration element: ID, size, value (a float in timecode units, ms)
+    width = data[at + 2] & 0x7F
+    data[at + 3 : at + 3 + width] = struct.pack(">d" if width == 8 else ">f", 1e8)
+    wrong = tmp_path / "wrong.mkv"
+    wrong.write_bytes(bytes(data))
+    with av.open(str(wrong)) as container:
+        assert container.duration > 1e10, "the header claims about 27 hours"
+    assert probe(str(wrong), DecodeParams()).frames == probe(path, DecodeParams()).frames == 60
