@@ -325,7 +325,8 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
                 raise TypeError("'categories' and 'annotations' must be lists")
         except (ValueError, KeyError, TypeError, OSError) as exc:
             return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {storage.first_line(exc)}"))]
-        named = {_stem(i["file_name"]): i["file_name"] for i in doc.get("images") or [] if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
+        listed_images = doc.get("images") if isinstance(doc.get("images"), list) else []
+        named = {_stem(i["file_name"]): i["file_name"] for i in listed_images if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
         per_image = {}
         for ann in annotations:
             if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
