@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import re
 import sys
 from collections import Counter
@@ -25,6 +26,8 @@ import pyarrow.fs as pafs
 from ..dataset import Reject
 from .. import storage
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic", "openimages")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # SA-1B tars; compressed ones are read through the decompressor
@@ -162,6 +165,9 @@ def discover(arg: str) -> list[Unit]:
         kind = present[0]
     if not candidates[kind]:
         raise InputError(f"{uri} holds no {kind} input")
+    folders = sorted(n for n, e in entries.items() if e.type == pafs.FileType.Directory)
+    if kind in ("sa1b-tar", "sa1b-dir") and folders:  # not searched: say so rather than leave them out silently
+        log.warning("%s: %d subfolder(s) not searched (%s); give each as its own --input", uri, len(folders), ", ".join(folders[:5]))
     if kind == "sa1b-tar":
         listed = {t: entries[storage.basename(t)] for t in sorted(tars)}
         return [Unit("sa1b-tar", storage.basename(t), t, problem=unreadable_reason(e) if e.type in UNREADABLE else None, size=e.size or 0)

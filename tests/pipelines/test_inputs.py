@@ -89,6 +89,15 @@ def test_unit_groups_account_for_every_id_once():
     assert list(unit_groups("u", "sa1b", "", [], 2, set(), immutable=False)) == []
 
 
+def test_subfolders_that_are_not_searched_are_said(tmp_path, caplog):
+    folder = tmp_path / "loose"
+    write_loose_sa1b(folder, 1)
+    (folder / "more").mkdir()
+    with caplog.at_level("WARNING", logger="pairmine.pipelines.inputs"):
+        discover(str(folder))
+    assert "1 subfolder(s) not searched (more)" in caplog.text
+
+
 def test_a_folder_of_upper_case_names_is_an_sa1b_folder(tmp_path):
     """X.JPG beside X.JSON (cameras, Windows tools) was refused at discovery: '.json' was matched case-sensitively."""
     folder = tmp_path / "loose"
