@@ -178,10 +178,13 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_LINEAR)
 
 
-def mask_foreground(gray: np.ndarray) -> np.ndarray:
-    """The object of a grayscale mask: its white half (over 127), or the 1s of a mask saved as 0/1 (label masks
-    often are; read as 0-255 it would be empty)."""
-    return gray > (0 if gray.max(initial=0) <= 1 else 127)
+def mask_foreground(mask: np.ndarray) -> np.ndarray:
+    """The object of a mask: the upper half of its range (over 127, or 32767 for a 16-bit one), or the 1s of a
+    mask saved as 0/1 (label masks often are; read as 0-255 it would be empty). A colour mask (H, W, C) counts
+    its brightest channel: a red object on black is the object, not a dark grey."""
+    plane = mask.max(axis=2) if mask.ndim == 3 else mask
+    half = np.iinfo(plane.dtype).max // 2 if plane.dtype.kind in "ui" else 0.5
+    return plane > (0 if plane.max(initial=0) <= 1 else half)
 
 
 def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:

@@ -39,7 +39,8 @@ ERASE_EXAMPLES = """examples:
   pairmine erase --checkpoint s3://runs/erasers/smarteraser/checkpoint_00002000 \\
       --image photos/ --mask masks/ --out cleaned/ --device cuda --steps 25
 
-Masks: white (> 127) marks the object to erase (in a 0/1 mask, 1). Only the masked pixels change."""
+Masks: white (> 127; 16-bit: > 32767; colour: the brightest channel) marks the object to erase (in a
+0/1 mask, 1). Only the masked pixels change; a .jpg output is re-encoded everywhere (.png keeps the rest exact)."""
 
 EVALUATE_EXAMPLES = """examples:
   # three trained erasers on the held-out split of two outputs: one table, one sheet

@@ -66,11 +66,15 @@ def _extension(uri: str) -> str:
     return os.path.splitext(storage.basename(uri))[1].lower()
 
 
+MAX_ASPECT = 4  # the working size's long side is at most this many times --resolution (a 17x5000 strip: not 512x150,000)
+
+
 def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, seed: int = 0) -> np.ndarray:
-    """RGB uint8 `image` with the object under `mask` (bool, same size) erased; outside the mask, `image` itself."""
+    """RGB uint8 `image` with the object under `mask` (bool, same size) erased; outside the mask, `image` itself.
+    The eraser works with the short side at `resolution`, the long side at most MAX_ASPECT times that."""
     height, width = mask.shape
     multiple = eraser.params.latent_multiple
-    scale = resolution / min(height, width)
+    scale = min(resolution / min(height, width), MAX_ASPECT * resolution / max(height, width))
     size = (max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     small_mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST) > 0
@@ -85,30 +89,43 @@ def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, se
     return (paste_back(full, image / 255.0, mask) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def _images(folder: str) -> dict[str, str]:
-    """{file stem: uri} of the image files directly in a folder (local or s3://)."""
-    names = [storage.basename(e.path) for e in storage.list_dir(folder) if e.type == pafs.FileType.File]
-    return {os.path.splitext(name)[0]: storage.join(folder, name) for name in names if _extension(name) in IMAGE_EXTENSIONS}
+def _images(folder: str) -> dict[str, list[str]]:
+    """{file stem: [uri, ...] by name} of the image files directly in a folder (local or s3://)."""
+    names = sorted(storage.basename(e.path) for e in storage.list_dir(folder) if e.type == pafs.FileType.File)
+    found: dict[str, list[str]] = {}
+    for name in names:
+        if _extension(name) in IMAGE_EXTENSIONS:
+            found.setdefault(os.path.splitext(name)[0], []).append(storage.join(folder, name))
+    return found
 
 
-def pairs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
-    """(image, mask, output) paths, local or s3://: one file each, or folders matched by file stem (outputs: PNG)."""
+def pairs(image: str, mask: str, out: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """(image, mask, output) paths, local or s3://: one file each, or folders matched by file stem (outputs: PNG);
+    and the images left out, with why (a second image of one stem: its output would overwrite the first's)."""
     paths = {"--image": image, "--mask": mask}
     kinds = {flag: storage.info(uri).type for flag, uri in paths.items()}  # one lookup each: a file, a folder or nothing
     for flag, kind in kinds.items():
         if kind == pafs.FileType.NotFound:
             raise UserError(f"{flag} {paths[flag]} not found")
+    for flag, uri in paths.items():
+        if storage.normalize(out) == storage.normalize(uri):
+            raise UserError(f"--out {out} is the {flag} itself: erasing would overwrite the inputs")
     if kinds["--image"] != pafs.FileType.Directory:
+        if kinds["--mask"] == pafs.FileType.Directory:
+            raise UserError(f"--image {image} is a file: --mask must be its mask file, not a folder")
         if _extension(out) not in IMAGE_EXTENSIONS:
             raise UserError(f"--out {out}: the extension picks the format, one of {', '.join(IMAGE_EXTENSIONS)}")
-        return [(image, mask, out)]
+        return [(image, mask, out)], {}
     if kinds["--mask"] != pafs.FileType.Directory:
         raise UserError(f"--image {image} is a folder: --mask must be a folder of masks with the same file stems")
-    masks = _images(mask)
-    found = [(uri, masks.get(stem, storage.join(mask, stem + ".png")), storage.join(out, stem + ".png")) for stem, uri in sorted(_images(image).items())]
-    if not found:
+    masks = {stem: uris[0] for stem, uris in _images(mask).items()}
+    images = _images(image)
+    if not images:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image}")
-    return found
+    found = [(uris[0], masks.get(stem, storage.join(mask, stem + ".png")), storage.join(out, stem + ".png")) for stem, uris in sorted(images.items())]
+    left_out = {uri: f"{storage.basename(uris[0])} has the same stem and is erased to {stem}.png; rename one"
+                for stem, uris in images.items() for uri in uris[1:]}
+    return found, left_out
 
 
 def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = "auto", resolution: int | None = None,
@@ -118,22 +135,29 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
 
     from . import models
 
-    jobs = pairs(image, mask, out)  # argument errors before any model loads
+    jobs, failed = pairs(image, mask, out)  # argument errors before any model loads
+    for image_path, why in failed.items():
+        log.error("%s: %s", image_path, why)
     target = inference_device(device)
     checkpoint = latest_checkpoint(checkpoint)
     eraser, meta = models.load(checkpoint, target, **(overrides or {}))
     resolution = resolution or int(meta.get("resolution", 512))
-    done, failed = 0, {}
+    done = 0
     for image_path, mask_path, out_path in jobs:
         try:
             rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
-            binary = mask_foreground(_read(mask_path, cv2.IMREAD_GRAYSCALE, "mask"))
+            # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map); EXIF orientation as the image's
+            binary = mask_foreground(_read(mask_path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask"))
             if binary.shape != rgb.shape[:2]:
-                raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}")
+                raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}"
+                                " (as displayed: EXIF orientation applied to both)")
             if not binary.any():
-                raise UserError(f"mask {mask_path} is empty")
+                raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
-            storage.write_bytes(out_path, cv2.imencode(_extension(out_path), cv2.cvtColor(result, cv2.COLOR_RGB2BGR))[1].tobytes())
+            try:
+                storage.write_bytes(out_path, cv2.imencode(_extension(out_path), cv2.cvtColor(result, cv2.COLOR_RGB2BGR))[1].tobytes())
+            except (OSError, storage.StorageError) as exc:
+                raise UserError(f"cannot write --out {out_path}: {storage.first_line(exc)}") from None
             done += 1
         except UserError as exc:
             failed[image_path] = str(exc)

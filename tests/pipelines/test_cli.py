@@ -52,6 +52,10 @@ def test_help_says_what_it_does_with_examples(args):
     (["syn4removal", "--input", SA1B_TAR, "--output", f"{SA1B_TAR}/out", "--dry-run"], f"({SA1B_TAR} is a file, not a folder)"),
     (["syn4removal", "--input", f"foo:{SA1B_TAR}", "--output", "out"], "unknown input kind 'foo'"),
     (["erase", "--checkpoint", "nowhere", "--image", SA1B_TAR, "--mask", SA1B_TAR, "--out", "x.png"], "checkpoint not found: nowhere"),
+    (["erase", "--checkpoint", "c", "--image", SA1B_TAR, "--mask", SA1B_TAR, "--out", SA1B_TAR],  # it overwrote the input
+     f"--out {SA1B_TAR} is the --image itself: erasing would overwrite the inputs"),
+    (["erase", "--checkpoint", "c", "--image", SA1B_TAR, "--mask", str(TESTDATA), "--out", "x.png"],
+     f"--image {SA1B_TAR} is a file: --mask must be its mask file, not a folder"),
 ])
 def test_bad_arguments_stop_in_one_line_before_any_work(args, message, tmp_path):
     done = pairmine(*args, cwd=tmp_path)

@@ -151,27 +151,46 @@ def test_a_checkpoint_round_trips_its_trained_parts(eraser, tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(eraser, tmp_path, request, where):
-    """Folders local or on S3: a 0/255 and a 0/1 mask each erase their object, only inside it; an image without
-    a mask is named, the others done."""
+    """Folders local or on S3: a 0/255, a 0/1, a red-on-black and a 16-bit 0/1 mask each erase their object, only
+    inside it (the last two were "empty"); an image without a mask and a second image of one stem are named,
+    the others done."""
     root = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
     eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
     images, masks, out = (storage.join(root, name) for name in ("images", "masks", "out"))
     rng = np.random.default_rng(0)
     mask = np.zeros((50, 70), np.uint8)
     mask[10:30, 20:50] = 1
-    pictures = {stem: (rng.random((50, 70, 3)) * 255).astype(np.uint8) for stem in "abc"}
-    for stem, scale in (("a", 255), ("b", 1), ("c", None)):
+    pictures = {stem: (rng.random((50, 70, 3)) * 255).astype(np.uint8) for stem in "abcde"}
+    red = np.zeros((50, 70, 3), np.uint8)
+    red[mask == 1] = (0, 0, 255)
+    for stem, written in (("a", mask * 255), ("b", mask), ("c", None), ("d", red), ("e", mask.astype(np.uint16))):
         storage.write_bytes(storage.join(images, f"{stem}.png"), cv2.imencode(".png", pictures[stem])[1].tobytes())
-        if scale:
-            storage.write_bytes(storage.join(masks, f"{stem}.png"), cv2.imencode(".png", mask * scale)[1].tobytes())
+        if written is not None:
+            storage.write_bytes(storage.join(masks, f"{stem}.png"), cv2.imencode(".png", written)[1].tobytes())
+    storage.write_bytes(storage.join(images, "a.webp"), cv2.imencode(".webp", pictures["b"])[1].tobytes())  # a's output too
     done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", images, "--mask", masks, "--out", out, "--steps", "1")
-    assert done.returncode == 1 and "2 erased" in done.stdout and "1 failed" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 1 and "4 erased" in done.stdout and "2 failed" in done.stdout, done.stdout + done.stderr
     assert f"cannot read the mask {storage.join(masks, 'c.png')} (no such file)" in done.stderr
-    for stem in ("a", "b"):
+    assert f"{storage.join(images, 'a.webp')}: a.png has the same stem and is erased to a.png; rename one" in done.stderr
+    for stem in ("a", "b", "d", "e"):
         erased = cv2.imdecode(np.frombuffer(storage.read_bytes(storage.join(out, f"{stem}.png")), np.uint8), cv2.IMREAD_COLOR)
         image = pictures[stem]
         assert np.array_equal(erased[mask == 0], image[mask == 0]) and not np.array_equal(erased[mask == 1], image[mask == 1]), stem
     assert not storage.exists(storage.join(out, "c.png"))
+
+
+def test_erase_works_on_a_long_strip_at_a_bounded_size(eraser, monkeypatch):
+    """A 17x5000 strip worked at 64x18,800 with the tiny model (at 512 px it would have been 512x150,000)."""
+    from pairmine.training import erase
+
+    sizes, real = [], erase.predict
+    monkeypatch.setattr(erase, "predict", lambda model, samples, seed: sizes.append(samples[0]["source"].shape[:2]) or real(model, samples, seed))
+    strip = np.random.default_rng(0).integers(0, 256, (8, 600, 3), dtype=np.uint8)
+    mask = np.zeros((8, 600), bool)
+    mask[2:6, 100:200] = True
+    erased = erase.erase_image(eraser, strip, mask, 64)
+    assert erased.shape == strip.shape and np.array_equal(erased[~mask], strip[~mask])
+    assert max(sizes[0]) <= erase.MAX_ASPECT * 64
 
 
 def test_erase_refuses_an_output_extension_it_cannot_write_before_loading_anything(tmp_path):
