@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from .. import dataset, storage
 from ..errors import UserError
@@ -292,6 +293,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if not storage.is_s3(args.output) and not os.path.isdir(args.output):
         raise UserError(f"output not found: {args.output}")
+    if args.out and storage.info(args.out).type == pafs.FileType.Directory:
+        raise UserError(f"--out {args.out} is a folder: give the page's file name (e.g. {storage.join(args.out, 'report.html')})")
     started = time.perf_counter()
     data = collect(args.output, args.shards, args.per_shard, args.pairs)
     out = args.out or "report.html"

@@ -8,6 +8,7 @@ The sheet shows source | mask | target, then each checkpoint's prediction (paste
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -19,6 +20,8 @@ from ..operators.mask_enhance import MaskEnhanceParams
 from .data import Preparation, object_crop, validation_samples
 from .erase import inference_device, latest_checkpoint
 from .metrics import paste_back, predict, scores, sheet, write_png
+
+log = logging.getLogger("pairmine")
 
 
 def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: str = "auto", resolution: int | None = None,
@@ -45,6 +48,9 @@ def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: s
     held_out = validation_samples(shards, fraction, samples, prep)
     if not held_out:
         raise UserError(f"no held-out samples in {', '.join(outputs)} at val_fraction {fraction} (a run's split: its data.val_fraction)")
+    if len(held_out) < samples:
+        log.warning("only %d held-out sample%s at val_fraction %s (asked for %d): the table scores those", len(held_out),
+                    "" if len(held_out) == 1 else "s", fraction, samples)
     rows = [[s["source"] / 255.0, (s["mask"] > 0).astype(np.float64), s["target"] / 255.0] for s in held_out]
     table = []
     for uri, found, eraser, meta in erasers:
@@ -72,7 +78,7 @@ def replace_crop(sample: dict, crop: int) -> dict:
 
 def format_table(result: dict) -> str:
     header = f"{'checkpoint':<48} {'eraser':<12} {'step':>6} {'PSNR mask':>10} {'SSIM mask':>10} {'change out':>11} {'s/image':>8}"
-    lines = [f"{result['samples']} held-out samples at {result['resolution']} px (val_fraction {result['val_fraction']}, {result['device']})",
+    lines = [f"{result['samples']} held-out sample{'' if result['samples'] == 1 else 's'} at {result['resolution']} px (val_fraction {result['val_fraction']}, {result['device']})",
              header, "-" * len(header)]
     for row in result["table"]:
         name = row["checkpoint"] if len(row["checkpoint"]) <= 48 else "…" + row["checkpoint"][-47:]

@@ -59,7 +59,9 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
-        raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}); "
+        changed = _changed_keys(saved.get("config") or {}, params.model_dump(mode="json"))
+        raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}"
+                            + (f"; changed: {', '.join(changed[:6])}" if changed else "") + "); "
                             f"resume it with its own config, or start a new run with --set name=...")
     progress = read_progress(uri)
     sources = _sources(params)
@@ -72,6 +74,18 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     except ValueError as exc:
         raise TrainingError(f"data.sources: {exc}") from None
     return {"params": params, "config_hash": digest, "run_uri": uri, "progress": progress, "sources": sources, "stream": stream}
+
+
+def _changed_keys(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dumps."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 def plan_summary(plan: dict) -> dict:
@@ -115,6 +129,10 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     import ray.train  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
 
     plan = prepare(config_path, overrides)
+    finished = storage.read_json(storage.join(plan["run_uri"], SUMMARY_FILE))
+    if finished and plan["progress"]["step"] >= plan["params"].max_steps:  # a rerun of a finished run: its summary stands
+        log.info("%s is complete (step %d of %d): nothing to do", plan["run_uri"], plan["progress"]["step"], plan["params"].max_steps)
+        return finished | {"already_complete": True}
     with logs.run_log(plan["run_uri"], time.strftime("train-%Y%m%dT%H%M%SZ", time.gmtime())):
         return _train(plan, progress_bars)
 
@@ -193,5 +211,7 @@ def format_summary(summary: dict) -> str:
         f"  checkpoint: {summary.get('checkpoint')}",
         *([f"  worker failures (retried): {len(summary['worker_failures'])}, last: {summary['worker_failures'][-1]}"]
           if summary.get("worker_failures") else []),
+        *(["  already complete: nothing was run (its summary above is the run's own; raise max_steps under a new name to go on)"]
+          if summary.get("already_complete") else []),
     ]
     return "\n".join(lines)

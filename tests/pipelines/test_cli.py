@@ -43,6 +43,7 @@ def test_help_says_what_it_does_with_examples(args):
     (["syn4removal", "--input", SA1B_TAR, "--output", ""], "argument --output: an empty path"),  # it was the current folder, or /
     (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--wait", "nan"], "argument --wait: must be a finite number of at least 0, not nan"),
     (["report", "out", "--shards", "0"], "argument --shards: must be at least 1, not 0"),
+    (["report", str(TESTDATA), "--out", str(TESTDATA)], f"--out {TESTDATA} is a folder: give the page's file name"),
     (["erase", "--checkpoint", "c", "--image", "nope.png", "--mask", "m.png", "--out", "x.png"], "--image nope.png not found"),
     (["erase", "--checkpoint", "c", "--image", "i.png", "--mask", "m.png", "--out", "x.png", "--steps", "0"], "argument --steps: must be at least 1, not 0"),
     (["evaluate", "--checkpoint", "c", "--data", "d", "--val-fraction", "2"], "argument --val-fraction: must be in (0, 1], not 2"),

@@ -25,6 +25,7 @@ from pairmine import dataset, storage
 from pairmine.training.data import is_validation
 from pairmine.training.metrics import read_step_metrics
 from pairmine.training.run import TrainingError, _check_resources
+from pairmine.pipelines.config import load_config
 from pairmine.training.config import TrainParams
 
 slow = pytest.mark.slow
@@ -102,6 +103,10 @@ def test_a_killed_two_worker_run_on_s3_resumes_from_its_checkpoint(s3_bucket, tr
     assert sheet.shape[1] == 4 * sheet.shape[0] // summary["validation"]["val_samples"], "one row per sample: source | mask | prediction | target"
     assert summary["validation"]["val_samples"] > 0 and 0 <= summary["validation"]["val_change_outside"] <= 1
     assert_erases_only_inside_the_mask(run, tmp_path)
+    written = storage.read_bytes(storage.join(run, "summary.json"))
+    again = pairmine("train", "--config", str(config), "--no-progress", timeout=120)  # it started Ray and wrote a summary of nulls
+    assert "already complete: nothing was run" in again.stdout and "40 steps" in again.stdout, again.stdout + again.stderr
+    assert storage.read_bytes(storage.join(run, "summary.json")) == written
 
 
 def _corrupt_training_samples(output: Path, val_fraction: float) -> list[str]:
@@ -125,10 +130,14 @@ def _corrupt_training_samples(output: Path, val_fraction: float) -> list[str]:
 def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts, tmp_path):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
     (tmp_path / "runs" / "run").mkdir(parents=True)
-    (tmp_path / "runs" / "run" / "config.json").write_text(json.dumps({"config_hash": "0" * 64}))
+    saved = load_config(TrainParams, str(config)).model_dump(mode="json")
+    saved["max_steps"] += 10
+    saved["optim"]["learning_rate"] *= 2
+    (tmp_path / "runs" / "run" / "config.json").write_text(json.dumps({"config_hash": "0" * 64, "config": saved}))
     done = cli_in_process("train", "--config", str(config), "--dry-run")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "holds a run made with config 000000000000" in done.stderr and "--set name=" in done.stderr
+    assert "changed: max_steps, optim.learning_rate)" in done.stderr, "which keys differ"
 
 
 def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser_parts, tmp_path):
