@@ -20,6 +20,7 @@ from .metrics import checkpoint_step, paste_back, predict, read_progress
 
 log = logging.getLogger("pairmine")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+ALPHA_EXTENSIONS = (".png", ".webp")  # formats that keep an input's alpha channel
 
 
 def latest_checkpoint(uri: str) -> str:
@@ -51,6 +52,18 @@ def _read(uri: str, flags: int, what: str) -> np.ndarray:
     if image is None:
         raise UserError(f"cannot read the {what} {uri} (not an image)")
     return image
+
+
+def _alpha(uri: str, size: tuple[int, int]) -> np.ndarray | None:
+    """The 8-bit alpha channel of a PNG / WebP image with one (None otherwise), to write back unchanged: a
+    transparent product photo stays transparent, its hidden colours hidden."""
+    if _extension(uri) not in ALPHA_EXTENSIONS:
+        return None
+    raw = _read(uri, cv2.IMREAD_UNCHANGED, "image")
+    if raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != size:  # no alpha, or stored turned (EXIF): none kept
+        return None
+    alpha = raw[..., 3]
+    return (alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha
 
 
 def inference_device(device: str):
@@ -146,6 +159,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     for image_path, mask_path, out_path in jobs:
         try:
             rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+            alpha = _alpha(image_path, rgb.shape[:2]) if _extension(out_path) in ALPHA_EXTENSIONS else None
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map); EXIF orientation as the image's
             binary = mask_foreground(_read(mask_path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask"))
             if binary.shape != rgb.shape[:2]:
@@ -154,8 +168,9 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             if not binary.any():
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
+            picture = cv2.cvtColor(result, cv2.COLOR_RGB2BGR) if alpha is None else np.dstack([cv2.cvtColor(result, cv2.COLOR_RGB2BGR), alpha])
             try:
-                storage.write_bytes(out_path, cv2.imencode(_extension(out_path), cv2.cvtColor(result, cv2.COLOR_RGB2BGR))[1].tobytes())
+                storage.write_bytes(out_path, cv2.imencode(_extension(out_path), picture)[1].tobytes())
             except (OSError, storage.StorageError) as exc:
                 raise UserError(f"cannot write --out {out_path}: {storage.first_line(exc)}") from None
             done += 1

@@ -179,6 +179,26 @@ def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(
     assert not storage.exists(storage.join(out, "c.png"))
 
 
+def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
+    """A transparent PNG came out opaque: the hidden colour of its transparent pixels showed."""
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    rng = np.random.default_rng(0)
+    bgra = np.dstack([(rng.random((40, 60, 3)) * 255).astype(np.uint8), np.full((40, 60), 255, np.uint8)])
+    bgra[:, :15, 3] = 0  # transparent left edge
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 25:45] = 255
+    cv2.imwrite(str(tmp_path / "cut.png"), bgra)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    for out in ("erased.png", "erased.jpg"):
+        done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "cut.png"),
+                              "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / out), "--steps", "1")
+        assert done.returncode == 0, done.stderr
+    erased = cv2.imread(str(tmp_path / "erased.png"), cv2.IMREAD_UNCHANGED)
+    assert erased.shape == (40, 60, 4) and np.array_equal(erased[..., 3], bgra[..., 3])
+    assert np.array_equal(erased[mask == 0], bgra[mask == 0]) and not np.array_equal(erased[mask > 0], bgra[mask > 0])
+    assert cv2.imread(str(tmp_path / "erased.jpg"), cv2.IMREAD_UNCHANGED).shape == (40, 60, 3), "JPEG has no alpha"
+
+
 def test_erase_works_on_a_long_strip_at_a_bounded_size(eraser, monkeypatch):
     """A 17x5000 strip worked at 64x18,800 with the tiny model (at 512 px it would have been 512x150,000)."""
     from pairmine.training import erase
