@@ -48,7 +48,12 @@ def _read(uri: str, flags: int, what: str) -> np.ndarray:
     except (OSError, storage.StorageError) as exc:
         missing = isinstance(exc, FileNotFoundError) or storage.info(uri).type == pafs.FileType.NotFound
         raise UserError(f"cannot read the {what} {uri}" + (" (no such file)" if missing else f": {storage.first_line(exc)}")) from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    quiet, level = cv2.utils.logging, cv2.utils.logging.getLogLevel()
+    quiet.setLogLevel(quiet.LOG_LEVEL_SILENT)  # OpenCV's own lines for a broken file: the UserError below says it once
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    finally:
+        quiet.setLogLevel(level)
     if image is None:
         raise UserError(f"cannot read the {what} {uri} (not an image)")
     return image

@@ -258,3 +258,15 @@ def test_the_shipped_training_config_is_valid_and_states_the_release_defaults():
                                            "storage": config.storage})
     assert config == defaults, "the YAML states every default (only the paths are examples)"
     assert (config.data.resolution, config.optim.learning_rate, config.condition_dropout, config.eraser.guidance_scale) == (512, 1.6e-5, 0.1, 1.5)
+
+
+def test_a_broken_image_is_one_message_without_opencvs_own_lines(tmp_path, capfd):
+    """OpenCV printed "[ERROR:0@...] ... IHDR chunk shall be first" next to pairmine's one line."""
+    from pairmine.errors import UserError
+    from pairmine.training.erase import _read
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(UserError, match="not an image"):
+        _read(str(broken), cv2.IMREAD_COLOR, "image")
+    assert "IHDR" not in capfd.readouterr().err
