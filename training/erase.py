@@ -41,13 +41,19 @@ def latest_checkpoint(uri: str) -> str:
     return storage.join(uri, max(folders, key=lambda name: (checkpoint_step(name), name)))
 
 
-def _read(uri: str, flags: int, what: str) -> np.ndarray:
-    """An image file, local or s3://, decoded; a UserError naming `what` it is when it cannot be."""
+def _fetch(uri: str, what: str) -> bytes:
+    """An image file's bytes, local or s3://; a UserError naming `what` it is when they cannot be read."""
     try:
-        data = storage.read_bytes(uri)
+        return storage.read_bytes(uri)
     except (OSError, storage.StorageError) as exc:
         missing = isinstance(exc, FileNotFoundError) or storage.info(uri).type == pafs.FileType.NotFound
         raise UserError(f"cannot read the {what} {uri}" + (" (no such file)" if missing else f": {storage.first_line(exc)}")) from None
+
+
+def _read(uri: str, flags: int, what: str, data: bytes | None = None) -> np.ndarray:
+    """An image file, local or s3:// (or its bytes, already fetched), decoded; a UserError naming `what` it is
+    when it cannot be."""
+    data = _fetch(uri, what) if data is None else data
     quiet, level = cv2.utils.logging, cv2.utils.logging.getLogLevel()
     quiet.setLogLevel(quiet.LOG_LEVEL_SILENT)  # OpenCV's own lines for a broken file: the UserError below says it once
     try:
@@ -59,12 +65,12 @@ def _read(uri: str, flags: int, what: str) -> np.ndarray:
     return image
 
 
-def _alpha(uri: str, size: tuple[int, int]) -> np.ndarray | None:
-    """The 8-bit alpha channel of a PNG / WebP image with one (None otherwise), to write back unchanged: a
-    transparent product photo stays transparent, its hidden colours hidden."""
+def _alpha(uri: str, data: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """The 8-bit alpha channel of a PNG / WebP image with one (None otherwise), from its bytes, to write back
+    unchanged: a transparent product photo stays transparent, its hidden colours hidden."""
     if _extension(uri) not in ALPHA_EXTENSIONS:
         return None
-    raw = _read(uri, cv2.IMREAD_UNCHANGED, "image")
+    raw = _read(uri, cv2.IMREAD_UNCHANGED, "image", data)
     if raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != size:  # no alpha, or stored turned (EXIF): none kept
         return None
     alpha = raw[..., 3]
@@ -163,8 +169,9 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     done = 0
     for image_path, mask_path, out_path in jobs:
         try:
-            rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
-            alpha = _alpha(image_path, rgb.shape[:2]) if _extension(out_path) in ALPHA_EXTENSIONS else None
+            data = _fetch(image_path, "image")  # once: decoded for the pixels and, for a PNG / WebP output, the alpha
+            rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image", data), cv2.COLOR_BGR2RGB)
+            alpha = _alpha(image_path, data, rgb.shape[:2]) if _extension(out_path) in ALPHA_EXTENSIONS else None
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map); EXIF orientation as the image's
             binary = mask_foreground(_read(mask_path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask"))
             if binary.shape != rgb.shape[:2]:

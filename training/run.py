@@ -129,8 +129,9 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     import ray.train  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
 
     plan = prepare(config_path, overrides)
-    finished = storage.read_json(storage.join(plan["run_uri"], SUMMARY_FILE))
-    if finished and plan["progress"]["step"] >= plan["params"].max_steps:  # a rerun of a finished run: its summary stands
+    done = plan["progress"]["step"] >= plan["params"].max_steps
+    finished = storage.read_json(storage.join(plan["run_uri"], SUMMARY_FILE)) if done else None
+    if finished:  # a rerun of a finished run: its summary stands
         log.info("%s is complete (step %d of %d): nothing to do", plan["run_uri"], plan["progress"]["step"], plan["params"].max_steps)
         return finished | {"already_complete": True}
     with logs.run_log(plan["run_uri"], time.strftime("train-%Y%m%dT%H%M%SZ", time.gmtime())):
