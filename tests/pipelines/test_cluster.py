@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from ray.util.state import list_jobs, list_tasks
+from ray.util.state import list_jobs, list_nodes, list_tasks
 from helpers import PAIRMINE
 from sample_inputs import TESTDATA, write_sa1b_tars
 
@@ -50,16 +50,34 @@ def _manifest_rows(bucket: str, prefix: str) -> int:
     return sum(1 for o in listing.get("Contents", []) if o["Key"].endswith(".parquet") and ".tmp-" not in o["Key"])
 
 
+def _job_of(cluster: LocalCluster, pid: int) -> str | None:
+    """The Ray job id of the driver process `pid`, once it has connected."""
+    return next((j.job_id for j in list_jobs(address=cluster.dashboard_url) if j.driver_info and j.driver_info.pid == str(pid)), None)
+
+
+def _busy_on_workers(cluster: LocalCluster, job: str | None) -> bool:
+    """Whether a CPU task of `job` is running on a worker node now: killing the node then surely loses it.
+    (The 0-CPU writes may run on the head, so a committed shard alone does not say the worker is busy.)"""
+    if job is None:
+        return False
+    head = {n.node_id for n in list_nodes(address=cluster.dashboard_url) if n.is_head_node}
+    running = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job), ("state", "=", "RUNNING")], limit=10000, detail=True)
+    return any(t.node_id not in head and (t.required_resources or {}).get("CPU", 0) > 0 for t in running)
+
+
 def _run_losing_a_node(cluster: LocalCluster, bucket: str, args: list[str], out_prefix: str) -> tuple[str, int]:
-    """Start the CLI against the cluster; once the first shard is committed, kill the only worker node (so
-    tasks are surely lost with it) and join a replacement, as an autoscaler would. Returns the CLI's output
-    and run log, and the manifest rows committed when the node died."""
+    """Start the CLI against the cluster; once the first shard is committed and a CPU task runs on the only
+    worker node, kill that node (so the task is lost with it) and join a replacement, as an autoscaler
+    would. Returns the CLI's output and run log, and the manifest rows committed when the node died."""
     worker = cluster.add_node(cpus=1)
     run = subprocess.Popen([PAIRMINE, *args, "--no-progress"], env={**cluster.env, "RAY_ADDRESS": cluster.address},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while _manifest_rows(bucket, out_prefix) == 0 and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    deadline, job = time.monotonic() + 300, None
+    while run.poll() is None and time.monotonic() < deadline:
+        job = job or _job_of(cluster, run.pid)
+        if _manifest_rows(bucket, out_prefix) > 0 and _busy_on_workers(cluster, job):
+            break
+        time.sleep(0.3)
     assert run.poll() is None, "the job ended before the node could be killed:\n" + run.stdout.read()[-3000:]
     at_kill = _manifest_rows(bucket, out_prefix)
     cluster.kill(worker)
@@ -69,8 +87,7 @@ def _run_losing_a_node(cluster: LocalCluster, bucket: str, args: list[str], out_
     finally:
         cluster.kill(replacement)
     assert run.returncode == 0, out[-5000:]
-    job = next(j.job_id for j in list_jobs(address=cluster.dashboard_url) if j.driver_info and j.driver_info.pid == str(run.pid))
-    tasks = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job)], limit=10000)
+    tasks = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", _job_of(cluster, run.pid))], limit=10000)
     retried = [t.name for t in tasks if t.attempt_number > 0 and t.state == "FINISHED"]
     assert retried, "no task was lost with the node and retried"  # the only fault here is the lost node
     return out, at_kill
