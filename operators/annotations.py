@@ -34,6 +34,7 @@ class Segment:
     scores: dict[str, float] = field(default_factory=dict)
     rle: dict | None = None  # SA-1B: compressed COCO RLE
     segment_id: int | None = None  # panoptic: id in the PNG
+    source_id: str | None = None  # the dataset's own id of the annotation (SA-1B `id`, panoptic `id`, Open Images `MaskPath`)
 
 
 @dataclass
@@ -117,7 +118,9 @@ def parse_sa1b(data: bytes | dict, height: int, width: int) -> Annotations:
         if bad:  # NaN passes every < / > filter: refused here, by name
             invalid[index] = Reject.because("non_finite_value", f"{', '.join(bad)} = {', '.join(str(scores[k]) for k in bad)}")
             continue
-        segments.append(Segment(index=index, box=tuple(float(v) for v in box), area=float(area), scores=scores, rle=rle))
+        source_id = ann.get("id")
+        segments.append(Segment(index=index, box=tuple(float(v) for v in box), area=float(area), scores=scores, rle=rle,
+                                source_id=str(source_id) if isinstance(source_id, (int, str)) and not isinstance(source_id, bool) else None))
     return Annotations(segments, invalid)
 
 
@@ -177,6 +180,7 @@ def parse_panoptic(segments_info: list, categories: dict[int, dict], height: int
                 thing=category["isthing"],
                 crowd=bool(info.get("iscrowd", 0)),
                 segment_id=seg_id,
+                source_id=str(seg_id),
             )
         )
     return Annotations(segments, invalid)
@@ -240,7 +244,8 @@ def parse_openimages(
             continue
         scores = {"predicted_iou": iou} if iou is not None else {}
         area, bbox = float(mask_utils.area(rle)), tuple(float(v) for v in mask_utils.toBbox(rle))
-        segments.append(Segment(index=index, box=bbox, area=area, category=category["name"], scores=scores, rle=rle))
+        segments.append(Segment(index=index, box=bbox, area=area, category=category["name"], scores=scores, rle=rle,
+                                source_id=row.get("MaskPath") or None))
     return Annotations(segments, invalid)
 
 

@@ -324,6 +324,7 @@ def _sample(pair, params: Syn4RemovalParams, config_hash: str, model: dict | Non
         "background": {"id": background.record, "width": width, "height": height, "exif_turned": background.exif_turned},
         "entity": {
             "id": entity.id,
+            "annotation": entity.segment.source_id,
             "source": entity.record,
             "category": entity.category,
             "source_area_ratio": round(entity.area_ratio, 5),

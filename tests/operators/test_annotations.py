@@ -229,6 +229,7 @@ def test_parse_sa1b_real_record_matches_decoded_masks(sa1b_members):
         assert segment.box == (x0, y0, x1 - x0, y1 - y0)
         assert segment.scores == {"predicted_iou": ann["predicted_iou"], "stability_score": ann["stability_score"]}
         assert segment.thing and not segment.crowd and segment.category is None
+        assert segment.source_id == str(ann["id"])  # SA-1B's own annotation id, to join a pair back to its mask
 
 
 def test_parse_sa1b_uncompressed_counts_equal_compressed():
@@ -345,7 +346,7 @@ def test_parse_panoptic_sample(panoptic):
     declared = panoptic["annotation"]["segments_info"]
     assert parsed.invalid == {} and len(parsed.segments) == len(declared)
     for segment, info in zip(parsed.segments, declared):
-        assert segment.segment_id == info["id"] and segment.rle is None
+        assert segment.segment_id == info["id"] and segment.source_id == str(info["id"]) and segment.rle is None
         assert segment.box == tuple(float(v) for v in info["bbox"]) and segment.area == info["area"]
         assert segment.category == by_id[info["category_id"]]["name"]
         assert segment.thing == bool(by_id[info["category_id"]]["isthing"])
@@ -425,14 +426,15 @@ def test_open_images_masks_are_resized_to_the_image_and_bad_rows_rejected():
     cv2.ellipse(full, (200, 150), (120, 80), 0, 0, 360, 255, -1)
     small = cv2.resize(full, (300, 200), interpolation=cv2.INTER_AREA)  # the release's masks come at their own size
     categories = {"/m/01yrx": {"name": "Cat", "count": 5}}
-    rows = [_oi_row(), _oi_row(), _oi_row("/m/0nope"), _oi_row(), _oi_row(BoxXMin="nan"), _oi_row(), _oi_row(PredictedIoU=""), _oi_row()]
+    rows = [_oi_row(MaskPath="a.png"), _oi_row(), _oi_row("/m/0nope"), _oi_row(), _oi_row(BoxXMin="nan"), _oi_row(), _oi_row(PredictedIoU=""),
+            _oi_row()]
     masks = [_png(small), _png(np.full((200, 200), 255, np.uint8)), _png(small), None, _png(small), b"garbage", _png(small),
              _png((small > 127).astype(np.uint8))]  # the last saved as 0/1
     parsed = parse_openimages(rows, masks, categories, height, width, max_pixels=10**7)
     reasons = {i: r.reason for i, r in parsed.invalid.items()}
     assert reasons == {1: "mask_size_mismatch", 2: "unknown_category", 3: "missing_mask", 4: "non_finite_value", 5: "corrupt_mask"}
     first, last, zero_one = parsed.segments
-    assert (first.index, first.category, first.scores) == (0, "Cat", {"predicted_iou": 0.8})
+    assert (first.index, first.category, first.scores, first.source_id) == (0, "Cat", {"predicted_iou": 0.8}, "a.png")
     assert last.scores == {}  # no PredictedIoU: no score, not a zero
     differ = np.logical_xor(mask_utils.decode(zero_one.rle), mask_utils.decode(first.rle)).sum()
     assert differ < 0.01 * first.area, "a 0/1 mask is the same object (up to its resize)"

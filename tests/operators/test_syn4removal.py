@@ -303,6 +303,7 @@ def check_samples(samples: list[dict], group, params: Syn4RemovalParams, config_
         assert sample["__key__"] == meta["key"] == sample_key(background.record, config_hash, index)
         assert meta["pipeline"] == PIPELINE and meta["config_hash"] == config_hash and meta["seed"] == params.seed
         assert meta["entity"]["source"] != background.record and meta["entity"]["id"].startswith(meta["entity"]["source"] + "#")
+        assert isinstance(meta["entity"]["annotation"], str)  # the dataset's own id of the entity's mask
         source, source_mode = decode(sample["source.jpg"])
         target, target_mode = decode(sample["target.jpg"])
         mask, mask_mode = decode(sample["mask.png"])
