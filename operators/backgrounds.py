@@ -27,7 +27,9 @@ class BackgroundParams(Params):
         0.001, ge=0, le=1, description="segments smaller than this share of the image are not instances"
     )
     max_instance_area_ratio: float = Field(
-        0.4, ge=0, le=1, description="boxes covering this share of the image or more are stuff, ignored"
+        0.4, ge=0, le=1,
+        description="class-agnostic (SA-1B) boxes covering this share of the image or more are stuff (walls, sky), ignored; "
+        "a classed thing (panoptic, Open Images) is an object at any size",
     )
 
     ORDERED = (("min_instance_area_ratio", "max_instance_area_ratio", True),)
@@ -68,14 +70,14 @@ def background_reject(height: int, width: int, params: BackgroundParams) -> Reje
 
 
 def instances_of(segments: list[Segment], height: int, width: int, params: BackgroundParams) -> list[Instance]:
-    """Objects of an image for the overlap rule: things whose box is neither tiny nor stuff-sized."""
+    """Objects of an image for the overlap rule: things that are not tiny. Without a class, a mask whose box
+    covers most of the image is taken for stuff; with one, it is the image's main object, never to be buried."""
     image_area = float(height * width)
     instances = []
     for seg in segments:
-        if not seg.thing:
+        if not seg.thing or seg.area / image_area < params.min_instance_area_ratio:
             continue
-        box_ratio = seg.box[2] * seg.box[3] / image_area
-        if seg.area / image_area < params.min_instance_area_ratio or box_ratio >= params.max_instance_area_ratio:
+        if seg.category is None and seg.box[2] * seg.box[3] / image_area >= params.max_instance_area_ratio:
             continue
         instances.append(Instance(box=seg.box, area=seg.area, category=seg.category))
     return instances

@@ -83,21 +83,24 @@ def size_target(
     """Mask area (px) to give the entity, and which rule chose it.
 
     Same-category instances of the background set the size; else the background's instances of any
-    kind (class-agnostic SA-1B); else the entity keeps its share of its source image. The result is
-    capped by half the image area free of instances and floored at ``min_paste_area_ratio``.
+    kind at least the floor's size (class-agnostic SA-1B: most of its masks are parts, smaller than any
+    paste, and drawing among them put nine pastes in ten at the floor); else the entity keeps its share of
+    its source image. The result is capped by half the image area free of instances and floored at
+    ``min_paste_area_ratio``.
     """
     image_area = float(height * width)
+    floor = params.min_paste_area_ratio * image_area
     same = [i for i in instances if category is not None and i.category == category]
+    pasteable = [i for i in instances if i.area >= floor]
     if same:
         base, rule = same[rng.integers(len(same))].area, "same_category"
-    elif instances:
-        base, rule = instances[rng.integers(len(instances))].area, "background_instances"
+    elif pasteable:
+        base, rule = pasteable[rng.integers(len(pasteable))].area, "background_instances"
     else:
         base, rule = entity_area_ratio * image_area, "source_scale"
     area = base * rng.uniform(1 - params.size_jitter, 1 + params.size_jitter)
     free = 1.0 - covered_fraction(instances, height, width)
     cap = min(params.max_paste_area_ratio, free / 2) * image_area
-    floor = params.min_paste_area_ratio * image_area
     return float(max(min(area, cap), floor)), rule
 
 

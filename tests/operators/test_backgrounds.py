@@ -56,9 +56,10 @@ def test_instances_are_things_that_are_neither_tiny_nor_stuff_sized():
         "at_min_area": seg((10, 10, 5, 5), 20),
         "box_at_stuff_size": seg((0, 0, 100, 80), 3000),
         "box_just_below": seg((0, 0, 100, 79.9), 3000),
+        "large_classed_thing": seg((0, 0, 200, 100), 15000, category="cup"),  # an image's main object, not stuff
     }
     instances = instances_of(list(segments.values()), h, w, PARAMS)
-    expected = [segments[k] for k in ("kept", "at_min_area", "box_just_below")]
+    expected = [segments[k] for k in ("kept", "at_min_area", "box_just_below", "large_classed_thing")]
     assert instances == [Instance(box=s.box, area=s.area, category=s.category) for s in expected]
 
 
@@ -72,7 +73,7 @@ def test_panoptic_sample_instances_exclude_stuff(panoptic):
     things = {c["id"] for c in panoptic["categories"] if c["isthing"]}
     expected = [
         s for s in panoptic["annotation"]["segments_info"]
-        if s["category_id"] in things and s["area"] >= 0.001 * h * w and s["bbox"][2] * s["bbox"][3] < 0.4 * h * w
+        if s["category_id"] in things and s["area"] >= 0.001 * h * w
     ]
     assert [i.box for i in instances] == [tuple(float(v) for v in s["bbox"]) for s in expected]
     assert expected and all(i.category for i in instances)

@@ -241,6 +241,18 @@ def test_size_target_falls_back_to_any_instance(category):
     assert seen == {500.0, 900.0}
 
 
+def test_size_target_draws_only_instances_a_paste_could_match():
+    """Class-agnostic masks are mostly parts smaller than the floor; drawn among them, pastes piled up there."""
+    p = PlacementParams(size_jitter=0.0, min_paste_area_ratio=0.05, max_paste_area_ratio=1.0)
+    floor = 0.05 * H * W
+    parts = [Instance((0, 0, 5, 5), 0.2 * floor, None) for _ in range(20)]
+    big = Instance((50, 50, 30, 30), 2 * floor, None)
+    for seed in range(20):
+        assert size_target(0.3, None, [*parts, big], H, W, p, np.random.default_rng(seed)) == (2 * floor, "background_instances")
+    area, rule = size_target(0.3, None, parts, H, W, p, np.random.default_rng(0))
+    assert rule == "source_scale" and area == pytest.approx(0.3 * H * W)  # no instance of a pasteable size
+
+
 def test_size_target_without_instances_keeps_the_source_share():
     area, rule = size_target(0.2, "dog", [], H, W, NO_LIMITS, np.random.default_rng(0))
     assert rule == "source_scale" and area == pytest.approx(0.2 * H * W)
