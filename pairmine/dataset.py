@@ -54,6 +54,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("quality", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per key: the sample json's quality signals
         ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
         ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
+        # per unit in `inputs`: where it was read from and its size in bytes (0: a folder or split), so that a
+        # later run knows an input by its location, not its name (null in rows of older versions)
+        ("unit_sources", pa.list_(pa.struct([("unit", pa.string()), ("uri", pa.string()), ("size", pa.int64())]))),
         ("rejects", pa.int64()),
         ("created", pa.timestamp("s", tz="UTC")),
     ]
@@ -226,6 +229,14 @@ def read_manifest(output: str, columns: list[str] | None = None, use_index: bool
     """Every manifest row of an output (``MANIFEST_SCHEMA``); empty when nothing was committed.
     `use_index=False` reads every file itself (``pairmine verify``: the files are the truth)."""
     return _read_folder(output, MANIFEST, MANIFEST_SCHEMA, columns, use_index)
+
+
+def unit_sources(manifest: list[dict]) -> dict[str, tuple[str | None, int]]:
+    """Where each committed unit was read from, by name: (uri, size); (None, 0) for a unit only rows of an older
+    version account for (they recorded no URI)."""
+    sources = {entry["unit"]: (None, 0) for row in manifest for entry in row["inputs"]}
+    sources.update({s["unit"]: (s["uri"], s["size"]) for row in manifest for s in row.get("unit_sources") or ()})
+    return sources
 
 
 def read_rejects(output: str, columns: list[str] | None = None, use_index: bool = True) -> pa.Table:

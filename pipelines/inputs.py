@@ -202,6 +202,11 @@ def discover_videos(arg: str) -> list[Unit]:
     return videos
 
 
+def _tagged(name: str, *parts: object) -> str:
+    """`name` with a digest of `parts` (a unit's URI, and size) added: unique where a bare name clashes."""
+    return f"{name.split('~', 1)[0]}~{hashlib.blake2b('@'.join(map(str, parts)).encode(), digest_size=4).hexdigest()}"
+
+
 def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
     """Units of every input, with unit names made unique (a digest of the URI is added on a clash)."""
     names: set[str] = set()
@@ -210,13 +215,41 @@ def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
     for unit in (u for arg in args for u in discover_one(arg)):
         if unit.uri in uris:
             continue  # the same unit given twice
-        name = unit.name
-        if name in names:
-            name = f"{name}~{hashlib.blake2b(unit.uri.encode(), digest_size=4).hexdigest()}"
+        name = _tagged(unit.name, unit.uri) if unit.name in names else unit.name
         names.add(name)
         uris.add(unit.uri)
         unique.append(replace(unit, name=name))
     return unique
+
+
+def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int]]) -> list[Unit]:
+    """Name units as the output's earlier runs committed them (`sources`: unit -> (uri, size)), so that an
+    input keeps one identity whatever ``--input`` root finds it. A unit at a URI a run committed takes that
+    run's name (found from a parent folder, it is not mined twice); a name a run used for another URI gets a
+    digest of this one (another day's ``cam1.mp4`` is not skipped as done); a file whose size changed since
+    (a half-uploaded video, a replaced tar) is mined again under a name tagged with its size."""
+    by_uri: dict[str, list[tuple[str, int]]] = {}
+    for name, (uri, size) in sources.items():
+        if uri is not None:
+            by_uri.setdefault(uri, []).append((name, size))
+    assigned: set[str] = set()
+    named = []
+    for unit in units:
+        versions = by_uri.get(unit.uri, [])
+        same = [name for name, size in versions if not (unit.size and size) or size == unit.size]
+        if same:
+            name = same[0]
+        elif versions:
+            name = _tagged(unit.name, unit.uri, unit.size)
+            log.warning("%s changed since an earlier run read it (%s bytes, now %d): it is read again, as unit %s",
+                        unit.uri, " / ".join(str(size) for _, size in versions), unit.size, name)
+        elif sources.get(unit.name, (None, 0))[0] is not None or unit.name in assigned:  # a name used for another file
+            name = _tagged(unit.name, unit.uri)
+        else:  # new, or committed by an older version that recorded no URI: known by its name
+            name = unit.name
+        assigned.add(name)
+        named.append(replace(unit, name=name))
+    return named
 
 
 def unit_groups(

@@ -95,16 +95,19 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
         raise InputError("no --input given")
     units = pipeline.discover(inputs)
     storage.check_writable(output, create)
-    return (config, digest, units, *plan(pipeline, units, output, digest))
+    return (config, digest, *plan(pipeline, units, output, digest))
 
 
 def plan(pipeline: Pipeline, units: list[Unit], output: str, digest: str):
-    """What earlier runs committed to the output, and the units still to do, the largest first: Ray Data
-    starts work in about that order, so the last wave is small units and leaves no core idle for long."""
+    """What earlier runs committed to the output: the units named as those runs knew them (`inputs.reconcile`),
+    that progress, and the units still to do, the largest first: Ray Data starts work in about that order,
+    so the last wave is small units and leaves no core idle for long."""
+    from .inputs import reconcile
     from .writer import read_progress
 
     progress = read_progress(output, pipeline.name, digest)
-    return progress, sorted((u for u in units if u.name not in progress.complete_units), key=lambda u: -u.size)
+    units = reconcile(units, progress.sources)
+    return units, progress, sorted((u for u in units if u.name not in progress.complete_units), key=lambda u: -u.size)
 
 
 def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None = None, overrides: list[str] = (),
@@ -118,7 +121,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
     run_id = new_run_id()
     with Lease(output, run_id) as lease, logs.run_log(output, run_id) as log_uri:
         lease.acquire(wait)
-        progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
+        units, progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
         log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
                  len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
         return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars)
@@ -145,7 +148,7 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
             # the board feeds the display only: without one, no actor process idling beside the work
             board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()}) if progress_bars else None
             sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board,
-                             start_counter(output, config.dedup))
+                             start_counter(output, config.dedup), {u.name: (u.uri, u.size) for u in pending})
             lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
             with Display(board, lines, enabled=progress_bars):
                 # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the

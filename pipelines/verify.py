@@ -114,6 +114,13 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     for key, count in keys.items():
         if count > 1:
             report.problem(f"key {key} is in {count} shards")
+    names: dict[tuple[str, int], list[str]] = {}
+    for unit, (uri, size) in dataset.unit_sources(rows).items():
+        if uri is not None:
+            names.setdefault((uri, size), []).append(unit)
+    for (uri, _), units in names.items():
+        if len(units) > 1:
+            report.problem(f"input {uri} was read as {len(units)} units ({', '.join(sorted(units))}): its records are in the output more than once")
     for unit, ids in accounted.items():
         twice = [i for i, n in Counter(ids).items() if n > 1]
         if twice:
@@ -121,17 +128,18 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     return report, accounted
 
 
-def input_ids(pipeline: str, inputs: list[str]) -> dict[str, set[str]]:
-    """Every id of every input unit, found the way the pipeline finds them."""
+def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | None, int]]) -> dict[str, set[str]]:
+    """Every id of every input unit, found and named the way the pipeline finds and names them (`sources`: the
+    output's committed units, ``dataset.unit_sources``)."""
     from . import syn4removal, video4removal
-    from .inputs import plan_groups
+    from .inputs import plan_groups, reconcile
     from .readers import tar_items
 
     declared = {p.name: p for p in (syn4removal.SYN4REMOVAL, video4removal.VIDEO4REMOVAL)}
     if pipeline not in declared:
         raise UserError(f"the output was written by {pipeline!r}, which verify does not know")
     ids: dict[str, set[str]] = {}
-    for unit in declared[pipeline].discover(inputs):
+    for unit in reconcile(declared[pipeline].discover(inputs), sources):
         if unit.problem:
             ids[unit.name] = {unit.name}
         elif unit.kind == "sa1b-tar":
@@ -152,11 +160,12 @@ def verify(output: str, inputs: list[str] = (), samples: bool = True) -> Report:
         raise UserError(f"{output} holds no pipeline output (no {dataset.SHARDS}/, {dataset.MANIFEST}/, {dataset.REJECTS}/ or {dataset.SUCCESS})")
     report, accounted = check_output(output, samples)
     if inputs:
-        pipelines = {row["pipeline"] for row in dataset.read_manifest(output, use_index=False).select(["pipeline"]).to_pylist()}
+        rows = dataset.read_manifest(output, ["pipeline", "inputs", "unit_sources"], use_index=False).to_pylist()
+        pipelines = {row["pipeline"] for row in rows}
         if len(pipelines) != 1:
             report.problem(f"the manifest names {len(pipelines)} pipelines ({', '.join(sorted(pipelines)) or 'none'}): cannot check inputs")
             return report
-        expected = input_ids(pipelines.pop(), list(inputs))
+        expected = input_ids(pipelines.pop(), list(inputs), dataset.unit_sources(rows))
         for unit, ids in sorted(expected.items()):
             missing = ids - set(accounted.get(unit, ()))
             if missing:

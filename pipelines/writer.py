@@ -32,7 +32,7 @@ from ray.data.block import BlockAccessor
 
 from .. import storage
 from ..dataset import MANIFEST, MANIFEST_SCHEMA, REJECT_FIELDS, REJECT_STRUCT, REJECTS, REJECTS_SCHEMA, RUNS, SHARDS, SUCCESS
-from ..dataset import Reject, is_temp, read_manifest, to_parquet, write_index
+from ..dataset import Reject, is_temp, read_manifest, to_parquet, unit_sources, write_index
 from ..errors import UserError
 from ..operators.stats import Stats
 from .config import ShardParams
@@ -138,8 +138,9 @@ class ShardSink(Datasink):
     """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
 
     def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int,
-                 board=None, buckets=None):
+                 board=None, buckets=None, sources: dict[str, tuple[str, int]] | None = None):
         self.output, self.pipeline, self.run = output, pipeline, run
+        self.sources = sources or {}  # unit name -> (uri, size), recorded with every unit a shard accounts for
         self.config_hash, self.version, self.limits = config_hash, version, shards
         self._rows_per_shard = max(1, rows_per_shard)
         self.board = board  # a progress.Board for the live display, or None
@@ -222,6 +223,7 @@ class ShardSink(Datasink):
             "quality": [list(q.items()) for q in shard.quality],
             "inputs": [{"unit": u, "ids": ids} for u, ids in shard.inputs.items()],
             "unit_totals": [{"unit": u, "total": t} for u, t in shard.unit_totals.items()],
+            "unit_sources": [{"unit": u, "uri": self.sources[u][0], "size": self.sources[u][1]} for u in shard.inputs if u in self.sources],
             "rejects": rejects.num_rows,
             "created": int(time.time()),
         }
@@ -240,6 +242,7 @@ class Progress:
 
     complete_units: set[str] = field(default_factory=set)
     consumed: dict[str, set[str]] = field(default_factory=dict)
+    sources: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # unit -> (uri, size); uri None: older rows
     shards: int = 0
     samples: int = 0
 
@@ -250,7 +253,7 @@ class OutputConflict(UserError, RuntimeError):
 
 def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
     """Progress of earlier runs; refuses an output written by another pipeline or config."""
-    manifest = read_manifest(output, ["shard", "pipeline", "config_hash", "samples", "inputs", "unit_totals"]).to_pylist()
+    manifest = read_manifest(output, ["shard", "pipeline", "config_hash", "samples", "inputs", "unit_totals", "unit_sources"]).to_pylist()
     others = {(r["pipeline"], r["config_hash"]) for r in manifest} - {(pipeline, config_hash)}
     if others:
         other_pipeline, other_hash = sorted(others)[0]
@@ -264,6 +267,7 @@ def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
         for entry in row["inputs"]:
             progress.consumed.setdefault(entry["unit"], set()).update(entry["ids"])
         totals.update({t["unit"]: t["total"] for t in row["unit_totals"]})
+    progress.sources = unit_sources(manifest)
     for unit, total in totals.items():
         if len(progress.consumed.get(unit, ())) >= total:
             progress.complete_units.add(unit)

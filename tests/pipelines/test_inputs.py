@@ -15,7 +15,7 @@ from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
 
 from pairmine import storage
 from pairmine.pipelines import inputs
-from pairmine.pipelines.inputs import InputError, discover, discover_all, discover_videos, groups_of, plan_groups, unit_groups
+from pairmine.pipelines.inputs import InputError, Unit, discover, discover_all, discover_videos, groups_of, plan_groups, reconcile, unit_groups
 from pairmine.pipelines.run import plan
 from pairmine.pipelines.video4removal import VIDEO4REMOVAL
 
@@ -60,6 +60,21 @@ def test_unit_names_are_unique_and_duplicates_dropped(tmp_path):
         shutil.copy(SA1B_TAR, tmp_path / d / "sa_000000.tar")
     units = discover_all([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "sa_000000.tar")])
     assert len(units) == 2 and len({u.name for u in units}) == 2 and units[0].name == "sa_000000.tar"
+
+
+def test_units_keep_the_names_earlier_runs_committed_them_under():
+    """A unit is known by where it was read from, not by the name its --input root gives it."""
+    sources = {"cam1.mp4": ("/d/day1/cam1.mp4", 100), "old.mp4": (None, 0), "half.mp4": ("/d/half.mp4", 50)}
+    found = [Unit("video", "day1/cam1.mp4", "/d/day1/cam1.mp4", size=100),  # the same file, from the parent folder
+             Unit("video", "cam1.mp4", "/d/day2/cam1.mp4", size=100),  # another day's file of that name
+             Unit("video", "old.mp4", "/d/old.mp4", size=7),  # committed by a version that recorded no URI
+             Unit("video", "half.mp4", "/d/half.mp4", size=80),  # grown since: it was read half-uploaded
+             Unit("video", "new.mp4", "/d/new.mp4", size=9)]
+    named = [u.name for u in reconcile(found, sources)]
+    assert named[0] == "cam1.mp4" and named[2] == "old.mp4" and named[4] == "new.mp4"
+    assert named[1].startswith("cam1.mp4~") and named[3].startswith("half.mp4~") and len(set(named)) == 5
+    assert [u.name for u in reconcile(found[3:4], sources)] == [named[3]], "a changed file gets one name, whatever else is found"
+    assert reconcile(found, {}) == found
 
 
 @pytest.mark.parametrize("count, size", [(1, 4), (4, 4), (7, 4), (8, 4), (9, 4), (23, 5)])

@@ -13,7 +13,7 @@ import pytest
 import ray
 from helpers import check_sample, read_parquet_dir, read_samples, shard_paths
 from openimages_fixture import OBJECTS, UNKNOWN_LABEL, write_openimages
-from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root
+from sample_inputs import TESTDATA, write_loose_sa1b, write_panoptic_root, write_sa1b_tars
 
 from pairmine.pipelines.run import run
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
@@ -131,6 +131,25 @@ def test_new_inputs_are_processed_incrementally(tmp_path, ray_local):
     sources = {json.loads(s["json"])["background"]["id"].split("/")[-1] for s in read_samples(str(out)) if s["__key__"] in added}
     assert sources <= set(new) and not sources & set(old)
     assert summary["counts"]["records"] == len(new)
+
+
+def test_inputs_are_known_by_location_not_by_name(tmp_path, ray_local):
+    """Per-day folders repeat file names: another day's tar is not skipped as done, the same tar given by its
+    own path is not mined twice, and a tar rewritten since a run read it is read again."""
+    from pairmine.pipelines.verify import verify
+
+    days = [tmp_path / "in" / day for day in ("day1", "day2")]
+    for day in days:
+        write_sa1b_tars(day, tars=1, per_tar=2)  # both named sa_000000.tar
+    out = tmp_path / "out"
+    _run([days[0]], out)
+    second = _run([days[1]], out)
+    assert second["units"] == {"given": 1, "planned": 1, "already_complete": 0}
+    assert _run([tmp_path / "in" / "day1" / "sa_000000.tar", days[1]], out)["units"]["already_complete"] == 2
+    assert not verify(str(out), [str(d) for d in days]).problems
+    with open(days[0] / "sa_000000.tar", "ab") as tar:  # rewritten in place: another size
+        tar.write(bytes(10240))
+    assert _run([days[0]], out)["units"]["planned"] == 1
 
 
 @pytest.mark.parametrize("per_image_layout", [False, True], ids=["global-json", "per-image-json"])
