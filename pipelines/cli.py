@@ -125,12 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command.run(args)
     except UserError as exc:
-        print(f"pairmine: error: {exc}", file=sys.stderr)
+        print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except OSError as exc:  # a file or the network failed mid-command (a full disk, a path under a file): one line
         logging.getLogger("pairmine").debug("the error in full", exc_info=True)
-        print(f"pairmine: error: {exc}", file=sys.stderr)
+        print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
         return 1
+
+
+def _cause(exc: Exception) -> Exception:
+    """The error itself when a Ray task raised it (Ray's wrapper is an instance of it, but prints a traceback)."""
+    return getattr(exc, "cause", None) or exc
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ end. A second run on the same output finds the lease held and waits (``--wait``)
 code 3 ("output busy": a scheduler retries later); a lease whose heartbeat is older than its expiry
 belongs to a crashed run and is taken over (at once when that run's process, on this host and in this
 pid namespace, is gone). So concurrent runs never delete or duplicate each other's work: they take turns,
-each doing only what the manifest says is left.
+each doing only what the manifest says is left. A run taken for crashed that is in fact alive (it stalled)
+learns so at its next commit (``confirm``) and stops, its uncommitted work left to the run that took over.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import secrets
 import socket
 import threading
 import time
+
+import pyarrow.fs as pafs
 
 from .. import storage
 from ..errors import UserError
@@ -31,6 +34,31 @@ class OutputBusy(UserError):
     """Another live run holds the output; exit code 3 (retry later)."""
 
     exit_code = 3
+
+
+class LeaseLost(OutputBusy):
+    """This run was taken for crashed and another took the output over: it stops committing; exit code 3."""
+
+
+def confirm(output: str, token: str) -> None:
+    """Raise LeaseLost unless the run of `token` still holds the output's lease. The writer checks this before
+    each commit, so a run that stalled past its expiry (a frozen VM, a partition) never commits beside the run
+    that took over: each commit of the two is then under a lease its run held when it checked."""
+    holder = storage.read_json(storage.join(output, LEASE))
+    if not holder or holder.get("token") != token:
+        taker = f"run {holder.get('run')} on {holder.get('host')}" if holder else "no run (the lease is gone or unreadable)"
+        raise LeaseLost(f"{output}: this run lost its lease to {taker}, having missed its heartbeats; it stopped committing, "
+                        "and a rerun continues from what was committed")
+
+
+def _unreadable_stale(uri: str, seconds: float) -> str | None:
+    """Why an unreadable lease (empty, not JSON: a crash or a full disk between its creation and its write) is
+    dead, or None while it may be one being written now: it is judged by its age."""
+    found = storage.info(uri)
+    if found.mtime is None or found.type == pafs.FileType.NotFound:
+        return None
+    age = time.time() - found.mtime.timestamp()
+    return f"it is unreadable (empty or not JSON) and {age:.0f} s old" if age > seconds / 12 else None
 
 
 def _stale(holder: dict, seconds: float) -> str | None:
@@ -76,6 +104,11 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def token(self) -> str:
+        """What the writer's commits check (``confirm``)."""
+        return self.owner["token"]
+
     def _body(self) -> bytes:
         return json.dumps(self.owner | {"heartbeat": time.time(), "expires_after_s": self.seconds}).encode()
 
@@ -90,15 +123,17 @@ class Lease:
             holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
             if holder and holder.get("token") == self.owner["token"]:
                 break
-            why = _stale(holder, self.seconds) if holder else None
+            why = _stale(holder, self.seconds) if holder else _unreadable_stale(self.uri, self.seconds)
             if why:
+                holder = holder or {}
                 log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"), why)
-                if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
+                if (self._holder() or {}) == holder:  # still the stale one: another waiter may have taken it over meanwhile
                     storage.delete(self.uri)
                 continue
             if time.monotonic() >= deadline:
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
-                who = f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder else "another run"
+                who = (f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder
+                       else f"a lease being written, or an unreadable {LEASE} (taken over when {self.seconds / 12:.0f} s old)")
                 raise OutputBusy(f"{self.output} is busy: {who}; retry later, or pass --wait SECONDS")
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
         self._thread = threading.Thread(target=self._renew, name="pairmine-lease", daemon=True)

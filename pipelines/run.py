@@ -124,10 +124,11 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
         units, progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
         log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
                  len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
-        return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars)
+        return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars, lease.token)
 
 
-def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool) -> dict:
+def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool,
+         lease: str) -> dict:
     from .dedup import start_counter
     from .progress import Display, new_board, pipeline_lines
     from .runtime import io_concurrency, start_ray
@@ -148,7 +149,7 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
             # the board feeds the display only: without one, no actor process idling beside the work
             board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()}) if progress_bars else None
             sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board,
-                             start_counter(output, config.dedup), {u.name: (u.uri, u.size) for u in pending})
+                             start_counter(output, config.dedup), {u.name: (u.uri, u.size) for u in pending}, lease)
             lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
             with Display(board, lines, enabled=progress_bars):
                 # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the

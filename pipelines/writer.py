@@ -138,8 +138,9 @@ class ShardSink(Datasink):
     """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
 
     def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int,
-                 board=None, buckets=None, sources: dict[str, tuple[str, int]] | None = None):
+                 board=None, buckets=None, sources: dict[str, tuple[str, int]] | None = None, lease: str | None = None):
         self.output, self.pipeline, self.run = output, pipeline, run
+        self.lease = lease  # the run's lease token, confirmed before each commit (lease.confirm); None: unchecked
         self.sources = sources or {}  # unit name -> (uri, size), recorded with every unit a shard accounts for
         self.config_hash, self.version, self.limits = config_hash, version, shards
         self._rows_per_shard = max(1, rows_per_shard)
@@ -195,20 +196,36 @@ class ShardSink(Datasink):
         path = storage.staging_file(storage.join(self.output, SHARDS, self._name(task, part) + ".tar"), ".tar")
         return _OpenShard(path, open(path, "wb"))
 
+    def _confirm(self, written: list[str] = ()) -> None:
+        """Stop before a commit when this run no longer holds the output (removing the files it just wrote)."""
+        from .lease import LeaseLost, confirm
+
+        if self.lease is None:
+            return
+        try:
+            confirm(self.output, self.lease)
+        except LeaseLost:
+            for uri in written:
+                storage.delete(uri)
+            raise
+
     def _commit(self, shard: _OpenShard, task: int, part: int) -> dict:
         name = self._name(task, part)
         shard.close()
-        shard_rel = None
+        shard_rel, written = None, []
         try:
+            self._confirm()
             if shard.keys:
                 shard_rel = f"{SHARDS}/{name}.tar"
                 storage.upload_file(shard.path, storage.join(self.output, shard_rel))
+                written.append(storage.join(self.output, shard_rel))
         finally:
             if os.path.exists(shard.path):  # moved into place (local), or uploaded, failed or empty (S3)
                 os.remove(shard.path)
         rejects = shard.rejects_table(pipeline=self.pipeline, run=self.run, shard=shard_rel)
         if rejects.num_rows:
             storage.write_bytes(storage.join(self.output, REJECTS, f"{name}.parquet"), to_parquet(rejects))
+            written.append(storage.join(self.output, REJECTS, f"{name}.parquet"))
         row = {
             "shard": shard_rel,
             "pipeline": self.pipeline,
@@ -227,6 +244,7 @@ class ShardSink(Datasink):
             "rejects": rejects.num_rows,
             "created": int(time.time()),
         }
+        self._confirm(written)  # the manifest row is the commit: only under the lease
         storage.write_bytes(storage.join(self.output, MANIFEST, f"{name}.parquet"), to_parquet(pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)))
         reasons = pc.value_counts(pc.binary_join_element_wise(rejects["stage"], rejects["reason"], "/")).to_pylist()
         return {k: row[k] for k in ("shard", "samples", "bytes", "rejects")} | {

@@ -12,7 +12,8 @@ from helpers import PAIRMINE, cli
 from sample_inputs import write_loose_sa1b
 
 from pairmine import storage
-from pairmine.pipelines.lease import LEASE, Lease, OutputBusy, pid_space
+from pairmine.dataset import Reject
+from pairmine.pipelines.lease import LEASE, Lease, LeaseLost, OutputBusy, pid_space
 from pairmine.pipelines.verify import verify
 
 
@@ -43,6 +44,47 @@ def test_a_crashed_runs_lease_is_taken_over(output):
     with Lease(output, "fresh") as lease:
         lease.acquire()
         assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "fresh"
+
+
+def test_an_unreadable_lease_is_waited_for_while_young_and_taken_over_when_old(output):
+    """A crash or a full disk between a lease's creation and its write leaves it empty: it must not block forever."""
+    storage.write_bytes(storage.join(output, LEASE), b"")
+    with pytest.raises(OutputBusy, match="unreadable _LEASE"):
+        Lease(output, "early", seconds=120).acquire()  # young: it may be one being written now
+    time.sleep(0.3)
+    with Lease(output, "later", seconds=1.2) as lease:  # old for this expiry (0.1 s)
+        lease.acquire()
+        assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "later"
+
+
+def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path):
+    """A run taken for crashed (it stalled past the expiry) finds another run's lease at its next commit: it stops
+    there, and removes what it wrote for that commit, so the two never commit side by side."""
+    import pyarrow as pa
+
+    from pairmine.operators.stats import Stats
+    from pairmine.pipelines import cli as cli_module
+    from pairmine.pipelines.config import ShardParams
+    from pairmine.pipelines.writer import ShardSink, pack_group
+
+    out = tmp_path / "out"
+    (out / LEASE).parent.mkdir()
+    (out / LEASE).write_text(json.dumps({"run": "taker", "host": "elsewhere", "token": "theirs"}))
+    sink = ShardSink(str(out), "test", "r", "h", "0", ShardParams(), 1, lease="mine")
+    row = pack_group("u", ["a"], 1, [{"__key__": "k", "txt": b"x"}], [Reject("u/b", "compose", "no_position", "d")], Stats())
+
+    class Context:
+        task_idx = 0
+
+    with pytest.raises(LeaseLost, match="lost its lease to run taker") as lost:
+        sink.write([pa.Table.from_pylist([row])], Context())
+    assert lost.value.exit_code == 3 and len(str(lost.value).splitlines()) == 1
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != LEASE], "nothing of the lost commit stays"
+    (out / LEASE).write_text(json.dumps({"run": "r", "token": "mine"}))  # its own again: the commit goes through
+    sink.write([pa.Table.from_pylist([row])], Context())
+    assert len(list((out / "manifest").glob("*.parquet"))) == 1
+    wrapped = type("RayTaskError(LeaseLost)", (Exception,), {"cause": lost.value})("ray::Write() traceback ...")
+    assert cli_module._cause(wrapped) is lost.value  # raised in a Ray task: the CLI prints the error, not Ray's traceback
 
 
 def test_a_killed_process_on_this_host_frees_its_lease_at_once(tmp_path):
