@@ -86,6 +86,11 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
         logging.getLogger(name).handlers = [*(h for h in handlers if not _is_console(h)), *console, handler]
     try:
         yield uri
+    except BaseException as exc:  # the run's own log says why it stopped (the terminal got the one line already)
+        logger = logging.getLogger("pairmine")
+        handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "the run stopped: %s: %s",
+                                         (type(exc).__name__, getattr(exc, "cause", None) or exc), (type(exc), exc, exc.__traceback__)))
+        raise
     finally:
         logging.getLogger().removeHandler(handler)
         for name, handlers in saved.items():

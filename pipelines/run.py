@@ -119,12 +119,13 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
 
     config, digest, units, _, _ = prepare_run(pipeline, inputs, output, config_path, overrides)
     run_id = new_run_id()
-    with Lease(output, run_id) as lease, logs.run_log(output, run_id) as log_uri:
-        lease.acquire(wait)
-        units, progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
-        log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
-                 len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
-        return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars, lease.token)
+    with Lease(output, run_id) as lease:
+        lease.acquire(wait)  # before the run's log: a run turned away (exit 3) leaves no log behind
+        with logs.run_log(output, run_id) as log_uri:
+            units, progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
+            log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
+                     len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
+            return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars, lease.token)
 
 
 def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool,

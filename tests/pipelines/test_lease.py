@@ -139,3 +139,4 @@ def test_two_runs_at_once_take_turns_and_nothing_is_lost_or_written_twice(tmp_pa
     refused = cli(*args, "--set", "seed=1", "--output", str(tmp_path / "other"), check=False, timeout=120)
     busy_holder.wait(600)
     assert refused.returncode == 3 and "is busy: run" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert len(list((tmp_path / "other" / "logs").glob("*.log"))) == 1, "a run turned away leaves no log (a retrying scheduler piled them up)"
