@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import __version__, logs
+from .. import __version__, logs, storage
 from ..errors import UserError
 
 # each command's module (which defines it in COMMANDS), in the order `pairmine --help` lists them
@@ -51,10 +51,11 @@ def commands(names: list[str] | None = None) -> list[Command]:
 
 
 def path_arg(value: str) -> str:
-    """A path argument: not empty (an empty --output would be the current folder, or /)."""
+    """A path argument: not empty (an empty --output would be the current folder, or /); an s3:// URI in its one
+    spelling (Arrow's S3 refuses an empty part, `s3://b/x//y`, with a traceback)."""
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path")
-    return value
+    return storage.normalize(value) if storage.is_s3(value) else value
 
 
 def _parsed(value: str, convert: Callable[[str], int | float], what: str) -> int | float:
