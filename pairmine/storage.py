@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 
@@ -264,12 +265,30 @@ def delete(uri: str) -> None:
         pass
 
 
+def _check_endpoint() -> None:
+    """Fail at once when a configured S3 endpoint refuses connections: the SDKs retry that with backoff
+    (AWS_MAX_ATTEMPTS times, over a minute) before they give up."""
+    endpoint = _endpoint()
+    if not endpoint:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint if "//" in endpoint else f"http://{endpoint}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"the S3 endpoint {endpoint} (AWS_ENDPOINT_URL) does not answer: {first_line(exc)}") from None
+
+
 def check_readable(uri: str) -> pafs.FileInfo:
     """Fail with a one-line message unless `uri` exists (and its bucket answers)."""
     if is_s3(uri):
         bucket = uri[len(S3) :].split("/", 1)[0]
         if not bucket:
             raise StorageError(f"no bucket in {uri}")
+        _check_endpoint()
         fs = s3_filesystem()
         try:
             fs.get_file_info(pafs.FileSelector(bucket, allow_not_found=False, recursive=False))
@@ -286,6 +305,7 @@ def check_writable(uri: str, create: bool = True) -> None:
     `create` is false (a dry run touches nothing: then the nearest existing folder must be writable)."""
     if is_s3(uri):
         bucket = uri[len(S3) :].split("/", 1)[0]
+        _check_endpoint()
         try:
             _s3_client().head_bucket(Bucket=bucket)
         except Exception as exc:  # botocore raises several unrelated types

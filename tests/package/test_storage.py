@@ -46,6 +46,22 @@ def test_missing_buckets_are_one_line_errors(s3_endpoint):
         storage.check_writable("s3://no-such-bucket/out")
 
 
+def test_an_endpoint_that_refuses_connections_fails_at_once(monkeypatch):
+    """The SDKs retry a refused connection with backoff for over a minute before the one-line error."""
+    import socket
+    import time
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    for check in (storage.check_readable, storage.check_writable):
+        with pytest.raises(storage.StorageError, match=f"the S3 endpoint http://127.0.0.1:{port} .AWS_ENDPOINT_URL. does not answer"):
+            check("s3://bucket/x")
+    assert time.monotonic() - started < 5
+
+
 def test_s3_settings_come_from_the_aws_environment(s3_bucket):
     fs, path = storage.resolve(f"s3://{s3_bucket}/k")
     assert path == f"{s3_bucket}/k"
