@@ -57,6 +57,7 @@ class Unit:
     size: int = 0  # bytes, where the listing gives them (tars, videos): a run starts the largest first
 
 
+VANISHED = "input_vanished"  # the reject of a unit gone since the run listed it: not done, a rerun reads it if it is back
 UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
 
 

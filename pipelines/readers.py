@@ -22,7 +22,7 @@ from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
 
 from ..dataset import Reject
 from .. import storage
-from .inputs import unit_groups
+from .inputs import VANISHED, unit_groups
 
 _RECORD = pa.struct(
     [
@@ -105,15 +105,45 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
         yield stem, Reject(f"{unit}/{stem}", "read", missing, f"{stem} has no {'.jpg' if missing == 'missing_image' else '.json'} in the tar")
 
 
+def vanished_row(unit: str, kind: str, uri: str) -> dict:
+    """The reader row of a unit whose file was gone when it was read (moved or deleted after the run listed
+    it): a reject that consumes no id, so the unit is not done and a rerun reads it if it is back."""
+    why = Reject(unit, "read", VANISHED, f"{uri} was gone when it was read (moved or deleted after the run listed it); "
+                 "a rerun reads it if it is back")
+    return {"unit": unit, "kind": kind, "categories": "", "records": [], "rejects": [why.to_dict()], "consumed": [], "unit_total": -1}
+
+
+class _Vanished:
+    """What `_open_input_source` gives for a file that is gone: `_read_stream` turns it into `vanished_row`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 class SA1BTarDatasource(FileBasedDatasource):
-    """SA-1B tars, local or S3, each read once as a stream into group rows."""
+    """SA-1B tars, local or S3, each read once as a stream into group rows. A tar gone since the run listed
+    it is that unit's `input_vanished` reject, whether it went before the read tasks were planned (Ray then
+    leaves it out: see `vanished`) or before its task opened it."""
 
     def __init__(self, paths: list[str], *, filesystem, units: dict[str, str], skip: dict[str, set[str]], group_size: int, max_file_bytes: int):
-        super().__init__(paths, filesystem=filesystem, schema=READER_SCHEMA)
+        super().__init__(paths, filesystem=filesystem, schema=READER_SCHEMA, ignore_missing_paths=True)
         self._units, self._skip, self._group_size, self._max_file_bytes = units, skip, group_size, max_file_bytes
+        self.vanished = sorted(set(paths) - set(self._paths()))
+
+    def _open_input_source(self, filesystem, path: str, **open_args):
+        try:
+            return super()._open_input_source(filesystem, path, **open_args)
+        except FileNotFoundError:
+            return _Vanished()
 
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
         unit = self._units[path]
+        if isinstance(f, _Vanished):
+            yield _table(vanished_row(unit, "sa1b", path))
+            return
         items = tar_items(f, unit, self._max_file_bytes)
         for row in unit_groups(unit, "sa1b", "", items, self._group_size, self._skip.get(unit, set()), immutable=True):
             yield _table(row)

@@ -52,26 +52,33 @@ def read_groups(units: list[Unit], progress: Progress, config: Syn4RemovalConfig
     """Reader rows of the pending units (None if nothing is left); ids committed earlier are skipped."""
     import ray
 
-    from .readers import PlannedGroupsDatasource, SA1BTarDatasource
+    from .readers import PlannedGroupsDatasource, SA1BTarDatasource, vanished_row
     from .runtime import io_concurrency
 
     io_tasks = {"num_cpus": 0, "concurrency": io_concurrency()}
-    parts = []
+    parts, vanished = [], []
     tars = sorted((u for u in units if u.kind == "sa1b-tar" and not u.problem), key=lambda u: storage.is_s3(u.uri))
     for _, same_fs in groupby(tars, key=lambda u: storage.is_s3(u.uri)):
         same_fs = list(same_fs)
         fs = storage.resolve(same_fs[0].uri)[0]
         paths = {storage.resolve(u.uri)[1]: u for u in same_fs}
-        source = SA1BTarDatasource(
-            list(paths),
-            filesystem=fs,
-            units={path: u.name for path, u in paths.items()},
-            skip={u.name: progress.consumed[u.name] for u in same_fs if u.name in progress.consumed},
-            group_size=config.group_size,
-            max_file_bytes=config.max_file_bytes,
-        )
+        try:
+            source = SA1BTarDatasource(
+                list(paths),
+                filesystem=fs,
+                units={path: u.name for path, u in paths.items()},
+                skip={u.name: progress.consumed[u.name] for u in same_fs if u.name in progress.consumed},
+                group_size=config.group_size,
+                max_file_bytes=config.max_file_bytes,
+            )
+        except ValueError:  # Ray refuses a source whose files are all gone
+            if any(storage.exists(u.uri) for u in same_fs):
+                raise
+            vanished += same_fs
+            continue
+        vanished += [paths[path] for path in source.vanished]
         parts.append(ray.data.read_datasource(source, override_num_blocks=len(paths), **io_tasks))
-    rows = [
+    rows = [vanished_row(u.name, "sa1b", u.uri) for u in vanished] + [
         row
         for unit in units
         if unit.kind != "sa1b-tar" or unit.problem

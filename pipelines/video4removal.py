@@ -17,7 +17,7 @@ from ..dataset import Reject
 from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
 from ..operators.video_io import probe
 from .config import RunParams
-from .inputs import Unit, discover_all, discover_videos
+from .inputs import VANISHED, Unit, discover_all, discover_videos
 from .model_stages import ITEM
 from .run import Pipeline, pipeline_command
 from .writer import Progress, pack_group
@@ -38,6 +38,9 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     try:
         ranges = [(0, 0)] if row["problem"] else split_video(probe(_source(row["uri"]), config.decode), config)
     except Exception:  # BadInput, or what no check foresaw: the segment stage probes again and rejects it, saying why
+        if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
+            return [row | {"start": 0, "stop": 0, "segment": "0-0", "unit_total": -1, "reason": VANISHED,
+                           "problem": f"{row['uri']} was gone when it was read (moved or deleted after the run listed it)"}]
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
     return [
@@ -54,7 +57,7 @@ def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalCo
 
     from .runtime import io_concurrency
 
-    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or ""} for u in units])
+    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or "", "reason": "unreadable_name"} for u in units])
     return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0,
                          compute=TaskPoolStrategy(size=io_concurrency()))
 
@@ -63,7 +66,7 @@ def analyse(row: dict, config: Video4RemovalConfig) -> dict:
     """A segment up to its masks: its SegmentWork travels to the masking step."""
     if row["problem"]:
         work = SegmentWork(row["unit"], 0, 0)
-        work.reject(0, 0, "read", Reject.because("unreadable_name", row["problem"]))
+        work.reject(0, 0, "read", Reject.because(row["reason"], row["problem"]))
         return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
     work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, segments=row["unit_total"])
     return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}

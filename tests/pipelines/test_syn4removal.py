@@ -152,6 +152,44 @@ def test_inputs_are_known_by_location_not_by_name(tmp_path, ray_local):
     assert _run([days[0]], out)["units"]["planned"] == 1
 
 
+def test_a_tar_gone_since_it_was_listed_is_a_reject_and_a_rerun_reads_it(tmp_path, ray_local):
+    """A producer moving files while a run starts: the run completes, says which tar went, and does not count it
+    done; back in place, the next run mines it."""
+    import dataclasses
+
+    tars = write_sa1b_tars(tmp_path / "in", tars=3, per_tar=2)
+    aside = tmp_path / "aside.tar"
+
+    def discover_then_move(args):
+        units = SYN4REMOVAL.discover(args)
+        tars[0].rename(aside)  # after the listing, before the read
+        return units
+
+    out = tmp_path / "out"
+    first = run(dataclasses.replace(SYN4REMOVAL, discover=discover_then_move), [str(tmp_path / "in")], str(out), progress_bars=False)
+    assert first["rejects"]["by_reason"].get("read/input_vanished") == 1
+    assert {r["input"] for r in read_parquet_dir(str(out / "rejects")) if r["reason"] == "input_vanished"} == {"sa_000000.tar"}
+    aside.rename(tars[0])
+    again = _run([tmp_path / "in"], out)
+    assert again["units"] == {"given": 3, "planned": 1, "already_complete": 2}
+    from pairmine.pipelines.verify import verify
+
+    assert not verify(str(out), [str(tmp_path / "in")]).problems
+
+
+def test_a_tar_gone_before_its_read_task_opens_it_is_the_same_reject(tmp_path, ray_local):
+    from pairmine.pipelines.readers import SA1BTarDatasource
+
+    tars = write_sa1b_tars(tmp_path / "in", tars=2, per_tar=2)
+    source = SA1BTarDatasource([str(t) for t in tars], filesystem=None, units={str(t): t.name for t in tars}, skip={}, group_size=2,
+                               max_file_bytes=1 << 30)
+    tars[1].unlink()
+    rows = [row for task in source.get_read_tasks(2) for block in task() for row in block.to_pylist()]
+    gone = [r for r in rows if r["unit"] == tars[1].name]
+    assert [(r["rejects"][0]["reason"], r["consumed"], r["unit_total"]) for r in gone] == [("input_vanished", [], -1)]
+    assert sum(len(r["records"]) for r in rows if r["unit"] == tars[0].name) == 2
+
+
 @pytest.mark.parametrize("per_image_layout", [False, True], ids=["global-json", "per-image-json"])
 def test_panoptic_root_in_both_layouts(tmp_path, ray_local, per_image_layout):
     root = write_panoptic_root(tmp_path / "coco", copies=3, per_image_layout=per_image_layout)

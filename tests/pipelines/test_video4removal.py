@@ -12,7 +12,7 @@ from sample_inputs import TESTDATA
 
 from pairmine.pipelines.dedup import BucketCounter, DedupParams
 from pairmine.pipelines.run import run
-from pairmine.pipelines.video4removal import VIDEO4REMOVAL
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL, Video4RemovalConfig, analyse, segments_of
 
 VIDEO = TESTDATA / "video"
 STATIC = VIDEO / "synth_static_dev.mp4"
@@ -112,3 +112,12 @@ def test_s3_videos_in_and_shards_out(tmp_path, ray_local, s3_bucket):
     assert len(samples) == summary["written"]["samples"]
     assert {json.loads(check_sample(s, "video4removal") and s["json"])["video"] for s in samples} == {"cam1/static.mp4"}
     assert "out/_SUCCESS" in keys and any(k.startswith("out/rejects/") for k in keys)
+
+
+def test_a_video_gone_since_it_was_listed_is_a_reject_that_leaves_it_to_do(tmp_path):
+    """Moved or deleted by its producer after the run listed it: said as such, and not counted done."""
+    row = {"unit": "cam.mp4", "uri": str(tmp_path / "cam.mp4"), "problem": "", "reason": "unreadable_name"}
+    (segment,) = segments_of(row, Video4RemovalConfig(), {})
+    assert segment["unit_total"] == -1, "a unit without a total is never complete"
+    work = analyse(segment, Video4RemovalConfig())["item"]
+    assert [(r.reason, r.stage) for r in work.rejects] == [("input_vanished", "read")] and "was gone" in work.rejects[0].detail
