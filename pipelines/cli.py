@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +30,8 @@ COMMAND_MODULES = {
 }
 EXIT_CODES = "exit codes: 0 done, 1 failure, 2 bad arguments/config/inputs (nothing was run)."
 PIPELINE_EXIT_CODES = ("exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n"
-                       "2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later).")
+                       "2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later),\n"
+                       "130 / 143 stopped by Ctrl-C / SIGTERM (what was committed stays; rerun to continue).")
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logs.configure(args.verbose, args.log_format)
+    # SIGTERM unwinds like Ray's own driver handler does once Ray starts: the lease is given back, the log closed
+    saved = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     try:
         return args.command.run(args)
+    except KeyboardInterrupt:
+        return _stopped("Ctrl-C", 130)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:  # Ray's driver turns SIGTERM into sys.exit(15)
+            raise
+        return _stopped("SIGTERM", 143)
     except UserError as exc:
         print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
@@ -132,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("pairmine").debug("the error in full", exc_info=True)
         print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+
+
+def _stopped(by: str, code: int) -> int:
+    """A command stopped from outside: one line, not a traceback (the lease and the run log are already closed)."""
+    print(f"pairmine: stopped by {by}; what was committed stays, and rerunning the same command continues", file=sys.stderr)
+    return code
 
 
 def _cause(exc: Exception) -> Exception:

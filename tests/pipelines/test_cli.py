@@ -136,6 +136,26 @@ def test_print_config_and_dry_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig, code, by", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_a_stopped_run_says_so_in_one_line_and_gives_its_lease_back(tmp_path, sig, code, by):
+    """A scheduler's timeout or an eviction sends SIGTERM: one line and its own exit code, not a traceback and
+    exit 15, with the lease given back so that the rerun starts at once."""
+    write_loose_sa1b(tmp_path / "loose", 24)
+    out = tmp_path / "out"
+    job = subprocess.Popen([*PAIRMINE, "syn4removal", "--input", str(tmp_path / "loose"), "--output", str(out), "--set", "group_size=2",
+                            "--set", "shards.max_samples=2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((out / "manifest").glob("*.parquet")):
+        assert job.poll() is None, "the job ended before it could be stopped"
+        time.sleep(0.05)
+    job.send_signal(sig)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == code, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"pairmine: stopped by {by}; what was committed stays, and rerunning the same command continues"
+    assert "Traceback" not in err and not (out / "_LEASE").exists()
+
+
+@pytest.mark.slow
 def test_killed_run_leaves_no_partial_shard_and_a_rerun_completes_it(tmp_path, ray_local):
     loose = tmp_path / "loose"
     stems = write_loose_sa1b(loose, 24)
