@@ -69,6 +69,23 @@ def config_hash(config: BaseModel) -> str:
     return hashlib.sha256(json.dumps(_semantic(config), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def changed_keys(before: dict, config: BaseModel) -> list[str]:
+    """The dotted keys of `config`'s hashed parameters whose values differ from a saved dump of a config
+    (`before`, e.g. a run summary's), so that a refused config can say what changed."""
+
+    def diff(old, new: dict, prefix: str) -> list[str]:
+        old = old if isinstance(old, dict) else {}
+        found = []
+        for key, value in sorted(new.items()):
+            if isinstance(value, dict) and isinstance(old.get(key), dict):
+                found += diff(old[key], value, f"{prefix}{key}.")
+            elif old.get(key) != value:
+                found.append(f"{prefix}{key}")
+        return found
+
+    return diff(before, _semantic(config), "")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (not the last one wins)."""
 

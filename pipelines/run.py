@@ -95,17 +95,17 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
         raise InputError("no --input given")
     units = pipeline.discover(inputs)
     storage.check_writable(output, create)
-    return (config, digest, *plan(pipeline, units, output, digest))
+    return (config, digest, *plan(pipeline, units, output, config))
 
 
-def plan(pipeline: Pipeline, units: list[Unit], output: str, digest: str):
+def plan(pipeline: Pipeline, units: list[Unit], output: str, config: BaseModel):
     """What earlier runs committed to the output: the units named as those runs knew them (`inputs.reconcile`),
     that progress, and the units still to do, the largest first: Ray Data starts work in about that order,
     so the last wave is small units and leaves no core idle for long."""
     from .inputs import reconcile
     from .writer import read_progress
 
-    progress = read_progress(output, pipeline.name, digest)
+    progress = read_progress(output, pipeline.name, config_hash(config), config)
     units = reconcile(units, progress.sources)
     return units, progress, sorted((u for u in units if u.name not in progress.complete_units), key=lambda u: -u.size)
 
@@ -122,7 +122,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
     with Lease(output, run_id) as lease:
         lease.acquire(wait)  # before the run's log: a run turned away (exit 3) leaves no log behind
         with logs.run_log(output, run_id) as log_uri:
-            units, progress, pending = plan(pipeline, units, output, digest)  # read again under the lease: another run may have committed
+            units, progress, pending = plan(pipeline, units, output, config)  # read again under the lease: another run may have committed
             log.info("%s run %s: %d input units, %d already complete in %s, config %s; log: %s", pipeline.name, run_id, len(units),
                      len(units) - len(pending), output, digest[:12], log_uri, extra={"run": run_id, "pipeline": pipeline.name})
             return _run(pipeline, inputs, output, config, digest, units, progress, pending, run_id, progress_bars, lease.token)

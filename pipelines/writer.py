@@ -269,15 +269,31 @@ class OutputConflict(UserError, RuntimeError):
     """The output holds work of another pipeline or config; the message is one line."""
 
 
-def read_progress(output: str, pipeline: str, config_hash: str) -> Progress:
-    """Progress of earlier runs; refuses an output written by another pipeline or config."""
+def _changed_since(output: str, config_hash: str, config) -> str:
+    """"; changed: KEYS" -- the hashed keys of `config` that differ from the config of the output's latest run
+    made with `config_hash` (its summary in ``runs/``), or "" when none is found."""
+    from .config import changed_keys
+
+    runs = sorted((e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json")), key=lambda e: e.path, reverse=True)
+    for entry in runs:
+        saved = storage.read_json(storage.uri_of(storage.join(output, RUNS), entry)) or {}
+        if saved.get("config_hash") == config_hash:
+            changed = changed_keys(saved.get("config") or {}, config)
+            return f"; changed: {', '.join(changed[:6])}" + (f" and {len(changed) - 6} more" if len(changed) > 6 else "") if changed else ""
+    return ""
+
+
+def read_progress(output: str, pipeline: str, config_hash: str, config=None) -> Progress:
+    """Progress of earlier runs; refuses an output written by another pipeline or config (naming the keys of
+    `config`, when given, that changed)."""
     manifest = read_manifest(output, ["shard", "pipeline", "config_hash", "samples", "inputs", "unit_totals", "unit_sources"]).to_pylist()
     others = {(r["pipeline"], r["config_hash"]) for r in manifest} - {(pipeline, config_hash)}
     if others:
         other_pipeline, other_hash = sorted(others)[0]
+        changed = _changed_since(output, other_hash, config) if config is not None and other_pipeline == pipeline else ""
         raise OutputConflict(
             f"{output} already holds {other_pipeline} shards made with config {other_hash[:12]} (this run: {pipeline}, "
-            f"{config_hash[:12]}); write to another --output or remove it"
+            f"{config_hash[:12]}{changed}); write to another --output or remove it"
         )
     progress = Progress(shards=sum(1 for r in manifest if r["shard"]), samples=sum(r["samples"] for r in manifest))
     totals: dict[str, int] = {}

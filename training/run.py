@@ -16,7 +16,7 @@ import time
 
 from .. import __version__, dataset, logs, storage
 from ..errors import UserError
-from ..pipelines.config import config_hash, load_config
+from ..pipelines.config import changed_keys, config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
 from .metrics import read_progress
@@ -59,7 +59,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
-        changed = _changed_keys(saved.get("config") or {}, params.model_dump(mode="json"))
+        changed = changed_keys(saved.get("config") or {}, params)
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}"
                             + (f"; changed: {', '.join(changed[:6])}" if changed else "") + "); "
                             f"resume it with its own config, or start a new run with --set name=...")
@@ -74,18 +74,6 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     except ValueError as exc:
         raise TrainingError(f"data.sources: {exc}") from None
     return {"params": params, "config_hash": digest, "run_uri": uri, "progress": progress, "sources": sources, "stream": stream}
-
-
-def _changed_keys(before: dict, after: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two config dumps."""
-    changed = []
-    for key in sorted(set(before) | set(after)):
-        a, b = before.get(key), after.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}")
-    return changed
 
 
 def plan_summary(plan: dict) -> dict:

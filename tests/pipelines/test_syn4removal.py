@@ -94,9 +94,9 @@ def test_rerun_is_idempotent_and_outputs_are_deterministic(tmp_path, ray_local):
 
 
 def test_another_config_on_the_same_output_is_refused(tmp_path, ray_local):
-    _run([SA1B_TAR], tmp_path / "out")
-    with pytest.raises(OutputConflict, match="config"):
-        _run([SA1B_TAR], tmp_path / "out", "seed=7")
+    _run([SA1B_TAR], tmp_path / "out", "ray.num_cpus=1")
+    with pytest.raises(OutputConflict, match=r"config .*; changed: placement.size_jitter, seed\)"):  # runtime keys are not named
+        _run([SA1B_TAR], tmp_path / "out", "seed=7", "placement.size_jitter=0.1")
 
 
 def test_resume_after_partial_commit_finishes_without_duplicates(tmp_path, ray_local):
