@@ -51,6 +51,12 @@ def confirm(output: str, token: str) -> None:
                         "and a rerun continues from what was committed")
 
 
+def holder_of(output: str) -> dict | None:
+    """Who holds the output's lease now (its run, host, pid, last heartbeat), or None; for ``--dry-run``."""
+    holder = storage.read_json(storage.join(output, LEASE))
+    return {k: holder.get(k) for k in ("run", "host", "pid", "heartbeat")} if holder else None
+
+
 def _unreadable_stale(uri: str, seconds: float) -> str | None:
     """Why an unreadable lease (empty, not JSON: a crash or a full disk between its creation and its write) is
     dead, or None while it may be one being written now: it is judged by its age."""
@@ -117,7 +123,7 @@ class Lease:
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""
-        deadline = time.monotonic() + wait
+        deadline, said = time.monotonic() + wait, False
         while True:
             storage.create_exclusive(self.uri, self._body())
             holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
@@ -130,11 +136,14 @@ class Lease:
                 if (self._holder() or {}) == holder:  # still the stale one: another waiter may have taken it over meanwhile
                     storage.delete(self.uri)
                 continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
+            who = (f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder
+                   else f"a lease being written, or an unreadable {LEASE} (taken over when {self.seconds / 12:.0f} s old)")
             if time.monotonic() >= deadline:
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
-                who = (f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder
-                       else f"a lease being written, or an unreadable {LEASE} (taken over when {self.seconds / 12:.0f} s old)")
                 raise OutputBusy(f"{self.output} is busy: {who}; retry later, or pass --wait SECONDS")
+            if not said:
+                log.info("%s is busy: %s; waiting up to %.0f s", self.output, who, deadline - time.monotonic())
+                said = True
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
         self._thread = threading.Thread(target=self._renew, name="pairmine-lease", daemon=True)
         self._thread.start()

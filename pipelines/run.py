@@ -182,6 +182,8 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
 
 def plan_only(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str]) -> dict:
     """What a run would do (``--dry-run``), after the same checks."""
+    from .lease import holder_of
+
     config, digest, units, progress, pending = prepare_run(pipeline, inputs, output, config_path, overrides, create=False)
     return {
         "pipeline": pipeline.name,
@@ -189,6 +191,7 @@ def plan_only(pipeline: Pipeline, inputs: list[str], output: str, config_path: s
         "units": [{"name": u.name, "kind": u.kind, "uri": u.uri, "done": u.name in progress.complete_units,
                    "ids_done": len(progress.consumed.get(u.name, ()))} for u in units],
         "output_totals": {"shards": progress.shards, "samples": progress.samples},
+        "lease": holder_of(output),  # a run holding the output now (a real run would wait for it, or exit 3)
     }
 
 

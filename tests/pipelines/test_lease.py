@@ -9,11 +9,13 @@ import time
 
 import pytest
 from helpers import PAIRMINE, cli
-from sample_inputs import write_loose_sa1b
+from sample_inputs import TESTDATA, write_loose_sa1b
 
 from pairmine import storage
 from pairmine.dataset import Reject
 from pairmine.pipelines.lease import LEASE, Lease, LeaseLost, OutputBusy, pid_space
+from pairmine.pipelines.run import plan_only
+from pairmine.pipelines.syn4removal import SYN4REMOVAL
 from pairmine.pipelines.verify import verify
 
 
@@ -24,13 +26,16 @@ def output(request, tmp_path) -> str:
     return f"s3://{request.getfixturevalue('s3_bucket')}/out"
 
 
-def test_a_held_lease_stops_a_second_holder_until_released(output):
+def test_a_held_lease_stops_a_second_holder_until_released(output, caplog):
     first = Lease(output, "run-a")
     first.acquire()
     holder = json.loads(storage.read_bytes(storage.join(output, LEASE)))
     assert holder["run"] == "run-a" and holder["heartbeat"] > 0
-    with pytest.raises(OutputBusy, match=r"is busy: run run-a on .* \(pid \d+\), last heartbeat"):
+    with caplog.at_level("INFO", "pairmine"), pytest.raises(OutputBusy, match=r"is busy: run run-a on .* \(pid \d+\), last heartbeat"):
         Lease(output, "run-b").acquire(wait=0.5)
+    assert [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()], "--wait says whom it waits for"
+    plan = plan_only(SYN4REMOVAL, [str(TESTDATA / "sa1b" / "sa_000000.tar")], output, None, [])
+    assert plan["lease"]["run"] == "run-a", "a dry run says the output is held"
     first.release()
     assert not storage.exists(storage.join(output, LEASE))
     with Lease(output, "run-b") as second:
