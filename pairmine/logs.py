@@ -5,7 +5,8 @@
 so they get the file handler directly), go to ``<folder>/logs/<run>.log``; unless verbose, Ray's lines
 go only there, so a terminal shows pairmine's progress and summary, not Ray's internals (with ``-v`` they
 reach the terminal too, in the console's format; Ray's workers' output is printed by Ray as it is). On S3
-the log is written locally and uploaded when the run ends.
+the log is written locally, copied up every ``UPLOAD_EVERY`` seconds (a killed run's log is not lost with
+its machine) and uploaded when the run ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from typing import Iterator
 
 from . import storage
@@ -84,6 +86,10 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
     logging.getLogger().addHandler(handler)
     for name, handlers in saved.items():
         logging.getLogger(name).handlers = [*(h for h in handlers if not _is_console(h)), *console, handler]
+    stop = threading.Event()
+    copier = threading.Thread(target=_upload_copies, args=(handler, local, uri, stop), name="pairmine-log", daemon=True)
+    if local != uri:  # on S3, a copy every UPLOAD_EVERY seconds: a killed run's log is not only on its machine
+        copier.start()
     try:
         yield uri
     except BaseException as exc:  # the run's own log says why it stopped (the terminal got the one line already)
@@ -92,6 +98,9 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
                                          (type(exc).__name__, getattr(exc, "cause", None) or exc), (type(exc), exc, exc.__traceback__)))
         raise
     finally:
+        stop.set()
+        if copier.is_alive():
+            copier.join()  # its last copy must not land after the final upload
         logging.getLogger().removeHandler(handler)
         for name, handlers in saved.items():
             logging.getLogger(name).handlers = handlers
@@ -101,6 +110,17 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
                 storage.upload_file(local, uri)  # removes the local file, uploaded or not
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(local))
+
+
+UPLOAD_EVERY = 30.0
+
+
+def _upload_copies(handler: logging.Handler, local: str, uri: str, stop: threading.Event) -> None:
+    while not stop.wait(UPLOAD_EVERY):
+        handler.flush()
+        with contextlib.suppress(OSError, storage.StorageError):
+            with open(local, "rb") as f:
+                storage.write_bytes(uri, f.read())
 
 
 def _is_console(handler: logging.Handler) -> bool:
