@@ -54,7 +54,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("quality", pa.list_(pa.map_(pa.string(), pa.float64()))),  # per key: the sample json's quality signals
         ("inputs", pa.list_(pa.struct([("unit", pa.string()), ("ids", pa.list_(pa.string()))]))),
         ("unit_totals", pa.list_(pa.struct([("unit", pa.string()), ("total", pa.int64())]))),
-        # per unit in `inputs`: where it was read from and its size in bytes (0: a folder or split), so that a
+        # per unit in `inputs`: where it was read from and its size in bytes (null: a folder or split), so that a
         # later run knows an input by its location, not its name (null in rows of older versions)
         ("unit_sources", pa.list_(pa.struct([("unit", pa.string()), ("uri", pa.string()), ("size", pa.int64())]))),
         ("rejects", pa.int64()),
@@ -214,7 +214,7 @@ def write_index(output: str) -> None:
     files stay the truth: index rows of files no longer listed are ignored, a missing or bad index is skipped.
     Called by the run holding the output's lease, when it ends."""
     for folder, schema in ((MANIFEST, MANIFEST_SCHEMA), (REJECTS, REJECTS_SCHEMA)):
-        cached = _read_index(output, folder, schema, [])
+        cached = _read_index(output, folder, schema, None)  # every column: an index of an older schema is rewritten
         table = _read_rows(output, folder, schema, None)
         if cached is None or set(cached[FILE].to_pylist()) != set(table[FILE].to_pylist()):
             storage.write_bytes(_index_uri(output, folder), to_parquet(table))
@@ -231,10 +231,10 @@ def read_manifest(output: str, columns: list[str] | None = None, use_index: bool
     return _read_folder(output, MANIFEST, MANIFEST_SCHEMA, columns, use_index)
 
 
-def unit_sources(manifest: list[dict]) -> dict[str, tuple[str | None, int]]:
-    """Where each committed unit was read from, by name: (uri, size); (None, 0) for a unit only rows of an older
-    version account for (they recorded no URI)."""
-    sources = {entry["unit"]: (None, 0) for row in manifest for entry in row["inputs"]}
+def unit_sources(manifest: list[dict]) -> dict[str, tuple[str | None, int | None]]:
+    """Where each committed unit was read from, by name: (uri, file size, None for a folder or split); (None, None)
+    for a unit only rows of an older version account for (they recorded no URI)."""
+    sources = {entry["unit"]: (None, None) for row in manifest for entry in row["inputs"]}
     sources.update({s["unit"]: (s["uri"], s["size"]) for row in manifest for s in row.get("unit_sources") or ()})
     return sources
 

@@ -100,7 +100,7 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
     finally:
         stop.set()
         if copier.is_alive():
-            copier.join()  # its last copy must not land after the final upload
+            copier.join(UPLOAD_EVERY)  # its last copy must not land after the final upload (bounded: S3 may hang)
         logging.getLogger().removeHandler(handler)
         for name, handlers in saved.items():
             logging.getLogger(name).handlers = handlers
@@ -116,11 +116,15 @@ UPLOAD_EVERY = 30.0
 
 
 def _upload_copies(handler: logging.Handler, local: str, uri: str, stop: threading.Event) -> None:
+    copied = -1
     while not stop.wait(UPLOAD_EVERY):
         handler.flush()
         with contextlib.suppress(OSError, storage.StorageError):
-            with open(local, "rb") as f:
-                storage.write_bytes(uri, f.read())
+            if os.path.getsize(local) != copied:  # a quiet run uploads nothing
+                with open(local, "rb") as f:
+                    data = f.read()
+                storage.write_bytes(uri, data)
+                copied = len(data)
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -56,6 +56,12 @@ class Unit:
     problem: str | None = None  # why the unit cannot be read at all (its file name): it becomes one reject
     size: int = 0  # bytes, where the listing gives them (tars, videos): a run starts the largest first
 
+    @property
+    def file_size(self) -> int | None:
+        """The size that tells a file rewritten since a run read it (tars, videos; 0 is an empty file), or None
+        for folders and splits, which grow by design."""
+        return self.size if self.kind in ("sa1b-tar", "video") else None
+
 
 VANISHED = "input_vanished"  # the reject of a unit gone since the run listed it: not done, a rerun reads it if it is back
 UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
@@ -204,8 +210,9 @@ def discover_videos(arg: str) -> list[Unit]:
 
 
 def _tagged(name: str, *parts: object) -> str:
-    """`name` with a digest of `parts` (a unit's URI, and size) added: unique where a bare name clashes."""
-    return f"{name.split('~', 1)[0]}~{hashlib.blake2b('@'.join(map(str, parts)).encode(), digest_size=4).hexdigest()}"
+    """`name` (without a tag it has) with a digest of `parts` (a unit's URI, and size) added: unique where a
+    bare name clashes."""
+    return f"{re.sub(r'~[0-9a-f]{8}$', '', name)}~{hashlib.blake2b('@'.join(map(str, parts)).encode(), digest_size=4).hexdigest()}"
 
 
 def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
@@ -223,13 +230,13 @@ def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
     return unique
 
 
-def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int]]) -> list[Unit]:
+def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int | None]]) -> list[Unit]:
     """Name units as the output's earlier runs committed them (`sources`: unit -> (uri, size)), so that an
     input keeps one identity whatever ``--input`` root finds it. A unit at a URI a run committed takes that
     run's name (found from a parent folder, it is not mined twice); a name a run used for another URI gets a
     digest of this one (another day's ``cam1.mp4`` is not skipped as done); a file whose size changed since
     (a half-uploaded video, a replaced tar) is mined again under a name tagged with its size."""
-    by_uri: dict[str, list[tuple[str, int]]] = {}
+    by_uri: dict[str, list[tuple[str, int | None]]] = {}
     for name, (uri, size) in sources.items():
         if uri is not None:
             by_uri.setdefault(uri, []).append((name, size))
@@ -237,14 +244,14 @@ def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int]]) -> 
     named = []
     for unit in units:
         versions = by_uri.get(unit.uri, [])
-        same = [name for name, size in versions if not (unit.size and size) or size == unit.size]
+        same = [name for name, size in versions if size is None or size == unit.file_size]
         if same:
             name = same[0]
         elif versions:
-            name = _tagged(unit.name, unit.uri, unit.size)
-            log.warning("%s changed since an earlier run read it (%s bytes, now %d): it is read again, as unit %s",
-                        unit.uri, " / ".join(str(size) for _, size in versions), unit.size, name)
-        elif sources.get(unit.name, (None, 0))[0] is not None or unit.name in assigned:  # a name used for another file
+            name = _tagged(unit.name, unit.uri, unit.file_size)
+            log.warning("%s changed since an earlier run read it (%s bytes, now %s): it is read again, as unit %s",
+                        unit.uri, " / ".join(str(size) for _, size in versions), unit.file_size, name)
+        elif sources.get(unit.name, (None, None))[0] is not None or unit.name in assigned:  # a name used for another file
             name = _tagged(unit.name, unit.uri)
         else:  # new, or committed by an older version that recorded no URI: known by its name
             name = unit.name

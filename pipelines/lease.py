@@ -40,11 +40,36 @@ class LeaseLost(OutputBusy):
     """This run was taken for crashed and another took the output over: it stops committing; exit code 3."""
 
 
+class _Unreadable(dict):
+    """The content of a lease object that holds no JSON object (empty: a crash between its creation and its write)."""
+
+
+def _read(uri: str, attempts: int = 4) -> dict | None:
+    """A lease's content; None when there is none; an empty `_Unreadable` when it holds no JSON object. A read
+    that fails (the network, a permission, NFS's ESTALE) is retried, then raised: it is never a verdict on the
+    lease, so neither taken for a dead run's nor for a lost one."""
+    for attempt in range(attempts):
+        try:
+            data = storage.read_bytes(uri)
+            break
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise storage.StorageError(f"cannot read the lease {uri}: {storage.first_line(exc)}") from None
+            time.sleep(0.5 * 2**attempt)
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return _Unreadable()
+    return doc if isinstance(doc, dict) else _Unreadable()
+
+
 def confirm(output: str, token: str) -> None:
     """Raise LeaseLost unless the run of `token` still holds the output's lease. The writer checks this before
     each commit, so a run that stalled past its expiry (a frozen VM, a partition) never commits beside the run
     that took over: each commit of the two is then under a lease its run held when it checked."""
-    holder = storage.read_json(storage.join(output, LEASE))
+    holder = _read(storage.join(output, LEASE))
     if not holder or holder.get("token") != token:
         taker = f"run {holder.get('run')} on {holder.get('host')}" if holder else "no run (the lease is gone or unreadable)"
         raise LeaseLost(f"{output}: this run lost its lease to {taker}, having missed its heartbeats; it stopped committing, "
@@ -53,8 +78,8 @@ def confirm(output: str, token: str) -> None:
 
 def holder_of(output: str) -> dict | None:
     """Who holds the output's lease now (its run, host, pid, last heartbeat), or None; for ``--dry-run``."""
-    holder = storage.read_json(storage.join(output, LEASE))
-    return {k: holder.get(k) for k in ("run", "host", "pid", "heartbeat")} if holder else None
+    holder = _read(storage.join(output, LEASE))
+    return None if holder is None else {k: holder.get(k) for k in ("run", "host", "pid", "heartbeat")}
 
 
 def _unreadable_stale(uri: str, seconds: float) -> str | None:
@@ -119,7 +144,7 @@ class Lease:
         return json.dumps(self.owner | {"heartbeat": time.time(), "expires_after_s": self.seconds}).encode()
 
     def _holder(self) -> dict | None:
-        return storage.read_json(self.uri)
+        return _read(self.uri)
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""
@@ -127,13 +152,14 @@ class Lease:
         while True:
             storage.create_exclusive(self.uri, self._body())
             holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
-            if holder and holder.get("token") == self.owner["token"]:
+            if holder is None:
+                continue  # given back between our create and our read
+            if holder.get("token") == self.owner["token"]:
                 break
-            why = _stale(holder, self.seconds) if holder else _unreadable_stale(self.uri, self.seconds)
+            why = _unreadable_stale(self.uri, self.seconds) if isinstance(holder, _Unreadable) else _stale(holder, self.seconds)
             if why:
-                holder = holder or {}
                 log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"), why)
-                if (self._holder() or {}) == holder:  # still the stale one: another waiter may have taken it over meanwhile
+                if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
                     storage.delete(self.uri)
                 continue
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
@@ -150,11 +176,11 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 4):
-            holder = self._holder()
-            if holder and holder.get("token") != self.owner["token"]:
-                log.error("lost the lease of %s to run %s (this run missed its heartbeats for %.0f s)", self.output, holder.get("run"), self.seconds)
-                return
             try:
+                holder = self._holder()
+                if holder and holder.get("token") != self.owner["token"]:
+                    log.error("lost the lease of %s to run %s (this run missed its heartbeats for %.0f s)", self.output, holder.get("run"), self.seconds)
+                    return
                 storage.write_bytes(self.uri, self._body())
             except (OSError, storage.StorageError) as exc:
                 log.warning("could not renew the lease %s: %s", self.uri, storage.first_line(exc))
@@ -163,9 +189,12 @@ class Lease:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
-        holder = self._holder()
-        if holder and holder.get("token") == self.owner["token"]:
-            storage.delete(self.uri)
+        try:
+            holder = self._holder()
+            if holder and holder.get("token") == self.owner["token"]:
+                storage.delete(self.uri)
+        except (OSError, storage.StorageError) as exc:  # left to expire: a later run takes it over after LEASE_SECONDS
+            log.warning("could not give back the lease %s: %s", self.uri, storage.first_line(exc))
 
     def __enter__(self):
         return self

@@ -131,10 +131,12 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
 def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pending, run_id: str, progress_bars: bool,
          lease: str) -> dict:
     from .dedup import start_counter
+    from .lease import confirm
     from .progress import Display, new_board, pipeline_lines
     from .runtime import io_concurrency, start_ray
     from .writer import ShardSink, remove_orphans, write_success
 
+    confirm(output, lease)  # what it removes as orphans are files of its own output's dead runs, never a live run's
     storage.delete(storage.join(output, SUCCESS))
     removed = remove_orphans(output)
     if removed:
@@ -150,7 +152,7 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
             # the board feeds the display only: without one, no actor process idling beside the work
             board = new_board({unit: len(ids) for unit, ids in progress.consumed.items()}) if progress_bars else None
             sink = ShardSink(output, pipeline.name, run_id, digest, __version__, config.shards, pipeline.rows_per_shard(config), board,
-                             start_counter(output, config.dedup), {u.name: (u.uri, u.size) for u in pending}, lease)
+                             start_counter(output, config.dedup), {u.name: (u.uri, u.file_size) for u in pending}, lease)
             lines = lambda state, elapsed: pipeline_lines(state, elapsed, len(pending))  # noqa: E731
             with Display(board, lines, enabled=progress_bars):
                 # The write is I/O-bound: it reserves no CPU, which also keeps it from fusing with the
@@ -176,6 +178,7 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
     summary["output_totals"] = {"shards": progress.shards + written["shards"], "samples": progress.samples + written["samples"]}
     committed = sum(len(r["shards"]) for r in results)  # manifest rows this run wrote (a folder is listed again every run)
     summary["status"] = "nothing_to_do" if not committed else "done_with_rejects" if summary["rejects"]["total"] else "done"
+    confirm(output, lease)  # a run that lost its lease after its last commit writes no summary beside the live run
     write_success(output, summary)
     return summary
 

@@ -114,7 +114,7 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     for key, count in keys.items():
         if count > 1:
             report.problem(f"key {key} is in {count} shards")
-    names: dict[tuple[str, int], list[str]] = {}
+    names: dict[tuple[str, int | None], list[str]] = {}
     for unit, (uri, size) in dataset.unit_sources(rows).items():
         if uri is not None:
             names.setdefault((uri, size), []).append(unit)
@@ -128,7 +128,7 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     return report, accounted
 
 
-def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | None, int]]) -> dict[str, set[str]]:
+def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | None, int | None]]) -> dict[str, set[str]]:
     """Every id of every input unit, found and named the way the pipeline finds and names them (`sources`: the
     output's committed units, ``dataset.unit_sources``)."""
     from . import syn4removal, video4removal

@@ -39,7 +39,7 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
         ranges = [(0, 0)] if row["problem"] else split_video(probe(_source(row["uri"]), config.decode), config)
     except Exception:  # BadInput, or what no check foresaw: the segment stage probes again and rejects it, saying why
         if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
-            return [row | {"start": 0, "stop": 0, "segment": "0-0", "unit_total": -1, "reason": VANISHED,
+            return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "reason": VANISHED,  # no id: nothing done
                            "problem": f"{row['uri']} was gone when it was read (moved or deleted after the run listed it)"}]
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
@@ -76,7 +76,8 @@ def encode(row: dict, config: Video4RemovalConfig, config_hash: str) -> dict:
     """A masked segment's samples: its writer row."""
     work: SegmentWork = row[ITEM]
     samples = encode_samples(work, config.masker.name, config, config_hash)
-    return pack_group(work.video_id, [row["segment"]], row["unit_total"], samples, work.rejects, work.stats)
+    consumed = [row["segment"]] if row["segment"] else []  # a video gone since it was listed accounts for no segment
+    return pack_group(work.video_id, consumed, row["unit_total"], samples, work.rejects, work.stats)
 
 
 def masking(config: Video4RemovalConfig) -> SegmentMasking:

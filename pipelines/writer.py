@@ -15,6 +15,7 @@ the write task and a part number, so a retried write task overwrites its own fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -138,10 +139,10 @@ class ShardSink(Datasink):
     """Ray Data sink writing group rows into WebDataset shards with manifest and rejects."""
 
     def __init__(self, output: str, pipeline: str, run: str, config_hash: str, version: str, shards: ShardParams, rows_per_shard: int,
-                 board=None, buckets=None, sources: dict[str, tuple[str, int]] | None = None, lease: str | None = None):
+                 board=None, buckets=None, sources: dict[str, tuple[str, int | None]] | None = None, lease: str | None = None):
         self.output, self.pipeline, self.run = output, pipeline, run
         self.lease = lease  # the run's lease token, confirmed before each commit (lease.confirm); None: unchecked
-        self.sources = sources or {}  # unit name -> (uri, size), recorded with every unit a shard accounts for
+        self.sources = sources or {}  # unit name -> (uri, file size or None), recorded with every unit a shard accounts for
         self.config_hash, self.version, self.limits = config_hash, version, shards
         self._rows_per_shard = max(1, rows_per_shard)
         self.board = board  # a progress.Board for the live display, or None
@@ -206,7 +207,8 @@ class ShardSink(Datasink):
             confirm(self.output, self.lease)
         except LeaseLost:
             for uri in written:
-                storage.delete(uri)
+                with contextlib.suppress(Exception):  # LeaseLost is what the user must see, not a failed clean-up
+                    storage.delete(uri)
             raise
 
     def _commit(self, shard: _OpenShard, task: int, part: int) -> dict:
@@ -260,7 +262,7 @@ class Progress:
 
     complete_units: set[str] = field(default_factory=set)
     consumed: dict[str, set[str]] = field(default_factory=dict)
-    sources: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # unit -> (uri, size); uri None: older rows
+    sources: dict[str, tuple[str | None, int | None]] = field(default_factory=dict)  # unit -> (uri, file size); uri None: older rows
     shards: int = 0
     samples: int = 0
 

@@ -64,15 +64,19 @@ def test_unit_names_are_unique_and_duplicates_dropped(tmp_path):
 
 def test_units_keep_the_names_earlier_runs_committed_them_under():
     """A unit is known by where it was read from, not by the name its --input root gives it."""
-    sources = {"cam1.mp4": ("/d/day1/cam1.mp4", 100), "old.mp4": (None, 0), "half.mp4": ("/d/half.mp4", 50)}
+    sources = {"cam1.mp4": ("/d/day1/cam1.mp4", 100), "old.mp4": (None, None), "half.mp4": ("/d/half.mp4", 50),
+               "empty.mp4": ("/d/empty.mp4", 0), "loose": ("/d/loose", None)}
     found = [Unit("video", "day1/cam1.mp4", "/d/day1/cam1.mp4", size=100),  # the same file, from the parent folder
              Unit("video", "cam1.mp4", "/d/day2/cam1.mp4", size=100),  # another day's file of that name
              Unit("video", "old.mp4", "/d/old.mp4", size=7),  # committed by a version that recorded no URI
              Unit("video", "half.mp4", "/d/half.mp4", size=80),  # grown since: it was read half-uploaded
-             Unit("video", "new.mp4", "/d/new.mp4", size=9)]
+             Unit("video", "new.mp4", "/d/new.mp4", size=9),
+             Unit("video", "empty.mp4", "/d/empty.mp4", size=5000),  # listed while it was still empty
+             Unit("sa1b-dir", "loose", "/d/loose")]  # a folder: it grows by design, known by its URI alone
     named = [u.name for u in reconcile(found, sources)]
-    assert named[0] == "cam1.mp4" and named[2] == "old.mp4" and named[4] == "new.mp4"
-    assert named[1].startswith("cam1.mp4~") and named[3].startswith("half.mp4~") and len(set(named)) == 5
+    assert named[0] == "cam1.mp4" and named[2] == "old.mp4" and named[4] == "new.mp4" and named[6] == "loose"
+    assert named[1].startswith("cam1.mp4~") and named[3].startswith("half.mp4~") and named[5].startswith("empty.mp4~")
+    assert len(set(named)) == 7
     assert [u.name for u in reconcile(found[3:4], sources)] == [named[3]], "a changed file gets one name, whatever else is found"
     assert reconcile(found, {}) == found
 

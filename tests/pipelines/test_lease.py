@@ -13,6 +13,7 @@ from sample_inputs import TESTDATA, write_loose_sa1b
 
 from pairmine import storage
 from pairmine.dataset import Reject
+from pairmine.pipelines import lease as lease_module
 from pairmine.pipelines.lease import LEASE, Lease, LeaseLost, OutputBusy, pid_space
 from pairmine.pipelines.run import plan_only
 from pairmine.pipelines.syn4removal import SYN4REMOVAL
@@ -62,7 +63,29 @@ def test_an_unreadable_lease_is_waited_for_while_young_and_taken_over_when_old(o
         assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "later"
 
 
-def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path):
+def test_a_lease_that_cannot_be_read_is_neither_taken_over_nor_lost(tmp_path, monkeypatch):
+    """A failed read (the network, a permission, NFS's ESTALE) says nothing about the holder: a waiter must not
+    delete a live run's lease for it, nor a committing run take it for lost."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEASE).write_text(json.dumps({"run": "live", "token": "theirs", "heartbeat": time.time(), "expires_after_s": 120}))
+    os.utime(out / LEASE, (time.time() - 600, time.time() - 600))  # old by its mtime, as a lease renewed in place can look
+    monkeypatch.setattr(lease_module.time, "sleep", lambda seconds: None)
+
+    def refused(uri):
+        raise PermissionError(13, "Permission denied", uri)
+
+    monkeypatch.setattr(lease_module.storage, "read_bytes", refused)
+    with pytest.raises(storage.StorageError, match="cannot read the lease"):
+        Lease(str(out), "waiter", seconds=1.2).acquire()
+    with pytest.raises(storage.StorageError, match="cannot read the lease"):
+        lease_module.confirm(str(out), "theirs")
+    assert json.loads((out / LEASE).read_text())["run"] == "live"
+
+
+def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path, monkeypatch):
     """A run taken for crashed (it stalled past the expiry) finds another run's lease at its next commit: it stops
     there, and removes what it wrote for that commit, so the two never commit side by side."""
     import pyarrow as pa
@@ -88,6 +111,20 @@ def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path):
     (out / LEASE).write_text(json.dumps({"run": "r", "token": "mine"}))  # its own again: the commit goes through
     sink.write([pa.Table.from_pylist([row])], Context())
     assert len(list((out / "manifest").glob("*.parquet"))) == 1
+    committed = {p for p in out.rglob("*") if p.is_file()}
+
+    def taken_after_the_upload(output, token, calls=[]):  # the lease goes while the shard and rejects upload
+        calls.append(token)
+        if len(calls) > 1:
+            raise LeaseLost("lost its lease to run taker")
+
+    class NextTask:
+        task_idx = 1
+
+    monkeypatch.setattr(lease_module, "confirm", taken_after_the_upload)
+    with pytest.raises(LeaseLost):
+        sink.write([pa.Table.from_pylist([row])], NextTask())
+    assert {p for p in out.rglob("*") if p.is_file()} == committed, "the shard and rejects of the lost commit are removed"
     wrapped = type("RayTaskError(LeaseLost)", (Exception,), {"cause": lost.value})("ray::Write() traceback ...")
     assert cli_module._cause(wrapped) is lost.value  # raised in a Ray task: the CLI prints the error, not Ray's traceback
 

@@ -12,7 +12,7 @@ from sample_inputs import TESTDATA
 
 from pairmine.pipelines.dedup import BucketCounter, DedupParams
 from pairmine.pipelines.run import run
-from pairmine.pipelines.video4removal import VIDEO4REMOVAL, Video4RemovalConfig, analyse, segments_of
+from pairmine.pipelines.video4removal import VIDEO4REMOVAL, Video4RemovalConfig, analyse, encode, segments_of
 
 VIDEO = TESTDATA / "video"
 STATIC = VIDEO / "synth_static_dev.mp4"
@@ -119,5 +119,8 @@ def test_a_video_gone_since_it_was_listed_is_a_reject_that_leaves_it_to_do(tmp_p
     row = {"unit": "cam.mp4", "uri": str(tmp_path / "cam.mp4"), "problem": "", "reason": "unreadable_name"}
     (segment,) = segments_of(row, Video4RemovalConfig(), {})
     assert segment["unit_total"] == -1, "a unit without a total is never complete"
-    work = analyse(segment, Video4RemovalConfig())["item"]
+    analysed = analyse(segment, Video4RemovalConfig())
+    work = analysed["item"]
     assert [(r.reason, r.stage) for r in work.rejects] == [("input_vanished", "read")] and "was gone" in work.rejects[0].detail
+    packed = encode(analysed, Video4RemovalConfig(), "h")
+    assert packed["consumed"] == [] and packed["unit_total"] == -1, "it accounts for no segment of the video"
