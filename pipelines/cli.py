@@ -125,8 +125,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logs.configure(args.verbose, args.log_format)
-    # SIGTERM unwinds like Ray's own driver handler does once Ray starts: the lease is given back, the log closed
-    saved = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    # SIGTERM unwinds like Ray's own driver handler does once Ray starts: the lease is given back, the log closed;
+    # SIGINT is Ctrl-C's KeyboardInterrupt even where the shell started us ignoring it (a background job)
+    saved = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum)), signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.command.run(args)
     except KeyboardInterrupt:
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
 
 
 def _stopped(by: str, code: int) -> int:

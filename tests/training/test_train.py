@@ -143,7 +143,8 @@ def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts
 def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser_parts, tmp_path):
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 0.8), (training_outputs["video"], 0.2)])
     plan = json.loads(cli_in_process("train", "--config", str(config), "--dry-run").stdout)
-    assert [s["samples"] for s in plan["sources"]] == [76, 2] and plan["steps"]["remaining"] == 20
+    committed = [sum(dataset.read_manifest(str(training_outputs[k]), ["samples"])["samples"].to_pylist()) for k in ("syn", "video")]
+    assert [s["samples"] for s in plan["sources"]] == committed and plan["steps"]["remaining"] == 20
     assert plan["stream"]["stop"] >= 20 * 2 and not (tmp_path / "runs" / "run").exists()
 
 
