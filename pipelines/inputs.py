@@ -198,9 +198,9 @@ def discover_videos(arg: str) -> list[Unit]:
         return [Unit("video", storage.basename(arg), arg, size=found.size or 0)]
     root = arg.rstrip("/")
     root_path = storage.resolve(root)[1]
-    videos = [
-        Unit("video", e.path[len(root_path) + 1 :], storage.uri_of(root, e), problem=unreadable_reason(e) if e.type in UNREADABLE else None,
-             size=e.size or 0)
+    videos = [  # a URI in its one spelling (a link resolved), as a video given by its own path has
+        Unit("video", e.path[len(root_path) + 1 :], storage.normalize(storage.uri_of(root, e)),
+             problem=unreadable_reason(e) if e.type in UNREADABLE else None, size=e.size or 0)
         for e in storage.list_dir(root, recursive=True)
         if e.type in (pafs.FileType.File, *UNREADABLE) and e.path.lower().endswith(VIDEO_EXTENSIONS)
     ]
@@ -230,12 +230,12 @@ def discover_all(args: list[str], discover_one=discover) -> list[Unit]:
     return unique
 
 
-def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int | None]]) -> list[Unit]:
+def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int | None]], say: bool = True) -> list[Unit]:
     """Name units as the output's earlier runs committed them (`sources`: unit -> (uri, size)), so that an
     input keeps one identity whatever ``--input`` root finds it. A unit at a URI a run committed takes that
     run's name (found from a parent folder, it is not mined twice); a name a run used for another URI gets a
     digest of this one (another day's ``cam1.mp4`` is not skipped as done); a file whose size changed since
-    (a half-uploaded video, a replaced tar) is mined again under a name tagged with its size."""
+    (a half-uploaded video, a replaced tar) is mined again under a name tagged with its size (`say`: with a warning)."""
     by_uri: dict[str, list[tuple[str, int | None]]] = {}
     for name, (uri, size) in sources.items():
         if uri is not None:
@@ -249,8 +249,9 @@ def reconcile(units: list[Unit], sources: dict[str, tuple[str | None, int | None
             name = same[0]
         elif versions:
             name = _tagged(unit.name, unit.uri, unit.file_size)
-            log.warning("%s changed since an earlier run read it (%s bytes, now %s): it is read again, as unit %s",
-                        unit.uri, " / ".join(str(size) for _, size in versions), unit.file_size, name)
+            if say:
+                log.warning("%s changed since an earlier run read it (%s bytes, now %s): it is read again, as unit %s",
+                            unit.uri, " / ".join(str(size) for _, size in versions), unit.file_size, name)
         elif sources.get(unit.name, (None, None))[0] is not None or unit.name in assigned:  # a name used for another file
             name = _tagged(unit.name, unit.uri)
         else:  # new, or committed by an older version that recorded no URI: known by its name

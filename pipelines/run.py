@@ -84,8 +84,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + secrets.token_hex(2)
 
 
-def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str], create: bool = True):
-    """All user-facing checks: returns (config, hash, units, progress, pending units). `create`: make the output folder."""
+def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | None, overrides: list[str], create: bool = True,
+                say: bool = True):
+    """All user-facing checks: returns (config, hash, units, progress, pending units). `create`: make the output folder;
+    `say`: warn of inputs changed since an earlier run (a run says it once, when it plans under the lease)."""
     from .inputs import InputError
 
     config = load_config(pipeline.config_model, config_path, overrides)
@@ -95,10 +97,10 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
         raise InputError("no --input given")
     units = pipeline.discover(inputs)
     storage.check_writable(output, create)
-    return (config, digest, *plan(pipeline, units, output, config))
+    return (config, digest, *plan(pipeline, units, output, config, say))
 
 
-def plan(pipeline: Pipeline, units: list[Unit], output: str, config: BaseModel):
+def plan(pipeline: Pipeline, units: list[Unit], output: str, config: BaseModel, say: bool = True):
     """What earlier runs committed to the output: the units named as those runs knew them (`inputs.reconcile`),
     that progress, and the units still to do, the largest first: Ray Data starts work in about that order,
     so the last wave is small units and leaves no core idle for long."""
@@ -106,7 +108,7 @@ def plan(pipeline: Pipeline, units: list[Unit], output: str, config: BaseModel):
     from .writer import read_progress
 
     progress = read_progress(output, pipeline.name, config_hash(config), config)
-    units = reconcile(units, progress.sources)
+    units = reconcile(units, progress.sources, say)
     return units, progress, sorted((u for u in units if u.name not in progress.complete_units), key=lambda u: -u.size)
 
 
@@ -117,7 +119,7 @@ def run(pipeline: Pipeline, inputs: list[str], output: str, config_path: str | N
 
     import ray.data  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
 
-    config, digest, units, _, _ = prepare_run(pipeline, inputs, output, config_path, overrides)
+    config, digest, units, _, _ = prepare_run(pipeline, inputs, output, config_path, overrides, say=False)
     run_id = new_run_id()
     with Lease(output, run_id) as lease:
         lease.acquire(wait)  # before the run's log: a run turned away (exit 3) leaves no log behind

@@ -172,6 +172,9 @@ def test_videos_are_found_recursively_and_named_by_relative_path(tmp_path):
     units = discover_all([str(tmp_path), str(video)], discover_videos)
     assert [u.name for u in units] == ["cam1/a.mp4", "cam2/a.mp4", "top.MOV", "bikes.mp4"]
     assert {u.kind for u in units} == {"video"}
+    (tmp_path / "linked.mp4").symlink_to(video)  # found in the folder or given itself: one URI, one unit
+    found = {u.name: u.uri for u in discover_videos(str(tmp_path))}
+    assert found["linked.mp4"] == discover_videos(str(video))[0].uri == str(video.resolve())
 
 
 @pytest.mark.parametrize("loose", [False, True], ids=["zips", "loose"])
