@@ -22,6 +22,7 @@ import threading
 from typing import Iterator
 
 from . import storage
+from .errors import cause_of
 
 RAY_LOGGERS = ("ray", "ray.data")  # Ray's loggers with their own console handlers (they do not propagate)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -95,7 +96,7 @@ def run_log(folder: str, run_id: str) -> Iterator[str]:
     except BaseException as exc:  # the run's own log says why it stopped (the terminal got the one line already)
         logger = logging.getLogger("pairmine")
         handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "the run stopped: %s: %s",
-                                         (type(exc).__name__, getattr(exc, "cause", None) or exc), (type(exc), exc, exc.__traceback__)))
+                                         (type(exc).__name__, cause_of(exc)), (type(exc), exc, exc.__traceback__)))
         raise
     finally:
         stop.set()

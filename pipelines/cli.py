@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__, logs, storage
-from ..errors import UserError
+from ..errors import UserError, cause_of
 
 # each command's module (which defines it in COMMANDS), in the order `pairmine --help` lists them
 COMMAND_MODULES = {
@@ -137,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _stopped("SIGTERM", 143)
     except UserError as exc:
-        print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
+        print(f"pairmine: error: {cause_of(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except OSError as exc:  # a file or the network failed mid-command (a full disk, a path under a file): one line
         logging.getLogger("pairmine").debug("the error in full", exc_info=True)
-        print(f"pairmine: error: {_cause(exc)}", file=sys.stderr)
+        print(f"pairmine: error: {cause_of(exc)}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, saved[0])
@@ -152,11 +152,6 @@ def _stopped(by: str, code: int) -> int:
     """A command stopped from outside: one line, not a traceback (the lease and the run log are already closed)."""
     print(f"pairmine: stopped by {by}; what was committed stays, and rerunning the same command continues", file=sys.stderr)
     return code
-
-
-def _cause(exc: Exception) -> Exception:
-    """The error itself when a Ray task raised it (Ray's wrapper is an instance of it, but prints a traceback)."""
-    return getattr(exc, "cause", None) or exc
 
 
 if __name__ == "__main__":

@@ -86,6 +86,13 @@ def changed_keys(before: dict, config: BaseModel) -> list[str]:
     return diff(before, _semantic(config), "")
 
 
+def changes_note(before: dict, config: BaseModel) -> str:
+    """"; changed: KEYS" for a refused config's message (the first six keys that differ), or "" when none do."""
+    changed = changed_keys(before, config)
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    return f"; changed: {', '.join(changed[:6])}{more}" if changed else ""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (not the last one wins)."""
 

@@ -64,6 +64,11 @@ class Unit:
 
 
 VANISHED = "input_vanished"  # the reject of a unit gone since the run listed it: not done, a rerun reads it if it is back
+
+
+def vanished_detail(uri: str) -> str:
+    return f"{uri} was gone when it was read (moved or deleted after the run listed it); a rerun reads it if it is back"
+
 UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
 
 

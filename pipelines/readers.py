@@ -22,7 +22,7 @@ from ray.data.datasource import Datasource, FileBasedDatasource, ReadTask
 
 from ..dataset import Reject
 from .. import storage
-from .inputs import VANISHED, unit_groups
+from .inputs import VANISHED, unit_groups, vanished_detail
 
 _RECORD = pa.struct(
     [
@@ -108,8 +108,7 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
 def vanished_row(unit: str, kind: str, uri: str) -> dict:
     """The reader row of a unit whose file was gone when it was read (moved or deleted after the run listed
     it): a reject that consumes no id, so the unit is not done and a rerun reads it if it is back."""
-    why = Reject(unit, "read", VANISHED, f"{uri} was gone when it was read (moved or deleted after the run listed it); "
-                 "a rerun reads it if it is back")
+    why = Reject(unit, "read", VANISHED, vanished_detail(uri))
     return {"unit": unit, "kind": kind, "categories": "", "records": [], "rejects": [why.to_dict()], "consumed": [], "unit_total": -1}
 
 

@@ -17,7 +17,7 @@ from ..dataset import Reject
 from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
 from ..operators.video_io import probe
 from .config import RunParams
-from .inputs import VANISHED, Unit, discover_all, discover_videos
+from .inputs import VANISHED, Unit, discover_all, discover_videos, vanished_detail
 from .model_stages import ITEM
 from .run import Pipeline, pipeline_command
 from .writer import Progress, pack_group
@@ -40,7 +40,7 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     except Exception:  # BadInput, or what no check foresaw: the segment stage probes again and rejects it, saying why
         if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
             return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "reason": VANISHED,  # no id: nothing done
-                           "problem": f"{row['uri']} was gone when it was read (moved or deleted after the run listed it)"}]
+                           "problem": vanished_detail(row["uri"])}]
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
     return [

@@ -274,14 +274,13 @@ class OutputConflict(UserError, RuntimeError):
 def _changed_since(output: str, config_hash: str, config) -> str:
     """"; changed: KEYS" -- the hashed keys of `config` that differ from the config of the output's latest run
     made with `config_hash` (its summary in ``runs/``), or "" when none is found."""
-    from .config import changed_keys
+    from .config import changes_note
 
     runs = sorted((e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json")), key=lambda e: e.path, reverse=True)
     for entry in runs:
         saved = storage.read_json(storage.uri_of(storage.join(output, RUNS), entry)) or {}
         if saved.get("config_hash") == config_hash:
-            changed = changed_keys(saved.get("config") or {}, config)
-            return f"; changed: {', '.join(changed[:6])}" + (f" and {len(changed) - 6} more" if len(changed) > 6 else "") if changed else ""
+            return changes_note(saved.get("config") or {}, config)
     return ""
 
 

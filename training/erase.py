@@ -180,7 +180,8 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             if not binary.any():
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
-            picture = cv2.cvtColor(result, cv2.COLOR_RGB2BGR) if alpha is None else np.dstack([cv2.cvtColor(result, cv2.COLOR_RGB2BGR), alpha])
+            bgr = cv2.cvtColor(result, cv2.COLOR_RGB2BGR)
+            picture = bgr if alpha is None else np.dstack([bgr, alpha])
             try:
                 storage.write_bytes(out_path, cv2.imencode(_extension(out_path), picture)[1].tobytes())
             except (OSError, storage.StorageError) as exc:

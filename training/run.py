@@ -16,7 +16,7 @@ import time
 
 from .. import __version__, dataset, logs, storage
 from ..errors import UserError
-from ..pipelines.config import changed_keys, config_hash, load_config
+from ..pipelines.config import changes_note, config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
 from .metrics import read_progress
@@ -59,9 +59,8 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
-        changed = changed_keys(saved.get("config") or {}, params)
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}"
-                            + (f"; changed: {', '.join(changed[:6])}" if changed else "") + "); "
+                            f"{changes_note(saved.get('config') or {}, params)}); "
                             f"resume it with its own config, or start a new run with --set name=...")
     progress = read_progress(uri)
     sources = _sources(params)

@@ -91,7 +91,7 @@ def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path, monkeypatch):
     import pyarrow as pa
 
     from pairmine.operators.stats import Stats
-    from pairmine.pipelines import cli as cli_module
+    from pairmine.errors import cause_of
     from pairmine.pipelines.config import ShardParams
     from pairmine.pipelines.writer import ShardSink, pack_group
 
@@ -126,7 +126,7 @@ def test_a_run_that_lost_its_lease_commits_nothing_more(tmp_path, monkeypatch):
         sink.write([pa.Table.from_pylist([row])], NextTask())
     assert {p for p in out.rglob("*") if p.is_file()} == committed, "the shard and rejects of the lost commit are removed"
     wrapped = type("RayTaskError(LeaseLost)", (Exception,), {"cause": lost.value})("ray::Write() traceback ...")
-    assert cli_module._cause(wrapped) is lost.value  # raised in a Ray task: the CLI prints the error, not Ray's traceback
+    assert cause_of(wrapped) is lost.value  # raised in a Ray task: the CLI prints the error, not Ray's traceback
 
 
 def test_a_killed_process_on_this_host_frees_its_lease_at_once(tmp_path):
