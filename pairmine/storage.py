@@ -12,7 +12,10 @@ its upload completes (boto3 aborts an unfinished multipart upload).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -195,8 +198,8 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         bucket, _, key = uri[len(S3) :].partition("/")
         try:
             _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except Exception as exc:  # botocore's ClientError carries the HTTP status
-            if getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+        except Exception as exc:
+            if _s3_status(exc) in (409, 412):
                 return False
             raise StorageError(f"cannot create {uri}: {first_line(exc)}") from None
         return True
@@ -208,6 +211,86 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         return False
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    return True
+
+
+def _s3_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed boto3 request (botocore's ClientError carries it), else None."""
+    return getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+@contextlib.contextmanager
+def _local_swap_lock(path: str):
+    """Serialise compare-and-swap updates of a local file: an exclusive flock on ``<path>.lock``, a file never
+    removed (locking the file itself would not do: a replace or a delete gives the next holder another inode)."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS emulates flock with fcntl locks
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_versioned(uri: str) -> tuple[bytes, str] | None:
+    """A small object's bytes and a tag of this version of it (S3's ETag; locally a digest of the bytes), None
+    when it is missing: what ``replace_if`` and ``delete_if`` compare against."""
+    if not is_s3(uri):
+        try:
+            data = read_bytes(uri)
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+    bucket, _, key = uri[len(S3) :].partition("/")
+    try:
+        answer = _s3_client().get_object(Bucket=bucket, Key=key)
+        return answer["Body"].read(), answer["ETag"]
+    except Exception as exc:
+        if _s3_status(exc) == 404:
+            return None
+        raise OSError(f"cannot read {uri}: {first_line(exc)}") from None
+
+
+def replace_if(uri: str, data: bytes, version: str) -> str | None:
+    """Overwrite a small object only while it is still at `version` (S3's If-Match; locally under a lock):
+    the new version, or None when it changed or is gone. A retried request whose first answer was lost also
+    reads as changed; the caller tells that from the content."""
+    if is_s3(uri):
+        bucket, _, key = uri[len(S3) :].partition("/")
+        try:
+            return _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"]
+        except Exception as exc:
+            if _s3_status(exc) in (404, 409, 412):
+                return None
+            raise StorageError(f"cannot write {uri}: {first_line(exc)}") from None
+    path = os.path.abspath(uri)
+    with _local_swap_lock(path):
+        now = read_versioned(path)
+        if now is None or now[1] != version:
+            return None
+        write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def delete_if(uri: str, version: str) -> bool:
+    """Delete a small object only while it is still at `version` (S3's conditional delete; locally under a
+    lock); False when it changed. Gone already counts as deleted."""
+    if is_s3(uri):
+        bucket, _, key = uri[len(S3) :].partition("/")
+        try:
+            _s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        except Exception as exc:
+            if _s3_status(exc) == 404:
+                return True
+            if _s3_status(exc) in (409, 412):
+                return False
+            raise StorageError(f"cannot delete {uri}: {first_line(exc)}") from None
+        return True
+    path = os.path.abspath(uri)
+    with _local_swap_lock(path):
+        now = read_versioned(path)
+        if now is not None and now[1] != version:
+            return False
+        delete(path)
     return True
 
 

@@ -8,6 +8,8 @@ belongs to a crashed run and is taken over (at once when that run's process, on 
 pid namespace, is gone). So concurrent runs never delete or duplicate each other's work: they take turns,
 each doing only what the manifest says is left. A run taken for crashed that is in fact alive (it stalled)
 learns so at its next commit (``confirm``) and stops, its uncommitted work left to the run that took over.
+Every update after the creation (renewal, takeover, release) is compare-and-swap on the lease's version
+(``storage.replace_if`` / ``delete_if``), so no run writes over or removes a lease it did not last see.
 """
 
 from __future__ import annotations
@@ -44,32 +46,35 @@ class _Unreadable(dict):
     """The content of a lease object that holds no JSON object (empty: a crash between its creation and its write)."""
 
 
-def _read(uri: str, attempts: int = 4) -> dict | None:
-    """A lease's content; None when there is none; an empty `_Unreadable` when it holds no JSON object. A read
-    that fails (the network, a permission, NFS's ESTALE) is retried, then raised: it is never a verdict on the
-    lease, so neither taken for a dead run's nor for a lost one."""
+def _read(uri: str, attempts: int = 4) -> tuple[dict | None, str | None]:
+    """A lease's content and version (``storage.read_versioned``); (None, None) when there is none; an empty
+    `_Unreadable` when it holds no JSON object. A read that fails (the network, a permission, NFS's ESTALE) is
+    retried, then raised: it is never a verdict on the lease, so neither taken for a dead run's nor for a lost one."""
     for attempt in range(attempts):
         try:
-            data = storage.read_bytes(uri)
+            found = storage.read_versioned(uri)
             break
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as exc:
             if attempt == attempts - 1:
                 raise storage.StorageError(f"cannot read the lease {uri}: {storage.first_line(exc)}") from None
             time.sleep(0.5 * 2**attempt)
+    if found is None:
+        return None, None
+    data, version = found
     try:
         doc = json.loads(data)
     except ValueError:
-        return _Unreadable()
-    return doc if isinstance(doc, dict) else _Unreadable()
+        return _Unreadable(), version
+    return (doc if isinstance(doc, dict) else _Unreadable()), version
 
 
 def confirm(output: str, token: str) -> None:
     """Raise LeaseLost unless the run of `token` still holds the output's lease. The writer checks this before
     each commit, so a run that stalled past its expiry (a frozen VM, a partition) never commits beside the run
     that took over: each commit of the two is then under a lease its run held when it checked."""
-    holder = _read(storage.join(output, LEASE))
+    holder, _ = _read(storage.join(output, LEASE))
     if not holder or holder.get("token") != token:
         taker = f"run {holder.get('run')} on {holder.get('host')}" if holder else "no run (the lease is gone or unreadable)"
         raise LeaseLost(f"{output}: this run lost its lease to {taker}, having missed its heartbeats; it stopped committing, "
@@ -78,7 +83,7 @@ def confirm(output: str, token: str) -> None:
 
 def holder_of(output: str) -> dict | None:
     """Who holds the output's lease now (its run, host, pid, last heartbeat), or None; for ``--dry-run``."""
-    holder = _read(storage.join(output, LEASE))
+    holder, _ = _read(storage.join(output, LEASE))
     return None if holder is None else {k: holder.get(k) for k in ("run", "host", "pid", "heartbeat")}
 
 
@@ -132,6 +137,7 @@ class Lease:
         self.output, self.uri = output, storage.join(output, LEASE)
         self.seconds = seconds
         self.owner = {"run": run_id, "host": socket.gethostname(), "pid_space": pid_space(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+        self._version: str | None = None  # of the lease as this run last wrote it: what its updates compare against
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,23 +150,23 @@ class Lease:
         return json.dumps(self.owner | {"heartbeat": time.time(), "expires_after_s": self.seconds}).encode()
 
     def _holder(self) -> dict | None:
-        return _read(self.uri)
+        return _read(self.uri)[0]
 
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lease, waiting up to `wait` seconds for a live holder to finish; OutputBusy otherwise."""
         deadline, said = time.monotonic() + wait, False
         while True:
             storage.create_exclusive(self.uri, self._body())
-            holder = self._holder()  # ours: created now, or by a first attempt whose answer was lost and retried
+            holder, version = _read(self.uri)  # ours: created now, or by a first attempt whose answer was lost and retried
             if holder is None:
                 continue  # given back between our create and our read
             if holder.get("token") == self.owner["token"]:
+                self._version = version
                 break
             why = _unreadable_stale(self.uri, self.seconds) if isinstance(holder, _Unreadable) else _stale(holder, self.seconds)
             if why:
                 log.warning("taking over the lease of run %s (%s pid %s): %s", holder.get("run"), holder.get("host"), holder.get("pid"), why)
-                if self._holder() == holder:  # still the stale one: another waiter may have taken it over meanwhile
-                    storage.delete(self.uri)
+                storage.delete_if(self.uri, version)  # only that stale version: a waiter that took it over first keeps its lease
                 continue
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.get("heartbeat", 0))) if holder else "?"
             who = (f"run {holder.get('run')} on {holder.get('host')} (pid {holder.get('pid')}), last heartbeat {since} UTC" if holder
@@ -174,14 +180,29 @@ class Lease:
         self._thread = threading.Thread(target=self._renew, name="pairmine-lease", daemon=True)
         self._thread.start()
 
+    def _swap(self, data: bytes | None) -> bool:
+        """Write `data` (None: delete) only over this run's own lease, compare-and-swap on its version: a run that
+        took the lease over in the meantime keeps it. False when the lease is another run's, or gone."""
+        for _ in range(2):
+            if data is None and storage.delete_if(self.uri, self._version):
+                return True
+            if data is not None and (version := storage.replace_if(self.uri, data, self._version)):
+                self._version = version
+                return True
+            holder, version = _read(self.uri)  # changed: by a taker, or by our own write whose answer was lost
+            if not holder or holder.get("token") != self.owner["token"]:
+                return False
+            self._version = version
+        return False
+
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 4):
             try:
-                holder = self._holder()
-                if holder and holder.get("token") != self.owner["token"]:
-                    log.error("lost the lease of %s to run %s (this run missed its heartbeats for %.0f s)", self.output, holder.get("run"), self.seconds)
+                if not self._swap(self._body()):
+                    holder = self._holder()
+                    log.error("lost the lease of %s to %s (this run missed its heartbeats for %.0f s)", self.output,
+                              f"run {holder.get('run')}" if holder else "no run", self.seconds)
                     return
-                storage.write_bytes(self.uri, self._body())
             except (OSError, storage.StorageError) as exc:
                 log.warning("could not renew the lease %s: %s", self.uri, storage.first_line(exc))
 
@@ -189,10 +210,10 @@ class Lease:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        if self._version is None:
+            return
         try:
-            holder = self._holder()
-            if holder and holder.get("token") == self.owner["token"]:
-                storage.delete(self.uri)
+            self._swap(None)
         except (OSError, storage.StorageError) as exc:  # left to expire: a later run takes it over after LEASE_SECONDS
             log.warning("could not give back the lease %s: %s", self.uri, storage.first_line(exc))
 

@@ -52,6 +52,60 @@ def test_a_crashed_runs_lease_is_taken_over(output):
         assert json.loads(storage.read_bytes(storage.join(output, LEASE)))["run"] == "fresh"
 
 
+def test_two_waiters_taking_over_one_stale_lease_leave_the_first_its_lease(output, monkeypatch):
+    """Both waiters find the crashed run's lease stale; the first takes it over before the second removes it. The
+    second's removal is conditional on the stale version, so the first's fresh lease stays (it was deleted, and the
+    first run then stopped at its next commit)."""
+    uri = storage.join(output, LEASE)
+    stale = {"run": "crashed", "host": "elsewhere", "pid": 1, "token": "x", "heartbeat": time.time() - 600, "expires_after_s": 120}
+    storage.write_bytes(uri, json.dumps(stale).encode())
+    first, real_delete_if = Lease(output, "first"), storage.delete_if
+
+    def first_takes_over_meanwhile(uri, version, calls=[]):
+        if not calls:
+            calls.append(version)
+            first.acquire()  # between the second's verdict on the stale lease and its removal
+        return real_delete_if(uri, version)
+
+    monkeypatch.setattr(lease_module.storage, "delete_if", first_takes_over_meanwhile)
+    with pytest.raises(OutputBusy, match="is busy: run first"):
+        Lease(output, "second").acquire()
+    assert json.loads(storage.read_bytes(uri))["token"] == first.token
+    first.release()
+    assert not storage.exists(uri)
+
+
+def test_a_stalled_run_neither_renews_nor_gives_back_a_lease_taken_over(output):
+    """A run that missed its heartbeats while another took over (a frozen VM; a renewal that hung past the
+    expiry) must not write its heartbeat over the taker's lease, nor delete it when it ends: its updates are
+    compare-and-swap on the version it last wrote."""
+    uri = storage.join(output, LEASE)
+    stalled = Lease(output, "stalled", seconds=600)
+    stalled.acquire()
+    taker = {"run": "taker", "host": "elsewhere", "pid": 1, "token": "theirs", "heartbeat": time.time(), "expires_after_s": 120}
+    storage.write_bytes(uri, json.dumps(taker).encode())  # taken over between two of the stalled run's renewals
+    assert not stalled._swap(stalled._body())
+    stalled.release()
+    assert json.loads(storage.read_bytes(uri))["token"] == "theirs"
+    with pytest.raises(LeaseLost, match="lost its lease to run taker"):
+        lease_module.confirm(output, stalled.token)
+
+
+def test_conditional_updates_compare_the_version(output):
+    uri = storage.join(output, "obj")
+    assert storage.read_versioned(uri) is None
+    storage.write_bytes(uri, b"one")
+    data, version = storage.read_versioned(uri)
+    assert data == b"one"
+    newer = storage.replace_if(uri, b"two", version)
+    assert newer and newer != version and storage.read_bytes(uri) == b"two"
+    assert storage.replace_if(uri, b"three", version) is None and storage.read_bytes(uri) == b"two", "an old version writes nothing"
+    assert not storage.delete_if(uri, version) and storage.exists(uri), "nor deletes"
+    assert storage.delete_if(uri, newer) and not storage.exists(uri)
+    assert storage.delete_if(uri, newer), "gone already counts as deleted"
+    assert storage.replace_if(uri, b"four", newer) is None and not storage.exists(uri), "a replace never creates"
+
+
 def test_an_unreadable_lease_is_waited_for_while_young_and_taken_over_when_old(output):
     """A crash or a full disk between a lease's creation and its write leaves it empty: it must not block forever."""
     storage.write_bytes(storage.join(output, LEASE), b"")

@@ -36,7 +36,8 @@ def test_a_run_through_a_faulty_s3_completes_and_verifies(s3_endpoint, s3_bucket
 
 
 def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_endpoint, s3_bucket, monkeypatch):
-    """The conditional put succeeded but its answer was cut: the retry gets 412, the lease is still this run's."""
+    """The conditional put succeeded but its answer was cut: the retry gets 412, the lease is still this run's; the
+    same for a renewal's compare-and-swap put."""
     from pairmine import storage
     from pairmine.pipelines.lease import Lease
 
@@ -49,6 +50,12 @@ def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_endpoint, s3_buck
                 lease.acquire()
                 assert lease._holder()["token"] == lease.owner["token"]
             assert proxy.faults == {("put", "cut"): 1}
+            with Lease(f"s3://{s3_bucket}/out", "renewing") as lease:  # a renewal whose answer was cut: retried, 412
+                lease.acquire()
+                proxy.first["put"] = "cut"
+                assert lease._swap(lease._body()), "a conditional put that landed is this run's own heartbeat"
+                assert proxy.faults[("put", "cut")] == 2
+            assert not storage.exists(f"s3://{s3_bucket}/out/_LEASE"), "and the lease is given back on its new version"
         finally:
             storage._s3_client.cache_clear()
             storage.s3_filesystem.cache_clear()
