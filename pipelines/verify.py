@@ -30,6 +30,7 @@ MAX_LISTED = 20  # problems printed one per line; the rest are counted
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # kept by design, worth knowing (exit 0)
     shards: int = 0
     samples: int = 0
     rejects: int = 0
@@ -118,9 +119,16 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     for unit, (uri, size) in dataset.unit_sources(rows).items():
         if uri is not None:
             names.setdefault((uri, size), []).append(unit)
-    for (uri, _), units in names.items():
+    sizes: dict[str, list[tuple[int | None, list[str]]]] = {}
+    for (uri, size), units in names.items():
         if len(units) > 1:
             report.problem(f"input {uri} was read as {len(units)} units ({', '.join(sorted(units))}): its records are in the output more than once")
+        sizes.setdefault(uri, []).append((size, units))
+    for uri, versions in sizes.items():
+        if len(versions) > 1:
+            read = ", ".join(f"{size} bytes as {' / '.join(sorted(units))}" for size, units in sorted(versions, key=lambda v: v[0] or 0))
+            report.notes.append(f"input {uri} changed between runs and was read at each size ({read}): records of an "
+                                "earlier read that a later one also holds are in the output once per read")
     for unit, ids in accounted.items():
         twice = [i for i, n in Counter(ids).items() if n > 1]
         if twice:
@@ -200,6 +208,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     report = verify(args.output, args.input, samples=not args.quick)
+    for note in report.notes[:MAX_LISTED]:
+        print(f"  note: {note}")
     for problem in report.problems[:MAX_LISTED]:
         print(f"  {problem}")
     if len(report.problems) > MAX_LISTED:

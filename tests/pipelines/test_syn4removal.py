@@ -150,6 +150,11 @@ def test_inputs_are_known_by_location_not_by_name(tmp_path, ray_local):
     with open(days[0] / "sa_000000.tar", "ab") as tar:  # rewritten in place: another size
         tar.write(bytes(10240))
     assert _run([days[0]], out)["units"]["planned"] == 1
+    report = verify(str(out), [str(d) for d in days])
+    assert not report.problems, "a rewritten file's second read is by design, not a broken contract"
+    size = (days[0] / "sa_000000.tar").stat().st_size
+    assert len(report.notes) == 1 and "day1/sa_000000.tar changed between runs" in report.notes[0]
+    assert f"{size - 10240} bytes as sa_000000.tar, {size} bytes as sa_000000.tar~" in report.notes[0], report.notes
 
 
 def test_a_tar_gone_since_it_was_listed_is_a_reject_and_a_rerun_reads_it(tmp_path, ray_local):
