@@ -69,6 +69,14 @@ VANISHED = "input_vanished"  # the reject of a unit gone since the run listed it
 def vanished_detail(uri: str) -> str:
     return f"{uri} was gone when it was read (moved or deleted after the run listed it); a rerun reads it if it is back"
 
+
+def unreadable_unit(unit: Unit, reason: str, uri: str, exc: BaseException) -> list[tuple[None, Reject]]:
+    """The reject of a unit whose annotation file (`uri`) could not be read: `reason`, or input_vanished when
+    the file is gone since the listing."""
+    if isinstance(exc, FileNotFoundError):
+        return [(None, Reject(unit.name, "read", VANISHED, vanished_detail(uri)))]
+    return [(None, Reject(unit.name, "read", reason, f"{uri}: {storage.first_line(exc)}"))]
+
 UNREADABLE = (pafs.FileType.Unknown, pafs.FileType.NotFound)  # storage.list_dir: a name not UTF-8, a link to nothing
 
 
@@ -377,7 +385,7 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
             if not isinstance(categories, list) or not isinstance(annotations, list):
                 raise TypeError("'categories' and 'annotations' must be lists")
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.uri}: {storage.first_line(exc)}"))]
+            return "[]", unreadable_unit(unit, "malformed_json", unit.uri, exc)
         listed_images = doc.get("images") if isinstance(doc.get("images"), list) else []
         named = {_stem(i["file_name"]): i["file_name"] for i in listed_images if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
         per_image = {}
@@ -390,7 +398,7 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
         try:
             categories = json.loads(storage.read_bytes(unit.categories_uri))
         except (ValueError, OSError) as exc:
-            return "[]", [(None, Reject(unit.name, "read", "malformed_json", f"{unit.categories_uri}: {storage.first_line(exc)}"))]
+            return "[]", unreadable_unit(unit, "malformed_json", unit.categories_uri, exc)
         categories = categories.get("categories", categories) if isinstance(categories, dict) else categories
         files: dict[str, dict[str, str]] = {}
         for entry in storage.list_dir(unit.png_dir):
@@ -462,6 +470,9 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
     items: list[tuple[str | None, object]] = []
     try:
         names = _openimages_names(unit.categories_uri)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return "{}", unreadable_unit(unit, "malformed_csv", unit.categories_uri, exc)
+    try:
         with _csv_rows(unit.uri) as rows:
             header = next(rows, [])
             missing = [c for c in OI_COLUMNS if c not in header]
@@ -476,7 +487,7 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
                 values = tuple(sys.intern(row[i]) if i in repeated else row[i] for i in columns)  # one string per id / label
                 per_image.setdefault(values[_OI_IMAGE], []).append(values)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return "{}", [(None, Reject(unit.name, "read", "malformed_csv", storage.first_line(exc)))]
+        return "{}", unreadable_unit(unit, "malformed_csv", unit.uri, exc)
     labels = Counter(r[_OI_LABEL] for image_rows in per_image.values() for r in image_rows)
     categories = {label: {"name": names[label], "count": n} for label, n in labels.items() if label in names}
     listed = storage.list_dir(unit.image_dir) if storage.info(unit.image_dir).type == pafs.FileType.Directory else []

@@ -151,6 +151,24 @@ def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
 
 
 @pytest.mark.parametrize("per_image_layout", [False, True])
+def test_a_split_whose_annotation_file_went_since_the_listing_is_input_vanished(tmp_path, per_image_layout):
+    """A producer replacing a split's json (or an Open Images csv) while a run starts: the unit is the reject a
+    rerun reads again, not a malformed file."""
+    (unit,) = discover(str(write_panoptic_root(tmp_path / "p", 2, per_image_layout)))
+    gone = unit.categories_uri or unit.uri
+    storage.delete(gone)
+    (row,) = plan_groups(unit, group_size=16, skip=set())
+    assert [(r["reason"], gone in r["detail"]) for r in row["rejects"]] == [(inputs.VANISHED, True)] and not row["records"]
+    write_openimages(tmp_path / "oi")
+    for name in ("oidv7-class-descriptions-boxable.csv", "validation-annotations-object-segmentation.csv"):
+        (unit,) = discover(str(tmp_path / "oi"))
+        (tmp_path / "oi" / name).rename(tmp_path / name)
+        (row,) = plan_groups(unit, group_size=16, skip=set())
+        assert [(r["reason"], name in r["detail"]) for r in row["rejects"]] == [(inputs.VANISHED, True)], name
+        (tmp_path / name).rename(tmp_path / "oi" / name)
+
+
+@pytest.mark.parametrize("per_image_layout", [False, True])
 def test_two_images_of_one_panoptic_stem_use_the_named_one_and_report_the_other(tmp_path, per_image_layout):
     """x.jpg and x.webp beside one annotation: one was taken silently (the last listed), whichever it was."""
     root = write_panoptic_root(tmp_path / "p", 2, per_image_layout)
