@@ -34,6 +34,11 @@ ReaderName = Literal["pyav", "decord"]
 _STILL_IMAGE_FORMATS = ("image2", "_pipe")  # FFmpeg demuxers that open a single picture as a "video"
 _SEEK_GAP_SECONDS = 4.0  # decode forward rather than seek when the next wanted frame is this close
 _DECORD_BATCH = 16  # frames per decord get_batch call (bounds the memory of full-resolution batches)
+# PyAV numbers frames by timestamp at the stream's average rate. Where many frames share a number, the timestamps
+# do not follow that rate (a recording paused for minutes, a strongly variable rate): those frames are unreachable
+# by number, so the reader gives up on the file (decord, the fallback, numbers frames in decoding order)
+_MAX_SHARED_INDEX = 0.25  # of the decoded frames, counted from _MIN_SHARED of them
+_MIN_SHARED = 8
 
 
 class DecodeParams(Params):
@@ -199,10 +204,16 @@ class PyAVReader:
     def _decode(container, stream, wanted: list[int], size: tuple[int, int] | None) -> Iterator[Frame]:
         clock = _Clock.of(stream)
         gap = max(1, round(_SEEK_GAP_SECONDS * clock.fps))
+        decoded = shared = 0
         for cluster in _clusters(wanted, gap):
-            pending = 0
+            pending, previous = 0, None
             for frame in _decode_from(container, stream, clock, cluster[0], gap, set(cluster)):
                 index = clock.index(frame)
+                decoded, shared, previous = decoded + 1, shared + (index == previous), index
+                if shared >= _MIN_SHARED and shared > _MAX_SHARED_INDEX * decoded:
+                    raise BadInput("irregular_timestamps", f"{shared} of {decoded} decoded frames share a frame number at the "
+                                   f"stream's average rate ({clock.fps:.3g} fps): its timestamps do not follow that rate "
+                                   "(a paused recording, a strongly variable rate)")
                 if index < cluster[pending]:
                     continue
                 image = frame.to_ndarray(format="bgr24") if size is None else frame.reformat(
@@ -226,6 +237,36 @@ def _counted(container, stream, estimate: int) -> int:
         last = max((clock.index(p) for p in container.demux(stream) if p.size and p.pts is not None), default=None)
         return estimate if last is None or abs(last + 1 - estimate) <= clock.fps else last + 1
     return sum(1 for packet in container.demux(stream) if packet.size)  # skips the flush packet
+
+
+def check_timeline(source: Source) -> None:
+    """BadInput when the video stream's timestamps jump back: recordings joined end to end in a container whose
+    timestamps may restart (MPEG-TS / PS: ``cat a.ts b.ts``, a DVR export). A seek by timestamp then lands in
+    either part, so frames are lost or misnumbered. Demuxes every packet (no decoding); other containers, and
+    files PyAV cannot open, pass unread."""
+    import av
+
+    with _opened(source) as src:
+        try:
+            with av.open(src) as container:
+                if not container.format.flags & av.format.Flags.ts_discont.value or not container.streams.video:
+                    return
+                stream = container.streams.best("video")
+                tolerance = 1.0 / float(stream.time_base)  # a second: B-frame reordering never goes back that far
+                top, jumps, first = None, 0, ""
+                for packet in container.demux(stream):
+                    if packet.pts is None:
+                        continue
+                    if top is not None and packet.pts < top - tolerance:
+                        jumps += 1
+                        first = first or f"{float(top * stream.time_base):.2f} s to {float(packet.pts * stream.time_base):.2f} s"
+                        top = packet.pts
+                    top = packet.pts if top is None else max(top, packet.pts)
+        except av.FFmpegError:
+            return
+    if jumps:
+        raise BadInput("timestamp_discontinuity", f"timestamps jump back {jumps} time(s) (first from {first}): recordings joined "
+                       "end to end; split them, or remux (ffmpeg -i IN -c copy OUT.mp4 renumbers them)")
 
 
 def _first_line(exc: Exception) -> str:

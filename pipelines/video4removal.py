@@ -15,7 +15,8 @@ from __future__ import annotations
 from .. import storage
 from ..dataset import Reject
 from ..operators.video4removal import PIPELINE, SegmentMasking, SegmentWork, Video4RemovalParams, analyse_segment, encode_samples, split_video
-from ..operators.video_io import probe
+from ..operators.codecs import BadInput
+from ..operators.video_io import check_timeline, probe
 from .config import RunParams
 from .inputs import VANISHED, Unit, discover_all, discover_videos, vanished_detail
 from .model_stages import ITEM
@@ -36,11 +37,18 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
     """The segments of one video still to do; an unreadable video becomes one empty segment, which
     the segment stage turns into a reject with the reader's reason."""
     try:
-        ranges = [(0, 0)] if row["problem"] else split_video(probe(_source(row["uri"]), config.decode), config)
-    except Exception:  # BadInput, or what no check foresaw: the segment stage probes again and rejects it, saying why
+        if row["problem"]:
+            ranges = [(0, 0)]
+        else:
+            info = probe(_source(row["uri"]), config.decode)
+            check_timeline(_source(row["uri"]))  # once per video: it reads the whole file (MPEG-TS / PS only)
+            ranges = split_video(info, config)
+    except Exception as exc:  # BadInput, or what no check foresaw (the segment stage probes again and says why)
         if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
             return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "reason": VANISHED,  # no id: nothing done
                            "problem": vanished_detail(row["uri"])}]
+        if isinstance(exc, BadInput):  # the segment stage rejects the video with this reason
+            row = row | {"problem": exc.detail, "reason": exc.reason}
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
     return [

@@ -183,20 +183,28 @@ def _mjpeg(path: str, frames: int = 30) -> str:
     return path
 
 
-def _encoded(path: str, codec: str, frames: int = 40, gop: int | None = None) -> str:
-    """A small clip with B-frames / non-reference frames where the codec has them (a keyframe every `gop`)."""
+def _encoded(path: str, codec: str, frames: int = 40, gop: int | None = None, pts_ms: list[int] | None = None) -> str:
+    """A small clip with B-frames / non-reference frames where the codec has them (a keyframe every `gop`);
+    `pts_ms`: each frame's timestamp in ms (default 25 fps)."""
+    from fractions import Fraction
+
     import av
 
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        if pts_ms:
+            stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
         if gop:
             stream.codec_context.gop_size = gop
         for k in range(frames):
             image = np.zeros((96, 128, 3), np.uint8)
             c = k % 40  # the same pictures as ever for the first 40 frames, then again shifted
             image[:, c * 2 + k // 40 : c * 2 + k // 40 + 12] = (40 + 5 * c, 200, 255 - 4 * c)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            if pts_ms:
+                frame.pts, frame.time_base = pts_ms[k], Fraction(1, 1000)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -225,6 +233,40 @@ def test_mpeg_ts_reads_every_wanted_frame_though_its_seeks_land_on_the_next_keyf
         frames = read_frames(path, wanted, ("pyav",), None, 1).frames
         assert [f.index for f in frames] == wanted
         assert all(np.array_equal(f.image, everything[f.index]) for f in frames)
+
+
+def test_recordings_joined_end_to_end_are_rejected_not_read_in_part(tmp_path):
+    """`cat a.ts b.ts` (a DVR export): timestamps restart at the join, so a seek by timestamp lands in either part
+    and the first part's frames were silently never read."""
+    from pairmine.operators.video_io import check_timeline
+
+    parts = [_encoded(str(tmp_path / f"{name}.ts"), "libx264", frames=50, gop=25) for name in "ab"]
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(open(p, "rb").read() for p in parts))
+    with pytest.raises(BadInput, match="jump back 1 time") as bad:
+        check_timeline(str(joined))
+    assert bad.value.reason == "timestamp_discontinuity"
+    check_timeline(parts[0])  # one recording, and other containers, pass
+    check_timeline(_encoded(str(tmp_path / "clip.mp4"), "libx264", frames=50))
+
+
+def test_a_paused_recording_is_read_by_decord_in_decoding_order(tmp_path):
+    """Motion-triggered CCTV: 2 s, a minute's pause, 2 s. At the average rate (~0.8 fps) PyAV's numbering gave
+    ~12 frames one number, so most were unreachable; it now gives the file up, and decord numbers by order."""
+    import av
+
+    pts = [40 * k for k in range(50)] + [60000 + 40 * k for k in range(50)]
+    path = _encoded(str(tmp_path / "paused.mp4"), "libx264", frames=100, gop=25, pts_ms=pts)
+    with av.open(path) as container:
+        in_order = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    wanted = list(range(0, 100, 3))
+    alone = read_frames(path, wanted, ("pyav",), None, 1)
+    assert alone.error is not None and alone.error.reason == "irregular_timestamps"
+    read = read_frames(path, wanted, ("pyav", "decord"), None, 1)
+    assert read.reader == "decord" and read.failed == ("pyav: irregular_timestamps",)
+    assert [f.index for f in read.frames] == wanted
+    assert max(mae(f.image, in_order[f.index]) for f in read.frames) < 2  # decord's own colour conversion
+    assert read_frames(_encoded(str(tmp_path / "steady.mp4"), "libx264", frames=60), wanted[:20], ("pyav",), None, 1).error is None
 
 
 @pytest.mark.parametrize("clip", ["01_dog.mp4", "intra-only MJPEG"])

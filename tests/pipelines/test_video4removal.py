@@ -124,3 +124,37 @@ def test_a_video_gone_since_it_was_listed_is_a_reject_that_leaves_it_to_do(tmp_p
     assert [(r.reason, r.stage) for r in work.rejects] == [("input_vanished", "read")] and "was gone" in work.rejects[0].detail
     packed = encode(analysed, Video4RemovalConfig(), "h")
     assert packed["consumed"] == [] and packed["unit_total"] == -1, "it accounts for no segment of the video"
+
+
+def test_recordings_joined_end_to_end_are_one_reject_saying_so(tmp_path):
+    """Two MPEG-TS recordings concatenated: planned as one reject with the reason (checked once per video, at
+    planning), not mined in part with misnumbered frames."""
+    from fractions import Fraction
+
+    import av
+
+    clip = TESTDATA / "video" / "synth_static_dev.mp4"
+
+    parts = []
+    for name, (first, last) in {"a": (0, 40), "b": (40, 80)}.items():
+        parts.append(tmp_path / f"{name}.ts")
+        with av.open(str(clip)) as source, av.open(str(parts[-1]), "w", format="mpegts") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+            for k, frame in enumerate(source.decode(video=0)):
+                if first <= k < last:
+                    small = frame.reformat(320, 180)
+                    small.pts, small.time_base = k - first, Fraction(1, 25)  # each part's own timestamps, from 0
+                    for packet in stream.encode(small):
+                        out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    row = {"unit": "joined.ts", "uri": str(joined), "problem": "", "reason": "unreadable_name"}
+    (segment,) = segments_of(row, Video4RemovalConfig(), {})
+    work = analyse(segment, Video4RemovalConfig())["item"]
+    assert [(r.reason, r.stage) for r in work.rejects] == [("timestamp_discontinuity", "read")]
+    assert "joined end to end" in work.rejects[0].detail
+    assert encode(analyse(segment, Video4RemovalConfig()), Video4RemovalConfig(), "h")["unit_total"] == 1, "a bad file, done"
+    assert segments_of(row | {"uri": str(parts[0])}, Video4RemovalConfig(), {})[0]["segment"] != "0-0"
