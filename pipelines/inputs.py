@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("sa1b-tar", "sa1b-dir", "panoptic", "openimages")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # SA-1B tars; compressed ones are read through the decompressor
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")  # what a loose folder's image beside its json may be
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".flv", ".wmv")
 _KIND_PREFIX = re.compile(r"^(sa1b-tar|sa1b-dir|panoptic|openimages):(.+)$")
 _CATEGORY_FILES = ("categories.json", "panoptic_coco_categories.json")
@@ -172,7 +173,7 @@ def discover(arg: str) -> list[Unit]:
         return [Unit("sa1b-tar", storage.basename(uri), uri, size=found.size or 0)]
     entries = _names(storage.list_dir(uri))
     tars = [storage.join(uri, n) for n, e in entries.items() if n.lower().endswith(TAR_SUFFIXES) and e.type in (pafs.FileType.File, *UNREADABLE)]
-    loose = any(n.lower().endswith(".json") for n in entries) and any(n.lower().endswith((".jpg", ".jpeg")) for n in entries)
+    loose = any(n.lower().endswith(".json") for n in entries) and any(n.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS for n in entries)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
     openimages = _openimages_units(uri, entries) if kind in (None, "openimages") else []
     candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic), "openimages": bool(openimages)}
@@ -342,14 +343,14 @@ def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
     for entry in storage.list_dir(unit.uri):
         name = storage.basename(entry.path)
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if ext in ("jpg", "jpeg", "json") and entry.type in UNREADABLE:
+        if (ext == "json" or ext in IMAGE_EXTENSIONS) and entry.type in UNREADABLE:
             items.append((name, Reject(f"{unit.name}/{name}", "read", "unreadable_name", f"{name}: {unreadable_reason(entry)}")))
             continue
-        if entry.type != pafs.FileType.File or ext not in ("jpg", "jpeg", "json"):
+        if entry.type != pafs.FileType.File or not (ext == "json" or ext in IMAGE_EXTENSIONS):
             continue
-        kind = "json" if ext == "json" else "jpg"
+        kind = "json" if ext == "json" else "image"
         found = files.setdefault(_stem(name), {})
-        if kind in found:  # x.jpg and x.jpeg (or X.JPG) beside one x.json: the first by name is used, the others said
+        if kind in found:  # x.jpg and x.png (or X.JPG) beside one x.json: the first by name is used, the others said
             items.append((name, Reject(f"{unit.name}/{name}", "read", "duplicate_image",
                                        f"{storage.basename(found[kind])} is the image of {_stem(name)}; this one is not used")))
             continue
@@ -357,12 +358,12 @@ def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
     for stem in sorted(files):
         found = files[stem]
         input_id = f"{unit.name}/{stem}"
-        if "jpg" not in found:
+        if "image" not in found:
             items.append((stem, Reject(input_id, "read", "missing_image", f"{found['json']} has no image beside it")))
         elif "json" not in found:
-            items.append((stem, Reject(input_id, "read", "missing_annotations", f"{found['jpg']} has no json beside it")))
+            items.append((stem, Reject(input_id, "read", "missing_annotations", f"{found['image']} has no json beside it")))
         else:
-            items.append((stem, {"id": stem, "image": found["jpg"], "annotation": found["json"]}))
+            items.append((stem, {"id": stem, "image": found["image"], "annotation": found["json"]}))
     return items
 
 

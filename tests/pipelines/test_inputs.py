@@ -127,6 +127,24 @@ def test_a_folder_of_upper_case_names_is_an_sa1b_folder(tmp_path):
     assert [m["id"] for r in plan_groups(unit, group_size=2, skip=set()) for m in r["records"]] == ["sa_1000", "sa_1001"]
 
 
+def test_a_loose_folder_pairs_a_json_with_a_png_or_webp_image(tmp_path):
+    """Own images annotated in SA-1B's format are not always JPEGs: a PNG beside its json was `missing_image`."""
+    import cv2
+
+    folder = tmp_path / "loose"
+    stems = write_loose_sa1b(folder, 3)
+    for stem, ext in zip(stems, ("png", "webp")):
+        cv2.imwrite(str(folder / f"{stem}.{ext}"), cv2.imread(str(folder / f"{stem}.jpg")))
+        (folder / f"{stem}.jpg").unlink()
+    (unit,) = discover(str(folder))
+    rows = plan_groups(unit, group_size=3, skip=set())
+    assert [m["image"].rsplit(".", 1)[-1] for r in rows for m in r["records"]] == ["png", "webp", "jpg"]
+    assert not [r for row in rows for r in row["rejects"]]
+    for path in folder.glob("*.jpg"):
+        path.unlink()
+    assert discover(str(folder))[0].kind == "sa1b-dir", "a folder of PNGs and jsons is an SA-1B folder"
+
+
 def test_planned_folders_pair_files_and_reject_orphans(tmp_path):
     folder = tmp_path / "loose"
     write_loose_sa1b(folder, 5)
