@@ -114,6 +114,10 @@ def parse_sa1b(data: bytes | dict, height: int, width: int) -> Annotations:
     segments = []
     for (index, ann), rle, area, box in zip(kept, rles, areas, boxes):
         scores = {k: _number(ann[k]) for k in _SCORE_KEYS if isinstance(ann.get(k), (int, float)) and not isinstance(ann[k], bool)}
+        typed = [k for k in _SCORE_KEYS if ann.get(k) is not None and k not in scores]
+        if typed:  # "0.93": a writer's bug, said as such (it read as a missing score)
+            invalid[index] = Reject.because("malformed_annotation", ", ".join(f"{k} is {type(ann[k]).__name__} {ann[k]!r:.20}, not a number" for k in typed))
+            continue
         bad = [k for k, v in scores.items() if not math.isfinite(v)]
         if bad:  # NaN passes every < / > filter: refused here, by name
             invalid[index] = Reject.because("non_finite_value", f"{', '.join(bad)} = {', '.join(str(scores[k]) for k in bad)}")

@@ -283,6 +283,17 @@ def test_parse_sa1b_missing_scores_are_absent_not_zero():
     assert segment.scores == {"predicted_iou": 0.9}
 
 
+def test_parse_sa1b_a_score_that_is_not_a_number_is_said_so():
+    """A writer that stored "0.93": it read as a missing score (`missing_scores`, sending the user to look for an
+    absent key)."""
+    rle = {"size": [4, 4], "counts": ref_counts([5, 6, 5])}
+    doc = json.dumps({"annotations": [{"segmentation": rle, "predicted_iou": "0.93", "stability_score": 0.9},
+                                      {"segmentation": rle, "predicted_iou": 0.9, "stability_score": 0.9}]})
+    parsed = parse_sa1b(doc.encode(), 4, 4)
+    assert [s.index for s in parsed.segments] == [1]
+    assert parsed.invalid[0].reason == "malformed_annotation" and "predicted_iou is str '0.93', not a number" in parsed.invalid[0].detail
+
+
 @pytest.mark.parametrize("data", [b"{", b"\xff\xfe\x00", b"[1, 2]", b'{"annotations": 3}', b"{}", b"null"])
 def test_parse_sa1b_malformed_json(data):
     with pytest.raises(BadInput) as info:
