@@ -37,7 +37,7 @@ class RayParams(Params):
 class ShardParams(Params):
     """Shard cutting; does not change the samples, so it is not part of the config hash."""
 
-    max_samples: int = Field(1000, ge=1, description="samples per shard, at most")
+    max_samples: int = Field(1000, ge=1, description="a shard is closed once it holds this many samples (a group is never split, so a shard can hold one group's samples more)")
     max_bytes: int = Field(1 << 30, ge=1 << 16, description="bytes per shard, at most (a group is never split)")
 
 

@@ -22,7 +22,7 @@ from .data import Preparation, plan_stream, shard_stream, validation_samples
 from .metrics import read_progress
 
 log = logging.getLogger("pairmine")
-CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
 SLACK = 1.05  # extra stream rows per needed row: micro-steps whose rows are all skipped are not steps
 
 
@@ -44,8 +44,44 @@ def _sources(params: TrainParams) -> list[tuple[float, list[dataset.Shard]]]:
         shards = dataset.committed_shards(source.output)
         if not shards:
             raise TrainingError(f"data.sources: {source.output} has no committed shards (is it a pipeline output?)")
+        if not storage.exists(storage.join(source.output, dataset.SUCCESS)):
+            log.warning("%s has no %s (a pipeline run is writing it, or one was stopped): training reads the %d shards committed so far",
+                        source.output, dataset.SUCCESS, len(shards))
         found.append((source.weight, shards))
     return found
+
+
+def _pinned(uri: str, sources: list[tuple[float, list[dataset.Shard]]]) -> list[tuple[float, list[dataset.Shard]]]:
+    """The shards the run at `uri` started on (its DATA_FILE), or `sources` for a new run. A resumed run reads the
+    stream it started on: shards committed since would renumber its stream positions (the samples it already
+    trained on and those it has yet to see), so they are left to a new run; a shard gone or rewritten since ends it."""
+    saved = storage.read_json(storage.join(uri, DATA_FILE))
+    if not saved:
+        return sources
+    now = {shard.uri: shard for _, shards in sources for shard in shards}
+    pinned = []
+    for (weight, _), started in zip(sources, saved["sources"]):
+        shards = []
+        for entry in started["shards"]:
+            shard = now.get(entry["uri"])
+            if shard is None or shard.sha256 != entry["sha256"]:
+                raise TrainingError(f"{uri} started on {entry['uri']}, which is {'gone' if shard is None else 'rewritten'} since: "
+                                    "it cannot resume on the same data; start a new run with --set name=...")
+            shards.append(shard)
+        pinned.append((weight, shards))
+    added = len(now) - sum(len(shards) for _, shards in pinned)
+    if added:
+        log.info("%d shard(s) committed since %s started are left out: a resumed run reads the data it started on (%s); "
+                 "a new run (--set name=...) trains on them", added, uri, DATA_FILE)
+    return pinned
+
+
+def _data_record(params: TrainParams, sources: list[tuple[float, list[dataset.Shard]]]) -> bytes:
+    """DATA_FILE: which shards (and versions of them) a run trains on, per source."""
+    return json.dumps({"sources": [
+        {"output": source.output, "weight": weight, "shards": [{"uri": s.uri, "sha256": s.sha256, "samples": s.samples} for s in shards]}
+        for source, (weight, shards) in zip(params.data.sources, sources)
+    ]}, indent=1).encode()
 
 
 def prepare(config_path: str | None, overrides: list[str]) -> dict:
@@ -63,7 +99,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
                             f"{changes_note(saved.get('config') or {}, params)}); "
                             f"resume it with its own config, or start a new run with --set name=...")
     progress = read_progress(uri)
-    sources = _sources(params)
+    sources = _pinned(uri, _sources(params))
     scaling = params.scaling
     rows_per_step = params.batch_size * scaling.num_workers * params.grad_accumulation
     remaining = max(0, params.max_steps - progress["step"])
@@ -142,6 +178,8 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     storage.check_writable(params.storage)
     storage.write_bytes(storage.join(uri, CONFIG_FILE), json.dumps(
         {"config_hash": plan["config_hash"], "version": __version__, "config": params.model_dump(mode="json")}, indent=2).encode())
+    if not storage.exists(storage.join(uri, DATA_FILE)):
+        storage.write_bytes(storage.join(uri, DATA_FILE), _data_record(params, plan["sources"]))
     prep = Preparation(params.data.resolution, params.eraser.object_crop_size(), params.data.max_zoom, params.data.mask_enhancement, params.seed)
     validation = validation_samples([s for _, shards in plan["sources"] for s in shards], params.data.val_fraction, params.data.val_samples, prep)
     log.info("training %s: %s, steps %d..%d, stream positions %d..%d (%d samples per epoch), %d validation samples",
@@ -179,7 +217,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     summary = {
         "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
         "wall_seconds": round(time.perf_counter() - started, 3), **value,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": storage.join(uri, storage.basename(result.checkpoint.path)) if result.checkpoint else None,  # with its s3://
         "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
         "workers": scaling.num_workers, "use_gpu": scaling.use_gpu, "worker_failures": failures,
     }
@@ -199,7 +237,7 @@ def format_summary(summary: dict) -> str:
         f"  checkpoint: {summary.get('checkpoint')}",
         *([f"  worker failures (retried): {len(summary['worker_failures'])}, last: {summary['worker_failures'][-1]}"]
           if summary.get("worker_failures") else []),
-        *(["  already complete: nothing was run (its summary above is the run's own; raise max_steps under a new name to go on)"]
+        *(["  already complete: nothing was run (the summary above is the run's own; a new run, --set name=..., starts from the base weights)"]
           if summary.get("already_complete") else []),
     ]
     return "\n".join(lines)

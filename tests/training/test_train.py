@@ -96,6 +96,9 @@ def test_a_killed_two_worker_run_on_s3_resumes_from_its_checkpoint(s3_bucket, tr
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
     found = checkpoints(run)
     assert found[-2:] == ["checkpoint_00000030", "checkpoint_00000040"], found
+    assert summary["checkpoint"] == storage.join(run, "checkpoint_00000040"), "a path erase takes, s3:// included"
+    trained_on = json.loads(storage.read_bytes(storage.join(run, "data.json")))["sources"]
+    assert [len(s["shards"]) for s in trained_on] == [len(dataset.committed_shards(str(p))) for p in training_outputs.values()]
     latest = storage.join(run, found[-1])
     names = {storage.basename(e.path) for e in storage.list_dir(latest, recursive=True)}
     assert {"eraser.json", "unet.safetensors", "state.pt", "validation.png", "metrics.json"} <= names
@@ -138,6 +141,35 @@ def test_a_run_folder_refuses_another_config(training_outputs, smarteraser_parts
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "holds a run made with config 000000000000" in done.stderr and "--set name=" in done.stderr
     assert "changed: max_steps, optim.learning_rate)" in done.stderr, "which keys differ"
+
+
+def test_a_resumed_run_reads_the_shards_it_started_on(outputs_copy, smarteraser_parts, tmp_path):
+    """Shards committed after a run started would renumber its stream positions (samples trained on twice, others
+    never): a resumed run keeps to the shards its data.json lists, and stops when one of them is gone or rewritten.
+    An output with no _SUCCESS (still being written, or its run stopped) is trained on with a warning."""
+    from pairmine.training.run import _data_record
+
+    output = outputs_copy["syn"]
+    config = train_config(tmp_path, smarteraser_parts, [(output, 1.0)])
+    params = load_config(TrainParams, str(config))
+    shards = dataset.committed_shards(str(output))
+    assert len(shards) >= 2
+    run = tmp_path / "runs" / "run"
+    run.mkdir(parents=True)
+    (run / "data.json").write_bytes(_data_record(params, [(1.0, shards[:-1])]))  # the run started before the last shard
+    done = cli_in_process("train", "--config", str(config), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert [s["samples"] for s in json.loads(done.stdout)["sources"]] == [sum(s.samples for s in shards[:-1])]
+    assert "1 shard(s) committed since" in done.stderr and "has no _SUCCESS" not in done.stderr
+    record = json.loads((run / "data.json").read_text())
+    record["sources"][0]["shards"][0]["sha256"] = "0" * 64
+    (run / "data.json").write_text(json.dumps(record))
+    refused = cli_in_process("train", "--config", str(config), "--dry-run")
+    assert refused.returncode == 2 and "which is rewritten since: it cannot resume on the same data" in refused.stderr
+    (run / "data.json").unlink()
+    (output / "_SUCCESS").unlink()
+    warned = cli_in_process("train", "--config", str(config), "--dry-run")
+    assert warned.returncode == 0 and "has no _SUCCESS (a pipeline run is writing it, or one was stopped)" in warned.stderr
 
 
 def test_a_plan_is_shown_without_starting_anything(training_outputs, smarteraser_parts, tmp_path):
