@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 
 from .. import __version__, dataset, logs, storage
@@ -203,13 +205,20 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         datasets={"train": rows},
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
+    interrupted = _noting_ctrl_c(trainer)
     try:
         with Display(board, lambda state, elapsed: train_lines(state, elapsed, params.max_steps), enabled=progress_bars):
             result = trainer.fit()
-    except WorkerGroupError as exc:
-        failures = getattr(exc, "worker_failures", {}) or {}
-        rank, error = next(iter(failures.items())) if failures else ("?", exc)
-        raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
+    except BaseException as exc:
+        if interrupted.is_set():  # Ray Train aborted the run for it and exited 1: the CLI says "stopped by Ctrl-C"
+            raise KeyboardInterrupt from None
+        if isinstance(exc, WorkerGroupError):
+            failures = getattr(exc, "worker_failures", {}) or {}
+            rank, error = next(iter(failures.items())) if failures else ("?", exc)
+            raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
+        raise
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     value = result.return_value or {}
     failures = read_board(board, timeout=10).get("failures", [])
     for failure in failures:
@@ -223,6 +232,28 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     }
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _noting_ctrl_c(trainer) -> threading.Event:
+    """An event set when Ctrl-C reaches the driver during ``trainer.fit()``. Ray Train installs its own SIGINT
+    handler there (it aborts the run, then the driver exits 1, as if it had failed); this wraps that handler."""
+    interrupted = threading.Event()
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is None:  # another Ray Train: Ctrl-C stays its KeyboardInterrupt or its exit
+        return interrupted
+
+    def register_noting(controller):
+        register(controller)
+        theirs = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            interrupted.set()
+            theirs(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
+    trainer._register_sigint_handler = register_noting
+    return interrupted
 
 
 def format_summary(summary: dict) -> str:

@@ -112,6 +112,28 @@ def test_a_killed_two_worker_run_on_s3_resumes_from_its_checkpoint(s3_bucket, tr
     assert storage.read_bytes(storage.join(run, "summary.json")) == written
 
 
+@slow
+def test_ctrl_c_stops_a_training_run_in_one_line_and_keeps_its_checkpoint(training_outputs, smarteraser_parts, tmp_path):
+    """Ray Train aborts the run on Ctrl-C and the driver exited 1 with no word on the terminal (a traceback in the log)."""
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], max_steps=400)
+    run = tmp_path / "runs" / "run"
+    with (tmp_path / "out.txt").open("wb") as sink:
+        job = subprocess.Popen([PAIRMINE, "train", "--config", str(config), "--no-progress"], start_new_session=True, stdout=sink, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "progress.json").exists():
+            assert job.poll() is None and time.monotonic() < deadline, "no checkpoint: " + (tmp_path / "out.txt").read_text()[-2000:]
+            time.sleep(0.5)
+        job.send_signal(signal.SIGINT)
+        code, err = job.wait(120), job.stderr.read().decode()
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1].startswith("pairmine: stopped by Ctrl-C; what was committed stays"), err
+    assert json.loads((run / "progress.json").read_text())["step"] >= 10 and not (run / "summary.json").exists()
+
+
 def _corrupt_training_samples(output: Path, val_fraction: float) -> list[str]:
     """In every shard, replace the first training sample's source.jpg by garbage of the same size, and recommit
     the shard's manifest row (every shard: one of them starts the stream, so a corrupt sample is surely read)."""
