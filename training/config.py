@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .. import storage
 from ..operators.mask_enhance import MODES, MaskEnhanceParams
 from ..operators.params import RUNTIME, Params
 from .erasers import AnyEraser
@@ -43,6 +44,17 @@ class DataParams(Params):
     )
     shuffle_buffer: int = Field(64, ge=0, description="rows of each worker's local shuffle buffer (0: off)", json_schema_extra=RUNTIME)
     decode_batch: int = Field(8, ge=1, le=1024, description="samples per decode task call", json_schema_extra=RUNTIME)
+
+    @field_validator("sources")
+    @classmethod
+    def _one_source_per_output(cls, sources):
+        seen = set()
+        for source in sources:
+            where = storage.normalize(source.output)
+            if where in seen:  # its shards would be drawn twice an epoch, beside each other's samples
+                raise ValueError(f"{source.output} is listed twice: give each output once (its weight sets its share)")
+            seen.add(where)
+        return sources
 
     @field_validator("resolution")
     @classmethod

@@ -41,6 +41,11 @@ def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: s
         erasers.append((uri, found, eraser, meta))
     resolution = resolution or int(erasers[0][3].get("resolution", 512))
     fraction = val_fraction if val_fraction is not None else float(erasers[0][3].get("val_fraction", 0.01))
+    for uri, _, _, meta in erasers:  # a split is nested in every larger one (by key hash): held out only up to the trained one
+        trained = float(meta.get("val_fraction", fraction))
+        if trained < fraction:
+            log.warning("%s held out val_fraction %s in training, less than the %s evaluated: some of the samples it is scored on "
+                        "are samples it trained on", uri, trained, fraction)
     multiple = max(e.params.latent_multiple for _, _, e, _ in erasers)
     if resolution % multiple:
         raise UserError(f"--resolution {resolution} is not a multiple of {multiple}, which these erasers need")

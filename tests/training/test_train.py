@@ -213,6 +213,13 @@ def test_bad_configs_stop_in_one_line(training_outputs, smarteraser_parts, tmp_p
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_an_output_listed_twice_is_a_config_error(training_outputs, smarteraser_parts, tmp_path):
+    """Listed twice (once with a trailing slash), its shards were drawn twice an epoch with no word."""
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0), (f"{training_outputs['syn']}/", 0.5)])
+    done = cli_in_process("train", "--config", str(config), "--dry-run")
+    assert done.returncode == 2 and "is listed twice: give each output once" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
     params = TrainParams.model_validate({"eraser": smarteraser_parts, "data": {"sources": [{"output": "x"}]}, "storage": str(tmp_path),
                                          "scaling": {"num_workers": 2, "cpus_per_worker": 1.0}})
@@ -291,6 +298,9 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
     assert image.shape[0] == 3 * 256 and image.shape[1] == (3 + 3) * 256, "a row per sample: source | mask | target | three predictions"
     table = cli_in_process(*args, *checkpoint_args).stdout
     assert "PSNR mask" in table and table.count("\n") >= 5
+    assert "some of the samples it is scored on are samples it trained on" not in done.stderr
+    wider = cli_in_process(*args, "--checkpoint", str(tmp_path / "smarteraser"), "--val-fraction", "0.3", "--samples", "1")
+    assert wider.returncode == 0 and "held out val_fraction 0.1 in training, less than the 0.3 evaluated" in wider.stderr
 
 
 def test_the_new_layers_start_from_the_runs_seed(smarteraser_parts, tmp_path):
