@@ -170,13 +170,20 @@ def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(
     storage.write_bytes(storage.join(images, "a.webp"), cv2.imencode(".webp", pictures["b"])[1].tobytes())  # a's output too
     done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", images, "--mask", masks, "--out", out, "--steps", "1")
     assert done.returncode == 1 and "4 erased" in done.stdout and "2 failed" in done.stdout, done.stdout + done.stderr
-    assert f"cannot read the mask {storage.join(masks, 'c.png')} (no such file)" in done.stderr
+    assert f"{storage.join(images, 'c.png')}: no mask c.* in {masks} (masks are matched by file stem)" in done.stderr
     assert f"{storage.join(images, 'a.webp')}: a.png has the same stem and is erased to a.png; rename one" in done.stderr
     for stem in ("a", "b", "d", "e"):
         erased = cv2.imdecode(np.frombuffer(storage.read_bytes(storage.join(out, f"{stem}.png")), np.uint8), cv2.IMREAD_COLOR)
         image = pictures[stem]
         assert np.array_equal(erased[mask == 0], image[mask == 0]) and not np.array_equal(erased[mask == 1], image[mask == 1]), stem
     assert not storage.exists(storage.join(out, "c.png"))
+    storage.write_bytes(storage.join(masks, "z_mask.png"), cv2.imencode(".png", mask)[1].tobytes())
+    again = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", images, "--mask", masks, "--out", out, "--steps", "1")
+    assert "1 mask(s) in" in again.stderr and "match no image by file stem, and are not used: z_mask" in again.stderr
+    storage.write_bytes(storage.join(root, "other", "a_mask.png"), b"x")  # masks named apart from their images
+    named_apart = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", images, "--mask", storage.join(root, "other"),
+                                 "--out", out, "--steps", "1")
+    assert named_apart.returncode == 2 and "no mask in" in named_apart.stderr and "masks there: a_mask" in named_apart.stderr
 
 
 def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
