@@ -36,9 +36,8 @@ _SEEK_GAP_SECONDS = 4.0  # decode forward rather than seek when the next wanted 
 _DECORD_BATCH = 16  # frames per decord get_batch call (bounds the memory of full-resolution batches)
 # PyAV numbers frames by timestamp at the stream's average rate. Where many frames share a number, the timestamps
 # do not follow that rate (a recording paused for minutes, a strongly variable rate): those frames are unreachable
-# by number, so the reader gives up on the file (decord, the fallback, numbers frames in decoding order)
-_MAX_SHARED_INDEX = 0.25  # of the decoded frames, counted from _MIN_SHARED of them
-_MIN_SHARED = 8
+# by number, so such a video is read by decord, which numbers frames in decoding order (``check_timeline``)
+_MAX_SHARED_INDEX = 0.25  # of a video's frames
 
 
 class DecodeParams(Params):
@@ -204,16 +203,10 @@ class PyAVReader:
     def _decode(container, stream, wanted: list[int], size: tuple[int, int] | None) -> Iterator[Frame]:
         clock = _Clock.of(stream)
         gap = max(1, round(_SEEK_GAP_SECONDS * clock.fps))
-        decoded = shared = 0
         for cluster in _clusters(wanted, gap):
-            pending, previous = 0, None
+            pending = 0
             for frame in _decode_from(container, stream, clock, cluster[0], gap, set(cluster)):
                 index = clock.index(frame)
-                decoded, shared, previous = decoded + 1, shared + (index == previous), index
-                if shared >= _MIN_SHARED and shared > _MAX_SHARED_INDEX * decoded:
-                    raise BadInput("irregular_timestamps", f"{shared} of {decoded} decoded frames share a frame number at the "
-                                   f"stream's average rate ({clock.fps:.3g} fps): its timestamps do not follow that rate "
-                                   "(a paused recording, a strongly variable rate)")
                 if index < cluster[pending]:
                     continue
                 image = frame.to_ndarray(format="bgr24") if size is None else frame.reformat(
@@ -239,34 +232,53 @@ def _counted(container, stream, estimate: int) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size)  # skips the flush packet
 
 
-def check_timeline(source: Source) -> None:
-    """BadInput when the video stream's timestamps jump back: recordings joined end to end in a container whose
-    timestamps may restart (MPEG-TS / PS: ``cat a.ts b.ts``, a DVR export). A seek by timestamp then lands in
-    either part, so frames are lost or misnumbered. Demuxes every packet (no decoding); other containers, and
-    files PyAV cannot open, pass unread."""
+def check_timeline(source: Source) -> bool:
+    """Whether PyAV's numbering (timestamps at the average rate) reaches every frame of the video; False when over
+    a quarter of its frames would share a number (a motion-triggered recording paused for minutes, a strongly
+    variable rate): then the whole video is to be read in decoding order (decord), every segment alike. BadInput
+    when its timestamps jump back: recordings joined end to end in a container whose timestamps may restart
+    (MPEG-TS / PS: ``cat a.ts b.ts``, a DVR export), where a seek by timestamp lands in either part. Timestamps
+    come from the container's index where it has one per frame (MP4 / MOV: read with the header); MPEG-TS / PS
+    are demuxed whole (no decoding); other containers, and files PyAV cannot open, pass as they are."""
     import av
 
     with _opened(source) as src:
         try:
             with av.open(src) as container:
-                if not container.format.flags & av.format.Flags.ts_discont.value or not container.streams.video:
-                    return
+                if not container.streams.video:
+                    return True
                 stream = container.streams.best("video")
-                tolerance = 1.0 / float(stream.time_base)  # a second: B-frame reordering never goes back that far
-                top, jumps, first = None, 0, ""
-                for packet in container.demux(stream):
-                    if packet.pts is None:
-                        continue
-                    if top is not None and packet.pts < top - tolerance:
-                        jumps += 1
-                        first = first or f"{float(top * stream.time_base):.2f} s to {float(packet.pts * stream.time_base):.2f} s"
-                        top = packet.pts
-                    top = packet.pts if top is None else max(top, packet.pts)
+                clock = _Clock.of(stream)
+                if container.format.flags & av.format.Flags.ts_discont.value:
+                    stamps = _demuxed_stamps(container, stream, clock)
+                elif len(stream.index_entries) >= max(2, stream.frames):
+                    stamps = [entry.timestamp for entry in stream.index_entries]
+                else:
+                    return True
         except av.FFmpegError:
-            return
+            return True
+    return not clock.fps > 0 or len(stamps) - len({clock.index_at(t) for t in stamps}) <= _MAX_SHARED_INDEX * len(stamps)
+
+
+def _demuxed_stamps(container, stream, clock: "_Clock") -> list[int]:
+    """Every packet's presentation timestamp; BadInput where decoding timestamps go back by more than a frame
+    (they only go forward within one recording, B-frames or not)."""
+    stamps, top, jumps, first = [], None, 0, ""
+    frame = 1.0 / clock.fps / clock.time_base if clock.fps > 0 else 0.0
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            stamps.append(packet.pts)
+        if packet.dts is None:
+            continue
+        if top is not None and packet.dts < top - frame:
+            jumps += 1
+            first = first or f"{float(top * clock.time_base):.2f} s to {float(packet.dts * clock.time_base):.2f} s"
+            top = packet.dts
+        top = packet.dts if top is None else max(top, packet.dts)
     if jumps:
         raise BadInput("timestamp_discontinuity", f"timestamps jump back {jumps} time(s) (first from {first}): recordings joined "
                        "end to end; split them, or remux (ffmpeg -i IN -c copy OUT.mp4 renumbers them)")
+    return stamps
 
 
 def _first_line(exc: Exception) -> str:
@@ -294,7 +306,10 @@ class _Clock:
     def index(self, frame) -> int:
         if frame.pts is None:
             raise BadInput("decode_error", "frames carry no timestamps")
-        return round((frame.pts - self.start) * self.time_base * self.fps)
+        return self.index_at(frame.pts)
+
+    def index_at(self, pts: int) -> int:
+        return round((pts - self.start) * self.time_base * self.fps)
 
     def time(self, frame) -> float:
         return (frame.pts - self.start) * self.time_base

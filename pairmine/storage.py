@@ -223,7 +223,7 @@ def _s3_status(exc: BaseException) -> int | None:
 def _local_swap_lock(path: str):
     """Serialise compare-and-swap updates of a local file: an exclusive flock on ``<path>.lock``, a file never
     removed (locking the file itself would not do: a replace or a delete gives the next holder another inode)."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS emulates flock with fcntl locks
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file; for writing: NFS emulates flock with fcntl locks
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

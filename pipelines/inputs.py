@@ -173,7 +173,8 @@ def discover(arg: str) -> list[Unit]:
         return [Unit("sa1b-tar", storage.basename(uri), uri, size=found.size or 0)]
     entries = _names(storage.list_dir(uri))
     tars = [storage.join(uri, n) for n, e in entries.items() if n.lower().endswith(TAR_SUFFIXES) and e.type in (pafs.FileType.File, *UNREADABLE)]
-    loose = any(n.lower().endswith(".json") for n in entries) and any(n.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS for n in entries)
+    images = {_stem(n) for n in entries if "." in n and n.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS}
+    loose = bool(images & {_stem(n) for n in entries if n.lower().endswith(".json")})  # an image beside its json (not a stray one)
     panoptic = _panoptic_units(uri, entries) if kind in (None, "panoptic") else []
     openimages = _openimages_units(uri, entries) if kind in (None, "openimages") else []
     candidates = {"sa1b-tar": bool(tars), "sa1b-dir": loose, "panoptic": bool(panoptic), "openimages": bool(openimages)}

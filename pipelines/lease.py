@@ -193,7 +193,7 @@ class Lease:
             if not holder or holder.get("token") != self.owner["token"]:
                 return False
             self._version = version
-        return False
+        return True  # twice our own write whose answer was lost: the lease is this run's, as last read
 
     def _renew(self) -> None:
         while not self._stop.wait(self.seconds / 4):

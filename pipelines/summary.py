@@ -72,7 +72,8 @@ def format_summary(summary: dict) -> str:
         f"  written: {written['samples']} samples in {written['shards']} shards ({written['bytes'] / 1e6:.1f} MB)",
         f"  rejects: {rejects['total']}" + ("" if not rejects["by_reason"] else " — " + ", ".join(f"{k} {v}" for k, v in rejects["by_reason"].items())),
         *([f"  no samples: every input this run read was rejected (first: {next(iter(rejects['by_reason']))}); "
-           "the reasons and details are in rejects/ (`pairmine report`)"] if rejects["total"] and not written["samples"] else []),
+           "the reasons and details are in rejects/ (`pairmine report`)"]
+          if rejects["total"] > rejects["by_reason"].get("read/input_vanished", 0) and not written["samples"] else []),
         "  stages (seconds, items per second): "
         + ", ".join(
             f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}"

@@ -34,19 +34,26 @@ def _source(uri: str):
 
 
 def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]]) -> list[dict]:
-    """The segments of one video still to do; an unreadable video becomes one empty segment, which
-    the segment stage turns into a reject with the reader's reason."""
+    """The segments of one video still to do, each with the reader all of them use (``check_timeline``); an
+    unreadable video becomes one empty segment, which the segment stage turns into a reject with the reason."""
     try:
         if row["problem"]:
             ranges = [(0, 0)]
         else:
             info = probe(_source(row["uri"]), config.decode)
-            check_timeline(_source(row["uri"]))  # once per video: it reads the whole file (MPEG-TS / PS only)
+            regular = check_timeline(_source(row["uri"]))  # once per video, before its segments part; BadInput: joined recordings
+            if config.decode.reader == "pyav" and not regular:
+                if not config.decode.fallback:
+                    raise BadInput("irregular_timestamps", "over a quarter of its frames share a frame number at its average rate "
+                                   "(a paused recording, a strongly variable rate); decode.fallback lets decord read it in decoding order")
+                row = row | {"reader": "decord"}
             ranges = split_video(info, config)
     except Exception as exc:  # BadInput, or what no check foresaw (the segment stage probes again and says why)
         if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
             return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "reason": VANISHED,  # no id: nothing done
                            "problem": vanished_detail(row["uri"])}]
+        if isinstance(exc, OSError):  # a read that failed (S3 after its retries): the task's retry, else the job's error
+            raise
         if isinstance(exc, BadInput):  # the segment stage rejects the video with this reason
             row = row | {"problem": exc.detail, "reason": exc.reason}
         ranges = [(0, 0)]
@@ -65,7 +72,8 @@ def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalCo
 
     from .runtime import io_concurrency
 
-    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or "", "reason": "unreadable_name"} for u in units])
+    videos = ray.data.from_items([{"unit": u.name, "uri": u.uri, "problem": u.problem or "", "reason": "unreadable_name", "reader": ""}
+                                  for u in units])
     return videos.flat_map(segments_of, fn_kwargs={"config": config, "skip": progress.consumed}, num_cpus=0,
                          compute=TaskPoolStrategy(size=io_concurrency()))
 
@@ -76,6 +84,8 @@ def analyse(row: dict, config: Video4RemovalConfig) -> dict:
         work = SegmentWork(row["unit"], 0, 0)
         work.reject(0, 0, "read", Reject.because(row["reason"], row["problem"]))
         return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
+    if row.get("reader"):  # the video's own reader, for every segment and its full-resolution frames alike
+        config = config.model_copy(update={"decode": config.decode.model_copy(update={"reader": row["reader"], "fallback": False})})
     work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, segments=row["unit_total"])
     return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
 

@@ -152,9 +152,12 @@ def pairs(image: str, mask: str, out: str) -> tuple[list[tuple[str, str, str]], 
     if unmatched := sorted(set(masks) - set(images)):
         log.warning("%d mask(s) in %s match no image by file stem, and are not used: %s", len(unmatched), mask, ", ".join(unmatched[:5]))
     found = [(uris[0], masks[stem], storage.join(out, stem + ".png")) for stem, uris in sorted(images.items()) if stem in masks]
-    left_out = {uri: f"{storage.basename(uris[0])} has the same stem and is erased to {stem}.png; rename one"
-                for stem, uris in images.items() for uri in uris[1:]}
-    left_out |= {uris[0]: f"no mask {stem}.* in {mask} (masks are matched by file stem)" for stem, uris in images.items() if stem not in masks}
+    left_out = {}
+    for stem, uris in images.items():
+        if stem not in masks:
+            left_out |= {uri: f"no mask {stem}.* in {mask} (masks are matched by file stem)" for uri in uris}
+        else:
+            left_out |= {uri: f"{storage.basename(uris[0])} has the same stem and is erased to {stem}.png; rename one" for uri in uris[1:]}
     return found, left_out
 
 

@@ -101,10 +101,12 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
                             f"{changes_note(saved.get('config') or {}, params)}); "
                             f"resume it with its own config, or start a new run with --set name=...")
     progress = read_progress(uri)
-    sources = _pinned(uri, _sources(params))
+    remaining = max(0, params.max_steps - progress["step"])
+    sources = _sources(params)
+    if remaining:  # a finished run's rerun only shows its summary, whatever its shards became since
+        sources = _pinned(uri, sources)
     scaling = params.scaling
     rows_per_step = params.batch_size * scaling.num_workers * params.grad_accumulation
-    remaining = max(0, params.max_steps - progress["step"])
     needed = math.ceil(remaining * rows_per_step * SLACK) + rows_per_step
     try:
         stream = plan_stream(sources, params.seed, params.data.val_fraction, needed, start=progress["position"])
@@ -205,7 +207,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         datasets={"train": rows},
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
-    interrupted = _noting_ctrl_c(trainer)
+    interrupted, before = _noting_ctrl_c(trainer), signal.getsignal(signal.SIGINT)
     try:
         with Display(board, lambda state, elapsed: train_lines(state, elapsed, params.max_steps), enabled=progress_bars):
             result = trainer.fit()
@@ -217,6 +219,8 @@ def _train(plan: dict, progress_bars: bool) -> dict:
             rank, error = next(iter(failures.items())) if failures else ("?", exc)
             raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
         raise
+    finally:
+        signal.signal(signal.SIGINT, before)  # Ray Train's handler, left installed, would exit 0 on a later Ctrl-C
     if interrupted.is_set():
         raise KeyboardInterrupt
     value = result.return_value or {}

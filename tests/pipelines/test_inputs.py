@@ -143,6 +143,12 @@ def test_a_loose_folder_pairs_a_json_with_a_png_or_webp_image(tmp_path):
     for path in folder.glob("*.jpg"):
         path.unlink()
     assert discover(str(folder))[0].kind == "sa1b-dir", "a folder of PNGs and jsons is an SA-1B folder"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "categories.json").write_text("[]")
+    shutil.copy(next(folder.glob("*.png")), other / "preview.png")
+    with pytest.raises(InputError):
+        discover(str(other))  # a json and a picture of other names: not an image with its annotations
 
 
 def test_planned_folders_pair_files_and_reject_orphans(tmp_path):

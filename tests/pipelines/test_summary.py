@@ -17,3 +17,4 @@ def test_a_run_whose_every_record_was_rejected_says_so():
     assert "no samples: every input this run read was rejected (first: read/missing_image)" in text
     assert "no samples" not in format_summary(_summary(4, {"read/missing_image": 3}))
     assert "no samples" not in format_summary(_summary(0, {})), "nothing read: nothing to say"
+    assert "no samples" not in format_summary(_summary(0, {"read/input_vanished": 2})), "gone before they were read"

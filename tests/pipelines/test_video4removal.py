@@ -158,3 +158,33 @@ def test_recordings_joined_end_to_end_are_one_reject_saying_so(tmp_path):
     assert "joined end to end" in work.rejects[0].detail
     assert encode(analyse(segment, Video4RemovalConfig()), Video4RemovalConfig(), "h")["unit_total"] == 1, "a bad file, done"
     assert segments_of(row | {"uri": str(parts[0])}, Video4RemovalConfig(), {})[0]["segment"] != "0-0"
+
+
+def test_a_paused_recording_is_read_by_decord_in_every_segment(tmp_path):
+    """Decided once per video at planning: segments of one video read with two numberings would cover frames twice
+    or never. Without the fallback, the video is one reject that says why."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "paused.mp4"
+    with av.open(str(TESTDATA / "video" / "synth_static_dev.mp4")) as source, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for k, frame in enumerate(source.decode(video=0)):  # 3 s, a minute's pause, 3 s
+            small = frame.reformat(320, 180)
+            small.pts, small.time_base = 40 * k + (60000 if k >= 75 else 0), Fraction(1, 1000)
+            for packet in stream.encode(small):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    row = {"unit": "paused.mp4", "uri": str(path), "problem": "", "reason": "unreadable_name", "reader": ""}
+    segments = segments_of(row, Video4RemovalConfig(), {})
+    assert segments and {s["reader"] for s in segments} == {"decord"}
+    works = [analyse(s, Video4RemovalConfig())["item"] for s in segments]
+    assert {w.reader for w in works} == {"decord"} and sum(w.stats.counts["frames"] for w in works) == 50, "every third of 150 frames"
+    pinned = Video4RemovalConfig(decode={"fallback": False})
+    (refused,) = segments_of(row, pinned, {})
+    work = analyse(refused, pinned)["item"]
+    assert [(r.reason, r.stage) for r in work.rejects] == [("irregular_timestamps", "read")]
