@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__, logs, storage
-from ..errors import UserError, cause_of
+from ..errors import UserError, cause_of, exit_on_sigterm
 
 # each command's module (which defines it in COMMANDS), in the order `pairmine --help` lists them
 COMMAND_MODULES = {
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.verbose, args.log_format)
     # SIGTERM unwinds like Ray's own driver handler does once Ray starts: the lease is given back, the log closed;
     # SIGINT is Ctrl-C's KeyboardInterrupt even where the shell started us ignoring it (a background job)
-    saved = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum)), signal.signal(signal.SIGINT, signal.default_int_handler)
+    saved = signal.signal(signal.SIGTERM, exit_on_sigterm), signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.command.run(args)
     except KeyboardInterrupt:

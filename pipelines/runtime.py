@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import warnings
 from contextlib import contextmanager
 
 from .. import storage
-from ..errors import UserError
+from ..errors import UserError, exit_on_sigterm
 from .config import RayParams
 
 _SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
@@ -62,6 +64,8 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                     _system_config={"enable_metrics_collection": params.metrics, **worker_pool_config(params.num_cpus or os.cpu_count() or 1)},
                     **common,
                 )
+        if threading.current_thread() is threading.main_thread():  # ray.init set its own, which leaves abseil's abort alarm armed
+            signal.signal(signal.SIGTERM, exit_on_sigterm)
     context = DataContext.get_current()
     context.enable_progress_bars = context.enable_operator_progress_bars = context.print_on_execution_start = progress and logs.verbose()
     _inline_block_metadata()

@@ -153,6 +153,23 @@ def test_a_stopped_run_says_so_in_one_line_and_gives_its_lease_back(tmp_path, si
     assert job.returncode == code, err[-3000:]
     assert err.strip().splitlines()[-1] == f"pairmine: stopped by {by}; what was committed stays, and rerunning the same command continues"
     assert "Traceback" not in err and not (out / "_LEASE").exists()
+    assert "SIGTERM received" not in err, "abseil's handler (its dump, and its abort 3 s later: exit -6 on a busy machine) is off"
+
+
+def test_a_sigterm_cancels_the_abort_alarm_abseil_arms():
+    """Where abseil's failure handler still sees SIGTERM first, it arms a 3 s alarm whose handler aborts the process."""
+    from pairmine.errors import exit_on_sigterm
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.alarm(1)  # as abseil does
+        with pytest.raises(SystemExit) as stopped:
+            exit_on_sigterm(signal.SIGTERM, None)
+        time.sleep(1.3)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert stopped.value.code == signal.SIGTERM and not fired
 
 
 @pytest.mark.slow
