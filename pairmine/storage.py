@@ -38,6 +38,12 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(S3)
 
 
+def _bucket_key(uri: str) -> tuple[str, str]:
+    """The bucket and key of an s3:// URI, for the boto3 calls."""
+    bucket, _, key = uri[len(S3) :].partition("/")
+    return bucket, key
+
+
 def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
@@ -195,7 +201,7 @@ def write_bytes(uri: str, data: bytes) -> None:
 def create_exclusive(uri: str, data: bytes) -> bool:
     """Create an object only if none exists (True), atomically: O_EXCL locally, a conditional put on S3."""
     if is_s3(uri):
-        bucket, _, key = uri[len(S3) :].partition("/")
+        bucket, key = _bucket_key(uri)
         try:
             _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except Exception as exc:
@@ -240,7 +246,7 @@ def read_versioned(uri: str) -> tuple[bytes, str] | None:
         except FileNotFoundError:
             return None
         return data, hashlib.sha256(data).hexdigest()
-    bucket, _, key = uri[len(S3) :].partition("/")
+    bucket, key = _bucket_key(uri)
     try:
         answer = _s3_client().get_object(Bucket=bucket, Key=key)
         return answer["Body"].read(), answer["ETag"]
@@ -255,7 +261,7 @@ def replace_if(uri: str, data: bytes, version: str) -> str | None:
     the new version, or None when it changed or is gone. A retried request whose first answer was lost also
     reads as changed; the caller tells that from the content."""
     if is_s3(uri):
-        bucket, _, key = uri[len(S3) :].partition("/")
+        bucket, key = _bucket_key(uri)
         try:
             return _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=version)["ETag"]
         except Exception as exc:
@@ -275,7 +281,7 @@ def delete_if(uri: str, version: str) -> bool:
     """Delete a small object only while it is still at `version` (S3's conditional delete; locally under a
     lock); False when it changed. Gone already counts as deleted."""
     if is_s3(uri):
-        bucket, _, key = uri[len(S3) :].partition("/")
+        bucket, key = _bucket_key(uri)
         try:
             _s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
         except Exception as exc:
@@ -298,7 +304,7 @@ def upload_file(local_path: str, uri: str) -> None:
     """Move a finished local file to its final place atomically (rename, or a completed S3 upload that
     removes the local file, also when it fails)."""
     if is_s3(uri):
-        bucket, _, key = uri[len(S3) :].partition("/")
+        bucket, key = _bucket_key(uri)
         try:
             _s3_client().upload_file(local_path, bucket, key, Config=_transfer_config())
         finally:
@@ -338,7 +344,7 @@ def delete(uri: str) -> None:
     """Remove one object or file; gone already is fine. On S3 a plain DeleteObject: pyarrow's would leave a
     directory-marker object behind when the prefix empties."""
     if is_s3(uri):
-        bucket, _, key = uri[len(S3) :].partition("/")
+        bucket, key = _bucket_key(uri)
         _s3_client().delete_object(Bucket=bucket, Key=key)
         return
     fs, path = resolve(uri)

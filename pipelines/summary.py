@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 
 from ..operators.stats import Stats
+from .inputs import VANISHED
 from .model_stages import IDLE, START
 
 
@@ -73,7 +74,7 @@ def format_summary(summary: dict) -> str:
         f"  rejects: {rejects['total']}" + ("" if not rejects["by_reason"] else " — " + ", ".join(f"{k} {v}" for k, v in rejects["by_reason"].items())),
         *([f"  no samples: every input this run read was rejected (first: {next(iter(rejects['by_reason']))}); "
            "the reasons and details are in rejects/ (`pairmine report`)"]
-          if rejects["total"] > rejects["by_reason"].get("read/input_vanished", 0) and not written["samples"] else []),
+          if rejects["total"] > rejects["by_reason"].get(f"read/{VANISHED}", 0) and not written["samples"] else []),
         "  stages (seconds, items per second): "
         + ", ".join(
             f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}"

@@ -40,8 +40,9 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
         if row["problem"]:
             ranges = [(0, 0)]
         else:
-            info = probe(_source(row["uri"]), config.decode)
-            regular = check_timeline(_source(row["uri"]))  # once per video, before its segments part; BadInput: joined recordings
+            source = _source(row["uri"])
+            info = probe(source, config.decode)
+            regular = check_timeline(source)  # once per video, before its segments part; BadInput: joined recordings
             if config.decode.reader == "pyav" and not regular:
                 if not config.decode.fallback:
                     raise BadInput("irregular_timestamps", "over a quarter of its frames share a frame number at its average rate "
