@@ -62,10 +62,14 @@ class VideoInfo:
     frames: int  # from the container header, else duration x fps
     codec: str
     duration: float  # seconds
+    # width:height of one stored pixel as players show it (DV, broadcast and QCIF footage is anamorphic; unset
+    # counts as square, as players take it); None when the reader cannot tell
+    pixel_aspect: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fps": round(self.fps, 4), "frames": self.frames,
-                "codec": self.codec, "duration": round(self.duration, 3)}
+                "codec": self.codec, "duration": round(self.duration, 3),
+                "pixel_aspect": list(self.pixel_aspect) if self.pixel_aspect else None}
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,9 @@ class PyAVReader:
         else:
             duration = (container.duration or 0) / 1e6
         frames = stream.frames or round(duration * fps)
-        return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, stream.codec_context.name, duration)
+        aspect = stream.sample_aspect_ratio  # FFmpeg's guess: the container's, else the codec's
+        pixel_aspect = (aspect.numerator, aspect.denominator) if aspect else (1, 1)
+        return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, stream.codec_context.name, duration, pixel_aspect)
 
     @staticmethod
     def _decode(container, stream, wanted: list[int], size: tuple[int, int] | None) -> Iterator[Frame]:

@@ -27,6 +27,15 @@ def test_probe_reads_resolution_fps_frames_and_codec(videos):
     info = probe(str(videos / "synth_static_dev.mp4"), DecodeParams())
     assert (info.width, info.height, info.fps, info.frames, info.codec) == (960, 540, 25.0, 150, "h264")
     assert info.duration == pytest.approx(150 / 25)
+    assert info.pixel_aspect == (1, 1)
+
+
+def test_probe_reads_the_pixel_aspect_of_anamorphic_footage(videos):
+    """carphone's QCIF pixels are 128:117 (wider than tall): frames are written as stored, the json says how to show them."""
+    info = probe(str(videos / "carphone_pristine.mp4"), DecodeParams())
+    assert info.pixel_aspect == (128, 117)
+    assert info.to_dict()["pixel_aspect"] == [128, 117]
+    assert READERS["decord"].probe(str(videos / "carphone_pristine.mp4")).to_dict()["pixel_aspect"] is None  # cannot tell
 
 
 @pytest.mark.parametrize("clip", ["synth_static_dev.mp4", "01_dog.mp4", "carphone_pristine.mp4"])
