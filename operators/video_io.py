@@ -65,6 +65,7 @@ class VideoInfo:
     # width:height of one stored pixel as players show it (DV, broadcast and QCIF footage is anamorphic; unset
     # counts as square, as players take it); None when the reader cannot tell
     pixel_aspect: tuple[int, int] | None = None
+    declared_frames: int = 0  # what the header's duration implies, when the stream, counted, ends over a second before it
 
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fps": round(self.fps, 4), "frames": self.frames,
@@ -159,7 +160,8 @@ class PyAVReader:
                     if stream.frames or not info.fps > 0:  # the container counts its frames (MP4, MOV)
                         return info
                     frames = _counted(container, stream, info.frames)
-                    return replace(info, frames=frames, duration=frames / info.fps)
+                    declared = info.frames if info.frames > frames else 0
+                    return replace(info, frames=frames, duration=frames / info.fps, declared_frames=declared)
             except av.FFmpegError as exc:
                 raise BadInput("unreadable", f"not a readable video container ({exc})") from None
 

@@ -35,7 +35,9 @@ def _source(uri: str):
 
 def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]]) -> list[dict]:
     """The segments of one video still to do, each with the reader all of them use (``check_timeline``); an
-    unreadable video becomes one empty segment, which the segment stage turns into a reject with the reason."""
+    unreadable video becomes one empty segment, and frames its header promises past the stream's end one more,
+    which the segment stage turns into rejects with the reason."""
+    told: dict[tuple[int, int], dict] = {}  # ranges that are only a reject: their reason
     try:
         if row["problem"]:
             ranges = [(0, 0)]
@@ -49,9 +51,15 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
                                    "(a paused recording, a strongly variable rate); decode.fallback lets decord read it in decoding order")
                 row = row | {"reader": "decord"}
             ranges = split_video(info, config)
+            if info.declared_frames:  # a cut-off MKV / WebM / TS: its missing tail is a reject, not silently absent
+                tail = (info.frames, info.declared_frames)
+                told[tail] = {"reason": "truncated_video", "problem": (
+                    f"the stream ends at frame {info.frames} ({info.duration:.1f} s) but its header gives {info.declared_frames} "
+                    f"frames ({info.declared_frames / info.fps:.1f} s): the file is cut short, or its header is wrong")}
+                ranges.append(tail)
     except Exception as exc:  # BadInput, or what no check foresaw (the segment stage probes again and says why)
         if not storage.exists(row["uri"]):  # gone since the run listed it: not done, so a rerun reads it if it is back
-            return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "reason": VANISHED,  # no id: nothing done
+            return [row | {"start": 0, "stop": 0, "segment": "", "unit_total": -1, "mined": 0, "reason": VANISHED,  # no id: nothing done
                            "problem": vanished_detail(row["uri"])}]
         if isinstance(exc, OSError):  # a read that failed (S3 after its retries): the task's retry, else the job's error
             raise
@@ -60,7 +68,8 @@ def segments_of(row: dict, config: Video4RemovalConfig, skip: dict[str, set[str]
         ranges = [(0, 0)]
     done = skip.get(row["unit"], set())
     return [
-        row | {"start": start, "stop": stop, "segment": f"{start}-{stop}", "unit_total": len(ranges)}
+        row | {"start": start, "stop": stop, "segment": f"{start}-{stop}", "unit_total": len(ranges), "mined": len(ranges) - len(told)}
+        | told.get((start, stop), {})
         for start, stop in ranges
         if f"{start}-{stop}" not in done
     ]
@@ -81,13 +90,13 @@ def read_segments(units: list[Unit], progress: Progress, config: Video4RemovalCo
 
 def analyse(row: dict, config: Video4RemovalConfig) -> dict:
     """A segment up to its masks: its SegmentWork travels to the masking step."""
-    if row["problem"]:
-        work = SegmentWork(row["unit"], 0, 0)
-        work.reject(0, 0, "read", Reject.because(row["reason"], row["problem"]))
+    if row["problem"]:  # the whole video (0-0), or the frames its header promises past the stream's end
+        work = SegmentWork(row["unit"], row["start"], row["stop"])
+        work.reject(row["start"], row["stop"], "read", Reject.because(row["reason"], row["problem"]))
         return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
     if row.get("reader"):  # the video's own reader, for every segment and its full-resolution frames alike
         config = config.model_copy(update={"decode": config.decode.model_copy(update={"reader": row["reader"], "fallback": False})})
-    work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, segments=row["unit_total"])
+    work = analyse_segment(row["unit"], _source(row["uri"]), row["start"], row["stop"], config, segments=row["mined"])
     return {ITEM: work, "segment": row["segment"], "unit_total": row["unit_total"]}
 
 

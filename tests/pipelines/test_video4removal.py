@@ -188,3 +188,33 @@ def test_a_paused_recording_is_read_by_decord_in_every_segment(tmp_path):
     (refused,) = segments_of(row, pinned, {})
     work = analyse(refused, pinned)["item"]
     assert [(r.reason, r.stage) for r in work.rejects] == [("irregular_timestamps", "read")]
+
+
+def test_a_cut_off_mkv_plans_its_missing_tail_as_one_reject(tmp_path):
+    """A partial download keeps its header's Duration: the frames it promises past the stream's end are a
+    truncated_video reject (they were silently absent), and the share of pairs per segment counts mined ones only."""
+    import av
+
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(TESTDATA / "video" / "synth_static_dev.mp4")) as source, av.open(str(whole), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for frame in source.decode(video=0):
+            for packet in stream.encode(frame.reformat(320, 180)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 5])
+    config = Video4RemovalConfig(segment_seconds=2)
+    row = {"unit": "cut.mkv", "uri": str(cut), "problem": "", "reason": "unreadable_name", "reader": ""}
+    *mined, tail = segments_of(row, config, {})
+    end = mined[-1]["stop"]
+    assert 40 < end < 120 and (tail["start"], tail["stop"], tail["reason"]) == (end, 150, "truncated_video")
+    assert {s["unit_total"] for s in [*mined, tail]} == {len(mined) + 1} and {s["mined"] for s in [*mined, tail]} == {len(mined)}
+    work = analyse(tail, config)["item"]
+    assert [(r.input, r.stage, r.reason) for r in work.rejects] == [(f"cut.mkv#{end}-150", "read", "truncated_video")]
+    assert "header gives 150 frames" in work.rejects[0].detail and not work.stats.counts["frames"]
+    assert encode(analyse(tail, config), config, "h")["consumed"] == [tail["segment"]], "the tail is done once rejected"
+    whole_rows = segments_of(row | {"uri": str(whole)}, config, {})
+    assert whole_rows[-1]["stop"] == 150 and not any(r["problem"] for r in whole_rows)
