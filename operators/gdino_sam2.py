@@ -6,9 +6,10 @@ A pair's mask is the union of the detected objects that moved: an object counts 
 the pair is kept when the objects kept cover at least ``min_motion_explained`` of that mask; otherwise
 it is rejected ("no_detection_explains_motion"), never given a mask of something that stood still.
 With ``propagate``, the items of one ``masks()`` call are the selected frames of one segment in time
-order: SAM2's video predictor tracks every detected object across them, so an object found on one
-frame is masked on the others too; each object is prompted once, on the first frame it is detected on
-(boxes linked frame to frame by IoU). Masks stay on the model's device: the matching with the motion
+order: SAM2's video predictor tracks every detected object across its whole frames, so an object found on
+one frame is masked on the others too; each object is prompted once, on the first frame it is detected on
+(boxes linked frame to frame by IoU). Region pairs' crops show other parts of the scene and other sizes:
+each is segmented on its own. Masks stay on the model's device: the matching with the motion
 runs there and only the pair's uint8 mask comes back.
 
 This module holds the config, the geometry (arrays, testable without models) and the masker's logic;
@@ -95,8 +96,8 @@ class GdinoSam2MaskerParams(ModelStageParams):
     )
     propagate: bool = Field(
         False,
-        description="track the detected objects across the segment's selected frames with SAM2's video predictor "
-        "(objects found on one frame are masked on all); else each frame is segmented on its own",
+        description="track the detected objects across the segment's selected whole frames with SAM2's video predictor "
+        "(objects found on one frame are masked on all); else, and for region crops, each frame is segmented on its own",
     )
     same_object_iou: float = Field(
         0.5, gt=0, le=1, description="with propagate: a box overlapping a box of the previous frame with detections by this "
@@ -254,10 +255,15 @@ class GdinoSam2Masker:
             for k, detections in zip(chunk, self.detector.detect([items[k].source for k in chunk])):
                 found[k] = detections
         found = [d.subset(boxes_on_motion(d.boxes, motion)) for d, motion in zip(found, motions)]
-        if params.propagate:
-            objects, labels = self._track(items, found)
-        else:
-            objects, labels = self._segment(items, found), [d.labels for d in found]
+        objects, labels = [None] * len(items), [d.labels for d in found]
+        clip = [k for k, item in enumerate(items) if item.whole_frame] if params.propagate else []
+        if clip:  # the segment's whole frames, tracked; region crops (other parts of the scene) on their own
+            tracked, names = self._track([items[k] for k in clip], [found[k] for k in clip])
+            for k, masks in zip(clip, tracked):
+                objects[k], labels[k] = masks, names
+        alone = [k for k in range(len(items)) if objects[k] is None]
+        for k, masks in zip(alone, self._segment([items[k] for k in alone], [found[k] for k in alone])):
+            objects[k] = masks
         return [
             explain_motion(o, names, motion, params.min_motion_overlap, params.min_motion_explained)
             for o, names, motion in zip(objects, labels, motions)
@@ -275,11 +281,10 @@ class GdinoSam2Masker:
                 objects[k] = mask
         return objects
 
-    def _track(self, items: Sequence[MaskInput], found: list[Detections]) -> tuple[list, list[tuple[str, ...]]]:
+    def _track(self, items: Sequence[MaskInput], found: list[Detections]) -> tuple[list, tuple[str, ...]]:
         """Each object detected in the clip, prompted on its first frame, tracked over the whole clip: each frame
-        gets all objects' masks."""
+        gets all objects' masks, which carry the returned labels."""
         prompts = object_prompts(found, self.params.same_object_iou)
         boxes = [(frame, found[frame].boxes[k]) for frame, k in prompts]
         objects = self.segmenter.track([item.source for item in items], boxes, self.params.batch_size)
-        labels = tuple(found[frame].labels[k] for frame, k in prompts)
-        return objects, [labels] * len(items)
+        return objects, tuple(found[frame].labels[k] for frame, k in prompts)

@@ -31,6 +31,7 @@ class MaskInput:
     source: np.ndarray  # full-resolution BGR frame showing the object
     target: np.ndarray  # full-resolution BGR frame of the same scene without it
     prior: np.ndarray  # uint8 0/1 MOG2 object mask, analysis resolution (same aspect ratio)
+    whole_frame: bool = True  # False: a region pair's crop (crops of one segment show different parts of the scene)
 
 
 @dataclass(frozen=True)

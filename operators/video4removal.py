@@ -91,7 +91,7 @@ class Candidate:
     meta: dict  # analysis facts for the sample's json
 
     def mask_input(self) -> MaskInput:
-        return MaskInput(self.source.image, self.target.image, self.prior)
+        return MaskInput(self.source.image, self.target.image, self.prior, whole_frame="crop" not in self.meta)
 
 
 @dataclass

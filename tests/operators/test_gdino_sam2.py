@@ -331,6 +331,19 @@ def test_propagating_masker_keeps_the_contract(tracker, frames, priors):
     assert all(same(a, b) for a, b in zip(results, tracker.masks(items)))
 
 
+def test_propagation_tracks_the_whole_frames_and_segments_region_crops_alone(tracker, frames, priors):
+    """region.mode auto mixes whole frames and crops of other sizes in one segment: SAM2's tracker refused the
+    clip (frames of one size only) and the job died. Crops show other parts of the scene: each goes alone."""
+    whole = [MaskInput(frames[k], frames[TARGET], wide_motion(priors[k])) for k in SOURCES[1:]]
+    crop = MaskInput(np.ascontiguousarray(frames[SOURCES[0]][40:, 100:-60]), np.ascontiguousarray(frames[TARGET][40:, 100:-60]),
+                     wide_motion(priors[SOURCES[0]]), whole_frame=False)
+    results = tracker.masks([whole[0], crop, whole[1]])
+    for result, item in zip(results, [whole[0], crop, whole[1]]):
+        assert_contract(result, item.source.shape[:2])
+    assert same(results[1], tracker.masks([crop])[0])
+    assert all(same(a, b) for a, b in zip(results[::2], tracker.masks(whole))), "the whole frames are the clip, as without the crop"
+
+
 # -- weights: missing, foreign, on S3 --------------------------------------------------------------------------
 
 
