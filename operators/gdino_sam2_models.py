@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
@@ -273,12 +274,26 @@ class DeviceTransforms(SAM2Transforms):
         return (square - mean) / std
 
 
+@contextmanager
+def _cuda_unseen():
+    """torch.cuda.is_available() is False inside: two of SAM2's modules put tensors on CUDA whenever it is there (a
+    position-encoding cache, the RoPE frequencies), whatever device the model is for. Built for the CPU on a machine
+    with a GPU, the model opened a CUDA context on GPU 0 and its attention mixed devices."""
+    seen = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False
+    try:
+        yield
+    finally:
+        torch.cuda.is_available = seen
+
+
 class Sam2:
     """Box-prompted SAM2 masks of BGR frames, one by one (image predictor) or tracked across a clip (video
     predictor): preprocessed on the model's device, masks returned there as bool tensors."""
 
     def __init__(self, config: str, checkpoint: str, weights: str, device: torch.device, video: bool):
-        model = instantiate(sam2_config(config, video).model, _recursive_=True)
+        with nullcontext() if device.type == "cuda" else _cuda_unseen():
+            model = instantiate(sam2_config(config, video).model, _recursive_=True)
         if model.image_size != 1024:  # sam2's predictors hard-code the feature sizes of 1024-px input
             raise ValueError(f"SAM2 config {config} has image_size {model.image_size}; sam2's predictors need 1024")
         fit(model, load_state(weights, checkpoint, "SAM2 checkpoint"), checkpoint, "SAM2 checkpoint", f"SAM2 {config}")

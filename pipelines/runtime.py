@@ -18,6 +18,9 @@ _SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEF
 _SHARED_PREFIX = "PAIRMINE_"  # pairmine's own settings (cache folder, test fault injection) reach every worker
 _WORKER_ENV = {
     "TQDM_DISABLE": "1",  # no library's progress bar in workers (SAM2's per-call one): their output is logs
+    # a worker that reserved no GPU sees none (CUDA_VISIBLE_DEVICES=""), as before Ray 2.48: libraries that touch
+    # CUDA whenever they see it (SAM2 builds CUDA tensors) would open a context on GPU 0 that Ray gave to another
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
     # glibc malloc: keep up to 256 MB of freed heap instead of trimming it at the end of every task. A worker
     # frees a group's whole working set between tasks, so by default it hands the heap back and faults it in
     # again (~2,200 page faults per 512-px triplet); setting these turns off glibc's self-tuning mmap threshold,

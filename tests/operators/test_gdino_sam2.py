@@ -270,6 +270,21 @@ def test_sam2_gives_one_full_resolution_mask_per_box(masker, frames, truth):
     assert all(torch.equal(a, b) for a, b in zip(masks, again)), "deterministic for fixed inputs"
 
 
+@pytest.mark.parametrize("tracking", [False, True])
+def test_sam2_built_for_the_cpu_on_a_machine_with_a_gpu_stays_off_it(tiny, frames, truth, monkeypatch, tracking):
+    """SAM2's position encoding and RoPE put tensors on CUDA whenever torch sees it: a num_gpus: 0 actor (or the
+    driver's weight check) on a GPU machine opened a context on GPU 0 and mixed devices. Here torch is a CPU build,
+    so any CUDA tensor raises."""
+    from pairmine.operators.gdino_sam2_models import Sam2
+
+    params = make_params(tiny)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a GPU machine answers
+    segmenter = Sam2(params.sam2_config, params.sam2_checkpoint, tiny["sam2_checkpoint"], torch.device("cpu"), video=tracking)
+    assert torch.cuda.is_available(), "the machine's answer is back once the model is built"
+    (mask,) = segmenter.segment([frames[75]], [np.array([box_of(truth[75])], np.float32)])
+    assert mask.device.type == "cpu" and tuple(mask.shape) == (1, *truth.shape[1:])
+
+
 def test_sam2_inputs_are_prepared_on_the_device_as_sam2_prepares_them(masker, frames):
     from sam2.utils.transforms import SAM2Transforms
 

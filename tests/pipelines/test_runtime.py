@@ -36,7 +36,8 @@ def worker():
     import cv2
     from tqdm import tqdm
     return {"env": os.environ.get("PAIRMINE_PROBE"), "cv2_threads": cv2.getNumThreads(),
-            "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable, "refaults": refaults()}
+            "runtime_env": ray.get_runtime_context().runtime_env, "bars": not tqdm(range(3)).disable, "refaults": refaults(),
+            "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 print(json.dumps({"worker": ray.get(worker.remote()), "io": io_concurrency(), "driver_refaults": refaults(),
                   "driver_opencv_env": os.environ.get("OPENCV_FOR_THREADS_NUM"),
@@ -57,6 +58,7 @@ def test_embedded_workers_inherit_the_environment_with_one_opencv_thread():
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["worker"]["env"] == "reached" and found["worker"]["cv2_threads"] == 1
     assert not found["worker"]["bars"]  # SAM2's per-call tqdm bar and the like stay out of the logs
+    assert found["worker"]["cuda_visible"] == "", "a worker that reserved no GPU sees none"
     assert not found["worker"]["runtime_env"]
     assert found["driver_opencv_env"] is None
     assert found["io"] == 1
@@ -113,4 +115,5 @@ def test_a_cluster_runs_workers_get_the_s3_endpoint_pairmines_settings_and_the_w
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and env["PAIRMINE_CACHE"] == "/cache"
     assert "AWS_SECRET_ACCESS_KEY" not in env, "credentials stay with each node's chain"
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20) and env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["TQDM_DISABLE"] == "1"
+    assert env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
     assert runtime_env["worker_process_setup_hook"] == "pairmine.pipelines.runtime.setup_worker"
