@@ -195,13 +195,13 @@ def _chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def _by_shape(images: Sequence[np.ndarray], size: int) -> list[list[int]]:
-    """Indices of `images` in batches of at most `size` frames of one shape: frames of several videos in one
-    padded batch would each get boxes that depend on the others."""
-    shapes: dict[tuple[int, ...], list[int]] = {}
-    for index, image in enumerate(images):
-        shapes.setdefault(image.shape, []).append(index)
-    return [chunk for indices in shapes.values() for chunk in _chunks(indices, size)]
+def _by_size(sizes: Sequence[tuple[int, int]], size: int) -> list[list[int]]:
+    """Indices of frames in batches of at most `size` frames of one detector input size: frames padded to a shared
+    size would each get boxes that depend on the others; crops of one aspect ratio scale to one size and batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, key in enumerate(sizes):
+        groups.setdefault(key, []).append(index)
+    return [chunk for indices in groups.values() for chunk in _chunks(indices, size)]
 
 
 class GdinoSam2Masker:
@@ -251,7 +251,7 @@ class GdinoSam2Masker:
         params = self.params
         motions = [full_resolution(item.prior, item.source.shape[:2]) for item in items]
         found: list[Detections] = [None] * len(items)
-        for chunk in _by_shape([item.source for item in items], params.batch_size):
+        for chunk in _by_size([self.detector.input_size(item.source.shape) for item in items], params.batch_size):
             for k, detections in zip(chunk, self.detector.detect([items[k].source for k in chunk])):
                 found[k] = detections
         found = [d.subset(boxes_on_motion(d.boxes, motion)) for d, motion in zip(found, motions)]

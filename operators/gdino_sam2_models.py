@@ -191,13 +191,19 @@ class GroundingDino:
         starts = np.cumsum([1] + [len(piece) + 1 for piece in pieces])
         return caption, [(int(s), int(s) + len(piece)) for s, piece in zip(starts, pieces)]
 
-    def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        """A BGR frame as GroundingDINO's normalised RGB input at detect_short_side."""
-        height, width = image.shape[:2]
+    def input_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(width, height) a frame of this (height, width, ...) shape is detected at: detect_short_side, the long
+        side capped. Frames of one input size share a batch unpadded."""
+        height, width = shape[:2]
         short = self.params.detect_short_side
         scale = min(short / min(height, width), short * _LONG_PER_SHORT / max(height, width))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        rgb = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        """A BGR frame as GroundingDINO's normalised RGB input at its input size."""
+        size = self.input_size(image.shape)
+        shrinks = size[0] * size[1] < image.shape[0] * image.shape[1]
+        rgb = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
         pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
         return (pixels - pixels.new_tensor(_MEAN)[:, None, None]) / pixels.new_tensor(_STD)[:, None, None]
 

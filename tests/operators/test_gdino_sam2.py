@@ -467,3 +467,19 @@ def test_frames_of_different_sizes_are_never_detected_in_one_padded_batch(masker
     assert shapes[0] == {frames[SOURCES[0]].shape}  # the two full-size frames together (batch_size 2), the narrow one alone
     monkeypatch.undo()
     assert all(same(a, masker.masks([item])[0]) for a, item in zip(results, items)), "a frame's result does not depend on its batch"
+
+
+def test_crops_of_one_aspect_ratio_share_a_detection_batch(masker, frames, priors, monkeypatch):
+    """Batches are keyed on the detector's input size, not the frame's: a region crop and a larger one of the same
+    aspect ratio scale to one input and run together instead of one at a time."""
+    small = cv2.resize(frames[SOURCES[0]], (720, 405), interpolation=cv2.INTER_AREA)
+    assert masker.detector.input_size(small.shape) == masker.detector.input_size(frames[SOURCES[0]].shape)
+    items = [MaskInput(frames[SOURCES[0]], frames[TARGET], wide_motion(priors[SOURCES[0]])),
+             MaskInput(small, cv2.resize(frames[TARGET], (720, 405), interpolation=cv2.INTER_AREA), wide_motion(priors[SOURCES[0]]))]
+    batches, detect = [], masker.detector.detect
+    monkeypatch.setattr(masker.detector, "detect", lambda images: batches.append(len(images)) or detect(images))
+    results = masker.masks(items)
+    assert batches == [2]
+    monkeypatch.undo()
+    for result, item in zip(results, items):
+        assert_contract(result, item.source.shape[:2])
