@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from groundingdino.models import build_model
 from groundingdino.models.GroundingDINO import groundingdino as gdino_module
+from groundingdino.models.GroundingDINO import ms_deform_attn
 from groundingdino.util.misc import clean_state_dict, nested_tensor_from_tensor_list
 from groundingdino.util.slconfig import SLConfig
 from hydra import compose
@@ -150,6 +151,18 @@ def text_masks(tokenized, special_tokens_list, tokenizer) -> tuple:
 
 
 gdino_module.generate_masks_with_special_tokens_and_transfer_map = text_masks  # what GroundingDINO.forward calls
+
+_upstream_deformable_attention = ms_deform_attn.multi_scale_deformable_attn_pytorch
+
+
+def deformable_attention(value, value_spatial_shapes, sampling_locations, attention_weights):
+    """GroundingDINO's multi-scale deformable attention (groundingdino-py runs its pytorch version), upstream's own
+    function given the feature levels' (H, W) as python ints read once: it iterates the device tensor, one GPU
+    synchronisation per element it reads (12 per layer, 12 layers a forward)."""
+    return _upstream_deformable_attention(value, value_spatial_shapes.tolist(), sampling_locations, attention_weights)
+
+
+ms_deform_attn.multi_scale_deformable_attn_pytorch = deformable_attention  # what MultiScaleDeformableAttention.forward calls
 
 
 class GroundingDino:

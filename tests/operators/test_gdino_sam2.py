@@ -254,6 +254,23 @@ def test_text_masks_are_upstreams_built_once_per_caption(masker, frames, monkeyp
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and a.labels == b.labels
 
 
+def test_deformable_attention_gets_the_level_shapes_as_python_ints(masker, frames, monkeypatch):
+    """Upstream iterates the levels' (H, W) tensor, one GPU synchronisation per element it reads (12 per layer on
+    CUDA); every layer now reads them once, as python ints, with the same boxes."""
+    from groundingdino.models.GroundingDINO import ms_deform_attn
+
+    from pairmine.operators import gdino_sam2_models as models
+
+    seen, upstream = [], models._upstream_deformable_attention
+    monkeypatch.setattr(models, "_upstream_deformable_attention", lambda value, shapes, *rest: seen.append(shapes) or upstream(value, shapes, *rest))
+    ours = masker.detector.detect([frames[SOURCES[0]]])[0]
+    layers = sum(isinstance(m, ms_deform_attn.MultiScaleDeformableAttention) for m in masker.detector.model.modules())
+    assert len(seen) == layers and all(isinstance(s, list) and all(isinstance(v, int) for level in s for v in level) for s in seen)
+    monkeypatch.setattr(ms_deform_attn, "multi_scale_deformable_attn_pytorch", upstream)
+    theirs = masker.detector.detect([frames[SOURCES[0]]])[0]
+    assert np.array_equal(ours.boxes, theirs.boxes) and np.array_equal(ours.scores, theirs.scores) and ours.labels == theirs.labels
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
