@@ -20,7 +20,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from .checkpoints import CheckpointError, local_path
-from .devices import Device, Precision, resolve_device
+from .devices import Device, Precision, resolve_device, resolve_precision
 
 
 def resolve_model(model: str) -> str:
@@ -67,7 +67,7 @@ class ClipModel:
     def __init__(self, model: str, checkpoint: str, precision: Precision = "fp32", device: Device = "auto"):
         self.name = resolve_model(model)
         self.device = resolve_device(device)
-        self.precision = precision if self.device.type == "cuda" else "fp32"  # half precision is for GPUs
+        self.precision = resolve_precision(precision, self.device)  # half precision is for GPUs
         weights = local_path(checkpoint, f"CLIP {self.name} checkpoint")
         with _quiet_random_init():
             self.model = open_clip.create_model(

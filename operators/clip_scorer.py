@@ -55,7 +55,8 @@ class ClipScorerParams(ModelStageParams):
     )
     batch_size: int = Field(32, ge=1, le=4096, description="entity crops per forward pass", json_schema_extra=RUNTIME)
     precision: Precision = Field(
-        "fp16", description="on CUDA; the CPU always runs fp32 (half precision there is slow or unsupported)"
+        "fp16", description="on CUDA (bf16 needs an Ampere GPU or later, else it is refused); the CPU always runs fp32 "
+        "(half precision there is slow or unsupported)"
     )
     scale: Literal["logit", "cosine"] = Field(
         "logit", description="score unit: logit = cosine similarity × 100 (CLIP's own logits, 15-35 for a match), or cosine"

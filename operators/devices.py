@@ -43,3 +43,25 @@ def resolve_device(device: Device) -> "torch.device":
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but this process sees no GPU (give the stage num_gpus > 0)")
     return torch.device(device)
+
+
+def resolve_precision(precision: Precision, device: "torch.device") -> Precision:
+    """What a model runs in on this device: the CPU always fp32; bf16 needs an Ampere GPU or later (compute
+    capability 8.0), before which torch emulates it at a fraction of fp16's speed, so it is refused, loudly."""
+    if device.type != "cuda":
+        return "fp32"
+    if precision == "bf16" and not ampere_or_later(device):
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"precision bf16 needs a GPU of compute capability 8.0 or later (Ampere); {torch.cuda.get_device_name(device)} "
+                         f"is {major}.{minor}: set the stage's precision to fp16")
+    return precision
+
+
+def ampere_or_later(device: "torch.device") -> bool:
+    """Whether a CUDA device has bf16 and TF32 units (compute capability 8.0 or later)."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+

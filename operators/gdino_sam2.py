@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from .. import storage
 from ..dataset import Reject
 from .checkpoints import check_exists, local_path
-from .devices import Precision, resolve_device
+from .devices import Precision, ampere_or_later, resolve_device, resolve_precision
 from .maskers import MaskInput, MaskResult
 from .model_stage import ModelStageParams
 from .video_regions import Blob, link_tracks
@@ -104,7 +104,8 @@ class GdinoSam2MaskerParams(ModelStageParams):
         "IoU is that object again, already tracked, and is not prompted again",
     )
     precision: Precision = Field(
-        "bf16", description="on CUDA, the autocast dtype of both models (SAM2's own examples run bf16); the CPU always runs fp32",
+        "bf16", description="on CUDA, the autocast dtype of both models (SAM2's own examples run bf16; bf16 needs an Ampere GPU "
+        "or later, else it is refused: fp16 there); the CPU always runs fp32",
     )
     tf32: bool = Field(True, description="on CUDA, what autocast leaves in fp32 (and all of precision: fp32) runs its matmuls "
                                          "and convolutions in TF32 (Ampere and later); off: full fp32")
@@ -214,10 +215,12 @@ class GdinoSam2Masker:
 
         self.params = params
         self.device = resolve_device(params.device)
+        self.precision = resolve_precision(params.precision, self.device)
+        self.tf32 = params.tf32 and ampere_or_later(self.device)
         if self.device.type == "cuda":  # process-wide switches: this actor's process runs only this model
             import torch
 
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = params.tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
         # every weights file first: a missing one fails before any model is built
         paths = {field: local_path(getattr(params, field), what) for field, what in WEIGHTS.items()}
         self.detector = GroundingDino(params, paths["gdino_checkpoint"], paths["text_encoder"], self.device)
@@ -226,10 +229,8 @@ class GdinoSam2Masker:
     @property
     def provenance(self) -> dict:
         """What produced the masks, for each sample's json: the models, the device and the precision they ran in."""
-        cuda = self.device.type == "cuda"
-        precision = (self.params.precision + ("+tf32" if self.params.tf32 else "")) if cuda else "fp32"
         return {"name": self.name, "model": f"{self.params.gdino_config} + {self.params.sam2_config}",
-                "device": str(self.device), "precision": precision}
+                "device": str(self.device), "precision": self.precision + ("+tf32" if self.tf32 else "")}
 
     @property
     def items_are_clip(self) -> bool:
@@ -241,8 +242,8 @@ class GdinoSam2Masker:
             return []
         import torch
 
-        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.params.precision)
-        if self.device.type == "cuda" and half is not None:
+        half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        if half is not None:  # only ever on CUDA
             with torch.autocast("cuda", dtype=half):
                 return self._masks(items)
         return self._masks(items)
