@@ -170,6 +170,7 @@ class GroundingDino:
 
     def __init__(self, params: DetectorSettings, weights: str, text_encoder: str, device: torch.device):
         self.params, self.device = params, device
+        self.mean_std = [torch.tensor(v, device=device)[:, None, None] for v in (_MEAN, _STD)]  # on the device once
         model_name = f"GroundingDINO {params.gdino_config}"
         config = _gdino_config(params.gdino_config)
         try:
@@ -218,7 +219,8 @@ class GroundingDino:
         shrinks = size[0] * size[1] < image.shape[0] * image.shape[1]
         rgb = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
         pixels = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255)
-        return (pixels - pixels.new_tensor(_MEAN)[:, None, None]) / pixels.new_tensor(_STD)[:, None, None]
+        mean, std = self.mean_std
+        return (pixels - mean) / std
 
     @torch.inference_mode()
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
