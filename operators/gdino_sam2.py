@@ -120,6 +120,8 @@ class GdinoSam2MaskerParams(ModelStageParams):
             raise ValueError("prompts must differ from each other")
         return cleaned
 
+    needs_target: ClassVar[bool] = False  # detection and SAM2 look at the source frame only: the target stays behind
+
     def check_files(self) -> None:
         """Fail fast, in the driver, when weights or a config given as a path are missing; loads nothing."""
         for field, what in WEIGHTS.items():

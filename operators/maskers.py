@@ -29,7 +29,7 @@ _BLUR = (5, 5)  # Gaussian kernel applied to both frames before differencing (se
 @dataclass(frozen=True)
 class MaskInput:
     source: np.ndarray  # full-resolution BGR frame showing the object
-    target: np.ndarray  # full-resolution BGR frame of the same scene without it
+    target: np.ndarray | None  # full-resolution BGR frame of the same scene without it (None: the masker never reads it)
     prior: np.ndarray  # uint8 0/1 MOG2 object mask, analysis resolution (same aspect ratio)
     whole_frame: bool = True  # False: a region pair's crop (crops of one segment show different parts of the scene)
 
@@ -52,6 +52,7 @@ class MogMasker(Params):
 
     name: Literal["mog"] = "mog"
     items_are_clip: ClassVar[bool] = False
+    needs_target: ClassVar[bool] = True  # the pair's difference refines the MOG2 mask
     diff_threshold: int = Field(20, ge=1, le=255, description="a pixel belongs to the object where a blurred channel differs by more")
     search_radius: float = Field(
         0.02, ge=0, le=0.2, description="the object is looked for this far around the MOG2 mask, fraction of the long side",

@@ -67,17 +67,30 @@ class StageItem(Protocol):
 
 
 class ModelStage(Protocol):
-    """One step between two CPU steps of a pipeline, applied to a list of items by a built model.
+    """One step between two CPU steps of a pipeline: a built model on the inputs of several items in one call.
 
-    ``process`` changes the items in place and returns each item's share of the call's work (the actor's
-    busy time is split in those proportions in the run summary); ``name`` is its stage in the summary.
+    ``inputs`` takes out of an item what its model needs (in the CPU task before the stage: only that goes to
+    the model's actor, while the item waits in the object store), a list of the model's units (entity crops,
+    frame pairs: the call's time is shared out by their count); ``run`` gives each item's inputs their output,
+    all in one call; ``apply`` puts an item's output into it (in the CPU task after). ``name`` is its stage in
+    the run summary.
     """
 
     name: ClassVar[str]
     params: Params  # a ModelStageParams, or the config of a weight-free step that runs in the CPU task
     items_per_call: int
 
-    def process(self, model: Any, items: Sequence[StageItem]) -> list[float]: ...
+    def inputs(self, item: StageItem) -> list: ...
+
+    def run(self, model: Any, inputs: Sequence[list]) -> list: ...
+
+    def apply(self, item: StageItem, output: Any) -> None: ...
+
+
+def process(stage: ModelStage, model: Any, item: StageItem) -> None:
+    """A stage's three steps on one item in one process (a weight-free stage in the CPU task, a direct call)."""
+    (output,) = stage.run(model, [stage.inputs(item)])
+    stage.apply(item, output)
 
 
 def runs_model(params: Params) -> bool:

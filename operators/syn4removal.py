@@ -9,7 +9,7 @@ and the output depends only on the inputs and the config (never on scheduling).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Annotated, ClassVar, NamedTuple, Sequence, Union
 import numpy as np
@@ -281,16 +281,36 @@ class EntityScoring:
     items_per_call: int = 4  # groups whose entities one call scores together
     name: ClassVar[str] = "score"
 
-    def process(self, scorer: EntityScorer, groups: Sequence[Group]) -> list[float]:
-        scores = iter(scorer.score([e for g in groups for e in g.entities]))
-        for group in groups:
-            group.model = getattr(scorer, "provenance", None)
-            group.stats.counts["entities_scored"] += len(group.entities)
-            group.entities, rejects = keep_passing(group.entities, list(islice(scores, len(group.entities))), scorer.name)
-            group.rejects += rejects
-            for entity in group.entities:
-                entity.model_inputs = None  # used: not sent back
-        return [1.0] * len(groups)  # the call's time in equal shares
+    def inputs(self, group: Group) -> list[Entity]:
+        """Each entity as the scorer sees it: its category and prepared model inputs, no image. The group's
+        entities give those inputs up (only the scorer reads them)."""
+        views = [replace(e, source=None, ids=None, pixels=None, mask=None, bounds=None, scores={}) for e in group.entities]
+        for entity in group.entities:
+            entity.model_inputs = None
+        return views
+
+    def run(self, scorer: EntityScorer, inputs: Sequence[list[Entity]]) -> list[Scored]:
+        entities = [e for views in inputs for e in views]
+        scores = iter(scorer.score(entities) if entities else [])
+        provenance = getattr(scorer, "provenance", None)
+        return [Scored(scorer.name, list(islice(scores, len(views))), [v.scores for v in views], provenance) for views in inputs]
+
+    def apply(self, group: Group, output: Scored) -> None:
+        group.model = output.model
+        group.stats.counts["entities_scored"] += len(group.entities)
+        for entity, extra in zip(group.entities, output.extra, strict=True):
+            entity.scores.update(extra)
+        group.entities, rejects = keep_passing(group.entities, output.scores, output.scorer)
+        group.rejects += rejects
+
+
+class Scored(NamedTuple):
+    """A group's output of the scoring step: the scorer, each entity's score and further scores, its provenance."""
+
+    scorer: str
+    scores: list[Score]
+    extra: list[dict[str, float]]  # e.g. clip_context
+    model: dict | None
 
 
 def compose_group(group: Group, params: Syn4RemovalParams, config_hash: str) -> list[dict]:

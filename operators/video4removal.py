@@ -16,7 +16,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Sequence, Union
+from typing import Annotated, ClassVar, NamedTuple, Sequence, Union
 
 import cv2
 import numpy as np
@@ -27,6 +27,7 @@ from ..dataset import Reject, sample_json, sample_key
 from .codecs import BadInput, encode_jpeg, encode_png_gray
 from .gdino_sam2 import GdinoSam2MaskerParams
 from .maskers import Masker, MaskInput, MaskResult, MogMasker
+from .model_stage import process
 from .params import Params
 from .quality import FrameQualityParams, bounding_window, frame_signals, perceptual_hash, quality_reject
 from .stats import Stats
@@ -90,8 +91,8 @@ class Candidate:
     prior: np.ndarray  # MOG2 object mask at analysis resolution
     meta: dict  # analysis facts for the sample's json
 
-    def mask_input(self) -> MaskInput:
-        return MaskInput(self.source.image, self.target.image, self.prior, whole_frame="crop" not in self.meta)
+    def mask_input(self, with_target: bool = True) -> MaskInput:
+        return MaskInput(self.source.image, self.target.image if with_target else None, self.prior, whole_frame="crop" not in self.meta)
 
 
 @dataclass
@@ -322,6 +323,13 @@ def _invalid_mask(mask: np.ndarray, shape: tuple[int, int]) -> str:
     return ""
 
 
+class Masked(NamedTuple):
+    """A segment's output of the masking step: one result per candidate, and the masker's provenance."""
+
+    results: list[MaskResult]
+    model: dict | None
+
+
 @dataclass(frozen=True)
 class SegmentMasking:
     """Video4Removal's masking step: the masker on the candidates of several segments, in one ``masks()`` call
@@ -331,19 +339,23 @@ class SegmentMasking:
     items_per_call: int = 2  # segments whose candidates one call takes together
     name: ClassVar[str] = "mask"
 
-    def process(self, masker: Masker, works: Sequence[SegmentWork]) -> list[float]:
-        clips = [[c.mask_input() for c in work.candidates] for work in works]
+    def inputs(self, work: SegmentWork) -> list[MaskInput]:
+        """The candidates' frames and MOG2 masks (the target frames only for a masker that reads them)."""
+        return [c.mask_input(self.params.needs_target) for c in work.candidates]
+
+    def run(self, masker: Masker, clips: Sequence[list[MaskInput]]) -> list[Masked]:
         if masker.items_are_clip:
             grouped = [masker.masks(clip) if clip else [] for clip in clips]
         else:
             flat = masker.masks([item for clip in clips for item in clip])
             bounds = np.cumsum([0, *map(len, clips)])
             grouped = [flat[start:stop] for start, stop in zip(bounds, bounds[1:])]
-        for work, results in zip(works, grouped):
-            work.results = list(results)
-            work.model = getattr(masker, "provenance", None)
-            work.stats.counts["masked"] += len(results)
-        return [float(len(clip)) for clip in clips]  # the call's time shared by candidate count
+        provenance = getattr(masker, "provenance", None)
+        return [Masked(list(results), provenance) for results in grouped]
+
+    def apply(self, work: SegmentWork, output: Masked) -> None:
+        work.results, work.model = output.results, output.model
+        work.stats.counts["masked"] += len(output.results)
 
 
 def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalParams, config_hash: str) -> list[dict]:
@@ -413,6 +425,6 @@ def process_segment(
     masker = masker or params.masker.build()
     work = analyse_segment(video_id, source, start, stop, params)
     with work.stats.timed(SegmentMasking.name):
-        SegmentMasking(params.masker).process(masker, [work])
+        process(SegmentMasking(params.masker), masker, work)
     samples = encode_samples(work, masker.name, params, config_hash)
     return samples, work.rejects, work.stats

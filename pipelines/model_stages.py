@@ -6,11 +6,15 @@ a stage that loads no model runs inside the CPU task; one that does runs as a ``
 pool that builds its model once per actor, on the GPUs, with the actor count and the batch of its
 config. Rows carry the unit of work in their ``"item"`` column between the steps.
 
-Around an actor stage the rows travel as pandas blocks (``run.pipeline_data_context`` keeps them so):
-Ray serialises the items' arrays out of band, one copy into the object store, read back in place
-(read-only), where an Arrow block pickles each item whole into a binary column and unpickles it at
-every hop: a 16-image full-resolution group costs ~0.2 s instead of seconds per hop. The unit of work
-travels ``Sized``, so that Ray Data's memory budgets count its arrays.
+Around an actor stage only the model's inputs go to the actor and only its outputs come back: the
+prepare task takes the stage's ``inputs`` out of the item and parks the item in the object store
+(``Parked``: a reference, owned by the worker that put it); the finish task fetches it, in place, and
+``apply``-s the output. The whole item crossed the actor before,
+and its arrays were copied into the object store again on the way out, on the actor's one thread, while
+the GPU waited. The rows travel as pandas blocks (``run.pipeline_data_context`` keeps them so): Ray
+serialises arrays out of band and reads them back in place, where an Arrow block pickles each value
+whole into a binary column. Inputs, outputs and parked items are sized by their arrays, so that Ray
+Data's memory budgets count them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..operators.devices import actor_device
-from ..operators.model_stage import ModelStage, runs_model
+from ..operators.model_stage import ModelStage, process, runs_model
 from ..operators.stats import Stats
 
 if TYPE_CHECKING:
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 ITEM = "item"  # the row column holding a unit of work between prepare, the model stage and finish
+INPUTS = "model_inputs"  # the row column of what a stage's model needs of the item, on its way to the actor
+OUTPUT = "model_output"  # the row column of the model's output for the item and the call's stats, on the way back
 IDLE = "_idle"  # Stats.seconds["<stage>_idle"]: an actor stage's time between calls (summary: busy fraction)
 START = "_start"  # Stats.seconds["<stage>_start"]: its actors' model loads, Stats.counts["<stage>_start"]: how many
 
@@ -83,11 +89,18 @@ class StageActor:
         self.clock = ActorClock(time.perf_counter() - start)
 
     def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
+        """The batch's inputs through the model in one call; the rows leave with the outputs in their place, each
+        with its share of the call's time (by its count of model units) in a Stats for the item."""
+        import pandas as pd
+
         start = time.perf_counter()
-        items = [sized.item for sized in batch[ITEM]]
-        weights = self.stage.process(self.model, items)
-        self.clock.record(self.stage.name, start, [item.stats for item in items], weights)
-        return batch
+        inputs = [sized.item for sized in batch[INPUTS]]
+        outputs = self.stage.run(self.model, inputs)
+        stats = [Stats() for _ in inputs]
+        self.clock.record(self.stage.name, start, stats, [float(len(units)) for units in inputs])
+        rows = batch.drop(columns=[INPUTS])
+        rows[OUTPUT] = pd.Series([Sized((output, s)) for output, s in zip(outputs, stats, strict=True)], index=batch.index, dtype=object)
+        return rows
 
 
 def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, finish: Callable) -> dict:
@@ -96,7 +109,7 @@ def _inline(row: dict, prepare: Callable, stage: ModelStage | None, model: Any, 
     if stage is not None:
         item = row[ITEM]
         with item.stats.timed(stage.name):
-            stage.process(model, [item])
+            process(stage, model, item)
     return finish(row)
 
 
@@ -134,17 +147,57 @@ class Sized:
         return self.size
 
 
-def _prepare_frame(batch: "pa.Table", prepare: Callable[[dict], dict]) -> "pd.DataFrame":
-    """``prepare`` on each row of a batch (python values, as ``map`` gives them), as a pandas block whose
-    columns hold the objects themselves, the unit of work ``Sized`` (see the module's note)."""
+class Parked:
+    """A unit of work left in the object store while its inputs visit the model's actor, sized by the item's
+    arrays for Ray Data's memory budgets. The worker that put it owns it: Ray keeps a worker that owns objects
+    in scope, and a worker that dies (a crash, its node gone) takes its parked items with it."""
+
+    __slots__ = ("ref", "size")
+
+    def __init__(self, item: Any):
+        import ray
+
+        self.ref, self.size = ray.put(item), nbytes(item)
+
+    def __sizeof__(self) -> int:
+        return self.size
+
+    def fetch(self) -> Any:
+        import ray
+        from ray.exceptions import ObjectLostError
+
+        try:
+            return ray.get(self.ref)
+        except ObjectLostError as lost:  # OwnerDiedError included
+            raise RuntimeError("a unit of work waiting for its model stage was lost with the worker that held it "
+                               f"({type(lost).__name__}): the run stops, and a rerun resumes where it committed") from None
+
+
+def _prepare_frame(batch: "pa.Table", prepare: Callable[[dict], dict], stage: ModelStage) -> "pd.DataFrame":
+    """``prepare`` on each row of a batch (python values, as ``map`` gives them), the stage's inputs taken out of
+    the item and the item parked, as a pandas block whose columns hold the objects themselves (module note)."""
     import pandas as pd
 
-    rows = [{**row, ITEM: Sized(row[ITEM])} for row in map(prepare, batch.to_pylist())]
+    rows = []
+    for row in map(prepare, batch.to_pylist()):
+        item = row[ITEM]
+        inputs = Sized(stage.inputs(item))
+        rows.append({**row, ITEM: Parked(item), INPUTS: inputs})
     return pd.DataFrame({key: pd.Series([row[key] for row in rows], dtype=object) for key in rows[0]})
 
 
-def _finish_row(row: dict, finish: Callable[[dict], dict]) -> dict:
-    return finish({**row, ITEM: row[ITEM].item})
+def with_output(stage: ModelStage, item: Any, cell: Sized) -> Any:
+    """The item with an actor's ``OUTPUT`` cell for it applied: the model's output and the call's stats."""
+    output, stats = cell.item
+    stage.apply(item, output)
+    item.stats.merge(stats)
+    return item
+
+
+def _finish_row(row: dict, stage: ModelStage, finish: Callable[[dict], dict]) -> dict:
+    """The parked item back, in place, with the model's output; then ``finish``."""
+    item = with_output(stage, row[ITEM].fetch(), row[OUTPUT])
+    return finish({**{k: v for k, v in row.items() if k != OUTPUT}, ITEM: item})
 
 
 def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict], dict], stage: ModelStage | None):
@@ -158,7 +211,8 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
     # Ray Data fuses a task step into the actor step after it when their resource requests match (a model
     # stage on CPUs): every row's prepare would then run on the actor pool alone. A token memory request
     # (1 byte) keeps the prepare in CPU tasks.
-    prepared = rows.map_batches(_prepare_frame, fn_kwargs={"prepare": prepare}, batch_size=1, batch_format="pyarrow", memory=1)
+    prepared = rows.map_batches(_prepare_frame, fn_kwargs={"prepare": prepare, "stage": stage},
+                                batch_size=1, batch_format="pyarrow", memory=1)
     staged = prepared.map_batches(
         StageActor,
         fn_constructor_args=(stage,),
@@ -168,4 +222,4 @@ def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict],
         num_gpus=params.num_gpus,
         num_cpus=params.actor_cpus,
     )
-    return staged.map(partial(_finish_row, finish=finish))
+    return staged.map(partial(_finish_row, stage=stage, finish=finish))

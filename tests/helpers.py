@@ -85,3 +85,17 @@ def cli_in_process(*args: str) -> subprocess.CompletedProcess:
     finally:
         root.handlers, root.level, ours.level = saved
     return subprocess.CompletedProcess(["pairmine", *args], code, out.getvalue(), err.getvalue())
+
+
+def through_stage(actor, items: list) -> list:
+    """Items through a model stage's actor (``StageActor``) as the pipeline sends them: only their inputs go in,
+    and the outputs that come back are applied to the items here, as the finish step does."""
+    import pandas as pd
+
+    from pairmine.pipelines.model_stages import INPUTS, ITEM, OUTPUT, Sized, with_output
+
+    batch = pd.DataFrame({ITEM: pd.Series(range(len(items)), dtype=object),
+                          INPUTS: pd.Series([Sized(actor.stage.inputs(item)) for item in items], dtype=object)})
+    returned = actor(batch)
+    assert INPUTS not in returned and list(returned[ITEM]) == list(range(len(items))), "the rows come back without their inputs"
+    return [with_output(actor.stage, item, cell) for item, cell in zip(items, returned[OUTPUT], strict=True)]

@@ -25,8 +25,9 @@ from pairmine.operators.clip_scorer import ClipScorerParams, clip_input_size, on
 from pairmine.operators.entities import Entity
 from pairmine.operators.scorers import Score
 from pairmine.operators.syn4removal import EntityScoring, Syn4RemovalParams, extract_group, score_entities
-from pairmine.pipelines.model_stages import Sized, StageActor
+from pairmine.pipelines.model_stages import INPUTS, ITEM, OUTPUT, Sized, StageActor, with_output
 
+from helpers import through_stage
 from models import tiny_clip
 
 PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "photos"
@@ -343,12 +344,6 @@ def sa1b_groups(sa1b_row, params: ClipScorerParams) -> list:
     return groups
 
 
-def column(groups: list) -> np.ndarray:
-    array = np.empty(len(groups), dtype=object)
-    array[:] = groups
-    return array
-
-
 def outcome(group) -> tuple:
     """What scoring leaves in a group: kept ids with their scores, rejects."""
     kept = {e.id: e.scores["clip"] for e in group.entities}
@@ -382,8 +377,7 @@ def test_stage_scores_a_batch_of_groups_like_score_entities(tiny, sa1b_row, sa1b
     groups = sa1b_groups(sa1b_row, params)
     candidates = [len(g.entities) for g in groups]
     stage = StageActor(EntityScoring(params))
-    returned = stage({"item": column([Sized(g) for g in groups])})["item"]
-    assert [sized.item for sized in returned] == groups
+    assert through_stage(stage, groups) == groups
     assert_scored_like_score_entities(tiny, sa1b_row, groups, params)
     assert any(g.entities for g in groups) and any(r.reason == "clip_score_below_threshold" for g in groups for r in g.rejects)
     clip_rejects = [r for g in groups for r in g.rejects if r.reason == "clip_score_below_threshold"]
@@ -395,17 +389,20 @@ def test_stage_scores_a_batch_of_groups_like_score_entities(tiny, sa1b_row, sa1b
     pause = 0.05
     time.sleep(pause)
     later = sa1b_groups(sa1b_row, params)[:1]
-    stage({"item": column([Sized(g) for g in later])})
+    through_stage(stage, later)
     assert later[0].stats.seconds["score_idle"] >= pause
     assert later[0].stats.counts["entities_scored"] == candidates[0]
 
 
 def test_stage_as_a_ray_data_actor(ray_local, tiny, sa1b_row, sa1b_cut):
     params = clip_params(tiny, threshold=sa1b_cut, batch_size=4)
-    dataset = ray_local.data.from_items([{"item": Sized(g)} for g in sa1b_groups(sa1b_row, params)]).map_batches(
-        StageActor, fn_constructor_args=(EntityScoring(params),), batch_size=2, concurrency=1, batch_format="numpy"
+    stage, groups = EntityScoring(params), sa1b_groups(sa1b_row, params)
+    dataset = ray_local.data.from_items([{ITEM: k, INPUTS: Sized(stage.inputs(g))} for k, g in enumerate(groups)]).map_batches(
+        StageActor, fn_constructor_args=(stage,), batch_size=2, concurrency=1, batch_format="pandas"
     )
-    groups = sorted((row["item"].item for row in dataset.take_all()), key=lambda g: g.consumed)
+    for row in dataset.take_all():
+        with_output(stage, groups[row[ITEM]], row[OUTPUT])
+    groups = sorted(groups, key=lambda g: g.consumed)
     groups = [g for stems in (GOOD_SA1B[:2], GOOD_SA1B[2:]) for g in groups if g.consumed == list(stems)]
     assert_scored_like_score_entities(tiny, sa1b_row, groups, params)
     assert all(g.stats.counts["entities_scored"] > 0 and g.stats.seconds["score"] > 0 for g in groups)
@@ -428,5 +425,5 @@ def test_inputs_prepared_in_the_cpu_task_score_like_open_clips_own_transform(tin
     assert np.abs(fast - reference).max() < 0.05  # area vs. PIL resampling: the same image to CLIP
     assert [s.passed for s in prepared] == [s.passed for s in scorer.score([dataclasses.replace(e, model_inputs=None) for e in entities])]
     stage = StageActor(EntityScoring(params))
-    stage({"item": column([Sized(g) for g in groups])})
-    assert all(e.model_inputs is None for g in groups for e in g.entities), "inputs are not sent back"
+    through_stage(stage, groups)
+    assert all(e.model_inputs is None for g in groups for e in g.entities), "the inputs went to the model, not back into the groups"

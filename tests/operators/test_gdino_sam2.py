@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import through_stage
 from models import tiny_gdino, tiny_sam2
 from pydantic import ValidationError
 
@@ -30,7 +31,7 @@ from pairmine.operators.gdino_sam2 import (
 from pairmine.operators.gdino_sam2_models import Detections
 from pairmine.operators.maskers import MaskInput, MaskResult
 from pairmine.operators.video4removal import SegmentMasking, Video4RemovalParams, analyse_segment, encode_samples
-from pairmine.pipelines.model_stages import Sized, StageActor
+from pairmine.pipelines.model_stages import StageActor
 from pairmine.operators.video_io import DecodeParams, analysis_size, read_frames
 
 SOURCES, TARGET = (60, 75, 90), 0  # frames with the object / the empty scene
@@ -444,16 +445,15 @@ def test_mask_stage_masks_every_candidate_and_times_itself(tiny, video, propagat
     empty = analyse_segment("synth/short", str(video), 0, 3, config)  # too short: no candidates
     assert work.candidates and not empty.candidates
     stage = StageActor(SegmentMasking(make_params(tiny, propagate=propagate, max_detections=2)))
-    batch = {"item": np.array([Sized(work), Sized(empty)], dtype=object)}
-    out = stage(batch)
-    assert out["item"] is batch["item"]
+    assert all(item.target is None for item in stage.stage.inputs(work)), "the masker never reads the target frames: they stay"
+    through_stage(stage, [work, empty])
     results = work.results
     assert len(results) == len(work.candidates) and empty.results == []
     for result, candidate in zip(results, work.candidates):
         assert_contract(result, candidate.source.image.shape[:2])
     assert work.stats.counts["masked"] == len(work.candidates) and empty.stats.counts["masked"] == 0
     assert work.stats.seconds["mask"] > 0 and work.stats.seconds["mask_idle"] == 0, "no idle time before the first call"
-    stage({"item": np.array([Sized(empty)], dtype=object)})
+    through_stage(stage, [empty])
     assert empty.stats.seconds["mask_idle"] > 0
     samples = encode_samples(work, stage.model.name, config, "c0ffee")
     assert len(samples) + sum(r.stage == "mask" for r in work.rejects) == len(work.candidates)

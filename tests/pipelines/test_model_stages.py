@@ -128,6 +128,10 @@ class Frames:
     total: int = 0
     process: int = 0  # the pid that ran the model on it
     stats: Stats = dataclasses.field(default_factory=Stats)
+    loaded_in: list = dataclasses.field(default_factory=list)  # the pid of every process that unpickled it, in turn
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state | {"loaded_in": [*state["loaded_in"], os.getpid()]})
 
 
 class Summing(ModelStageParams):
@@ -146,27 +150,36 @@ class SumStage:
     items_per_call: int = 2
     name: ClassVar[str] = "sum"
 
-    def process(self, model, items) -> list[float]:
-        for item in items:
-            item.total, item.process = int(sum(model(frame) for frame in item.frames)), os.getpid()
-        return [1.0] * len(items)
+    def inputs(self, item: Frames) -> list:
+        return item.frames
+
+    def run(self, model, inputs) -> list:
+        return [(int(sum(model(frame) for frame in frames)), os.getpid()) for frames in inputs]
+
+    def apply(self, item: Frames, output) -> None:
+        item.total, item.process = output
 
 
-def test_a_unit_of_work_is_sized_by_its_arrays_for_ray_datas_memory_budgets():
+def test_a_unit_of_work_is_sized_by_its_arrays_for_ray_datas_memory_budgets(ray_local):
     import pyarrow as pa
     from ray.data.block import BlockAccessor
 
-    from pairmine.pipelines.model_stages import _prepare_frame
+    from pairmine.pipelines.model_stages import INPUTS, _prepare_frame
 
     item = Frames([np.zeros((300, 400, 3), np.uint8), {"mask": np.zeros((300, 400), bool)}], 7)
     assert nbytes(item) == 300 * 400 * 4
     image = item.frames[0]
     assert nbytes([image, image[10:20, 5:50], {"again": image}]) == image.nbytes, "views and repeats: the memory once"
-    block = _prepare_frame(pa.table({"id": [0]}), lambda row: {ITEM: item, "id": row["id"]})
-    assert BlockAccessor.for_block(block).size_bytes() >= nbytes(item), "what Ray Data counts in its memory budgets"
+    block = _prepare_frame(pa.table({"id": [0]}), lambda row: {ITEM: item, "id": row["id"]}, SumStage(Summing()))
+    accessor = BlockAccessor.for_block(block)
+    assert accessor.size_bytes() >= 2 * nbytes(item), "what Ray Data counts in its memory budgets: the parked item and its inputs"
+    assert block[ITEM][0].size == nbytes(item) and block[INPUTS][0].item is item.frames
 
 
-def test_items_cross_an_actor_stage_out_of_band_and_whole(ray_local):
+def test_only_the_models_inputs_cross_an_actor_stage(ray_local):
+    """The item waits in the object store while its inputs go through the actor: the actor's process never
+    loads it (the whole item went there and back, copied again on the way out), and the finish step reads its
+    arrays in place."""
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
@@ -178,11 +191,13 @@ def test_items_cross_an_actor_stage_out_of_band_and_whole(ray_local):
     def finish(row):
         item = row[ITEM]
         return {"id": row["id"], "total": item.total, "in_place": not item.frames[0].flags.writeable, "timed": item.stats.seconds["sum"] > 0,
-                "prepared_in": row["prepared_in"], "modelled_in": item.process}
+                "prepared_in": row["prepared_in"], "modelled_in": item.process, "loaded_in": item.loaded_in, "columns": sorted(row)}
 
     rows = ray_local.data.range(5, override_num_blocks=1)
     out = sorted(around_model(rows, prepare, finish, SumStage(Summing())).take_all(), key=lambda r: r["id"])
     assert [r["total"] for r in out] == [2 * 200 * 300 * 3 * k for k in range(5)], "every item went through the model once"
     assert all(r["timed"] for r in out)
-    assert all(r["in_place"] for r in out), "the frames were read from the object store in place (pandas blocks), not unpickled"
+    assert all(r["in_place"] for r in out), "the frames were read from the object store in place, not unpickled into copies"
     assert not {r["prepared_in"] for r in out} & {r["modelled_in"] for r in out}, "prepare ran in CPU tasks, not fused into the actor"
+    assert all(len(r["loaded_in"]) == 1 and r["modelled_in"] not in r["loaded_in"] for r in out), "the item never went to the actor"
+    assert out[0]["columns"] == ["id", ITEM, "prepared_in"], "finish sees the rows as prepare made them"
