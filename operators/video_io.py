@@ -65,7 +65,7 @@ class VideoInfo:
     # width:height of one stored pixel as players show it (DV, broadcast and QCIF footage is anamorphic; unset
     # counts as square, as players take it); None when the reader cannot tell
     pixel_aspect: tuple[int, int] | None = None
-    declared_frames: int = 0  # what the header's duration implies, when the stream, counted, ends over a second before it
+    declared_frames: int = 0  # the frames the header promises, when the whole file ends over a second before its duration
 
     def to_dict(self) -> dict:
         return {"width": self.width, "height": self.height, "fps": round(self.fps, 4), "frames": self.frames,
@@ -159,8 +159,7 @@ class PyAVReader:
                     info = self._info(container, stream)
                     if stream.frames or not info.fps > 0:  # the container counts its frames (MP4, MOV)
                         return info
-                    frames = _counted(container, stream, info.frames)
-                    declared = info.frames if info.frames > frames else 0
+                    frames, declared = _counted(container, stream, info.frames)
                     return replace(info, frames=frames, duration=frames / info.fps, declared_frames=declared)
             except av.FFmpegError as exc:
                 raise BadInput("unreadable", f"not a readable video container ({exc})") from None
@@ -226,18 +225,33 @@ class PyAVReader:
                     break
 
 
-def _counted(container, stream, estimate: int) -> int:
-    """The frames of a stream whose header gives at most a duration (MKV, WebM, MPEG-TS): a wrong one planned
-    thousands of imaginary segments, a missing one none. Seeks to the claimed end and demuxes what is left (a
-    few packets, no decoding): the last packet's frame index + 1, used when it differs from the estimate by more
-    than a second (packet timestamps can miss the last frame or two). When that seek lands on nothing, the
-    estimate stands if there is one, else every packet is counted (a recording written to a pipe has no length)."""
+def _counted(container, stream, estimate: int) -> tuple[int, int]:
+    """(frames, declared) of a stream whose header gives at most a duration (MKV, WebM, MPEG-TS): a wrong one
+    planned thousands of imaginary segments, a missing one none. Seeks to the claimed end and demuxes what is
+    left (a few packets, no decoding): the last video packet's frame index + 1, used when it differs from the
+    estimate by more than a second (packet timestamps can miss the last frame or two). When that seek lands on
+    nothing, the estimate stands if there is one, else every packet is counted (a recording written to a pipe
+    has no length). ``declared`` (else 0) is the frame count the header promises when the file itself, every
+    stream of it, ends over a second before its declared duration: cut short (a partial download), or a header
+    that is wrong. A video that starts late or ends before the audio is neither."""
     clock = _Clock.of(stream)
-    if estimate > 0:
-        container.seek(clock.offset(estimate - 1), stream=stream, backward=True)
-        last = max((clock.index(p) for p in container.demux(stream) if p.size and p.pts is not None), default=None)
-        return estimate if last is None or abs(last + 1 - estimate) <= clock.fps else last + 1
-    return sum(1 for packet in container.demux(stream) if packet.size)  # skips the flush packet
+    if estimate <= 0:
+        return sum(1 for packet in container.demux(stream) if packet.size), 0  # skips the flush packet
+    container.seek(clock.offset(estimate - 1), stream=stream, backward=True)
+    last, end = None, None  # the video's last frame index; where the file's last packet of any stream ends (s)
+    for packet in container.demux():
+        if not packet.size or packet.pts is None:
+            continue
+        if packet.stream is stream:
+            last = max(last if last is not None else -1, clock.index(packet))
+        stop = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+        end = stop if end is None else max(end, stop)
+    if last is None or abs(last + 1 - estimate) <= clock.fps:
+        return estimate, 0
+    # the declared duration read as an end time: Matroska's is its last timestamp whatever the first (start_time
+    # + duration overshoots a video that starts late); where it is end - start, this can only miss a cut, never invent one
+    missing = container.duration / 1e6 - end if end is not None and container.duration else 0.0
+    return last + 1, last + 1 + round(missing * clock.fps) if missing > 1.0 else 0
 
 
 def check_timeline(source: Source) -> bool:

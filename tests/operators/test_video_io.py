@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 
 import numpy as np
@@ -374,3 +375,45 @@ def test_a_header_that_claims_the_wrong_length_is_corrected_from_the_stream_end(
     with av.open(str(wrong)) as container:
         assert container.duration > 1e10, "the header claims about 27 hours"
     assert probe(str(wrong), DecodeParams()).frames == probe(path, DecodeParams()).frames == 60
+
+
+def _mkv(path, video_start_s: float = 0.0, audio_s: float = 0.0) -> str:
+    """A complete 5 s MKV at 10 fps (50 frames): its video starting late, or with an audio track outlasting it."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=8000, layout="mono") if audio_s else None
+        first = round(video_start_s * 10)
+        for k in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * k, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = first + k, Fraction(1, 10)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        for k in range(round(audio_s * 10)):  # 0.1 s of silence each
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.pts, samples.time_base = 8000, 800 * k, Fraction(1, 8000)
+            for packet in audio.encode(samples):
+                out.mux(packet)
+        if audio:
+            for packet in audio.encode():
+                out.mux(packet)
+    return str(path)
+
+
+def test_a_complete_mkv_whose_video_starts_late_or_ends_before_its_audio_is_not_cut_short(tmp_path):
+    """The container's duration spans every stream from 0: measured against the video's last packet alone, these
+    complete files read as cut short and got a truncated_video reject for frames that never existed."""
+    for path in (_mkv(tmp_path / "late.mkv", video_start_s=2.0), _mkv(tmp_path / "audio.mkv", audio_s=8.0)):
+        info = probe(path, DecodeParams())
+        assert (info.frames, info.declared_frames) in ((50, 0), (70, 0)), (path, info)
+    whole = _mkv(tmp_path / "whole.mkv", audio_s=5.0)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(open(whole, "rb").read()[: os.path.getsize(whole) * 11 // 20])
+    info = probe(str(cut), DecodeParams())
+    assert info.frames < 40 and info.declared_frames == pytest.approx(50, abs=3), "cut short: the header's 5 s are promised"
