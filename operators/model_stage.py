@@ -3,9 +3,9 @@
 A model stage is a step that loads weights (CLIP entity scoring, GroundingDINO + SAM2 masking). Its
 config (``ModelStageParams``) says how the step runs (device, batch size, GPUs, actors: runtime fields,
 left out of the config hash) and offers ``check_files()`` (fast, in the driver), ``build()`` (the
-model, once per process or actor) and ``verify()`` (both, before Ray starts). What the step does to a
-list of items between two CPU steps is its ``ModelStage``: a pure function of the built model and the
-items. ``pipelines/model_stages.py`` runs any stage as a Ray actor pool, or in the CPU task when it
+model, once per process or actor) and ``verify()`` (both, before Ray starts). What the step does to
+items between two CPU steps is its ``ModelStage``: what the model needs of an item, the model on several
+items' inputs in one call, and its output put back into each item. ``pipelines/model_stages.py`` runs any stage as a Ray actor pool, or in the CPU task when it
 loads no model; nothing here imports Ray or torch.
 """
 
@@ -61,8 +61,10 @@ class ModelStageParams(Params):
 
 
 class StageItem(Protocol):
-    """What travels through a model stage: one unit of work (a group of images, a video segment) with its stats."""
+    """What travels through a model stage: one unit of work (a group of images, a video segment) of an input unit
+    (a tar, a video), with its stats."""
 
+    unit: str
     stats: Stats
 
 

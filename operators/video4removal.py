@@ -110,6 +110,10 @@ class SegmentWork:
     stats: Stats = field(default_factory=Stats)
     model: dict | None = None  # the masker's provenance (device, precision) when it is a model, for each sample's json
 
+    @property
+    def unit(self) -> str:
+        return self.video_id
+
     def reject(self, first: int, stop: int, stage: str, why: Reject) -> None:
         """Frames [first, stop) yield nothing at `stage`, for the reason `why` gives."""
         self.rejects.append(why.at(f"{self.video_id}#{first}-{stop}", stage))

@@ -29,7 +29,7 @@ COMMAND_MODULES = {
     "train": "pairmine.training.commands", "erase": "pairmine.training.commands", "evaluate": "pairmine.training.commands",
 }
 EXIT_CODES = "exit codes: 0 done, 1 failure, 2 bad arguments/config/inputs (nothing was run)."
-PIPELINE_EXIT_CODES = ("exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do), 1 failure,\n"
+PIPELINE_EXIT_CODES = ("exit codes: 0 done (_SUCCESS says how: done, done_with_rejects, nothing_to_do, incomplete), 1 failure,\n"
                        "2 bad arguments/config/inputs (nothing was run), 3 output busy with another run (retry later),\n"
                        "130 / 143 stopped by Ctrl-C / SIGTERM (what was committed stays; rerun to continue).")
 

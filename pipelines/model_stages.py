@@ -14,13 +14,16 @@ and its arrays were copied into the object store again on the way out, on the ac
 the GPU waited. The rows travel as pandas blocks (``run.pipeline_data_context`` keeps them so): Ray
 serialises arrays out of band and reads them back in place, where an Arrow block pickles each value
 whole into a binary column. Inputs, outputs and parked items are sized by their arrays, so that Ray
-Data's memory budgets count them.
+Data's memory budgets count them. An item lost with the worker that parked it (its owner) costs that item
+alone: its inputs are left for the next run, and the summary counts it (``items_lost``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -33,6 +36,8 @@ from ..operators.stats import Stats
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 ITEM = "item"  # the row column holding a unit of work between prepare, the model stage and finish
 INPUTS = "model_inputs"  # the row column of what a stage's model needs of the item, on its way to the actor
@@ -147,30 +152,30 @@ class Sized:
         return self.size
 
 
+LOST = "items_lost"  # Stats.counts: units of work lost with a worker while they waited for a model stage
+
+
 class Parked:
     """A unit of work left in the object store while its inputs visit the model's actor, sized by the item's
     arrays for Ray Data's memory budgets. The worker that put it owns it: Ray keeps a worker that owns objects
-    in scope, and a worker that dies (a crash, its node gone) takes its parked items with it."""
+    in scope, but one that dies (a crash, Ray's OOM killer, its node gone) takes its parked items with it, and
+    Ray cannot make them again (no lineage for a put)."""
 
-    __slots__ = ("ref", "size")
+    __slots__ = ("ref", "size", "unit")
 
     def __init__(self, item: Any):
         import ray
 
-        self.ref, self.size = ray.put(item), nbytes(item)
+        self.ref, self.size, self.unit = ray.put(item), nbytes(item), item.unit
 
     def __sizeof__(self) -> int:
         return self.size
 
     def fetch(self) -> Any:
+        """The item, its arrays read in place; ObjectLostError (OwnerDiedError is one) when it went with its worker."""
         import ray
-        from ray.exceptions import ObjectLostError
 
-        try:
-            return ray.get(self.ref)
-        except ObjectLostError as lost:  # OwnerDiedError included
-            raise RuntimeError("a unit of work waiting for its model stage was lost with the worker that held it "
-                               f"({type(lost).__name__}): the run stops, and a rerun resumes where it committed") from None
+        return ray.get(self.ref)
 
 
 def _prepare_frame(batch: "pa.Table", prepare: Callable[[dict], dict], stage: ModelStage) -> "pd.DataFrame":
@@ -195,9 +200,20 @@ def with_output(stage: ModelStage, item: Any, cell: Sized) -> Any:
 
 
 def _finish_row(row: dict, stage: ModelStage, finish: Callable[[dict], dict]) -> dict:
-    """The parked item back, in place, with the model's output; then ``finish``."""
-    item = with_output(stage, row[ITEM].fetch(), row[OUTPUT])
-    return finish({**{k: v for k, v in row.items() if k != OUTPUT}, ITEM: item})
+    """The parked item back, in place, with the model's output; then ``finish``. An item lost with its worker
+    becomes a writer row that accounts for nothing (its inputs are not marked done: the next run mines them) and
+    is counted, so the run goes on and its summary says so."""
+    from ray.exceptions import ObjectLostError
+
+    from .writer import pack_group
+
+    parked = row[ITEM]
+    try:
+        item = parked.fetch()
+    except ObjectLostError as lost:
+        log.warning("a unit of work of %s was lost with the worker that held it (%s): left for the next run", parked.unit, type(lost).__name__)
+        return pack_group(parked.unit, [], -1, [], [], Stats(Counter({LOST: 1})))
+    return finish({**{k: v for k, v in row.items() if k != OUTPUT}, ITEM: with_output(stage, item, row[OUTPUT])})
 
 
 def around_model(rows, prepare: Callable[[dict], dict], finish: Callable[[dict], dict], stage: ModelStage | None):

@@ -26,6 +26,7 @@ from ..operators.model_stage import ModelStage, runs_model
 from .cli import PIPELINE_EXIT_CODES, Command, add_config_arguments, nonnegative_arg, path_arg
 from .config import config_hash, load_config, to_yaml
 from .inputs import Unit
+from .model_stages import LOST
 from .summary import build_summary, format_summary
 
 log = logging.getLogger("pairmine")
@@ -179,7 +180,8 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
     written = summary["written"]  # what earlier runs committed plus this run's shards: no second manifest read
     summary["output_totals"] = {"shards": progress.shards + written["shards"], "samples": progress.samples + written["samples"]}
     committed = sum(len(r["shards"]) for r in results)  # manifest rows this run wrote (a folder is listed again every run)
-    summary["status"] = "nothing_to_do" if not committed else "done_with_rejects" if summary["rejects"]["total"] else "done"
+    summary["status"] = ("incomplete" if summary["counts"].get(LOST) else "nothing_to_do" if not committed
+                         else "done_with_rejects" if summary["rejects"]["total"] else "done")
     confirm(output, lease)  # a run that lost its lease after its last commit writes no summary beside the live run
     write_success(output, summary)
     return summary

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..operators.stats import Stats
 from .inputs import VANISHED
+from .model_stages import LOST
 from .model_stages import IDLE, START
 
 
@@ -75,6 +76,8 @@ def format_summary(summary: dict) -> str:
         *([f"  no samples: every input this run read was rejected (first: {next(iter(rejects['by_reason']))}); "
            "the reasons and details are in rejects/ (`pairmine report`)"]
           if rejects["total"] > rejects["by_reason"].get(f"read/{VANISHED}", 0) and not written["samples"] else []),
+        *([f"  lost: {summary['counts'][LOST]} groups / segments went with a worker that died while they waited for the model "
+           "stage; their inputs are not marked done: run the same command again to mine them"] if summary["counts"].get(LOST) else []),
         "  stages (seconds, items per second): "
         + ", ".join(
             f"{k} {v['cpu_seconds']:.2f}s/{v['items_per_cpu_second']}"

@@ -201,3 +201,62 @@ def test_only_the_models_inputs_cross_an_actor_stage(ray_local):
     assert not {r["prepared_in"] for r in out} & {r["modelled_in"] for r in out}, "prepare ran in CPU tasks, not fused into the actor"
     assert all(len(r["loaded_in"]) == 1 and r["modelled_in"] not in r["loaded_in"] for r in out), "the item never went to the actor"
     assert out[0]["columns"] == ["id", ITEM, "prepared_in"], "finish sees the rows as prepare made them"
+
+
+def test_an_item_lost_with_its_worker_is_left_for_the_next_run(ray_local):
+    """A parked item goes with the worker that put it (a crash, the OOM killer, a lost node) and Ray cannot make
+    it again: its row accounts for nothing (its inputs are not marked done, so the next run mines them) and is
+    counted, where the whole run used to stop."""
+    from ray.exceptions import OwnerDiedError
+
+    from pairmine.pipelines.model_stages import LOST, OUTPUT, Parked, Sized, _finish_row
+
+    class Gone(Parked):
+        """Parked by a worker that died since: Ray frees such objects (when, varies), then this is what get raises."""
+
+        def fetch(self):
+            raise OwnerDiedError(self.ref.hex(), None, "")
+
+    item = Frames([np.zeros((10, 10), np.uint8)])
+    item.unit = "sa_000001.tar"
+    parked = Gone(item)
+    finished = []
+    row = _finish_row({ITEM: parked, OUTPUT: Sized(((0, 0), Stats())), "id": 0}, SumStage(Summing()), finished.append)
+    assert not finished, "finish never ran on a lost item"
+    assert (row["unit"], row["consumed"], row["unit_total"], row["samples"]) == ("sa_000001.tar", [], -1, [])
+    assert json.loads(row["stats"])["counts"] == {LOST: 1}
+    results = [{"stats": json.loads(row["stats"]), "shards": []}]
+    summary = build_summary(results, 1.0, {}, pipeline="syn4removal", run="r", output="o", units={"planned": 1, "already_complete": 0},
+                            output_totals={"samples": 0, "shards": 0})
+    assert "lost: 1 groups / segments went with a worker" in format_summary(summary)
+
+
+def test_a_worker_that_dies_mid_run_costs_at_most_the_items_it_held(ray_local, tmp_path):
+    """A prepare worker killed once (its task retried elsewhere): the run still ends, and every row is either
+    finished or counted lost."""
+    from ray import cloudpickle
+
+    from pairmine.pipelines.model_stages import LOST
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pipeline_data_context()
+    marker = tmp_path / "died"
+
+    def prepare(row):
+        if row["id"] == 3 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker dies, with whatever it parked before
+        item = Frames([np.full((50, 60), row["id"], np.uint8)])
+        item.unit = f"unit-{row['id']}"
+        return {ITEM: item, "id": row["id"]}
+
+    def finish(row):
+        return {"unit": row[ITEM].unit, "consumed": [str(row["id"])], "unit_total": 1, "samples": [], "keys": [], "phashes": [], "quality": [],
+                "rejects": [], "stats": json.dumps(row[ITEM].stats.to_dict())}
+
+    rows = ray_local.data.range(6, override_num_blocks=6)
+    out = around_model(rows, prepare, finish, SumStage(Summing())).take_all()
+    assert marker.exists() and len(out) == 6
+    lost = [r for r in out if json.loads(r["stats"])["counts"].get(LOST)]
+    assert all(r["consumed"] == [] and r["unit_total"] == -1 for r in lost)
+    assert sorted(r["unit"] for r in out) == [f"unit-{k}" for k in range(6)], "each row once: finished, or lost and counted"
