@@ -129,6 +129,7 @@ class Frames:
     process: int = 0  # the pid that ran the model on it
     stats: Stats = dataclasses.field(default_factory=Stats)
     loaded_in: list = dataclasses.field(default_factory=list)  # the pid of every process that unpickled it, in turn
+    unit: str = "frames"  # the input unit it belongs to
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state | {"loaded_in": [*state["loaded_in"], os.getpid()]})
