@@ -298,8 +298,8 @@ class DeviceTransforms(SAM2Transforms):
 @contextmanager
 def _cuda_unseen():
     """torch.cuda.is_available() is False inside: two of SAM2's modules put tensors on CUDA whenever it is there (a
-    position-encoding cache, the RoPE frequencies), whatever device the model is for. Built for the CPU on a machine
-    with a GPU, the model opened a CUDA context on GPU 0 and its attention mixed devices."""
+    position-encoding cache, the RoPE frequencies), whatever device the model is for: built for the CPU on a machine
+    with a GPU, the model opened a CUDA context on GPU 0 (memory another actor may hold) for tensors it then moves."""
     seen = torch.cuda.is_available
     torch.cuda.is_available = lambda: False
     try:

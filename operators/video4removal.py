@@ -344,7 +344,8 @@ class SegmentMasking:
     name: ClassVar[str] = "mask"
 
     def inputs(self, work: SegmentWork) -> list[MaskInput]:
-        """The candidates' frames and MOG2 masks (the target frames only for a masker that reads them)."""
+        """The candidates' frames and MOG2 masks (the target frames only for a masker that reads them). The source
+        frames stay in the parked segment too (encoding needs them): the object store holds them twice meanwhile."""
         return [c.mask_input(self.params.needs_target) for c in work.candidates]
 
     def run(self, masker: Masker, clips: Sequence[list[MaskInput]]) -> list[Masked]:
