@@ -25,7 +25,7 @@ from .devices import Precision
 from .entities import Entity
 from .model_stage import ModelStageParams
 from .params import RUNTIME
-from .scorers import Score
+from .scorers import AnnotationScorer, Score
 
 LOGIT_SCALE = 100.0  # CLIP's trained logit scale: logit = 100 × cosine similarity
 # Valid thresholds per scale. A logit threshold under 1 (cosine 0.01) is a cosine given on the wrong
@@ -83,6 +83,11 @@ class ClipScorerParams(ModelStageParams):
         False,
         description="also score the entity's box with its real surroundings, recorded as scores['clip_context']; "
         "the threshold always applies to the masked crop, the pixels that will be pasted",
+    )
+    annotation: AnnotationScorer = Field(
+        default_factory=AnnotationScorer,
+        description="the annotations' own checks, applied first, before any mask is cut: crowds (panoptic iscrowd), "
+        "SA-1B's predicted IoU and stability, Open Images' PredictedIoU (the release filters SAM's masks so too)",
     )
     needs_pixels: ClassVar[bool] = True
 
@@ -217,6 +222,10 @@ class ClipScorer:
 
     def model_inputs(self, entity: Entity) -> dict[str, np.ndarray]:
         return self.params.model_inputs(entity)
+
+    @property
+    def annotation(self) -> AnnotationScorer:
+        return self.params.annotation
 
     @property
     def provenance(self) -> dict:

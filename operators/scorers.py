@@ -30,7 +30,7 @@ class Score:
 
 class EntityScorer(Protocol):
     name: str
-    needs_pixels: bool
+    needs_pixels: bool  # a pixel scorer also has ``annotation``: the annotation scorer whose checks run before it
 
     def score(self, entities: Sequence[Entity]) -> list[Score]: ...
 

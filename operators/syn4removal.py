@@ -184,9 +184,9 @@ def _entities_of(
     parts = nested_rejects([e.segment for e in candidates], params.entities.max_inside_larger)
     rejects += [parts[e.segment.index].at(e.id, "entity") for e in candidates if e.segment.index in parts]
     candidates = [e for e in candidates if e.segment.index not in parts]
-    if not scorer.needs_pixels:
-        candidates, scored_out = score_entities(candidates, scorer)
-        rejects += scored_out
+    # a pixel scorer (CLIP) runs later, on the cut entities; the annotations' own checks come first all the same
+    candidates, scored_out = score_entities(candidates, scorer.annotation if scorer.needs_pixels else scorer)
+    rejects += scored_out
     return candidates, rejects
 
 

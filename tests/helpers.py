@@ -99,3 +99,25 @@ def through_stage(actor, items: list) -> list:
     returned = actor(batch)
     assert INPUTS not in returned and list(returned[ITEM]) == list(range(len(items))), "the rows come back without their inputs"
     return [with_output(actor.stage, item, cell) for item, cell in zip(items, returned[OUTPUT], strict=True)]
+
+
+def panoptic_row(panoptic, *, ids=("a",), annotation=None, segmentation=None, categories=None) -> dict:
+    annotation = panoptic["annotation"] if annotation is None else annotation
+    records = [
+        {
+            "id": f"{panoptic['stem']}_{i}",
+            "image": panoptic["image"],
+            "annotation": annotation if isinstance(annotation, bytes) else json.dumps(annotation).encode(),
+            "segmentation": panoptic["png"] if segmentation is None else segmentation,
+        }
+        for i in ids
+    ]
+    return {
+        "unit": "val2017",
+        "kind": "panoptic",
+        "categories": json.dumps(panoptic["categories"] if categories is None else categories),
+        "records": records,
+        "rejects": [],
+        "consumed": [r["id"] for r in records],
+        "unit_total": len(records),
+    }

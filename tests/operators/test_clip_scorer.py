@@ -27,7 +27,7 @@ from pairmine.operators.scorers import Score
 from pairmine.operators.syn4removal import EntityScoring, Syn4RemovalParams, extract_group, score_entities
 from pairmine.pipelines.model_stages import INPUTS, ITEM, OUTPUT, Sized, StageActor, with_output
 
-from helpers import through_stage
+from helpers import panoptic_row, through_stage
 from models import tiny_clip
 
 PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "photos"
@@ -48,7 +48,8 @@ def tiny(tmp_path_factory) -> tuple[str, str]:
 def clip_params(tiny, **overrides) -> ClipScorerParams:
     """The tiny model on the cosine scale, keeping everything unless told otherwise."""
     config, checkpoint = tiny
-    return ClipScorerParams(**{"model": config, "checkpoint": checkpoint, "scale": "cosine", "threshold": -1.0, **overrides})
+    keep = {"min_predicted_iou": 0.0, "min_stability_score": 0.0}  # the annotation checks that run first, open too
+    return ClipScorerParams(**{"model": config, "checkpoint": checkpoint, "scale": "cosine", "threshold": -1.0, "annotation": keep, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -427,3 +428,16 @@ def test_inputs_prepared_in_the_cpu_task_score_like_open_clips_own_transform(tin
     stage = StageActor(EntityScoring(params))
     through_stage(stage, groups)
     assert all(e.model_inputs is None for g in groups for e in g.entities), "the inputs went to the model, not back into the groups"
+
+
+def test_a_pixel_scorer_keeps_the_annotations_own_checks(tiny, sa1b_row, panoptic):
+    """Choosing CLIP replaced the annotation scorer: panoptic crowds became entities and SA-1B's predicted IoU and
+    stability gates were gone. They run first, before any mask is cut."""
+    crowd = {**panoptic["annotation"], "segments_info": [{**s, "iscrowd": 1} for s in panoptic["annotation"]["segments_info"]]}
+    group = extract_group(panoptic_row(panoptic, annotation=crowd), Syn4RemovalParams(entities={"min_area_ratio": 0.005}), clip_params(tiny))
+    assert not group.entities and any(r.reason == "crowd" for r in group.rejects)
+    strict = clip_params(tiny, annotation={"min_predicted_iou": 1.0})
+    sa1b = extract_group(sa1b_row(GOOD_SA1B[:2]), Syn4RemovalParams(), strict)
+    assert not sa1b.entities and any(r.reason == "low_predicted_iou" for r in sa1b.rejects)
+    kept = extract_group(sa1b_row(GOOD_SA1B[:2]), Syn4RemovalParams(), clip_params(tiny))
+    assert kept.entities and all("annotation" in e.scores for e in kept.entities), "the annotation score is recorded beside CLIP's"

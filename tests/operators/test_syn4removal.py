@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from helpers import panoptic_row
 from pydantic import ValidationError
 
 from pairmine.dataset import sample_key
@@ -388,28 +389,6 @@ def test_syn_mask_enhancement_refuses_erode():
 
 
 # --- panoptic --------------------------------------------------------------------------------------
-
-
-def panoptic_row(panoptic, *, ids=("a",), annotation=None, segmentation=None, categories=None) -> dict:
-    annotation = panoptic["annotation"] if annotation is None else annotation
-    records = [
-        {
-            "id": f"{panoptic['stem']}_{i}",
-            "image": panoptic["image"],
-            "annotation": annotation if isinstance(annotation, bytes) else json.dumps(annotation).encode(),
-            "segmentation": panoptic["png"] if segmentation is None else segmentation,
-        }
-        for i in ids
-    ]
-    return {
-        "unit": "val2017",
-        "kind": "panoptic",
-        "categories": json.dumps(panoptic["categories"] if categories is None else categories),
-        "records": records,
-        "rejects": [],
-        "consumed": [r["id"] for r in records],
-        "unit_total": len(records),
-    }
 
 
 def test_panoptic_entities_are_the_usable_things(panoptic):
