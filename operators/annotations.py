@@ -202,14 +202,15 @@ def _mask_rle(data: bytes, height: int, width: int, max_pixels: int) -> dict:
         if bad.reason == "image_too_large":
             raise
         raise BadInput("corrupt_mask", f"mask is not a decodable image: {bad.detail}") from None
-    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # colour, 16 bits and alpha as saved
     if mask is None:
         raise BadInput("corrupt_mask", "mask is not a decodable image")
     if abs(mask.shape[1] / mask.shape[0] - width / height) > 0.02 * width / height + 1.5 / mask.shape[0]:
         raise BadInput("mask_size_mismatch", f"mask is {mask.shape[1]}x{mask.shape[0]}, image {width}x{height}: another aspect ratio")
-    if mask.shape != (height, width):
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
-    binary = np.asfortranarray(mask_foreground(mask), dtype=np.uint8)
+    binary = mask_foreground(mask).astype(np.uint8)
+    if binary.shape != (height, width):  # its object's edge resampled, halfway between in and out
+        binary = (cv2.resize(binary * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127).astype(np.uint8)
+    binary = np.asfortranarray(binary)
     if not binary.any():
         raise BadInput("empty_mask", "mask has no foreground")
     rle = mask_utils.encode(binary)

@@ -184,7 +184,12 @@ def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def mask_foreground(mask: np.ndarray) -> np.ndarray:
     """The object of a mask: the upper half of its range (over 127, or 32767 for a 16-bit one), or the 1s of a
     mask saved as 0/1 (label masks often are; read as 0-255 it would be empty). A colour mask (H, W, C) counts
-    its brightest channel: a red object on black is the object, not a dark grey."""
+    its brightest channel: a red object on black is the object, not a dark grey; one with an alpha channel that
+    varies is that alpha (the object drawn in transparency, whatever its colours). Read masks with
+    ``cv2.IMREAD_UNCHANGED``: a grey read turns a colour object into a dark grey and a 16-bit 0/1 mask into 0s."""
+    if mask.ndim == 3 and mask.shape[2] == 4:
+        alpha = mask[..., 3]
+        mask = alpha if alpha.min() != alpha.max() else mask[..., :3]
     plane = mask.max(axis=2) if mask.ndim == 3 else mask
     half = np.iinfo(plane.dtype).max // 2 if plane.dtype.kind in "ui" else 0.5
     return plane > (0 if plane.max(initial=0) <= 1 else half)

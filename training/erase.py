@@ -182,7 +182,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image", data), cv2.COLOR_BGR2RGB)
             alpha = _alpha(image_path, data, rgb.shape[:2]) if _extension(out_path) in ALPHA_EXTENSIONS else None
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map); EXIF orientation as the image's
-            binary = mask_foreground(_read(mask_path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, "mask"))
+            binary = mask_foreground(_read(mask_path, cv2.IMREAD_UNCHANGED, "mask"))
             if binary.shape != rgb.shape[:2]:
                 raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}"
                                 " (as displayed: EXIF orientation applied to both)")

@@ -458,3 +458,36 @@ def test_open_images_masks_are_resized_to_the_image_and_bad_rows_rejected():
 def test_open_images_rows_and_masks_must_pair_up():
     with pytest.raises(BadInput, match="malformed_annotation"):
         parse_openimages([_oi_row()], [], {}, 10, 10, 100)
+
+
+def test_open_images_masks_in_any_common_encoding_are_the_same_object():
+    """Masks re-saved by other tools: a VOC-style palette, a red object on black, the object in an RGBA's alpha
+    (its colour white everywhere), 16-bit 0/1. Read as grey they were empty_mask, and their image lost as a
+    background; each is the object, at the image's size."""
+    import io
+
+    from PIL import Image
+
+    height, width = 300, 450
+    full = np.zeros((height, width), np.uint8)
+    cv2.ellipse(full, (200, 150), (120, 80), 0, 0, 360, 1, -1)
+    small = cv2.resize(full, (300, 200), interpolation=cv2.INTER_NEAREST)
+
+    def pil_png(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    palette = Image.fromarray(small, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # index 1 = VOC's dark red
+    red = np.zeros((200, 300, 3), np.uint8)
+    red[..., 2] = small * 255
+    rgba = np.full((200, 300, 4), 255, np.uint8)
+    rgba[..., 3] = small * 255
+    encodings = {"palette": pil_png(palette), "red": _png(red), "alpha": _png(rgba), "16-bit 0/1": _png(small.astype(np.uint16))}
+    categories = {"/m/01yrx": {"name": "Cat", "count": 5}}
+    parsed = parse_openimages([_oi_row() for _ in encodings], list(encodings.values()), categories, height, width, max_pixels=10**7)
+    assert not parsed.invalid, {name: parsed.invalid.get(k) for k, name in enumerate(encodings)}
+    for name, segment in zip(encodings, parsed.segments):
+        decoded = mask_utils.decode(segment.rle)
+        assert np.logical_xor(decoded, full).sum() < 0.02 * full.sum(), name
