@@ -24,7 +24,7 @@ from .. import __version__, logs, storage
 from ..dataset import SUCCESS
 from ..operators.model_stage import ModelStage, runs_model
 from .cli import PIPELINE_EXIT_CODES, Command, add_config_arguments, nonnegative_arg, path_arg
-from .config import config_hash, load_config, to_yaml
+from .config import ConfigError, config_hash, load_config, to_yaml
 from .inputs import Unit
 from .model_stages import LOST
 from .summary import build_summary, format_summary
@@ -76,9 +76,29 @@ def build(pipeline: Pipeline, units: list[Unit], progress, config, digest: str):
     return around_model(rows, prepare, finish, pipeline.stage(config))
 
 
-def check_model_stage(stage: ModelStage | None) -> None:
+def check_model_stage(stage: ModelStage | None, ray_params) -> None:
     if stage is not None and runs_model(stage.params):
         stage.params.verify()
+        check_reservation(stage, ray_params)
+
+
+def check_reservation(stage: ModelStage, ray_params) -> None:
+    """The model stage's actors must leave an embedded Ray one CPU for the CPU steps (each decode or compose task
+    takes one): else the actors hold every CPU and the run waits forever, silently. A cluster can grow, so only
+    an embedded Ray is checked."""
+    import os
+
+    if ray_params.address or os.environ.get("RAY_ADDRESS"):
+        return
+    from ray._private.utils import get_num_cpus  # Ray's own count (its container limits), what an embedded Ray gets
+
+    cpus = ray_params.num_cpus or get_num_cpus()
+    params = stage.params
+    held = params.actor_cpus * params.concurrency[0]
+    if cpus - held < 1:
+        raise ConfigError(f"the {stage.name} stage's actors reserve {held:g} of the embedded Ray's {cpus:g} CPUs (actor_cpus x "
+                          f"concurrency[0]), leaving less than the one CPU each decode / compose task needs: the run would wait "
+                          "forever; lower the stage's actor_cpus or concurrency, or raise ray.num_cpus")
 
 
 def new_run_id() -> str:
@@ -92,7 +112,7 @@ def prepare_run(pipeline: Pipeline, inputs: list[str], output: str, config_path:
     from .inputs import InputError
 
     config = load_config(pipeline.config_model, config_path, overrides)
-    check_model_stage(pipeline.stage(config))
+    check_model_stage(pipeline.stage(config), config.ray)
     digest = config_hash(config)
     if not inputs:
         raise InputError("no --input given")

@@ -261,3 +261,13 @@ def test_a_worker_that_dies_mid_run_costs_at_most_the_items_it_held(ray_local, t
     lost = [r for r in out if json.loads(r["stats"])["counts"].get(LOST)]
     assert all(r["consumed"] == [] and r["unit_total"] == -1 for r in lost)
     assert sorted(r["unit"] for r in out) == [f"unit-{k}" for k in range(6)], "each row once: finished, or lost and counted"
+
+
+def test_actors_that_would_hold_every_cpu_are_refused_before_any_work(tmp_path):
+    """With ray.num_cpus 1 a 1-CPU scorer actor left the decode tasks none: the run waited forever, silently."""
+    from pairmine.pipelines.config import ConfigError
+
+    for reserve in (["ray.num_cpus=1"], ["ray.num_cpus=2", "entities.scorer.concurrency=[2,2]", "entities.scorer.actor_cpus=0.6"]):
+        with pytest.raises(ConfigError, match=r"leaving less than the one CPU each decode / compose task needs"):
+            run(SYN4REMOVAL, [SA1B_TAR], str(tmp_path / "out"), overrides=_clip(tmp_path, "entities.scorer.threshold=-1", *reserve), progress_bars=False)
+        assert not (tmp_path / "out" / "shards").exists()
