@@ -307,8 +307,11 @@ def panoptic_crop(ids: np.ndarray, segment: Segment) -> tuple[np.ndarray, tuple[
     x0, y0 = int(x), int(y)
     x1, y1 = min(ids.shape[1], int(np.ceil(x + w))), min(ids.shape[0], int(np.ceil(y + h)))
     crop = (ids[y0:y1, x0:x1] == segment.segment_id).astype(np.uint8)
-    if not crop.any():
+    inside = cv2.countNonZero(crop)
+    if not inside:
         raise BadInput("empty_mask", f"segment id {segment.segment_id} has no pixels inside its bbox")
+    if inside < 0.9 * segment.area:  # a box that cuts its object: a straight-edged fragment, sized by the whole's area
+        raise BadInput("bbox_mismatch", f"segment id {segment.segment_id}: its bbox holds {inside} of its declared {segment.area:.0f} px")
     return crop, (x0, y0, x1, y1)
 
 

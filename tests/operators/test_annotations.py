@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -491,3 +492,15 @@ def test_open_images_masks_in_any_common_encoding_are_the_same_object():
     for name, segment in zip(encodings, parsed.segments):
         decoded = mask_utils.decode(segment.rle)
         assert np.logical_xor(decoded, full).sum() < 0.02 * full.sum(), name
+
+
+def test_panoptic_crop_refuses_a_box_that_cuts_its_segment(panoptic):
+    """A bbox smaller than its segment gave a straight-edged fragment, sized as the whole object would be."""
+    ids = decode_panoptic_ids(panoptic["png"], 10**8)
+    segment = max(_sample_segments(panoptic).segments, key=lambda s: s.area)
+    x, y, w, h = segment.box
+    cut = dataclasses.replace(segment, box=(x, y, w * 0.6, h * 0.6))
+    with pytest.raises(BadInput) as info:
+        panoptic_crop(ids, cut)
+    assert info.value.reason == "bbox_mismatch" and f"of its declared {segment.area:.0f} px" in info.value.detail
+    assert panoptic_crop(ids, segment)[0].sum() == segment.area
