@@ -483,6 +483,8 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
             columns = [header.index(c) for c in OI_COLUMNS]
             repeated = {columns[_OI_IMAGE], columns[_OI_LABEL]}
             for line, row in enumerate(rows, start=2):
+                if not row:  # a blank line (a trailing newline too many): no record
+                    continue
                 if len(row) != len(header):
                     items.append((None, Reject(f"{unit.name}:{line}", "read", "malformed_annotation", f"{len(row)} fields, header has {len(header)}")))
                     continue

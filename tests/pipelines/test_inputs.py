@@ -248,10 +248,11 @@ def test_open_images_rows_of_the_wrong_width_are_rejected_by_line_and_an_undecod
     ids = write_openimages(tmp_path / "oi")
     table = tmp_path / "oi" / "validation-annotations-object-segmentation.csv"
     header, *lines = table.read_bytes().splitlines()
-    table.write_bytes(b"\n".join([header, lines[0], b"too,few,fields", *lines[1:]]) + b"\n")
+    table.write_bytes(b"\n".join([header, lines[0], b"too,few,fields", *lines[1:]]) + b"\n\n\r\n")  # blank lines at the end
     (unit,) = discover(str(tmp_path / "oi"))
     rows = plan_groups(unit, group_size=16, skip=set())
-    assert ("oi/validation:3", "malformed_annotation") in [(r["input"], r["reason"]) for row in rows for r in row["rejects"]]
+    assert [(r["input"], r["reason"]) for row in rows for r in row["rejects"] if r["reason"] == "malformed_annotation"] == [
+        ("oi/validation:3", "malformed_annotation")], "the wrong row only: blank lines are no records"
     assert sorted(m["id"] for row in rows for m in row["records"]) == sorted(ids.values())  # every good row still planned
     table.write_bytes(b"\n".join([header, lines[0], b"\xff\xfe not utf-8", *lines[1:]]) + b"\n")
     (row,) = plan_groups(unit, group_size=16, skip=set())
