@@ -374,6 +374,8 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     candidates: dict[str, dict[str, str]] = {}  # stem -> {image file name: URI}, by name
     for entry in sorted((e for e in listed if e.type == pafs.FileType.File), key=lambda e: e.path):
         name = storage.basename(entry.path)
+        if name.startswith(".") or name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:  # .DS_Store, x.jpg.bak: no images
+            continue
         candidates.setdefault(_stem(name), {})[name] = storage.uri_of(unit.image_dir, entry)
     items: list[tuple[str | None, object]] = [
         (storage.basename(e.path), Reject(f"{unit.name}/{storage.basename(e.path)}", "read", "unreadable_name", unreadable_reason(e)))

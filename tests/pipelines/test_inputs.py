@@ -167,9 +167,13 @@ def test_planned_folders_pair_files_and_reject_orphans(tmp_path):
 
 @pytest.mark.parametrize("per_image_layout", [False, True])
 def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
-    (unit,) = discover(str(write_panoptic_root(tmp_path / "p", 3, per_image_layout)))
+    root = write_panoptic_root(tmp_path / "p", 3, per_image_layout)
+    for stray in (".DS_Store", "000000000001.jpg.bak", "notes.txt"):  # what image folders collect: no images, no rejects
+        (root / "val2017" / stray).write_bytes(b"x")
+    (unit,) = discover(str(root))
     rows = plan_groups(unit, group_size=16, skip=set())
     assert [m["id"] for r in rows for m in r["records"]] == ["000000000001", "000000000002", "000000000003"]
+    assert not [r for row in rows for r in row["rejects"]]
     assert all(m["segmentation"].endswith(".png") for r in rows for m in r["records"])
     assert '"isthing"' in rows[0]["categories"]
 
