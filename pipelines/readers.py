@@ -162,9 +162,11 @@ def _load(value, max_file_bytes: int, missing_ok: bool = False) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _archive(uri: str) -> zipfile.ZipFile:
-    """An open zip archive (its central directory read once per worker; members then read by range)."""
-    return zipfile.ZipFile(storage.open_input_file(uri))
+def _archive(uri: str) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]:
+    """An open zip archive (its central directory read once per worker; members then read by range) and its
+    members by file name: a mask is found whether the archive holds it at its top or in a folder (re-zipped)."""
+    archive = zipfile.ZipFile(storage.open_input_file(uri))
+    return archive, {posixpath.basename(info.filename): info for info in archive.infolist() if not info.is_dir()}
 
 
 def _load_mask(locator: str | None, max_file_bytes: int) -> bytes | None:
@@ -173,14 +175,14 @@ def _load_mask(locator: str | None, max_file_bytes: int) -> bytes | None:
         return None
     if not locator.startswith("zip://"):
         return _load(locator, max_file_bytes, missing_ok=True)
-    member, _, archive = locator.removeprefix("zip://").partition("::")
-    try:
-        found = _archive(archive).getinfo(member)
-    except KeyError:
+    member, _, uri = locator.removeprefix("zip://").partition("::")
+    archive, members = _archive(uri)
+    found = members.get(posixpath.basename(member))
+    if found is None:
         return None
     if found.file_size > max_file_bytes:
         raise ValueError(f"{locator}: {found.file_size} bytes > max_file_bytes={max_file_bytes}")
-    return _archive(archive).read(found)
+    return archive.read(found)
 
 
 def load_planned_row(row: dict, max_file_bytes: int) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import zipfile
 
 import ray
 from openimages_fixture import write_openimages
@@ -138,6 +139,14 @@ def test_open_images_masks_are_read_from_their_zips_and_a_missing_one_is_null(tm
     person = loaded[ids["astronaut.png"]]
     assert person["masks"][0].startswith(b"\x89PNG") and person["masks"][1] is None
     assert person["image"].startswith(b"\xff\xd8")
+    archive = tmp_path / "oi" / f"validation-masks-{ids['astronaut.png'][0]}.zip"
+    with zipfile.ZipFile(archive) as flat, zipfile.ZipFile(tmp_path / "refolded.zip", "w") as refolded:
+        for info in flat.infolist():  # re-zipped from an unpacked folder: every member under validation-masks/
+            refolded.writestr(f"validation-masks/{info.filename}", flat.read(info))
+    (tmp_path / "refolded.zip").replace(archive)
+    _archive.cache_clear()
+    again = {r["id"]: r for r in load_planned_row(row, max_file_bytes=1 << 30)["records"]}
+    assert again[ids["astronaut.png"]]["masks"] == person["masks"], "found in its folder, the missing one still null"
     (tmp_path / "oi" / f"validation-masks-{ids['chelsea.png'][0]}.zip").write_bytes(b"not a zip")
     _archive.cache_clear()
     broken = load_planned_row(row, max_file_bytes=1 << 30)
