@@ -238,19 +238,18 @@ def _counted(container, stream, estimate: int) -> tuple[int, int]:
     if estimate <= 0:
         return sum(1 for packet in container.demux(stream) if packet.size), 0  # skips the flush packet
     container.seek(clock.offset(estimate - 1), stream=stream, backward=True)
-    last, end = None, None  # the video's last frame index; where the file's last packet of any stream ends (s)
+    last, end = -1, 0.0  # the video's last frame index; where the file's last packet of any stream ends (s)
     for packet in container.demux():
         if not packet.size or packet.pts is None:
             continue
         if packet.stream is stream:
-            last = max(last if last is not None else -1, clock.index(packet))
-        stop = float((packet.pts + (packet.duration or 0)) * packet.time_base)
-        end = stop if end is None else max(end, stop)
-    if last is None or abs(last + 1 - estimate) <= clock.fps:
+            last = max(last, clock.index(packet))
+        end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    if last < 0 or abs(last + 1 - estimate) <= clock.fps:
         return estimate, 0
     # the declared duration read as an end time: Matroska's is its last timestamp whatever the first (start_time
     # + duration overshoots a video that starts late); where it is end - start, this can only miss a cut, never invent one
-    missing = container.duration / 1e6 - end if end is not None and container.duration else 0.0
+    missing = container.duration / 1e6 - end if container.duration else 0.0
     return last + 1, last + 1 + round(missing * clock.fps) if missing > 1.0 else 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -86,8 +87,6 @@ def check_reservation(stage: ModelStage, ray_params) -> None:
     """The model stage's actors must leave an embedded Ray one CPU for the CPU steps (each decode or compose task
     takes one): else the actors hold every CPU and the run waits forever, silently. A cluster can grow, so only
     an embedded Ray is checked."""
-    import os
-
     if ray_params.address or os.environ.get("RAY_ADDRESS"):
         return
     from ray._private.utils import get_num_cpus  # Ray's own count (its container limits), what an embedded Ray gets

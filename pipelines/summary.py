@@ -8,8 +8,7 @@ import numpy as np
 
 from ..operators.stats import Stats
 from .inputs import VANISHED
-from .model_stages import LOST
-from .model_stages import IDLE, START
+from .model_stages import IDLE, LOST, START
 
 
 def build_summary(task_results: list[dict], wall_seconds: float, stage_items: dict[str, tuple[str, ...]], **context) -> dict:
