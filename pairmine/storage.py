@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import socket
 import tempfile
@@ -99,6 +100,12 @@ def normalize(uri: str) -> str:
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def escapes(name: str) -> bool:
+    """Whether a relative name (a tar member, a file name an annotation gives) points outside its folder."""
+    normal = posixpath.normpath(name)
+    return name.startswith("/") or normal == ".." or normal.startswith("../")
 
 
 def basename(uri: str) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import posixpath
 import re
 import sys
 from collections import Counter
@@ -368,20 +369,28 @@ def _sa1b_dir_items(unit: Unit) -> list[tuple[str, object]]:
     return items
 
 
+def _panoptic_images(unit: Unit, folders: set[str]) -> tuple[dict[str, dict[str, str]], list[tuple[str, Reject]]]:
+    """stem -> {image file name under image_dir: URI}, by name, for the images in image_dir and in the subfolders
+    the split's json names (``images[].file_name`` such as ``train2017/x.jpg``); and the unreadable names' rejects."""
+    listed = [("", entry) for entry in storage.list_dir(unit.image_dir)]
+    for folder in sorted(folders - {""}):
+        if not storage.escapes(folder) and storage.info(storage.join(unit.image_dir, folder)).type == pafs.FileType.Directory:
+            listed += [(folder, entry) for entry in storage.list_dir(storage.join(unit.image_dir, folder))]
+    candidates: dict[str, dict[str, str]] = {}
+    rejects = []
+    for folder, entry in sorted(listed, key=lambda fe: fe[1].path):
+        name = storage.basename(entry.path)
+        if entry.type in UNREADABLE:
+            rejects.append((name, Reject(f"{unit.name}/{name}", "read", "unreadable_name", unreadable_reason(entry))))
+        elif entry.type == pafs.FileType.File and not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
+            candidates.setdefault(_stem(name), {})[posixpath.join(folder, name)] = storage.uri_of(unit.image_dir, entry)
+    return candidates, rejects  # .DS_Store, x.jpg.bak and other files are no images
+
+
 def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
     """Categories (JSON text) and the items of a panoptic split, in either annotation layout."""
-    listed = storage.list_dir(unit.image_dir)
-    candidates: dict[str, dict[str, str]] = {}  # stem -> {image file name: URI}, by name
-    for entry in sorted((e for e in listed if e.type == pafs.FileType.File), key=lambda e: e.path):
-        name = storage.basename(entry.path)
-        if name.startswith(".") or name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:  # .DS_Store, x.jpg.bak: no images
-            continue
-        candidates.setdefault(_stem(name), {})[name] = storage.uri_of(unit.image_dir, entry)
-    items: list[tuple[str | None, object]] = [
-        (storage.basename(e.path), Reject(f"{unit.name}/{storage.basename(e.path)}", "read", "unreadable_name", unreadable_reason(e)))
-        for e in listed if e.type in UNREADABLE
-    ]
-    named: dict[str, str] = {}  # stem -> the image file the split's json names (its `images` list)
+    items: list[tuple[str | None, object]] = []
+    named: dict[str, str] = {}  # stem -> the image file the split's json names (its `images` list), under image_dir
     if unit.categories_uri is None:  # one json for the split
         try:
             doc = json.loads(storage.read_bytes(unit.uri))
@@ -391,11 +400,12 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             return "[]", unreadable_unit(unit, "malformed_json", unit.uri, exc)
         listed_images = doc.get("images") if isinstance(doc.get("images"), list) else []
-        named = {_stem(i["file_name"]): i["file_name"] for i in listed_images if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
+        named = {_stem(posixpath.basename(i["file_name"])): i["file_name"]
+                 for i in listed_images if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
         per_image = {}
         for ann in annotations:
             if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
-                per_image[_stem(ann["file_name"])] = (storage.join(unit.png_dir, ann["file_name"]), json.dumps(ann).encode())
+                per_image[_stem(posixpath.basename(ann["file_name"]))] = (storage.join(unit.png_dir, ann["file_name"]), json.dumps(ann).encode())
             else:
                 items.append((None, Reject(unit.name, "read", "malformed_annotation", "annotation entry without file_name")))
     else:  # per-image json files beside the PNGs
@@ -409,6 +419,8 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
             name = storage.basename(entry.path)
             files.setdefault(_stem(name), {})[name.rsplit(".", 1)[-1].lower()] = storage.uri_of(unit.png_dir, entry)
         per_image = {stem: (f["png"], f["json"]) for stem, f in files.items() if "png" in f and "json" in f}
+    candidates, unreadable = _panoptic_images(unit, {posixpath.dirname(name) for name in named.values()})
+    items += unreadable
     images = {}
     for stem, names in candidates.items():  # x.jpg and x.png for one annotation: the json's, else the first by name
         chosen = named[stem] if named.get(stem) in names else next(iter(names))

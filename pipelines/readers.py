@@ -52,11 +52,6 @@ def _table(row: dict) -> pa.Table:
     return pa.Table.from_pylist([row], schema=READER_SCHEMA)
 
 
-def _unsafe(name: str) -> bool:
-    normal = posixpath.normpath(name)
-    return name.startswith("/") or normal == ".." or normal.startswith("../")
-
-
 def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tuple[str | None, object]]:
     """(id, record-or-Reject) items of an SA-1B tar, read once as a stream, paired by stem.
 
@@ -74,7 +69,7 @@ def tar_items(stream: BinaryIO, unit: str, max_file_bytes: int) -> Iterator[tupl
                 name = storage.printable(member.name)
                 stem, _, ext = name.removeprefix("./").rpartition(".")  # `tar -C dir .` writes ./x.jpg
                 field = _TAR_EXTENSIONS.get(ext.lower())
-                if _unsafe(name) or not member.isfile():
+                if storage.escapes(name) or not member.isfile():
                     why = Reject(f"{unit}/{name}", "read", "unsafe_member", "member is a link or escapes the extraction directory")
                     if stem not in seen:
                         seen.add(stem)

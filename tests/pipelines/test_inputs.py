@@ -178,6 +178,23 @@ def test_panoptic_layouts_plan_the_same_records(tmp_path, per_image_layout):
     assert '"isthing"' in rows[0]["categories"]
 
 
+def test_panoptic_images_in_the_subfolder_their_file_name_gives_are_found(tmp_path):
+    """``images[].file_name`` may carry a folder under the image root (``train2017/x.jpg``); one that leaves
+    the root is never listed."""
+    root = write_panoptic_root(tmp_path / "p", 3)
+    split = root / "annotations" / "panoptic_val2017.json"
+    doc = json.loads(split.read_text())
+    (root / "val2017" / "sub").mkdir()
+    (root / "val2017" / "000000000002.jpg").rename(root / "val2017" / "sub" / "000000000002.jpg")
+    (root / "val2017" / "000000000003.jpg").rename(tmp_path / "000000000003.jpg")
+    doc["images"][1]["file_name"] = "sub/000000000002.jpg"
+    doc["images"][2]["file_name"] = "../../000000000003.jpg"
+    split.write_text(json.dumps(doc))
+    (row,) = plan_groups(discover(str(root))[0], group_size=16, skip=set())
+    assert {m["id"]: m["image"].endswith("val2017/sub/000000000002.jpg") for m in row["records"]} == {"000000000001": False, "000000000002": True}
+    assert [(r["input"], r["reason"]) for r in row["rejects"]] == [("p/val2017/000000000003", "missing_image")]
+
+
 @pytest.mark.parametrize("per_image_layout", [False, True])
 def test_a_split_whose_annotation_file_went_since_the_listing_is_input_vanished(tmp_path, per_image_layout):
     """A producer replacing a split's json (or an Open Images csv) while a run starts: the unit is the reject a
