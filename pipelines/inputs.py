@@ -506,6 +506,12 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
                 per_image.setdefault(values[_OI_IMAGE], []).append(values)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return "{}", unreadable_unit(unit, "malformed_csv", unit.uri, exc)
+    repeats: dict[str, list[tuple[str, ...]]] = {}  # an image's rows that repeat an earlier row's mask
+    for image_id, image_rows in per_image.items():
+        distinct = {r[_OI_MASK]: r for r in reversed(image_rows)}  # the first row of each mask wins
+        if len(distinct) < len(image_rows):
+            per_image[image_id] = [r for r in image_rows if distinct[r[_OI_MASK]] is r]
+            repeats[image_id] = [r for r in image_rows if distinct[r[_OI_MASK]] is not r]
     labels = Counter(r[_OI_LABEL] for image_rows in per_image.values() for r in image_rows)
     categories = {label: {"name": names[label], "count": n} for label, n in labels.items() if label in names}
     listed = storage.list_dir(unit.image_dir) if storage.info(unit.image_dir).type == pafs.FileType.Directory else []
@@ -525,6 +531,8 @@ def _openimages_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]
         image_rows = per_image.pop(image_id)
         annotation = json.dumps([dict(zip(OI_COLUMNS, r)) for r in image_rows]).encode()
         items.append((image_id, {"id": image_id, "image": images[image_id], "annotation": annotation, "masks": [locate(r[_OI_MASK]) for r in image_rows]}))
+        items += [(image_id, Reject(f"{unit.name}/{image_id}/{r[_OI_MASK]}", "read", "duplicate_annotation", "a csv row repeats an earlier row's mask"))
+                  for r in repeats.get(image_id, ())]  # after the record: said, and skipped with it once it is committed
     return json.dumps(categories), items
 
 

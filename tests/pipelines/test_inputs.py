@@ -280,6 +280,23 @@ def test_open_images_rows_of_the_wrong_width_are_rejected_by_line_and_an_undecod
     assert not row["records"] and [(r["input"], r["reason"]) for r in row["rejects"]] == [("oi/validation", "malformed_csv")]
 
 
+def test_an_open_images_row_repeating_an_earlier_rows_mask_is_one_reject_not_a_second_entity(tmp_path):
+    ids = write_openimages(tmp_path / "oi")
+    table = tmp_path / "oi" / "validation-annotations-object-segmentation.csv"
+    header, *lines = table.read_bytes().splitlines()
+    table.write_bytes(b"\n".join([header, *lines, lines[0], lines[0]]) + b"\n")  # a csv concatenated in part twice
+    (unit,) = discover(str(tmp_path / "oi"))
+    rows = plan_groups(unit, group_size=16, skip=set())
+    mask, image = lines[0].decode().split(",")[:2]
+    (record,) = [m for row in rows for m in row["records"] if m["id"] == image]
+    assert [a["MaskPath"] for a in json.loads(record["annotation"])].count(mask) == 1 and len(record["masks"]) == len(json.loads(record["annotation"]))
+    repeats = [r["input"] for row in rows for r in row["rejects"] if r["reason"] == "duplicate_annotation"]
+    assert repeats == [f"oi/validation/{image}/{mask}"] * 2
+    assert json.loads(rows[0]["categories"])["/m/01g317"]["count"] == 3, "repeats are not counted as the label's rows"
+    committed = plan_groups(unit, group_size=16, skip={image})
+    assert not [r for row in committed for r in row["rejects"] if r["reason"] == "duplicate_annotation"], "said once, not by every rerun"
+
+
 def test_a_split_csv_streams_in_large_reads(monkeypatch):
     """On S3 each read of an input stream is one GET: a csv of hundreds of MB must not go 8 KiB at a time."""
     data = b"MaskPath,ImageID\n" + b"0123456789abcdef_m01g317_1.png,0123456789abcdef\n" * 100_000  # ~5 MB
