@@ -85,6 +85,13 @@ def compose_pair(
     if angle:
         pixels, alpha = rotate(pixels, angle), rotate(alpha, angle)
     target_area, rule = size_target(entity.area_ratio, entity.category, background.instances, height, width, placement, rng)
+    largest = entity.area * placement.max_upscale**2  # a blurred enlargement is a cue the eraser could learn
+    if target_area > largest:
+        floor = placement.min_paste_area_ratio * height * width
+        if largest < floor:
+            return Reject.because("upscale_limit", f"the {placement.min_paste_area_ratio} area floor needs the entity "
+                                  f"enlarged {np.sqrt(floor / entity.area):.2f}x > max_upscale {placement.max_upscale}")
+        target_area, rule = largest, "upscale_limit"
     scale = float(np.sqrt(target_area / entity.area))
     box_w, box_h = max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))
     min_scale = float(np.sqrt(placement.min_paste_area_ratio * height * width / target_area))

@@ -22,6 +22,10 @@ class PlacementParams(Params):
     size_jitter: float = Field(0.2, ge=0, lt=1, description="matched area is scaled by U(1-j, 1+j)")
     min_paste_area_ratio: float = Field(0.05, ge=0, le=1, description="pasted mask area / image area, at least")
     max_paste_area_ratio: float = Field(0.5, ge=0, le=1, description="pasted mask area / image area, at most")
+    max_upscale: float = Field(
+        2.0, ge=1, description="the entity's pixels are enlarged at most this much per side: a larger matched size is "
+        "cut to it, and a paste the floor would need enlarged further is a reject (upscale_limit)",
+    )
     max_instance_overlap: float = Field(
         0.5, ge=0, le=1, description="R1: overlap with an instance box / that box's area, at most"
     )

@@ -113,6 +113,24 @@ def test_compose_pair_sizes_the_entity_to_the_matched_area():
     assert (result.alpha > 0).sum() / (H * W) == pytest.approx(0.1, rel=0.05)
 
 
+def test_an_entity_is_enlarged_at_most_max_upscale_per_side():
+    """A small entity matched to a large instance is cut to max_upscale² its area; one the area floor would
+    need enlarged further is a reject, not a blurred paste."""
+    placement = PlacementParams(size_jitter=0.0, max_upscale=2.0)
+    large = Instance((10.0, 10.0, 150.0, 150.0), 20000.0, "dog")
+    entity = make_entity("u/src", category="dog", size=40)
+    result = compose_pair(make_background("u/bg", [large]), entity, placement, BlendParams(method="feather", feather_ratio=0.0),
+                          EXACT, np.random.default_rng(0))
+    assert isinstance(result, Composite), result
+    assert result.meta["paste"]["size_rule"] == "upscale_limit"
+    assert result.meta["mask"]["object_area_ratio"] * H * W == pytest.approx(4 * entity.area, rel=0.05)
+    assert compose_pair(make_background("u/bg", [large]), entity, placement.model_copy(update={"max_upscale": 8.0}), BLEND, EXACT,
+                        np.random.default_rng(0)).meta["paste"]["size_rule"] == "same_category"
+    tiny = make_entity("u/src", category="dog", size=20)  # 253 px: the 5 % floor (3,840 px) needs 3.9x
+    result = compose_pair(make_background("u/bg", [large]), tiny, placement, BLEND, EXACT, np.random.default_rng(0))
+    assert isinstance(result, Reject) and result.reason == "upscale_limit" and "3.90x" in result.detail
+
+
 def test_compose_pair_with_rotation_keeps_the_contract():
     placement = PlacementParams(max_rotation_deg=45.0)
     background = make_background("u/bg")
