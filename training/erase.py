@@ -5,12 +5,14 @@ The prediction replaces the image only inside the mask; every pixel outside it i
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 
 import cv2
 import numpy as np
 import pyarrow.fs as pafs
+from PIL import Image
 
 from .. import storage
 from ..errors import UserError
@@ -75,6 +77,32 @@ def _alpha(uri: str, data: bytes, size: tuple[int, int]) -> np.ndarray | None:
         return None
     alpha = raw[..., 3]
     return (alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha
+
+
+def _rgb_profile(data: bytes) -> bytes | None:
+    """The RGB ICC colour profile an image file embeds (a phone's Display P3), to write back with the result:
+    without it a colour-managed viewer shows the erased image's colours as sRGB, duller. None for no profile,
+    or one of another colour space (CMYK, grey), which the decoded RGB pixels no longer are in."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            profile = picture.info.get("icc_profile")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
+
+
+def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None) -> bytes:
+    """An output file's bytes in the format its extension names, with the input's alpha and colour profile where
+    the format holds them (JPEG and WebP as OpenCV writes them by default: quality 95, lossless)."""
+    picture = Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]))
+    options = {"icc_profile": profile} if profile and extension != ".bmp" else {}
+    if extension in (".jpg", ".jpeg"):
+        options |= {"quality": 95}
+    elif extension == ".webp":
+        options |= {"lossless": True}
+    out = io.BytesIO()
+    picture.save(out, format=Image.registered_extensions()[extension], **options)
+    return out.getvalue()
 
 
 def inference_device(device: str):
@@ -189,10 +217,9 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             if not binary.any():
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
-            bgr = cv2.cvtColor(result, cv2.COLOR_RGB2BGR)
-            picture = bgr if alpha is None else np.dstack([bgr, alpha])
+            encoded = _encode(result, alpha, _extension(out_path), _rgb_profile(data))
             try:
-                storage.write_bytes(out_path, cv2.imencode(_extension(out_path), picture)[1].tobytes())
+                storage.write_bytes(out_path, encoded)
             except (OSError, storage.StorageError) as exc:
                 raise UserError(f"cannot write --out {out_path}: {storage.first_line(exc)}") from None
             done += 1

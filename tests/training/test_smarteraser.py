@@ -206,6 +206,30 @@ def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
     assert cv2.imread(str(tmp_path / "erased.jpg"), cv2.IMREAD_UNCHANGED).shape == (40, 60, 3), "JPEG has no alpha"
 
 
+def test_erase_keeps_the_input_s_rgb_colour_profile(eraser, tmp_path):
+    """A phone photo's Display P3 profile was dropped: colour-managed viewers showed the result as sRGB, duller.
+    A profile of another colour space (CMYK, grey) does not describe the decoded RGB pixels and is not kept."""
+    import io
+
+    from PIL import Image, ImageCms
+
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    grey_profile = rgb_profile[:16] + b"GRAY" + rgb_profile[20:]
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 25:45] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    for profile, kept in ((rgb_profile, rgb_profile), (grey_profile, None)):
+        picture.save(tmp_path / "photo.jpg", quality=95, icc_profile=profile)
+        for out in ("erased.jpg", "erased.png", "erased.webp"):
+            done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "photo.jpg"),
+                                  "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / out), "--steps", "1")
+            assert done.returncode == 0, done.stderr
+            with Image.open(io.BytesIO((tmp_path / out).read_bytes())) as erased:
+                assert erased.info.get("icc_profile") == kept and erased.size == (60, 40), out
+
+
 def test_erase_works_on_a_long_strip_at_a_bounded_size(eraser, monkeypatch):
     """A 17x5000 strip worked at 64x18,800 with the tiny model (at 512 px it would have been 512x150,000)."""
     from pairmine.training import erase
