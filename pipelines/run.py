@@ -89,9 +89,9 @@ def check_reservation(stage: ModelStage, ray_params) -> None:
     an embedded Ray is checked."""
     if ray_params.address or os.environ.get("RAY_ADDRESS"):
         return
-    from ray._private.utils import get_num_cpus  # Ray's own count (its container limits), what an embedded Ray gets
+    from .runtime import embedded_cpus
 
-    cpus = ray_params.num_cpus or get_num_cpus()
+    cpus = embedded_cpus(ray_params.num_cpus)
     params = stage.params
     held = params.actor_cpus * params.concurrency[0]
     if cpus - held < 1:

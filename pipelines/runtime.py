@@ -64,7 +64,7 @@ def start_ray(params: RayParams, progress: bool) -> dict:
                     num_cpus=params.num_cpus,
                     object_store_memory=params.object_store_memory,
                     include_dashboard=False,
-                    _system_config={"enable_metrics_collection": params.metrics, **worker_pool_config(params.num_cpus or os.cpu_count() or 1)},
+                    _system_config={"enable_metrics_collection": params.metrics, **worker_pool_config(embedded_cpus(params.num_cpus))},
                     **common,
                 )
         if threading.current_thread() is threading.main_thread():  # ray.init set its own, which leaves abseil's abort alarm armed
@@ -96,6 +96,14 @@ def cluster_runtime_env() -> dict:
     Credentials stay with each node's chain."""
     env = {k: v for k, v in os.environ.items() if k in _SHARED_ENV or k.startswith(_SHARED_PREFIX)} | _WORKER_ENV
     return {"env_vars": env, "worker_process_setup_hook": "pairmine.pipelines.runtime.setup_worker"}
+
+
+def embedded_cpus(num_cpus: int | None) -> int:
+    """The CPUs an embedded Ray gets: `ray.num_cpus`, else Ray's own count, which honours a container's CPU limit
+    (os.cpu_count() gives the host's)."""
+    from ray._private.utils import get_num_cpus
+
+    return num_cpus or get_num_cpus()
 
 
 def worker_pool_config(cpus: int) -> dict[str, int]:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from pairmine.pipelines.runtime import cluster_runtime_env
+from pairmine.pipelines.runtime import cluster_runtime_env, embedded_cpus
 
 PROBE = """
 import json, os
@@ -117,3 +117,13 @@ def test_a_cluster_runs_workers_get_the_s3_endpoint_pairmines_settings_and_the_w
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20) and env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["TQDM_DISABLE"] == "1"
     assert env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
     assert runtime_env["worker_process_setup_hook"] == "pairmine.pipelines.runtime.setup_worker"
+
+
+def test_an_embedded_ray_counts_the_cpus_of_its_container_not_of_the_host(monkeypatch):
+    """In a container limited to 2 of a 64-core host's CPUs, os.cpu_count() says 64: the worker pool sized by it
+    kept up to 196 idle workers alive. The pool and the model stage's CPU check now count as Ray does."""
+    import ray._private.utils
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda *a, **k: 2)
+    assert embedded_cpus(None) == 2 and embedded_cpus(5) == 5
