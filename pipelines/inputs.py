@@ -289,9 +289,10 @@ def unit_groups(
     """Reader rows of one unit from its (id, member-or-Reject) items, in order.
 
     Members are opaque (URIs for planned units, bytes for tar members). Ids in `skip` were committed
-    by an earlier run. Rejects found while reading (id None: about the unit itself) travel with the
-    unit's last row. Every id is accounted for once: the first item of an id decides it, a later one
-    is only a reject. For an immutable unit (a tar) the last row also carries ``unit_total``, the
+    by an earlier run. Rejects found while reading travel with the unit's last row; one about the unit
+    itself or a line of its listing (id None) takes its input as its id, so it is said once, not again by
+    every run that lists a folder. Every id is accounted for once: the first item of an id decides it, a
+    later one is only a reject. For an immutable unit (a tar) the last row also carries ``unit_total``, the
     number of distinct ids in the unit, so that a later run can skip the whole unit unread; folders
     may grow, so they are listed again by every run.
     """
@@ -301,16 +302,17 @@ def unit_groups(
 
     def members():
         for item_id, item in items:
+            if item_id is None:
+                item_id = item.input
             again = item_id in ids
-            if item_id is not None:
-                ids.add(item_id)
+            ids.add(item_id)
             if item_id in skip:
                 continue
             if again and not isinstance(item, Reject):
                 item = Reject(f"{unit}/{item_id}", "read", "duplicate_record", "an earlier member already gave this record")
             if isinstance(item, Reject):
                 rejects.append(item)
-                if item_id is not None and not again:
+                if not again:
                     rejected_ids.append(item_id)
                 continue
             yield item_id, item
@@ -380,10 +382,11 @@ def _panoptic_images(unit: Unit, folders: set[str]) -> tuple[dict[str, dict[str,
     rejects = []
     for folder, entry in sorted(listed, key=lambda fe: fe[1].path):
         name = storage.basename(entry.path)
+        path = posixpath.join(folder, name)
         if entry.type in UNREADABLE:
-            rejects.append((name, Reject(f"{unit.name}/{name}", "read", "unreadable_name", unreadable_reason(entry))))
+            rejects.append((path, Reject(f"{unit.name}/{path}", "read", "unreadable_name", unreadable_reason(entry))))
         elif entry.type == pafs.FileType.File and not name.startswith(".") and name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-            candidates.setdefault(_stem(name), {})[posixpath.join(folder, name)] = storage.uri_of(unit.image_dir, entry)
+            candidates.setdefault(_stem(name), {})[path] = storage.uri_of(unit.image_dir, entry)
     return candidates, rejects  # .DS_Store, x.jpg.bak and other files are no images
 
 
@@ -400,14 +403,20 @@ def _panoptic_items(unit: Unit) -> tuple[str, list[tuple[str | None, object]]]:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             return "[]", unreadable_unit(unit, "malformed_json", unit.uri, exc)
         listed_images = doc.get("images") if isinstance(doc.get("images"), list) else []
-        named = {_stem(posixpath.basename(i["file_name"])): i["file_name"]
-                 for i in listed_images if isinstance(i, dict) and isinstance(i.get("file_name"), str)}
+        for image in listed_images:  # a name leaving image_dir is not looked for: the image is found there by stem, or missing
+            name = image.get("file_name") if isinstance(image, dict) else None
+            if isinstance(name, str) and not storage.escapes(name):
+                named[_stem(posixpath.basename(name))] = posixpath.normpath(name)  # ./x.jpg, sub/../x.jpg: x.jpg
         per_image = {}
         for ann in annotations:
-            if isinstance(ann, dict) and isinstance(ann.get("file_name"), str):
-                per_image[_stem(posixpath.basename(ann["file_name"]))] = (storage.join(unit.png_dir, ann["file_name"]), json.dumps(ann).encode())
+            name = ann.get("file_name") if isinstance(ann, dict) else None
+            if not isinstance(name, str) or storage.escapes(name):
+                why = "annotation entry without file_name" if not isinstance(name, str) else f"file_name {name!r} is outside {unit.png_dir}"
+                items.append((None, Reject(unit.name, "read", "malformed_annotation", why)))
+            elif (stem := _stem(posixpath.basename(name))) in per_image:
+                items.append((None, Reject(f"{unit.name}/{name}", "read", "duplicate_annotation", f"an earlier annotation is the one of {stem}")))
             else:
-                items.append((None, Reject(unit.name, "read", "malformed_annotation", "annotation entry without file_name")))
+                per_image[stem] = (storage.join(unit.png_dir, name), json.dumps(ann).encode())
     else:  # per-image json files beside the PNGs
         try:
             categories = json.loads(storage.read_bytes(unit.categories_uri))

@@ -103,8 +103,10 @@ def test_unit_groups_account_for_every_id_once():
     items = [(f"r{i}", {"id": f"r{i}"}) for i in range(5)] + [("bad", Reject("u/bad", "read", "x")), (None, Reject("u", "read", "truncated_tar"))]
     rows = list(unit_groups("u", "sa1b", "", items, 2, skip={"r0"}, immutable=True))
     consumed = [i for r in rows for i in r["consumed"]]
-    assert sorted(consumed) == ["bad", "r1", "r2", "r3", "r4"]
-    assert [r["unit_total"] for r in rows] == [-1, 6] and len(rows[-1]["rejects"]) == 2
+    assert sorted(consumed) == ["bad", "r1", "r2", "r3", "r4", "u"], "a reject about the unit is accounted for by its input"
+    assert [r["unit_total"] for r in rows] == [-1, 7] and len(rows[-1]["rejects"]) == 2
+    again = list(unit_groups("u", "sa1b", "", items, 2, skip={"r0", *consumed}, immutable=False))
+    assert not [r for row in again for r in row["rejects"]], "a rerun over a folder says no reject twice"
     assert list(unit_groups("u", "sa1b", "", [], 2, set(), immutable=False)) == []
 
 
@@ -187,12 +189,18 @@ def test_panoptic_images_in_the_subfolder_their_file_name_gives_are_found(tmp_pa
     (root / "val2017" / "sub").mkdir()
     (root / "val2017" / "000000000002.jpg").rename(root / "val2017" / "sub" / "000000000002.jpg")
     (root / "val2017" / "000000000003.jpg").rename(tmp_path / "000000000003.jpg")
+    doc["images"][0]["file_name"] = "./000000000001.jpg"  # the image folder itself, not listed twice
     doc["images"][1]["file_name"] = "sub/000000000002.jpg"
     doc["images"][2]["file_name"] = "../../000000000003.jpg"
+    doc["annotations"].append(doc["annotations"][0] | {"file_name": "../../000000000004.png"})  # never read
+    doc["annotations"].append(doc["annotations"][0] | {"file_name": "other/000000000001.png"})  # a second one of an image
     split.write_text(json.dumps(doc))
+    (root / "val2017" / "sub" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (row,) = plan_groups(discover(str(root))[0], group_size=16, skip=set())
     assert {m["id"]: m["image"].endswith("val2017/sub/000000000002.jpg") for m in row["records"]} == {"000000000001": False, "000000000002": True}
-    assert [(r["input"], r["reason"]) for r in row["rejects"]] == [("p/val2017/000000000003", "missing_image")]
+    assert sorted((r["input"], r["reason"]) for r in row["rejects"]) == [
+        ("p/val2017", "malformed_annotation"), ("p/val2017/000000000003", "missing_image"),
+        ("p/val2017/other/000000000001.png", "duplicate_annotation"), ("p/val2017/sub/gone.jpg", "unreadable_name")]
 
 
 @pytest.mark.parametrize("per_image_layout", [False, True])
