@@ -99,7 +99,7 @@ def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: 
     if extension in (".jpg", ".jpeg"):
         options |= {"quality": 95}
     elif extension == ".webp":
-        options |= {"lossless": True}
+        options |= {"lossless": True, "exact": True}  # exact: the colours under transparent pixels are kept too
     out = io.BytesIO()
     picture.save(out, format=Image.registered_extensions()[extension], **options)
     return out.getvalue()
@@ -217,7 +217,10 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             if not binary.any():
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
-            encoded = _encode(result, alpha, _extension(out_path), _rgb_profile(data))
+            try:
+                encoded = _encode(result, alpha, _extension(out_path), _rgb_profile(data))
+            except (OSError, ValueError) as exc:  # a format's own limits (WebP: 16,383 px a side)
+                raise UserError(f"cannot write {out_path} as {_extension(out_path)}: {storage.first_line(exc)}") from None
             try:
                 storage.write_bytes(out_path, encoded)
             except (OSError, storage.StorageError) as exc:

@@ -196,13 +196,14 @@ def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
     mask[10:30, 25:45] = 255
     cv2.imwrite(str(tmp_path / "cut.png"), bgra)
     cv2.imwrite(str(tmp_path / "mask.png"), mask)
-    for out in ("erased.png", "erased.jpg"):
+    for out in ("erased.png", "erased.webp", "erased.jpg"):
         done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "cut.png"),
                               "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / out), "--steps", "1")
         assert done.returncode == 0, done.stderr
-    erased = cv2.imread(str(tmp_path / "erased.png"), cv2.IMREAD_UNCHANGED)
-    assert erased.shape == (40, 60, 4) and np.array_equal(erased[..., 3], bgra[..., 3])
-    assert np.array_equal(erased[mask == 0], bgra[mask == 0]) and not np.array_equal(erased[mask > 0], bgra[mask > 0])
+    for out in ("erased.png", "erased.webp"):  # WebP too keeps the colours under its transparent pixels
+        erased = cv2.imread(str(tmp_path / out), cv2.IMREAD_UNCHANGED)
+        assert erased.shape == (40, 60, 4) and np.array_equal(erased[..., 3], bgra[..., 3]), out
+        assert np.array_equal(erased[mask == 0], bgra[mask == 0]) and not np.array_equal(erased[mask > 0], bgra[mask > 0]), out
     assert cv2.imread(str(tmp_path / "erased.jpg"), cv2.IMREAD_UNCHANGED).shape == (40, 60, 3), "JPEG has no alpha"
 
 
@@ -228,6 +229,18 @@ def test_erase_keeps_the_input_s_rgb_colour_profile(eraser, tmp_path):
             assert done.returncode == 0, done.stderr
             with Image.open(io.BytesIO((tmp_path / out).read_bytes())) as erased:
                 assert erased.info.get("icc_profile") == kept and erased.size == (60, 40), out
+
+
+def test_an_output_its_format_cannot_hold_is_a_failed_pair_not_a_crash(eraser, tmp_path):
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    cv2.imwrite(str(tmp_path / "wide.png"), np.full((8, 17000, 3), 90, np.uint8))  # WebP holds at most 16,383 px a side
+    mask = np.zeros((8, 17000), np.uint8)
+    mask[2:6, 100:200] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "wide.png"),
+                          "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "wide.webp"), "--steps", "1")
+    assert done.returncode == 1 and "1 failed" in done.stdout, done.stdout + done.stderr
+    assert "wide.webp as .webp: encoding error" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_erase_works_on_a_long_strip_at_a_bounded_size(eraser, monkeypatch):
