@@ -51,6 +51,7 @@ class ImageHeader:
     format: str  # PIL's format name: "JPEG", "PNG", ...
     mode: str  # PIL's mode: "RGB", "L", "CMYK", ...
     orientation: int = 1  # EXIF orientation tag (1: as stored); decoding ignores it, see `orient`
+    rgb_profile: bytes | None = None  # an embedded ICC profile of the RGB colour space (a phone's Display P3)
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
@@ -61,7 +62,9 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im))
+                profile = im.info.get("icc_profile")
+                rgb = profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None  # not CMYK or grey
+                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im), rgb)
     except Image.DecompressionBombError as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for garbage
@@ -97,6 +100,11 @@ _TURNS = {
 }
 
 
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels turned as EXIF `orientation` asks viewers to show them."""
+    return image if orientation == 1 else np.ascontiguousarray(_TURNS[orientation](image))
+
+
 def orient(image: np.ndarray, orientation: int, declared: tuple[int, int] | None, stored: tuple[int, int]) -> tuple[np.ndarray, bool]:
     """The image in the orientation its annotations were made in, and whether it was turned.
 
@@ -109,7 +117,7 @@ def orient(image: np.ndarray, orientation: int, declared: tuple[int, int] | None
         return image, False
     turned_size = stored[::-1] if orientation >= 5 else tuple(stored)
     if tuple(declared) == turned_size != tuple(stored):
-        return np.ascontiguousarray(_TURNS[orientation](image)), True
+        return upright(image, orientation), True
     return image, False
 
 
@@ -191,8 +199,10 @@ def mask_foreground(mask: np.ndarray) -> np.ndarray:
         alpha = mask[..., 3]
         mask = alpha if alpha.min() != alpha.max() else mask[..., :3]
     plane = mask.max(axis=2) if mask.ndim == 3 else mask
-    half = np.iinfo(plane.dtype).max // 2 if plane.dtype.kind in "ui" else 0.5
-    return plane > (0 if plane.max(initial=0) <= 1 else half)
+    top = plane.max(initial=0)
+    if plane.dtype.kind == "f":  # a float matte: 0-1, or 0-255
+        return plane > (0.5 if top <= 1 else 127.5)
+    return plane > (0 if top <= 1 else np.iinfo(plane.dtype).max // 2)
 
 
 def decode_panoptic_ids(data: bytes, max_pixels: int) -> np.ndarray:

@@ -16,13 +16,14 @@ from PIL import Image
 
 from .. import storage
 from ..errors import UserError
-from ..operators.codecs import mask_foreground
+from ..operators.codecs import BadInput, ImageHeader, mask_foreground, read_header, upright
 from .data import object_crop
 from .metrics import checkpoint_step, paste_back, predict, read_progress
 
 log = logging.getLogger("pairmine")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-ALPHA_EXTENSIONS = (".png", ".webp")  # formats that keep an input's alpha channel
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")  # output formats that keep an input's alpha channel
+MAX_PIXELS = 1 << 30  # OpenCV's own decode limit
 
 
 def latest_checkpoint(uri: str) -> str:
@@ -52,43 +53,39 @@ def _fetch(uri: str, what: str) -> bytes:
         raise UserError(f"cannot read the {what} {uri}" + (" (no such file)" if missing else f": {storage.first_line(exc)}")) from None
 
 
-def _read(uri: str, flags: int, what: str, data: bytes | None = None) -> np.ndarray:
-    """An image file, local or s3:// (or its bytes, already fetched), decoded; a UserError naming `what` it is
-    when it cannot be."""
-    data = _fetch(uri, what) if data is None else data
+def _decoded(uri: str, what: str) -> tuple[np.ndarray, ImageHeader, bytes]:
+    """An image file, local or s3://, decoded as stored (IMREAD_UNCHANGED: 16-bit, alpha and colour masks as they
+    are), with its header and bytes; a UserError naming `what` it is when it cannot be."""
+    data = _fetch(uri, what)
+    try:
+        header = read_header(data, MAX_PIXELS)
+    except BadInput as exc:
+        raise UserError(f"cannot read the {what} {uri} ({exc.reason}: {exc.detail})") from None
     quiet, level = cv2.utils.logging, cv2.utils.logging.getLogLevel()
     quiet.setLogLevel(quiet.LOG_LEVEL_SILENT)  # OpenCV's own lines for a broken file: the UserError below says it once
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise UserError(f"cannot read the {what} {uri} ({storage.first_line(exc)})") from None
     finally:
         quiet.setLogLevel(level)
     if image is None:
         raise UserError(f"cannot read the {what} {uri} (not an image)")
-    return image
+    return image, header, data
 
 
-def _alpha(uri: str, data: bytes, size: tuple[int, int]) -> np.ndarray | None:
-    """The 8-bit alpha channel of a PNG / WebP image with one (None otherwise), from its bytes, to write back
+def _colour(uri: str, stored: np.ndarray, data: bytes, header: ImageHeader) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 pixels of an image as displayed (EXIF orientation applied, CMYK / grey / 16-bit converted by
+    OpenCV's colour read), and its 8-bit alpha channel turned the same way (None without one), to write back
     unchanged: a transparent product photo stays transparent, its hidden colours hidden."""
-    if _extension(uri) not in ALPHA_EXTENSIONS:
-        return None
-    raw = _read(uri, cv2.IMREAD_UNCHANGED, "image", data)
-    if raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != size:  # no alpha, or stored turned (EXIF): none kept
-        return None
-    alpha = raw[..., 3]
-    return (alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha
-
-
-def _rgb_profile(data: bytes) -> bytes | None:
-    """The RGB ICC colour profile an image file embeds (a phone's Display P3), to write back with the result:
-    without it a colour-managed viewer shows the erased image's colours as sRGB, duller. None for no profile,
-    or one of another colour space (CMYK, grey), which the decoded RGB pixels no longer are in."""
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            profile = picture.info.get("icc_profile")
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None
+    colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if colour is None:
+        raise UserError(f"cannot read the image {uri} (not an image)")
+    alpha = None
+    if stored.ndim == 3 and stored.shape[2] == 4 and stored.shape[:2] == colour.shape[:2]:
+        alpha = stored[..., 3]
+        alpha = upright((alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha, header.orientation)
+    return cv2.cvtColor(upright(colour, header.orientation), cv2.COLOR_BGR2RGB), alpha
 
 
 def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None) -> bytes:
@@ -129,7 +126,9 @@ def erase_image(eraser, image: np.ndarray, mask: np.ndarray, resolution: int, se
     scale = min(resolution / min(height, width), MAX_ASPECT * resolution / max(height, width))
     size = (max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    small_mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST) > 0
+    # any covered share counts: a 1-px wire or an outline's rim shrunk by area to under half a working pixel would be
+    # left to the model as context, then replaced by its prediction of itself in the paste-back
+    small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST) > 0
     if not small_mask.any():
         raise UserError("the mask vanishes at the eraser's working size; use a larger mask or --resolution")
     sample = {"source": small, "target": small, "mask": small_mask.astype(np.uint8), "alpha": small_mask.astype(np.uint8) * np.uint8(255)}
@@ -206,11 +205,12 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     done = 0
     for image_path, mask_path, out_path in jobs:
         try:
-            data = _fetch(image_path, "image")  # once: decoded for the pixels and, for a PNG / WebP output, the alpha
-            rgb = cv2.cvtColor(_read(image_path, cv2.IMREAD_COLOR, "image", data), cv2.COLOR_BGR2RGB)
-            alpha = _alpha(image_path, data, rgb.shape[:2]) if _extension(out_path) in ALPHA_EXTENSIONS else None
-            # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map); EXIF orientation as the image's
-            binary = mask_foreground(_read(mask_path, cv2.IMREAD_UNCHANGED, "mask"))
+            stored, header, data = _decoded(image_path, "image")
+            rgb, alpha = _colour(image_path, stored, data, header)
+            alpha = alpha if _extension(out_path) in ALPHA_EXTENSIONS else None
+            # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map), turned by their own EXIF tag
+            mask, mask_header, _ = _decoded(mask_path, "mask")
+            binary = upright(mask_foreground(mask), mask_header.orientation)
             if binary.shape != rgb.shape[:2]:
                 raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}"
                                 " (as displayed: EXIF orientation applied to both)")
@@ -218,7 +218,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
             try:
-                encoded = _encode(result, alpha, _extension(out_path), _rgb_profile(data))
+                encoded = _encode(result, alpha, _extension(out_path), header.rgb_profile)
             except (OSError, ValueError) as exc:  # a format's own limits (WebP: 16,383 px a side)
                 raise UserError(f"cannot write {out_path} as {_extension(out_path)}: {storage.first_line(exc)}") from None
             try:

@@ -408,3 +408,6 @@ def test_a_mask_is_its_white_half_or_the_ones_of_a_0_1_mask():
     soft = mask * 200 + 100 * (mask == 0)  # a soft or JPEG-noisy mask: its white half
     assert np.array_equal(mask_foreground(soft.astype(np.uint8)), mask == 1)
     assert not mask_foreground(np.zeros_like(mask)).any()
+    matte = mask * 0.8 + 0.3 * (mask == 0)  # a float matte (a TIFF from a compositing tool): over half is the object
+    assert np.array_equal(mask_foreground(matte.astype(np.float32)), mask == 1), "not every pixel above 0"
+    assert np.array_equal(mask_foreground((matte * 255).astype(np.float32)), mask == 1)

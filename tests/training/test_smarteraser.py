@@ -231,6 +231,74 @@ def test_erase_keeps_the_input_s_rgb_colour_profile(eraser, tmp_path):
                 assert erased.info.get("icc_profile") == kept and erased.size == (60, 40), out
 
 
+def _with_orientation(picture: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    """An image file holding `picture` (RGB, grey or RGBA) as stored, with an EXIF orientation tag."""
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format=fmt, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_erase_turns_the_image_its_alpha_and_the_mask_each_by_its_own_exif_orientation(eraser, tmp_path):
+    """An editor's export keeps its EXIF tag: the mask was used as stored (a 180° one erased the wrong place, a
+    sideways one was refused), and a sideways RGBA image lost its alpha or got it unturned."""
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    rng = np.random.default_rng(0)
+    shown = np.dstack([rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), np.full((60, 80), 255, np.uint8)])
+    shown[:, :10, 3] = 0  # transparent left edge, as displayed
+    object_ = np.zeros((60, 80), np.uint8)
+    object_[10:30, 40:70] = 255  # as displayed
+    stored = {3: lambda a: a[::-1, ::-1], 6: lambda a: np.rot90(a, 1)}  # what a viewer turns back by the tag
+    for orientation, turn in stored.items():
+        (tmp_path / "photo.png").write_bytes(_with_orientation(np.ascontiguousarray(turn(shown)), orientation))
+        (tmp_path / "mask.png").write_bytes(_with_orientation(np.ascontiguousarray(turn(object_)), orientation))
+        done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "photo.png"),
+                              "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "erased.png"), "--steps", "1")
+        assert done.returncode == 0, done.stderr
+        erased = cv2.cvtColor(cv2.imread(str(tmp_path / "erased.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+        assert erased.shape == (60, 80, 4) and np.array_equal(erased[..., 3], shown[..., 3]), orientation
+        outside = object_ == 0
+        assert np.array_equal(erased[outside], shown[outside]) and not np.array_equal(erased[~outside], shown[~outside]), orientation
+
+
+def test_erase_masks_every_working_pixel_the_mask_touches(eraser, monkeypatch):
+    """A 1-px wire shrunk by area to under half a working pixel was left to the model as context, then pasted
+    back as its prediction of the wire: redrawn, not erased."""
+    from pairmine.training import erase
+
+    seen, real = [], erase.predict
+    monkeypatch.setattr(erase, "predict", lambda model, samples, seed: seen.append(samples[0]["mask"]) or real(model, samples, seed))
+    image = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    mask = np.zeros((600, 800), bool)
+    mask[100:200, 100:200] = True
+    mask[300, 50:750] = True  # the wire: 1 px of a 9.4x shrink
+    erase.erase_image(eraser, image, mask, 64)
+    (small,) = seen
+    row, (first, last) = int(300 * small.shape[0] / 600), (int(x * small.shape[1] / 800) for x in (50, 750))
+    assert small[row, first + 1 : last - 1].all()
+
+
+def test_an_empty_or_broken_file_is_that_pair_s_failure_and_the_folder_goes_on(eraser, tmp_path):
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")
+    cv2.imwrite(str(tmp_path / "images" / "b.png"), np.full((40, 60, 3), 90, np.uint8))
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 10:20] = 255
+    for stem in "ab":
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), mask)
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "images"),
+                          "--mask", str(tmp_path / "masks"), "--out", str(tmp_path / "out"), "--steps", "1")
+    assert done.returncode == 1 and "1 erased" in done.stdout and "1 failed" in done.stdout, done.stdout + done.stderr
+    assert "a.jpg (empty_file: zero bytes)" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "out" / "b.png").exists()
+
+
 def test_an_output_its_format_cannot_hold_is_a_failed_pair_not_a_crash(eraser, tmp_path):
     eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
     cv2.imwrite(str(tmp_path / "wide.png"), np.full((8, 17000, 3), 90, np.uint8))  # WebP holds at most 16,383 px a side
@@ -262,7 +330,7 @@ def test_erase_refuses_an_output_extension_it_cannot_write_before_loading_anythi
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8), np.uint8))
     done = cli_in_process("erase", "--checkpoint", str(tmp_path / "nowhere"), "--image", str(tmp_path / "x.png"), "--mask",
                           str(tmp_path / "m.png"), "--out", "x.xyz")
-    assert done.returncode == 2 and done.stderr.strip() == "pairmine: error: --out x.xyz: the extension picks the format, one of .jpg, .jpeg, .png, .webp, .bmp"
+    assert done.returncode == 2 and done.stderr.strip() == "pairmine: error: --out x.xyz: the extension picks the format, one of .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff"
 
 
 def test_a_checkpoint_of_another_eraser_is_refused(eraser, tmp_path, smarteraser_parts):
@@ -305,12 +373,18 @@ def test_the_shipped_training_config_is_valid_and_states_the_release_defaults():
 
 
 def test_a_broken_image_is_one_message_without_opencvs_own_lines(tmp_path, capfd):
-    """OpenCV printed "[ERROR:0@...] ... IHDR chunk shall be first" next to pairmine's one line."""
+    """OpenCV printed "[ERROR:0@...] ... IHDR chunk shall be first" (or "PNG input buffer is incomplete", for a
+    file cut short after its header) next to pairmine's one line."""
     from pairmine.errors import UserError
-    from pairmine.training.erase import _read
+    from pairmine.training.erase import _decoded
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
-    with pytest.raises(UserError, match="not an image"):
-        _read(str(broken), cv2.IMREAD_COLOR, "image")
-    assert "IHDR" not in capfd.readouterr().err
+    with pytest.raises(UserError, match=r"broken.png \(not_an_image"):
+        _decoded(str(broken), "image")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8))[1].tobytes()[:200])
+    with pytest.raises(UserError, match=r"cut.png \(not an image\)"):
+        _decoded(str(cut), "image")
+    printed = capfd.readouterr().err
+    assert "IHDR" not in printed and "incomplete" not in printed
