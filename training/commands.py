@@ -75,7 +75,7 @@ def _add_erase_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training run folder (its latest checkpoint), a checkpoint, or a saved eraser; local or s3://")
     parser.add_argument("--image", required=True, type=path_arg, metavar="PATH", help="an image, or a folder of images; local or s3://")
     parser.add_argument("--mask", required=True, type=path_arg, metavar="PATH", help="its mask (white = erase; a 0/1 mask: 1 = erase), or a folder of masks with the same stems; local or s3://")
-    parser.add_argument("--out", required=True, type=path_arg, metavar="PATH", help="the output image (its extension picks the format: .jpg, .jpeg, .png, .webp, .bmp), or a folder (PNGs named by stem); local or s3://")
+    parser.add_argument("--out", required=True, type=path_arg, metavar="PATH", help="the output image (its extension picks the format: .jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff), or a folder (PNGs named by stem); local or s3://")
     parser.add_argument("--steps", type=count_arg, metavar="N", help="denoising steps (default: the eraser's; SmartEraser and EraDiff 50, OmniEraser 28)")
     parser.add_argument("--guidance", type=nonnegative_arg, metavar="G", help="guidance scale (default: the eraser's; SmartEraser 1.5, EraDiff 1: none, OmniEraser 3.5: FLUX's distilled guidance)")
     parser.add_argument("--resolution", type=count_arg, metavar="PX", help="short side the eraser works at (default: its training resolution)")
