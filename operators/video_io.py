@@ -358,7 +358,12 @@ def _decode_from(container, stream, clock: _Clock, index: int, gap: int, wanted:
     back = 0
     while True:
         seek_index = index - back if index - back >= 0 else -gap
-        container.seek(clock.offset(seek_index), stream=stream, backward=True)
+        try:
+            container.seek(clock.offset(seek_index), stream=stream, backward=True)
+        except PermissionError:  # AVI refuses a time before its start: its own start reaches the first frame
+            if seek_index >= 0:
+                raise
+            container.seek(clock.start, stream=stream, backward=True)
         frames = _decoded(container, stream, clock, wanted)
         first = next(frames, None)
         if seek_index < 0 and first is None:
