@@ -255,7 +255,8 @@ def read_success(output: str) -> dict | None:
 
 def read_runs(output: str) -> list[dict]:
     """The summaries of every finished run on the output (``runs/<run>.json``), oldest first."""
-    entries = [e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json") and not is_temp(e.path)]
+    entries = sorted((e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json") and not is_temp(e.path)),
+                     key=lambda e: e.path)
     return [json.loads(storage.read_bytes(storage.uri_of(output, e))) for e in entries]  # run ids sort by start time
 
 

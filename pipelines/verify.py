@@ -136,9 +136,9 @@ def check_output(output: str, samples: bool = True) -> tuple[Report, dict[str, l
     return report, accounted
 
 
-def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | None, int | None]]) -> dict[str, set[str]]:
+def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | None, int | None]], config: dict | None = None) -> dict[str, set[str]]:
     """Every id of every input unit, found and named the way the pipeline finds and names them (`sources`: the
-    output's committed units, ``dataset.unit_sources``)."""
+    output's committed units, ``dataset.unit_sources``; `config`: the runs', which cut videos into segments)."""
     from . import syn4removal, video4removal
     from .inputs import plan_groups, reconcile
     from .readers import tar_items
@@ -147,15 +147,16 @@ def input_ids(pipeline: str, inputs: list[str], sources: dict[str, tuple[str | N
     if pipeline not in declared:
         raise UserError(f"the output was written by {pipeline!r}, which verify does not know")
     ids: dict[str, set[str]] = {}
+    video_config = video4removal.Video4RemovalConfig.model_validate(config or {}) if pipeline == video4removal.VIDEO4REMOVAL.name else None
     for unit in reconcile(declared[pipeline].discover(inputs), sources):
-        if unit.problem:
+        if unit.kind == "video":  # an unreadable name too: one empty segment
+            ids[unit.name] = {row["segment"] for row in video4removal.segments_of(
+                {"unit": unit.name, "uri": unit.uri, "problem": unit.problem or ""}, video_config, {})}
+        elif unit.problem:
             ids[unit.name] = {unit.name}
         elif unit.kind == "sa1b-tar":
             with storage.open_input_file(unit.uri) as f:
                 ids[unit.name] = {i for i, _ in tar_items(f, unit.name, 1 << 62) if i is not None}
-        elif unit.kind == "video":
-            ids[unit.name] = {row["segment"] for row in video4removal.segments_of(
-                {"unit": unit.name, "uri": unit.uri, "problem": ""}, video4removal.Video4RemovalConfig(), {})}
         else:
             ids[unit.name] = {i for row in plan_groups(unit, 1 << 30, set()) for i in row["consumed"]}
     return ids
@@ -173,7 +174,9 @@ def verify(output: str, inputs: list[str] = (), samples: bool = True) -> Report:
         if len(pipelines) != 1:
             report.problem(f"the manifest names {len(pipelines)} pipelines ({', '.join(sorted(pipelines)) or 'none'}): cannot check inputs")
             return report
-        expected = input_ids(pipelines.pop(), list(inputs), dataset.unit_sources(rows))
+        pipeline = pipelines.pop()
+        configs = [run["config"] for run in dataset.read_runs(output) if run.get("pipeline") == pipeline and run.get("config")]
+        expected = input_ids(pipeline, list(inputs), dataset.unit_sources(rows), configs[-1] if configs else None)
         for unit, ids in sorted(expected.items()):
             missing = ids - set(accounted.get(unit, ()))
             if missing:

@@ -61,18 +61,24 @@ def test_bad_video_files_are_rejected_and_the_job_completes(tmp_path, ray_local)
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "notes.mp4").write_text("this is not a video\n" * 100)
     (folder / "noise.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    (folder / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
     out = tmp_path / "out"
-    summary = _run([folder], out)
+    summary = _run([folder], out, "segment_seconds=3")
     rejects = read_parquet_dir(str(out / "rejects"))
     by_video = {}
     for r in rejects:
         by_video.setdefault(r["input"].split("#")[0], set()).add((r["stage"], r["reason"]))
-    for name in ("truncated.mp4", "empty.mp4", "notes.mp4", "noise.mkv"):
+    for name in ("truncated.mp4", "empty.mp4", "notes.mp4", "noise.mkv", "gone.mp4"):
         assert name in by_video, f"{name} vanished without a reject"
     assert ("read", "empty_file") in by_video["empty.mp4"]
     assert all(stage in ("read", "decode") for stage, _ in by_video["notes.mp4"] | by_video["noise.mkv"])
     assert {json.loads(s["json"])["video"] for s in read_samples(str(out))} == {"good.mp4"}
-    assert summary["units"]["given"] == 5
+    assert summary["units"]["given"] == 6
+    # verify cuts the videos as the run did (its segment_seconds, not the default) and counts the dangling link's reject
+    from pairmine.pipelines.verify import verify
+
+    report = verify(str(out), [str(folder)], samples=False)
+    assert not report.problems and report.inputs == {"units": 6, "ids": 7}, report.problems
 
 
 def test_long_videos_are_split_into_segments_resumed_and_not_redone(tmp_path, ray_local):
