@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import math
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -54,9 +55,15 @@ def commands(names: list[str] | None = None) -> list[Command]:
 
 def path_arg(value: str) -> str:
     """A path argument: not empty (an empty --output would be the current folder, or /); an s3:// URI in its one
-    spelling (Arrow's S3 refuses an empty part, `s3://b/x//y`, with a traceback)."""
+    spelling (Arrow's S3 refuses an empty part, `s3://b/x//y`, with a traceback); valid UTF-8 (Arrow's file
+    systems cannot name anything else: inside a folder such a file is an unreadable_name reject)."""
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{os.fsencode(value).decode('utf-8', 'backslashreplace')}: the name is not valid UTF-8, "
+                                         "which the file systems pairmine reads through cannot open; rename it") from None
     return storage.normalize(value) if storage.is_s3(value) else value
 
 

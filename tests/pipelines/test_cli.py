@@ -41,6 +41,8 @@ def test_help_says_what_it_does_with_examples(args):
 
 @pytest.mark.parametrize("args, message", [
     (["syn4removal", "--input", SA1B_TAR, "--output", ""], "argument --output: an empty path"),  # it was the current folder, or /
+    (["video4removal", "--input", "caf\udce9.mp4", "--output", "out", "--dry-run"],  # bytes caf\xe9: Arrow raised UnicodeEncodeError
+     "argument --input: caf\\xe9.mp4: the name is not valid UTF-8"),
     (["syn4removal", "--input", SA1B_TAR, "--output", "out", "--wait", "nan"], "argument --wait: must be a finite number of at least 0, not nan"),
     (["report", "out", "--shards", "0"], "argument --shards: must be at least 1, not 0"),
     (["report", str(TESTDATA), "--out", str(TESTDATA)], f"--out {TESTDATA} is a folder: give the page's file name"),
