@@ -206,7 +206,13 @@ def _decode_analysis(work: SegmentWork, source: Source, start: int, stop: int, d
     work.reader = decoded.reader
     work.stats.counts[f"reader_{decoded.reader}"] += 1
     frames = decoded.frames if len(decoded.frames) >= 2 else []
-    if decoded.error or not frames or frames[-1].index < wanted[-1]:
+    short = wanted[-1] - frames[-1].index if frames else 0
+    if not decoded.error and frames and 0 < short <= max(decode.stride, info.fps):
+        # a header's count a second or less too high (an edit list's dropped lead-in, B-frame delay in FLV, audio
+        # outlasting an MKV's video, a variable rate's rounding): the stream's end, not a cut
+        work.stats.counts["frames_short_of_header"] += short
+        short = 0
+    if decoded.error or not frames or short > 0:
         error = decoded.error or BadInput("truncated_video", f"the stream ends before frame {wanted[-1]} of {info.frames}")
         tried = f" (also tried {'; '.join(decoded.failed)})" if decoded.failed else ""
         end = frames[-1].index + 1 if frames else start

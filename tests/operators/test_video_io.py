@@ -433,3 +433,17 @@ def test_a_complete_mkv_whose_video_starts_late_or_ends_before_its_audio_is_not_
     cut.write_bytes(open(whole, "rb").read()[: os.path.getsize(whole) * 11 // 20])
     info = probe(str(cut), DecodeParams())
     assert info.frames < 40 and info.declared_frames == pytest.approx(50, abs=3), "cut short: the header's 5 s are promised"
+
+
+def test_a_header_a_second_too_long_ends_the_segment_at_the_stream_s_end_without_a_reject(tmp_path):
+    """An MKV whose audio outlasts its video by under a second keeps its duration's frame count (59 for 50 frames),
+    as do FLVs with B-frames and MP4s trimmed by an edit list: the last segment got a truncated_video reject for
+    frames that never existed. A cut of more than a second still is one."""
+    from pairmine.operators.video4removal import Video4RemovalParams, analyse_segment
+
+    path = _mkv(tmp_path / "audio.mkv", audio_s=5.9)
+    info = probe(path, DecodeParams())
+    assert info.frames > 50, "the header overcount this test is about"
+    work = analyse_segment("audio.mkv", path, 0, info.frames, Video4RemovalParams())
+    assert not [r for r in work.rejects if r.reason == "truncated_video"], work.rejects
+    assert work.stats.counts["frames_short_of_header"] > 0
