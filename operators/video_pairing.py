@@ -36,6 +36,10 @@ class PairingParams(Params):
     candidates: int = Field(16, ge=1, le=1000, description="background frames nearest in time compared with each foreground frame")
     change_threshold: int = Field(25, ge=1, le=255, description="a pixel differs when a channel differs by more than this")
     min_changed: float = Field(0.5, ge=0, le=1, description="share of object pixels that differ between the pair, at least")
+    min_mask_core: float = Field(
+        0.1, ge=0, le=1, description="share of the object mask more than 2 analysis px from its edge, at least: an object that "
+                                     "stayed until MOG2's background took it in leaves a mask of edge slivers, and stays in the target",
+    )
     max_stray: float = Field(
         0.001, ge=0, le=1, description="largest region outside the object (and its shadow) that differs between the pair, "
                                        "share of the frame, at most: the object must be the only change",
@@ -94,6 +98,9 @@ def stray_share(a: np.ndarray, b: np.ndarray, look: np.ndarray, threshold: int) 
     return float(stats[1:, cv2.CC_STAT_AREA].max(initial=0)) / differs.size
 
 
+_CORE_PX = 2  # analysis px: a mask's core is what a disk of this radius leaves when eroding it
+
+
 def pair_frame(
     source: int, frames: list[np.ndarray], greys: list[np.ndarray], mask: np.ndarray, shadow: np.ndarray,
     backgrounds: list[int], displacement: np.ndarray, full_width: int, params: PairingParams,
@@ -103,6 +110,12 @@ def pair_frame(
     Candidates are tried in order of MSE; the first that passes every check wins, else the best
     candidate's failure is returned.
     """
+    area = cv2.countNonZero(mask)
+    core = cv2.countNonZero(cv2.erode(mask, disk(_CORE_PX))) / area if area else 0.0
+    if core < params.min_mask_core:
+        return Miss(source, float("inf"), Reject.because(
+            "mask_slivers", f"{core:.2f} of the object mask lies over {_CORE_PX} px from its edge (min_mask_core={params.min_mask_core}): "
+                            "an object still long enough to be taken into the background, only its moving edges masked"))
     height, width = mask.shape
     radius = round(params.exclusion_radius * max(height, width))
     keep = (cv2.dilate(mask | shadow, disk(radius)) == 0).astype(np.uint8)  # the object's shadow may differ too

@@ -47,6 +47,20 @@ def test_a_background_frame_that_still_holds_the_object_is_refused(run):
     assert isinstance(miss, Miss) and miss.reject.reason == "object_in_background"
 
 
+def test_a_mask_of_edge_slivers_is_refused_before_any_background_frame(run):
+    """An object that stands still long enough is taken into MOG2's background (learned over the run, from its
+    median): its mask is only the edges it sways by, every frame still shows it, and the sliver mask passed the
+    object_in_background test (the probe: 4 of 5 region pairs with the whole object in the target)."""
+    images, greys, masks = run
+    solid = masks[SOURCE]
+    slivers = solid - cv2.erode(solid, np.ones((3, 3), np.uint8))  # its 1-px outline, where a sway shows
+    backgrounds = [i for i, m in enumerate(masks) if not m.any()]
+    no_shadow = np.zeros_like(solid)
+    miss = pair_frame(SOURCE, images, greys, slivers, no_shadow, backgrounds, np.zeros((len(images), 2)), FULL_WIDTH, PARAMS)
+    assert isinstance(miss, Miss) and miss.reject.reason == "mask_slivers"
+    assert isinstance(_pair(images, greys, masks, backgrounds), Pair), "the object's own mask has its core"
+
+
 def test_a_background_frame_with_something_else_in_it_is_refused(run):
     images, greys, masks = run
     polluted = images[0].copy()
