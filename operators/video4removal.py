@@ -271,7 +271,7 @@ def _fetch(work: SegmentWork, source: Source, chosen: list[Choice], frames: list
         full = read_frames(source, needed, (work.reader,), None, params.decode.threads)
     work.stats.counts["full_frames"] += len(full.frames)
     by_index = {f.index: f for f in full.frames}
-    scale = work.info.width / frames[0].image.shape[1]
+    analysed = frames[0].image.shape[:2]  # every frame was read at this size, whatever its own
     candidates = []
     for choice in chosen:
         pair = choice.pair
@@ -282,17 +282,23 @@ def _fetch(work: SegmentWork, source: Source, chosen: list[Choice], frames: list
             continue
         meta = {"mse": round(pair.mse, 3), "changed": round(pair.changed, 4), "shift_px": round(pair.shift, 3), **choice.meta}
         source_frame, target_frame = by_index[src], by_index[tgt]
-        if choice.crop is not None:
-            box = _full_resolution(choice.crop, scale, source_frame.image.shape[:2])
+        shape = source_frame.image.shape[:2]
+        if target_frame.image.shape[:2] != shape:  # a stream that changes size between the two (a TS re-encoded mid-way)
+            work.reject(src, src + 1, "decode", Reject.because(
+                "resolution_change", f"the pair's frames are {shape[1]}x{shape[0]} and {target_frame.image.shape[1]}x{target_frame.image.shape[0]}"))
+            continue
+        if choice.crop is not None:  # scaled by the frame's own size: the header's is the stream's first
+            box = _full_resolution(choice.crop, (shape[1] / analysed[1], shape[0] / analysed[0]), shape)
             meta["crop"] = list(box)
             source_frame, target_frame = (_cropped(f, box, params.region.max_side) for f in (source_frame, target_frame))
         candidates.append(Candidate(source_frame, target_frame, choice.prior, meta))
     return candidates
 
 
-def _full_resolution(box: Box, scale: float, shape: tuple[int, int]) -> Box:
+def _full_resolution(box: Box, scale: tuple[float, float], shape: tuple[int, int]) -> Box:
+    """An analysis-grid box in the pixels of a frame of `shape`, `scale` = (x, y) full-resolution px per analysis px."""
     height, width = shape
-    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    (x0, x1), (y0, y1) = ((round(v * scale[0]) for v in box[::2]), (round(v * scale[1]) for v in box[1::2]))
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 

@@ -224,3 +224,48 @@ def test_a_cut_off_mkv_plans_its_missing_tail_as_one_reject(tmp_path):
     assert encode(analyse(tail, config), config, "h")["consumed"] == [tail["segment"]], "the tail is done once rejected"
     whole_rows = segments_of(row | {"uri": str(whole)}, config, {})
     assert whole_rows[-1]["stop"] == 150 and not any(r["problem"] for r in whole_rows)
+
+
+def _resized_mid_way(path) -> None:
+    """An MPEG-TS of a red box crossing a grey scene, 5 s at 480x272 then 5 s at 640x360, timestamps continuous
+    (a stream re-encoded mid-way: broadcast captures, some DVRs)."""
+    from fractions import Fraction
+
+    import av
+
+    with open(path, "wb") as joined:
+        for first, (width, height) in ((0, (480, 272)), (127, (640, 360))):  # 127: past the muxer's 2-frame offset
+            part = path.with_suffix(f".{width}.ts")
+            with av.open(str(part), "w", format="mpegts") as out:
+                stream = out.add_stream("libx264", rate=25)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                for k in range(first, first + 125):
+                    image = np.full((height, width, 3), 90, np.uint8)
+                    image[:, : width // 4] = 40
+                    if 30 <= k % 125 < 90:
+                        x = (k % 125 - 30) * width // 80
+                        image[height // 3 : height // 3 + height // 4, x : x + width // 10] = (30, 30, 250)
+                    frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+                    frame.pts, frame.time_base = k, Fraction(1, 25)
+                    for packet in stream.encode(frame):
+                        out.mux(packet)
+                for packet in stream.encode():
+                    out.mux(packet)
+            joined.write(part.read_bytes())
+            part.unlink()
+
+
+def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tmp_path, ray_local):
+    """Crops were scaled by the header's width (the stream's first size): after the switch a region pair cut the
+    object in two and its mask missed half of it."""
+    (tmp_path / "in").mkdir()
+    _resized_mid_way(tmp_path / "in" / "resized.ts")
+    out = tmp_path / "out"
+    _run([tmp_path / "in"], out, "region.mode=region")
+    sizes = set()
+    for sample in read_samples(str(out)):
+        source, mask = decode(sample["source.jpg"]), decode(sample["mask.png"]) > 0
+        red = (source[..., 0] > 200) & (source[..., 2] < 80)  # RGB
+        sizes.add(json.loads(sample["json"])["source"]["frame"] >= 125)  # from the 640x360 part
+        assert red.any() and (red & mask).sum() >= 0.98 * red.sum(), "the whole object inside its crop's mask"
+    assert sizes == {False, True}, "a region pair from each size"
