@@ -53,39 +53,39 @@ def _fetch(uri: str, what: str) -> bytes:
         raise UserError(f"cannot read the {what} {uri}" + (" (no such file)" if missing else f": {storage.first_line(exc)}")) from None
 
 
-def _decoded(uri: str, what: str) -> tuple[np.ndarray, ImageHeader, bytes]:
-    """An image file, local or s3://, decoded as stored (IMREAD_UNCHANGED: 16-bit, alpha and colour masks as they
-    are), with its header and bytes; a UserError naming `what` it is when it cannot be."""
+def _opened(uri: str, what: str) -> tuple[bytes, ImageHeader]:
+    """An image file's bytes, local or s3://, and its header; a UserError naming `what` it is when it is none."""
     data = _fetch(uri, what)
     try:
-        header = read_header(data, MAX_PIXELS)
+        return data, read_header(data, MAX_PIXELS)
     except BadInput as exc:
         raise UserError(f"cannot read the {what} {uri} ({exc.reason}: {exc.detail})") from None
+
+
+def _decode(uri: str, what: str, data: bytes, flags: int) -> np.ndarray:
+    """An image file's bytes decoded with OpenCV `flags` (its EXIF orientation not applied); a UserError naming
+    `what` it is when they cannot be."""
     quiet, level = cv2.utils.logging, cv2.utils.logging.getLogLevel()
     quiet.setLogLevel(quiet.LOG_LEVEL_SILENT)  # OpenCV's own lines for a broken file: the UserError below says it once
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:
         raise UserError(f"cannot read the {what} {uri} ({storage.first_line(exc)})") from None
     finally:
         quiet.setLogLevel(level)
     if image is None:
         raise UserError(f"cannot read the {what} {uri} (not an image)")
-    return image, header, data
+    return image
 
 
-def _colour(uri: str, stored: np.ndarray, data: bytes, header: ImageHeader) -> tuple[np.ndarray, np.ndarray | None]:
-    """RGB uint8 pixels of an image as displayed (EXIF orientation applied, CMYK / grey / 16-bit converted by
-    OpenCV's colour read), and its 8-bit alpha channel turned the same way (None without one), to write back
+def _alpha(uri: str, data: bytes, header: ImageHeader) -> np.ndarray | None:
+    """The 8-bit alpha channel of an image with one (None otherwise), turned as displayed, to write back
     unchanged: a transparent product photo stays transparent, its hidden colours hidden."""
-    colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if colour is None:
-        raise UserError(f"cannot read the image {uri} (not an image)")
-    alpha = None
-    if stored.ndim == 3 and stored.shape[2] == 4 and stored.shape[:2] == colour.shape[:2]:
-        alpha = stored[..., 3]
-        alpha = upright((alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha, header.orientation)
-    return cv2.cvtColor(upright(colour, header.orientation), cv2.COLOR_BGR2RGB), alpha
+    raw = _decode(uri, "image", data, cv2.IMREAD_UNCHANGED)
+    if raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != (header.height, header.width):
+        return None
+    alpha = raw[..., 3]
+    return upright((alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha, header.orientation)
 
 
 def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None) -> bytes:
@@ -205,12 +205,13 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
     done = 0
     for image_path, mask_path, out_path in jobs:
         try:
-            stored, header, data = _decoded(image_path, "image")
-            rgb, alpha = _colour(image_path, stored, data, header)
-            alpha = alpha if _extension(out_path) in ALPHA_EXTENSIONS else None
+            # the image as displayed (CMYK, grey and 16-bit turned to 8-bit RGB by OpenCV's colour read)
+            data, header = _opened(image_path, "image")
+            rgb = cv2.cvtColor(upright(_decode(image_path, "image", data, cv2.IMREAD_COLOR), header.orientation), cv2.COLOR_BGR2RGB)
+            alpha = _alpha(image_path, data, header) if _extension(out_path) in ALPHA_EXTENSIONS else None
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map), turned by their own EXIF tag
-            mask, mask_header, _ = _decoded(mask_path, "mask")
-            binary = upright(mask_foreground(mask), mask_header.orientation)
+            mask_data, mask_header = _opened(mask_path, "mask")
+            binary = upright(mask_foreground(_decode(mask_path, "mask", mask_data, cv2.IMREAD_UNCHANGED)), mask_header.orientation)
             if binary.shape != rgb.shape[:2]:
                 raise UserError(f"mask {mask_path} is {binary.shape[1]}x{binary.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}"
                                 " (as displayed: EXIF orientation applied to both)")

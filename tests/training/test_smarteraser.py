@@ -376,15 +376,17 @@ def test_a_broken_image_is_one_message_without_opencvs_own_lines(tmp_path, capfd
     """OpenCV printed "[ERROR:0@...] ... IHDR chunk shall be first" (or "PNG input buffer is incomplete", for a
     file cut short after its header) next to pairmine's one line."""
     from pairmine.errors import UserError
-    from pairmine.training.erase import _decoded
+    from pairmine.training.erase import _decode, _opened
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     with pytest.raises(UserError, match=r"broken.png \(not_an_image"):
-        _decoded(str(broken), "image")
+        _opened(str(broken), "image")
     cut = tmp_path / "cut.png"
     cut.write_bytes(cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8))[1].tobytes()[:200])
-    with pytest.raises(UserError, match=r"cut.png \(not an image\)"):
-        _decoded(str(cut), "image")
+    data, _ = _opened(str(cut), "image")  # its header is whole
+    for flags in (cv2.IMREAD_COLOR, cv2.IMREAD_UNCHANGED):
+        with pytest.raises(UserError, match=r"cut.png \(not an image\)"):
+            _decode(str(cut), "image", data, flags)
     printed = capfd.readouterr().err
     assert "IHDR" not in printed and "incomplete" not in printed
