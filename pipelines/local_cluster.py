@@ -48,6 +48,7 @@ class LocalCluster:
         self.env = {**os.environ, **ENV, **(env or {})}
         self.temp_dir = tempfile.mkdtemp(prefix="pmray-")  # short: Ray's socket paths must stay under 107 bytes
         self.nodes: list[subprocess.Popen] = []
+        self.tags: dict[int, str] = {}  # a worker node's pid -> the resource only it has
         dash = [f"--include-dashboard=true", f"--dashboard-port={self.dashboard_port}"] if dashboard else ["--include-dashboard=false"]
         self._start(["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", *dash], head_cpus, {}, "head")
         self.wait_for("memory")
@@ -71,6 +72,7 @@ class LocalCluster:
         registered (found by a resource of its own: CPU totals still count a killed node for a while)."""
         tag = f"localcluster_node_{len(self.nodes)}"
         node = self._start([f"--address={self.address}"], cpus, {**(resources or {}), tag: 1}, "worker")
+        self.tags[node.pid] = tag
         if wait:
             self.wait_for(tag)
         return node

@@ -55,30 +55,37 @@ def _job_of(cluster: LocalCluster, pid: int) -> str | None:
     return next((j.job_id for j in list_jobs(address=cluster.dashboard_url) if j.driver_info and j.driver_info.pid == str(pid)), None)
 
 
-def _busy_on_workers(cluster: LocalCluster, job: str | None) -> bool:
-    """Whether a CPU task of `job` is running on a worker node now: killing the node then surely loses it.
-    (The 0-CPU writes may run on the head, so a committed shard alone does not say the worker is busy.)"""
+def _running_on_workers(cluster: LocalCluster, job: str | None) -> set[str]:
+    """The ids of `job`'s CPU tasks running on a worker node now (the state API's view, up to ~1 s behind):
+    killing the node then may lose them. (The 0-CPU writes may run on the head, so a committed shard alone
+    does not say the worker is busy.)"""
     if job is None:
-        return False
+        return set()
     head = {n.node_id for n in list_nodes(address=cluster.dashboard_url) if n.is_head_node}
     running = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job), ("state", "=", "RUNNING")], limit=10000, detail=True)
-    return any(t.node_id not in head and (t.required_resources or {}).get("CPU", 0) > 0 for t in running)
+    return {t.task_id for t in running if t.node_id not in head and (t.required_resources or {}).get("CPU", 0) > 0}
+
+
+def _node_id(cluster: LocalCluster, node) -> str:
+    tag = cluster.tags[node.pid]
+    return next(n.node_id for n in list_nodes(address=cluster.dashboard_url, detail=True) if tag in (n.resources_total or {}))
 
 
 def _run_losing_a_node(cluster: LocalCluster, bucket: str, args: list[str], out_prefix: str, wait_for_busy: bool) -> tuple[str, int]:
     """Start the CLI against the cluster; once the first shard is committed (and, with `wait_for_busy`, a CPU
-    task runs on the only worker node), kill that node and join a replacement, as an autoscaler would. A
-    task seen running there at the kill must have been retried. Returns the CLI's output and run log, and the
+    task runs on the only worker node), kill that node and join a replacement, as an autoscaler would. Every
+    task attempt that died with the node must have been retried to the end. Returns the CLI's output and the
     manifest rows committed when the node died."""
     worker = cluster.add_node(cpus=1)
+    worker_id = _node_id(cluster, worker)
     run = subprocess.Popen([PAIRMINE, *args, "--no-progress"], env={**cluster.env, "RAY_ADDRESS": cluster.address},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, job, at_risk = time.monotonic() + 300, None, False
+    deadline, job, running = time.monotonic() + 300, None, set()
     while run.poll() is None and time.monotonic() < deadline:
         job = job or _job_of(cluster, run.pid)
         if _manifest_rows(bucket, out_prefix) > 0:
-            at_risk = _busy_on_workers(cluster, job)
-            if at_risk or not wait_for_busy:
+            running = _running_on_workers(cluster, job)
+            if running or not wait_for_busy:
                 break
         time.sleep(0.3)
     assert run.poll() is None, "the job ended before the node could be killed:\n" + run.stdout.read()[-3000:]
@@ -90,9 +97,12 @@ def _run_losing_a_node(cluster: LocalCluster, bucket: str, args: list[str], out_
     finally:
         cluster.kill(replacement)
     assert run.returncode == 0, out[-5000:]
-    tasks = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", _job_of(cluster, run.pid))], limit=10000)
-    retried = [t.name for t in tasks if t.attempt_number > 0 and t.state == "FINISHED"]
-    assert retried or not at_risk, "a task running on the node when it died was not retried"
+    attempts = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", _job_of(cluster, run.pid))], limit=10000, detail=True)
+    finished = {t.task_id for t in attempts if t.state == "FINISHED"}
+    lost = {t.task_id for t in attempts if t.node_id == worker_id and t.state == "FAILED"}
+    retried = {t.task_id for t in attempts if t.task_id in lost and t.attempt_number > 0 and t.state == "FINISHED"}
+    assert lost == retried, f"{len(lost - retried)} task(s) lost with the node were not retried to the end"
+    assert running <= finished, "a task running on the node when it died never finished"  # done there before the kill, or retried
     return out, at_kill
 
 
