@@ -208,7 +208,11 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             # the image as displayed (CMYK, grey and 16-bit turned to 8-bit RGB by OpenCV's colour read)
             data, header = _opened(image_path, "image")
             rgb = cv2.cvtColor(upright(_decode(image_path, "image", data, cv2.IMREAD_COLOR), header.orientation), cv2.COLOR_BGR2RGB)
-            alpha = _alpha(image_path, data, header) if _extension(out_path) in ALPHA_EXTENSIONS else None
+            keeps_alpha = _extension(out_path) in ALPHA_EXTENSIONS
+            alpha = _alpha(image_path, data, header) if keeps_alpha else None
+            if not keeps_alpha and "A" in header.mode:  # RGBA, LA, PA
+                log.warning("%s: its transparency is not kept in %s (written opaque); name the output .png, .webp or .tif "
+                            "to keep it", image_path, _extension(out_path))
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map), turned by their own EXIF tag
             mask_data, mask_header = _opened(mask_path, "mask")
             binary = upright(mask_foreground(_decode(mask_path, "mask", mask_data, cv2.IMREAD_UNCHANGED)), mask_header.orientation)

@@ -187,7 +187,8 @@ def test_erase_on_folders_matches_masks_by_stem_and_reports_what_it_cannot_read(
 
 
 def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
-    """A transparent PNG came out opaque: the hidden colour of its transparent pixels showed."""
+    """A transparent PNG came out opaque: the hidden colour of its transparent pixels showed. A format without alpha
+    (JPEG) writes it flat, and says so."""
     eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
     rng = np.random.default_rng(0)
     bgra = np.dstack([(rng.random((40, 60, 3)) * 255).astype(np.uint8), np.full((40, 60), 255, np.uint8)])
@@ -200,6 +201,7 @@ def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
         done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "cut.png"),
                               "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / out), "--steps", "1")
         assert done.returncode == 0, done.stderr
+        assert ("transparency is not kept in .jpg" in done.stderr) == out.endswith(".jpg"), done.stderr  # said, not silently flat
     for out in ("erased.png", "erased.webp"):  # WebP too keeps the colours under its transparent pixels
         erased = cv2.imread(str(tmp_path / out), cv2.IMREAD_UNCHANGED)
         assert erased.shape == (40, 60, 4) and np.array_equal(erased[..., 3], bgra[..., 3]), out
