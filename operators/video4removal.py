@@ -411,7 +411,8 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 "masker": masker_name,
                 **({"model": work.model} if work.model else {}),
                 "reader": work.reader,
-                "video_info": work.info.to_dict() | {"rotation": source.rotation},  # frames are written as stored
+                # the frames' own size and turn (a stream may change size mid-way); they are written as stored
+                "video_info": work.info.to_dict() | {"width": source.image.shape[1], "height": source.image.shape[0], "rotation": source.rotation},
                 "config_hash": config_hash,
                 "version": __version__,
             }

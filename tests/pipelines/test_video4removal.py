@@ -257,7 +257,7 @@ def _resized_mid_way(path) -> None:
 
 def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tmp_path, ray_local):
     """Crops were scaled by the header's width (the stream's first size): after the switch a region pair cut the
-    object in two and its mask missed half of it."""
+    object in two and its mask missed half of it. Its json's video_info gave the first size too."""
     (tmp_path / "in").mkdir()
     _resized_mid_way(tmp_path / "in" / "resized.ts")
     out = tmp_path / "out"
@@ -266,6 +266,8 @@ def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tm
     for sample in read_samples(str(out)):
         source, mask = decode(sample["source.jpg"]), decode(sample["mask.png"]) > 0
         red = (source[..., 0] > 200) & (source[..., 2] < 80)  # RGB
-        sizes.add(json.loads(sample["json"])["source"]["frame"] >= 125)  # from the 640x360 part
+        meta = json.loads(sample["json"])
+        sizes.add(meta["source"]["frame"] >= 125)  # from the 640x360 part
+        assert (meta["video_info"]["width"], meta["video_info"]["height"]) == (source.shape[1], source.shape[0]), "the frames' own size"
         assert red.any() and (red & mask).sum() >= 0.98 * red.sum(), "the whole object inside its crop's mask"
     assert sizes == {False, True}, "a region pair from each size"
