@@ -229,7 +229,7 @@ def _counted(container, stream, estimate: int) -> tuple[int, int]:
     """(frames, declared) of a stream whose header gives at most a duration (MKV, WebM, MPEG-TS): a wrong one
     planned thousands of imaginary segments, a missing one none. Seeks to the claimed end and demuxes what is
     left (a few packets, no decoding): the last video packet's frame index + 1, used when it differs from the
-    estimate by more than a second (packet timestamps can miss the last frame or two). When that seek lands on
+    estimate by more than a second (packet timestamps can miss the last frame or two) or exceeds it. When that seek lands on
     nothing, the estimate stands if there is one, else every packet is counted (a recording written to a pipe
     has no length). ``declared`` (else 0) is the frame count the header promises when the file itself, every
     stream of it, ends over a second before its declared duration: cut short (a partial download), or a header
@@ -246,7 +246,7 @@ def _counted(container, stream, estimate: int) -> tuple[int, int]:
             last = max(last, clock.index(packet))
         end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
     if last < 0 or abs(last + 1 - estimate) <= clock.fps:
-        return estimate, 0
+        return max(estimate, last + 1), 0  # a frame past the estimate is there (a last frame shorter than the rest)
     # the declared duration read as an end time: Matroska's is its last timestamp whatever the first (start_time
     # + duration overshoots a video that starts late); where it is end - start, this can only miss a cut, never invent one
     missing = container.duration / 1e6 - end if container.duration else 0.0
@@ -308,7 +308,12 @@ def _first_line(exc: Exception) -> str:
 
 
 def _frame_rate(stream) -> float:
+    """The stream's average rate, unless it is over twice the rate its timestamps show (FFmpeg's r_frame_rate): an
+    MKV whose default duration is its 1-ms time base declares 1000 fps for 25-fps frames, which numbered them in
+    ms, analysed every frame and divided the per-frame camera motion by 40."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate and stream.base_rate and rate > 2 * stream.base_rate:
+        rate = stream.base_rate
     return float(rate) if rate else 0.0
 
 

@@ -194,15 +194,15 @@ def _mjpeg(path: str, frames: int = 30) -> str:
 
 
 def _encoded(path: str, codec: str, frames: int = 40, gop: int | None = None, pts_ms: list[int] | None = None,
-             options: dict[str, str] | None = None) -> str:
+             options: dict[str, str] | None = None, rate: int = 25) -> str:
     """A small clip with B-frames / non-reference frames where the codec has them (a keyframe every `gop`);
-    `pts_ms`: each frame's timestamp in ms (default 25 fps); `options`: the encoder's."""
+    `pts_ms`: each frame's timestamp in ms (default 25 fps); `options`: the encoder's; `rate`: the declared one."""
     from fractions import Fraction
 
     import av
 
     with av.open(path, "w") as container:
-        stream = container.add_stream(codec, rate=25, options=options or {})
+        stream = container.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
         if pts_ms:
             stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
@@ -447,3 +447,19 @@ def test_a_header_a_second_too_long_ends_the_segment_at_the_stream_s_end_without
     work = analyse_segment("audio.mkv", path, 0, info.frames, Video4RemovalParams())
     assert not [r for r in work.rejects if r.reason == "truncated_video"], work.rejects
     assert work.stats.counts["frames_short_of_header"] > 0
+
+
+def test_an_mkv_declaring_its_time_base_as_its_rate_is_numbered_by_its_frames(tmp_path):
+    """An MKV whose default duration is its 1-ms time base declares 1000 fps for 25-fps frames: frames were numbered
+    in ms, so a stride analysed every frame and the per-frame camera motion was divided by 40 (a pan passed)."""
+    path = _encoded(str(tmp_path / "clip.mkv"), "libx264", frames=50, pts_ms=[40 * k for k in range(50)], rate=1000)
+    import av
+
+    with av.open(path) as container:
+        assert container.streams.video[0].average_rate == 1000, "the declared rate this test is about"
+    info = probe(path, DecodeParams())
+    assert (info.fps, info.frames) == (25.0, 50)
+    everything = _all_frames(path)
+    assert sorted(everything) == list(range(50))
+    frames = read_frames(path, [0, 3, 27, 49], ("pyav",), None, 1).frames
+    assert [f.index for f in frames] == [0, 3, 27, 49] and all(np.array_equal(f.image, everything[f.index]) for f in frames)
