@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, ClassVar, NamedTuple, Sequence, Union
 
 import cv2
@@ -31,7 +31,7 @@ from .model_stage import process
 from .params import Params
 from .quality import FrameQualityParams, bounding_window, frame_signals, perceptual_hash, quality_reject
 from .stats import Stats
-from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, probe, read_frames, reader_order
+from .video_io import DecodeParams, Frame, Source, VideoInfo, analysis_size, deinterlace, probe, read_frames, reader_order
 from .video_mog import MogParams, classify, disk, subtract_background
 from .video_pairing import Miss, Pair, PairingParams, pair_frame, select_diverse
 from .video_regions import Box, RegionParams, pair_regions
@@ -271,6 +271,10 @@ def _fetch(work: SegmentWork, source: Source, chosen: list[Choice], frames: list
         full = read_frames(source, needed, (work.reader,), None, params.decode.threads)
     work.stats.counts["full_frames"] += len(full.frames)
     by_index = {f.index: f for f in full.frames}
+    if params.decode.deinterlace:
+        woven = [i for i, f in by_index.items() if f.interlaced]
+        by_index |= {i: replace(by_index[i], image=deinterlace(by_index[i].image)) for i in woven}
+        work.stats.counts["deinterlaced_frames"] += len(woven)
     analysed = frames[0].image.shape[:2]  # every frame was read at this size, whatever its own
     candidates = []
     for choice in chosen:
@@ -308,7 +312,7 @@ def _cropped(frame: Frame, box: Box, max_side: int | None) -> Frame:
     if max_side and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    return Frame(frame.index, frame.time, image, frame.rotation)
+    return replace(frame, image=image)
 
 
 def effect_mask(source: np.ndarray, target: np.ndarray, mask: np.ndarray, params: EffectParams) -> np.ndarray:
@@ -412,7 +416,8 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 **({"model": work.model} if work.model else {}),
                 "reader": work.reader,
                 # the frames' own size and turn (a stream may change size mid-way); they are written as stored
-                "video_info": work.info.to_dict() | {"width": source.image.shape[1], "height": source.image.shape[0], "rotation": source.rotation},
+                "video_info": work.info.to_dict() | {"width": source.image.shape[1], "height": source.image.shape[0], "rotation": source.rotation,
+                                                     "interlaced": source.interlaced},
                 "config_hash": config_hash,
                 "version": __version__,
             }

@@ -52,6 +52,9 @@ class DecodeParams(Params):
     )
     max_pixels: int = Field(4096 * 2304, ge=1, description="videos with more pixels per frame are rejected (an 8K BGR frame is 100 MB)")
     min_frames: int = Field(8, ge=2, description="videos or segments with fewer frames are rejected as too short")
+    deinterlace: bool = Field(
+        True, description="written frames the codec flags interlaced get their combs (a moving object's two fields, "
+        "20 ms apart) filled from the top field; static parts keep both fields. false: as stored")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Frame:
     time: float  # seconds from the stream start
     image: np.ndarray  # BGR uint8, as stored (a display rotation is not applied)
     rotation: int | None = None  # degrees the container asks players to rotate it by (None: the reader cannot tell)
+    interlaced: bool = False  # the codec flags it interlaced (two fields woven; decord cannot tell)
 
 
 @dataclass
@@ -218,11 +222,33 @@ class PyAVReader:
                     continue
                 image = frame.to_ndarray(format="bgr24") if size is None else frame.reformat(
                     size[0], size[1], format="bgr24", interpolation="AREA").to_ndarray()
-                yield Frame(index, clock.time(frame), image, int(frame.rotation or 0))
+                yield Frame(index, clock.time(frame), image, int(frame.rotation or 0), bool(frame.interlaced_frame))
                 while pending < len(cluster) and cluster[pending] <= index:  # also skips indices a VFR stream lacks
                     pending += 1
                 if pending == len(cluster):
                     break
+
+
+def deinterlace(image: np.ndarray, threshold: float = 10.0) -> np.ndarray:
+    """A woven frame with its combs filled: where a bottom-field row and the rows either side of it each differ
+    from both their neighbours the same way (grey levels over `threshold`), a moving object's two fields 20 ms
+    apart, over at least 2 px of a row, the bottom row takes the mean of the top-field rows around it. Static
+    parts, where the fields agree, keep their full vertical detail; one alternating row or a few pixels of
+    them (texture, noise) is not a comb."""
+    grey = (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image).astype(np.float32)
+    alternates = np.zeros(grey.shape, bool)
+    alternates[1:-1] = (grey[1:-1] - grey[:-2]) * (grey[1:-1] - grey[2:]) > threshold * threshold
+    comb = np.zeros(grey.shape, np.uint8)
+    comb[1:-1] = alternates[1:-1] & alternates[:-2] & alternates[2:]
+    comb[0::2] = 0
+    comb = cv2.erode(comb, np.ones((1, 2), np.uint8))  # at least 2 px wide: a moved edge's, not noise
+    comb = cv2.dilate(comb, np.ones((3, 7), np.uint8)).astype(bool)  # back, and the comb's ends and corners
+    out = image.copy()
+    rows = (image.shape[0] - 1) // 2  # bottom-field rows with a top-field row below them
+    filled = ((image[0 : 2 * rows : 2].astype(np.uint16) + image[2 : 2 * rows + 1 : 2] + 1) // 2).astype(np.uint8)
+    where = comb[1 : 2 * rows : 2]
+    out[1 : 2 * rows : 2][where] = filled[where]
+    return out
 
 
 def _counted(container, stream, estimate: int) -> tuple[int, int]:

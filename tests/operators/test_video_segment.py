@@ -80,7 +80,7 @@ def test_samples_have_the_syn4removal_layout_and_full_metadata(static):
         assert meta["source"]["frame"] != meta["target"]["frame"]
         assert meta["source"]["time"] == pytest.approx(meta["source"]["frame"] / 25)
         assert meta["target"]["time"] == pytest.approx(meta["target"]["frame"] / 25)
-        assert meta["video_info"] == {"width": 960, "height": 540, "fps": 25.0, "frames": 150, "codec": "h264", "duration": 6.0, "pixel_aspect": [1, 1], "rotation": 0}
+        assert meta["video_info"] == {"width": 960, "height": 540, "fps": 25.0, "frames": 150, "codec": "h264", "duration": 6.0, "pixel_aspect": [1, 1], "rotation": 0, "interlaced": False}
         assert meta["reader"] == "pyav" and meta["masker"] == "mog"
         assert meta["config_hash"] == HASH and meta["version"] == __version__
         assert 0 <= meta["mse"] <= PARAMS.pairing.max_mse and meta["shift_px"] <= PARAMS.pairing.max_shift_px

@@ -271,3 +271,62 @@ def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tm
         assert (meta["video_info"]["width"], meta["video_info"]["height"]) == (source.shape[1], source.shape[0]), "the frames' own size"
         assert red.any() and (red & mask).sum() >= 0.98 * red.sum(), "the whole object inside its crop's mask"
     assert sizes == {False, True}, "a region pair from each size"
+
+
+def _woven(path, width=320, height=240) -> None:
+    """An interlaced MPEG-2 of a red box crossing a textured static scene: each frame weaves the scene at t (top
+    field, even rows) with the scene 20 ms later (bottom field), as a camera scanning fields does."""
+    from fractions import Fraction
+
+    import av
+    import cv2
+
+    scene = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+
+    def at(t: float) -> np.ndarray:
+        image = scene.copy()
+        if 1.2 <= t < 3.6:
+            x = int((t - 1.2) * 100)  # 4 px per field
+            image[80:160, x : x + 50] = (30, 30, 250)
+        return image
+
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("mpeg2video", rate=25, options={"flags": "+ilme+ildct", "b": "6M"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.field_order = 2  # top field first
+        for k in range(150):
+            woven = at(k / 25)
+            woven[1::2] = at(k / 25 + 0.02)[1::2]
+            frame = av.VideoFrame.from_ndarray(woven, format="bgr24")
+            frame.pts, frame.time_base = k, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def _combs(image: np.ndarray) -> int:
+    """Pixels `deinterlace` fills: the combs of two moments woven together."""
+    from pairmine.operators.video_io import deinterlace
+
+    return int((deinterlace(image) != image).any(axis=-1).sum())
+
+
+def test_interlaced_frames_are_written_without_combs_and_say_they_were_interlaced(tmp_path, ray_local):
+    """Interlaced footage was written as stored: the moving object's two fields showed as combs on its edges in the
+    source, and nothing in the json said the video was interlaced."""
+    from pairmine.operators.video_io import read_frames
+
+    (tmp_path / "in").mkdir()
+    clip = tmp_path / "in" / "woven.ts"
+    _woven(clip)
+    summary = _run([tmp_path / "in"], tmp_path / "out")
+    samples = read_samples(str(tmp_path / "out"))
+    assert samples and summary["counts"]["deinterlaced_frames"] > 0
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        assert meta["video_info"]["interlaced"] is True
+        (stored,) = read_frames(str(clip), [meta["source"]["frame"]], ("pyav",), None, 1).frames
+        assert stored.interlaced and _combs(stored.image) > 200, "the object's combs, as stored"
+        written = _combs(decode(sample["source.jpg"])[..., ::-1])
+        assert written < _combs(stored.image) / 10, (written, _combs(stored.image))
