@@ -226,31 +226,45 @@ def test_a_cut_off_mkv_plans_its_missing_tail_as_one_reject(tmp_path):
     assert whole_rows[-1]["stop"] == 150 and not any(r["problem"] for r in whole_rows)
 
 
-def _resized_mid_way(path) -> None:
-    """An MPEG-TS of a red box crossing a grey scene, 5 s at 480x272 then 5 s at 640x360, timestamps continuous
-    (a stream re-encoded mid-way: broadcast captures, some DVRs)."""
+def _write_ts(path, frames, codec: str = "libx264", options: dict | None = None, field_order: int | None = None) -> None:
+    """An MPEG-TS at 25 fps of `frames`: (pts, BGR image) pairs of one size."""
     from fractions import Fraction
 
     import av
 
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = None
+        for pts, image in frames:
+            if stream is None:
+                stream = out.add_stream(codec, rate=25, options=options or {})
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                if field_order:
+                    stream.codec_context.field_order = field_order
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts, frame.time_base = pts, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def _resized_mid_way(path) -> None:
+    """An MPEG-TS of a red box crossing a grey scene, 5 s at 480x272 then 5 s at 640x360, timestamps continuous
+    (a stream re-encoded mid-way: broadcast captures, some DVRs)."""
+
+    def picture(k: int, width: int, height: int) -> np.ndarray:
+        image = np.full((height, width, 3), 90, np.uint8)
+        image[:, : width // 4] = 40
+        if 30 <= k % 125 < 90:
+            x = (k % 125 - 30) * width // 80
+            image[height // 3 : height // 3 + height // 4, x : x + width // 10] = (30, 30, 250)
+        return image
+
     with open(path, "wb") as joined:
         for first, (width, height) in ((0, (480, 272)), (127, (640, 360))):  # 127: past the muxer's 2-frame offset
             part = path.with_suffix(f".{width}.ts")
-            with av.open(str(part), "w", format="mpegts") as out:
-                stream = out.add_stream("libx264", rate=25)
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                for k in range(first, first + 125):
-                    image = np.full((height, width, 3), 90, np.uint8)
-                    image[:, : width // 4] = 40
-                    if 30 <= k % 125 < 90:
-                        x = (k % 125 - 30) * width // 80
-                        image[height // 3 : height // 3 + height // 4, x : x + width // 10] = (30, 30, 250)
-                    frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-                    frame.pts, frame.time_base = k, Fraction(1, 25)
-                    for packet in stream.encode(frame):
-                        out.mux(packet)
-                for packet in stream.encode():
-                    out.mux(packet)
+            _write_ts(part, ((k, picture(k, width, height)) for k in range(first, first + 125)))
             joined.write(part.read_bytes())
             part.unlink()
 
@@ -276,9 +290,6 @@ def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tm
 def _woven(path, width=320, height=240) -> None:
     """An interlaced MPEG-2 of a red box crossing a textured static scene: each frame weaves the scene at t (top
     field, even rows) with the scene 20 ms later (bottom field), as a camera scanning fields does."""
-    from fractions import Fraction
-
-    import av
     import cv2
 
     scene = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8), (5, 5), 0)
@@ -286,23 +297,16 @@ def _woven(path, width=320, height=240) -> None:
     def at(t: float) -> np.ndarray:
         image = scene.copy()
         if 1.2 <= t < 3.6:
-            x = int((t - 1.2) * 100)  # 4 px per field
+            x = int((t - 1.2) * 100)  # 2 px per field: a walker crossing a CCTV view
             image[80:160, x : x + 50] = (30, 30, 250)
         return image
 
-    with av.open(str(path), "w", format="mpegts") as out:
-        stream = out.add_stream("mpeg2video", rate=25, options={"flags": "+ilme+ildct", "b": "6M"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.field_order = 2  # top field first
-        for k in range(150):
-            woven = at(k / 25)
-            woven[1::2] = at(k / 25 + 0.02)[1::2]
-            frame = av.VideoFrame.from_ndarray(woven, format="bgr24")
-            frame.pts, frame.time_base = k, Fraction(1, 25)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    def woven(k: int) -> np.ndarray:
+        image = at(k / 25)
+        image[1::2] = at(k / 25 + 0.02)[1::2]
+        return image
+
+    _write_ts(path, ((k, woven(k)) for k in range(150)), "mpeg2video", {"flags": "+ilme+ildct", "b": "6M"}, field_order=2)  # top first
 
 
 def _combs(image: np.ndarray) -> int:
