@@ -52,6 +52,7 @@ class ImageHeader:
     mode: str  # PIL's mode: "RGB", "L", "CMYK", ...
     orientation: int = 1  # EXIF orientation tag (1: as stored); decoding ignores it, see `orient`
     rgb_profile: bytes | None = None  # an embedded ICC profile of the RGB colour space (a phone's Display P3)
+    frames: int = 1  # an animation's (GIF, WebP, APNG, a multi-page TIFF); decoders read the first
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
@@ -64,7 +65,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             with Image.open(io.BytesIO(data)) as im:
                 profile = im.info.get("icc_profile")
                 rgb = profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None  # not CMYK or grey
-                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im), rgb)
+                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im), rgb, getattr(im, "n_frames", 1))
     except Image.DecompressionBombError as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for garbage

@@ -208,6 +208,8 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
             # the image as displayed (CMYK, grey and 16-bit turned to 8-bit RGB by OpenCV's colour read)
             data, header = _opened(image_path, "image")
             rgb = cv2.cvtColor(upright(_decode(image_path, "image", data, cv2.IMREAD_COLOR), header.orientation), cv2.COLOR_BGR2RGB)
+            if header.frames > 1:
+                log.warning("%s: an animation of %d frames; its first is erased and written", image_path, header.frames)
             keeps_alpha = _extension(out_path) in ALPHA_EXTENSIONS
             alpha = _alpha(image_path, data, header) if keeps_alpha else None
             if not keeps_alpha and "A" in header.mode:  # RGBA, LA, PA

@@ -209,6 +209,25 @@ def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
     assert cv2.imread(str(tmp_path / "erased.jpg"), cv2.IMREAD_UNCHANGED).shape == (40, 60, 3), "JPEG has no alpha"
 
 
+def test_erase_says_an_animation_has_its_first_frame_erased(eraser, tmp_path):
+    """An animated WebP or APNG was erased as its first frame without a word."""
+    from PIL import Image
+
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 25:45] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    frames = [Image.fromarray(np.full((40, 60, 3), level, np.uint8)) for level in (50, 150, 250)]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "still.webp", lossless=True)
+    for name, said in (("anim.webp", True), ("still.webp", False)):
+        done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / name),
+                              "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / f"out-{name}.png"), "--steps", "1")
+        assert done.returncode == 0, done.stderr
+        assert ("an animation of 3 frames; its first is erased" in done.stderr) == said, done.stderr
+        assert cv2.imread(str(tmp_path / f"out-{name}.png"))[0, 0].tolist() == [50, 50, 50]  # the first frame's pixels
+
+
 def test_erase_keeps_the_input_s_rgb_colour_profile(eraser, tmp_path):
     """A phone photo's Display P3 profile was dropped: colour-managed viewers showed the result as sRGB, duller.
     A profile of another colour space (CMYK, grey) does not describe the decoded RGB pixels and is not kept."""
