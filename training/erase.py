@@ -88,13 +88,22 @@ def _alpha(uri: str, data: bytes, header: ImageHeader) -> np.ndarray | None:
     return upright((alpha >> 8).astype(np.uint8) if alpha.dtype == np.uint16 else alpha, header.orientation)
 
 
-def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None) -> bytes:
+def _chroma_sampling(data: bytes) -> int:
+    """Pillow's JPEG subsampling code for an output of this input: a JPEG's own (2: 4:2:0, 1: 4:2:2, 0: 4:4:4),
+    else 0, so that an input with full-resolution colour (a PNG, a 4:4:4 JPEG) keeps it."""
+    from PIL import JpegImagePlugin
+
+    with Image.open(io.BytesIO(data)) as im:
+        return max(0, JpegImagePlugin.get_sampling(im)) if im.format == "JPEG" else 0
+
+
+def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None, sampling: int = 0) -> bytes:
     """An output file's bytes in the format its extension names, with the input's alpha and colour profile where
-    the format holds them (JPEG and WebP as OpenCV writes them by default: quality 95, lossless)."""
+    the format holds them (JPEG at quality 95 with the chroma `sampling` of `_chroma_sampling`, WebP lossless)."""
     picture = Image.fromarray(rgb if alpha is None else np.dstack([rgb, alpha]))
     options = {"icc_profile": profile} if profile and extension != ".bmp" else {}
     if extension in (".jpg", ".jpeg"):
-        options |= {"quality": 95}
+        options |= {"quality": 95, "subsampling": sampling}
     elif extension == ".webp":
         options |= {"lossless": True, "exact": True}  # exact: the colours under transparent pixels are kept too
     out = io.BytesIO()
@@ -225,7 +234,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
                 raise UserError(f"mask {mask_path} marks nothing (no value in the upper half of its range, nor a 0/1 mask's 1s)")
             result = erase_image(eraser, rgb, binary, resolution, seed)
             try:
-                encoded = _encode(result, alpha, _extension(out_path), header.rgb_profile)
+                encoded = _encode(result, alpha, _extension(out_path), header.rgb_profile, _chroma_sampling(data))
             except (OSError, ValueError) as exc:  # a format's own limits (WebP: 16,383 px a side)
                 raise UserError(f"cannot write {out_path} as {_extension(out_path)}: {storage.first_line(exc)}") from None
             try:

@@ -228,6 +228,26 @@ def test_erase_says_an_animation_has_its_first_frame_erased(eraser, tmp_path):
         assert cv2.imread(str(tmp_path / f"out-{name}.png"))[0, 0].tolist() == [50, 50, 50]  # the first frame's pixels
 
 
+def test_a_jpeg_output_keeps_the_input_s_chroma_resolution(eraser, tmp_path):
+    """JPEG outputs were 4:2:0 whatever the input: a 4:4:4 JPEG's or a PNG's fine colour (red text) was halved."""
+    from PIL import Image, JpegImagePlugin
+
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 25:45] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    picture.save(tmp_path / "full.jpg", quality=95, subsampling=0)
+    picture.save(tmp_path / "half.jpg", quality=95, subsampling=2)
+    picture.save(tmp_path / "lossless.png")
+    for name, sampling in (("full.jpg", 0), ("half.jpg", 2), ("lossless.png", 0)):
+        done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / name),
+                              "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / f"out-{name}.jpg"), "--steps", "1")
+        assert done.returncode == 0, done.stderr
+        with Image.open(tmp_path / f"out-{name}.jpg") as out:
+            assert JpegImagePlugin.get_sampling(out) == sampling, name
+
+
 def test_erase_keeps_the_input_s_rgb_colour_profile(eraser, tmp_path):
     """A phone photo's Display P3 profile was dropped: colour-managed viewers showed the result as sRGB, duller.
     A profile of another colour space (CMYK, grey) does not describe the decoded RGB pixels and is not kept."""
