@@ -10,6 +10,7 @@ and nothing else for names, schemas and reading; it imports neither Ray nor torc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -17,6 +18,7 @@ import json
 import math
 import re
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -295,48 +297,57 @@ class ShardError(ValueError):
     """A shard that does not match its manifest row; the message is one line."""
 
 
-class _Hashing(io.RawIOBase):
-    """A readable stream that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.raw.read(len(buffer))
-        buffer[: len(data)] = data
-        self.digest.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
 def iter_shard(shard: Shard, verify: bool = True) -> Iterator[dict]:
-    """The samples of one shard as ``{"__key__": key, "<file>": bytes, ...}``, streamed once.
+    """The samples of one shard as ``{"__key__": key, "<file>": bytes, ...}``.
 
-    With ``verify``, a shard whose size differs from its manifest row is refused before any sample,
-    and a sha256 mismatch raises ``ShardError`` once the shard has been read (its samples came first:
-    a consumer that must not use them buffers the shard).
+    With ``verify``, a shard whose size or sha256 differs from its manifest row raises ``ShardError`` before
+    any sample: a damaged shard is never half used (training would learn from its bad bytes). An S3 shard is
+    copied to the temp dir while it is hashed, a local one hashed in place, then read.
     """
-    if verify:
-        found = storage.info(shard.uri)
-        if found.size != shard.bytes:
-            actual = "missing" if found.size is None else f"{found.size} bytes"
-            raise ShardError(f"{shard.uri}: {actual}, the manifest says {shard.bytes} bytes")
-    with storage.open_input_file(shard.uri) as raw:
-        stream = _Hashing(raw)
-        try:
-            yield from _tar_samples(io.BufferedReader(stream, 1 << 20))
-        except (tarfile.TarError, EOFError) as exc:
-            raise ShardError(f"{shard.uri}: not a readable tar: {storage.first_line(exc)}") from None
-        stream.drain()
-    if verify and stream.digest.hexdigest() != shard.sha256:
-        raise ShardError(f"{shard.uri}: sha256 {stream.digest.hexdigest()[:12]}… differs from the manifest's {shard.sha256[:12]}…")
+    if not verify:
+        with storage.open_input_stream(shard.uri) as raw:
+            yield from _readable_tar(shard.uri, raw)
+        return
+    found = storage.info(shard.uri)
+    if found.size != shard.bytes:
+        actual = "missing" if found.size is None else f"{found.size} bytes"
+        raise ShardError(f"{shard.uri}: {actual}, the manifest says {shard.bytes} bytes")
+    with _verified_copy(shard) as path, open(path, "rb") as local:
+        yield from _readable_tar(shard.uri, local)
+
+
+@contextlib.contextmanager
+def _verified_copy(shard: Shard) -> Iterator[str]:
+    """A local path to the shard's bytes, checked against the manifest's sha256: the file itself, or an S3
+    shard's copy in the temp dir (deleted after)."""
+    digest = hashlib.sha256()
+    if not storage.is_s3(shard.uri):
+        with open(shard.uri, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _check_sha256(shard, digest)
+        yield shard.uri
+        return
+    with tempfile.NamedTemporaryFile(prefix="pairmine-shard-", suffix=".tar") as copy:
+        with storage.open_input_stream(shard.uri) as remote:
+            for block in iter(lambda: remote.read(1 << 20), b""):
+                digest.update(block)
+                copy.write(block)
+        copy.flush()
+        _check_sha256(shard, digest)
+        yield copy.name
+
+
+def _check_sha256(shard: Shard, digest) -> None:
+    if digest.hexdigest() != shard.sha256:
+        raise ShardError(f"{shard.uri}: sha256 {digest.hexdigest()[:12]}… differs from the manifest's {shard.sha256[:12]}…")
+
+
+def _readable_tar(uri: str, stream) -> Iterator[dict]:
+    try:
+        yield from _tar_samples(stream)
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardError(f"{uri}: not a readable tar: {storage.first_line(exc)}") from None
 
 
 def _tar_samples(stream) -> Iterator[dict]:

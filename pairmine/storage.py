@@ -173,6 +173,12 @@ def open_input_file(uri: str):
     return fs.open_input_file(path)
 
 
+def open_input_stream(uri: str, buffer_size: int = 1 << 20):
+    """A sequential binary stream read in `buffer_size` pieces (one S3 GET streamed, not a GET per read)."""
+    fs, path = resolve(uri)
+    return fs.open_input_stream(path, compression=None, buffer_size=buffer_size)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
