@@ -123,11 +123,15 @@ def _train_loop(config: dict) -> dict:
     generator = torch.Generator(device=device)
     micro, window_loss, window_samples, waited, computed = 0, 0.0, 0, 0.0, 0.0
     last = time.perf_counter()
+    saved = step
     while step < params.max_steps:
         started = time.perf_counter()
         try:
             rows = next(rows_iter)
-        except StopIteration:
+        except StopIteration:  # more rows were invalid than the plan's slack: keep the steps made; the driver says so
+            if step > saved:
+                position = int(_all_reduce([float(position)], "max")[0])
+                _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
             break
         waited += time.perf_counter() - started
         started = time.perf_counter()
@@ -172,6 +176,7 @@ def _train_loop(config: dict) -> dict:
         if step % params.checkpoint_every == 0 or step == params.max_steps:
             position = int(_all_reduce([float(position)], "max")[0])
             _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
+            saved = step
     totals = _all_reduce([float(v) for v in skipped])
     return {"steps": step, "resumed_from_step": resumed_from, "position": position, "metrics": metrics.summary(),
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}

@@ -32,6 +32,12 @@ class TrainingError(UserError):
     """A training run that cannot start as configured; the message is one line."""
 
 
+class OutOfSamples(UserError):
+    """A run whose stream ran out of valid samples before max_steps (its steps are checkpointed); exit 1."""
+
+    exit_code = 1
+
+
 def run_uri(params: TrainParams) -> str:
     return storage.join(params.storage, params.name)
 
@@ -227,6 +233,11 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     failures = read_board(board, timeout=10).get("failures", [])
     for failure in failures:
         log.warning("training worker failed and the worker group was restarted from its last checkpoint: %s", failure)
+    if value.get("steps", 0) < params.max_steps:
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(value.get("skipped", {}).items()) if reason != "valid") or "none"
+        raise OutOfSamples(
+            f"training stopped at step {value.get('steps', 0)} of {params.max_steps}: the data ran out of valid samples "
+            f"(skipped: {skipped}); check the sources with `pairmine verify OUTPUT`; rerunning resumes from the last checkpoint")
     summary = {
         "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
         "wall_seconds": round(time.perf_counter() - started, 3), **value,

@@ -355,3 +355,20 @@ def test_erase_takes_a_run_folders_committed_checkpoint_or_else_its_latest(tmp_p
     # keep_checkpoints 1: Ray deleted the committed one once the newer upload registered, before its commit
     (tmp_path / "checkpoint_00000030").rmdir()
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_00000040")
+
+
+@slow
+def test_a_run_whose_data_runs_out_of_valid_samples_fails_and_keeps_its_steps(outputs_copy, smarteraser_parts, tmp_path):
+    """Every shard of one of two equal sources damaged: the stream ran out before max_steps and the run ended with
+    exit 0 and a summary (with 0 steps when all were damaged), as if finished. It now checkpoints the steps it made
+    and exits 1 saying why; no summary marks it finished."""
+    for shard in dataset.committed_shards(str(outputs_copy["syn"])):
+        Path(shard.uri).write_bytes(Path(shard.uri).read_bytes()[:5000])
+    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 0.5), (outputs_copy["video"], 0.5)], checkpoint_every=100)
+    done = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False)
+    run = str(tmp_path / "runs" / "run")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "the data ran out of valid samples (skipped: unreadable_shard" in done.stderr and "of 20" in done.stderr
+    assert not storage.exists(storage.join(run, "summary.json"))
+    (kept,) = checkpoints(run)  # checkpoint_every=100: only the one written when the data ran out
+    assert 0 < int(kept.rsplit("_", 1)[1]) < 20
