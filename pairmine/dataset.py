@@ -30,6 +30,7 @@ from . import storage
 from .errors import UserError
 
 SHARDS, MANIFEST, REJECTS, SUCCESS, RUNS = "shards", "manifest", "rejects", "_SUCCESS", "runs"
+NOTHING_TO_DO = "nothing_to_do"  # the status of a run that committed nothing (no new input)
 TEMP_PREFIX = ".tmp-"  # files being written (storage.write_bytes, staging shards): never part of an output
 
 # The files of one sample per pipeline: required ones, then optional ones a consumer may find.
@@ -247,19 +248,35 @@ def read_rejects(output: str, columns: list[str] | None = None, use_index: bool 
 
 
 def read_success(output: str) -> dict | None:
-    """The summary of the last completed run, or None while a run is in progress or none completed."""
-    uri = storage.join(output, SUCCESS)
-    try:
-        return json.loads(storage.read_bytes(uri))
-    except (FileNotFoundError, OSError):
-        return None
+    """The summary of the last completed run, or None while a run is in progress, none completed, or the file
+    is not a summary (overwritten by hand)."""
+    return _summary(storage.join(output, SUCCESS))
 
 
 def read_runs(output: str) -> list[dict]:
-    """The summaries of every finished run on the output (``runs/<run>.json``), oldest first."""
+    """The summaries of every finished run on the output (``runs/<run>.json``), oldest first (one that is not
+    JSON is left out)."""
     entries = sorted((e for e in storage.list_dir(storage.join(output, RUNS)) if e.path.endswith(".json") and not is_temp(e.path)),
                      key=lambda e: e.path)
-    return [json.loads(storage.read_bytes(storage.uri_of(output, e))) for e in entries]  # run ids sort by start time
+    found = (_summary(storage.uri_of(output, e)) for e in entries)  # run ids sort by start time
+    return [summary for summary in found if summary is not None]
+
+
+def _summary(uri: str) -> dict | None:
+    try:
+        summary = json.loads(storage.read_bytes(uri))
+    except (OSError, ValueError):  # missing, unreadable, or not JSON
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+LAYOUT = (SHARDS, MANIFEST, REJECTS, SUCCESS, RUNS, INDEX, "logs", "_LEASE")  # an output's own names: what its runs write
+
+
+def in_layout(output: str, uri: str) -> bool:
+    """Whether `uri` is one of `output`'s own files or inside its folders: a file written there damages it."""
+    root, target = storage.normalize(output).rstrip("/") + "/", storage.normalize(uri)
+    return target.startswith(root) and target[len(root) :].split("/")[0] in LAYOUT
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Sampled:
     sheet: list[dict] = field(default_factory=list)  # {"key", "caption", "images": [data URIs]}
     samples_read: int = 0
     shards_read: int = 0
+    damaged: list[str] = field(default_factory=list)  # what could not be read, one line each
 
 
 def _numbers(meta: dict, path: str) -> dict[str, float]:
@@ -79,11 +81,16 @@ def _thumb(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
 
 
-def _sheet_row(uri: str, members: dict[str, dataset.Member], meta: dict, pipeline: str) -> dict:
-    """Source | mask over source (red) | target thumbnails of one sample."""
-    decode = lambda name, flags: cv2.imdecode(np.frombuffer(dataset.read_member(uri, members[name]), np.uint8), flags)  # noqa: E731
-    source, target = decode("source.jpg", cv2.IMREAD_COLOR), decode("target.jpg", cv2.IMREAD_COLOR)
-    mask = decode("mask.png", cv2.IMREAD_GRAYSCALE) > 0
+def _sheet_row(uri: str, members: dict[str, dataset.Member], meta: dict, pipeline: str) -> dict | str:
+    """Source | mask over source (red) | target thumbnails of one sample, or what is wrong with it."""
+    images = {}
+    for name, flags in (("source.jpg", cv2.IMREAD_COLOR), ("target.jpg", cv2.IMREAD_COLOR), ("mask.png", cv2.IMREAD_GRAYSCALE)):
+        images[name] = cv2.imdecode(np.frombuffer(dataset.read_member(uri, members[name]), np.uint8), flags)
+        if images[name] is None:
+            return f"{storage.basename(uri)}: sample {meta.get('key', '?')}: its {name} does not decode"
+    source, target, mask = images["source.jpg"], images["target.jpg"], images["mask.png"] > 0
+    if not source.shape[:2] == target.shape[:2] == mask.shape:
+        return f"{storage.basename(uri)}: sample {meta.get('key', '?')}: its source, target and mask differ in size"
     overlay = source.copy()
     overlay[mask] = (0.45 * overlay[mask] + 0.55 * np.array([40, 40, 255])).astype(np.uint8)
     caption = ", ".join(f"{p.rsplit('.', 1)[-1]} {v:.3g}" for p in CAPTION[pipeline] for v in _numbers(meta, p).values())
@@ -96,16 +103,29 @@ def sample(shards: list[dataset.Shard], pipeline: str, max_shards: int, per_shar
     rng = random.Random(seed)
     chosen = sorted(rng.sample(range(len(shards)), min(max_shards, len(shards))))
 
-    def read(i: int) -> list[tuple[str, dict[str, dataset.Member], dict]]:
-        uri = shards[i].uri
+    def read(i: int) -> tuple[list[tuple[str, dict[str, dataset.Member], dict]], list[str]]:
+        """The sampled samples of shard `i` with their parsed JSON, and what could not be read."""
+        shard, found, damaged = shards[i], [], []
+        name = storage.basename(shard.uri)
         by_key: dict[str, dict[str, dataset.Member]] = {}
-        for member in dataset.shard_members(uri, per_shard):
-            by_key.setdefault(member.key, {})[member.name] = member
-        return [(uri, files, json.loads(dataset.read_member(uri, files["json"]))) for files in by_key.values() if "json" in files]
+        try:
+            for member in dataset.shard_members(shard.uri, per_shard):
+                by_key.setdefault(member.key, {})[member.name] = member
+        except (tarfile.TarError, OSError) as exc:
+            damaged.append(f"{name}: its tar does not read after {len(by_key)} samples ({storage.first_line(exc)})")
+        if len(by_key) < min(per_shard, shard.samples) and not damaged:
+            damaged.append(f"{name}: {len(by_key)} samples readable of the {min(per_shard, shard.samples)} asked for (cut short?)")
+        for key, files in by_key.items():
+            try:
+                found.append((shard.uri, files, json.loads(dataset.read_member(shard.uri, files["json"]))))
+            except (KeyError, ValueError, OSError) as exc:
+                damaged.append(f"{name}: sample {key}: its json does not read ({type(exc).__name__})")
+        return found, damaged
 
     with ThreadPoolExecutor(16) as pool:
-        found = [item for items in pool.map(read, chosen) for item in items]
-    result = Sampled(samples_read=len(found), shards_read=len(chosen))
+        read_back = list(pool.map(read, chosen))
+    found = [item for items, _ in read_back for item in items]
+    result = Sampled(samples_read=len(found), shards_read=len(chosen), damaged=[line for _, lines in read_back for line in lines])
     for _, _, meta in found:
         meta = _with_derived(meta)
         for path in SIGNALS[pipeline]:
@@ -114,7 +134,9 @@ def sample(shards: list[dataset.Shard], pipeline: str, max_shards: int, per_shar
     picks = sorted(rng.sample(range(len(found)), min(sheet_size, len(found))))
     drawable = [found[i] for i in picks if {"source.jpg", "target.jpg", "mask.png"} <= set(found[i][1])]
     with ThreadPoolExecutor(8) as pool:
-        result.sheet = list(pool.map(lambda item: _sheet_row(*item, pipeline), drawable))
+        rows = list(pool.map(lambda item: _sheet_row(*item, pipeline), drawable))
+    result.sheet = [row for row in rows if isinstance(row, dict)]
+    result.damaged += [row for row in rows if isinstance(row, str)]
     return result
 
 
@@ -152,10 +174,13 @@ def collect(output: str, max_shards: int = 32, per_shard: int = 32, sheet_size: 
     if not manifest.num_rows and not storage.exists(storage.join(output, dataset.SUCCESS)):
         raise UserError(f"{output} holds no pipeline output (no manifest rows, no {dataset.SUCCESS})")
     rejects = dataset.read_rejects(output, ["input", "stage", "reason"])
-    runs = {r["run"]: r for r in dataset.read_runs(output)}
-    success = dataset.read_success(output) or (list(runs.values())[-1] if runs else {})
-    if success.get("run"):
-        runs.setdefault(success["run"], success)
+    runs = {r["run"]: r for r in dataset.read_runs(output) if r.get("run")}
+    latest = dataset.read_success(output) or (list(runs.values())[-1] if runs else {})
+    if latest.get("run"):
+        runs.setdefault(latest["run"], latest)
+    # a scheduled rerun with nothing new leaves the output as the last run that worked left it: that run describes it
+    worked = [r for r in runs.values() if r.get("status") != dataset.NOTHING_TO_DO]
+    success = max(worked, key=lambda r: r["run"]) if latest.get("status") == dataset.NOTHING_TO_DO and worked else latest
     pipeline = success.get("pipeline") or (manifest["pipeline"][0].as_py() if manifest.num_rows else "syn4removal")
     shards = dataset.committed_shards(output, manifest)
     history = {row["run"]: row for row in manifest.group_by("run").aggregate(
@@ -165,13 +190,16 @@ def collect(output: str, max_shards: int = 32, per_shard: int = 32, sheet_size: 
         "output": output,
         "pipeline": pipeline,
         "status": success.get("status", "unknown (no _SUCCESS: a run is in progress, or none finished)" if not success else "done"),
+        "latest_run": latest.get("run") if latest is not success else None,  # a later run that had nothing to do
         "config": success.get("config", {}),
         "config_hash": success.get("config_hash") or (manifest["config_hash"][0].as_py() if manifest.num_rows else ""),
         "version": success.get("version", ""),
         "totals": {"shards": len(shards), "samples": pc.sum(manifest["samples"]).as_py() or 0, "rejects": rejects.num_rows,
                    "bytes": pc.sum(manifest["bytes"]).as_py() or 0},
         "last_run": {k: success.get(k) for k in ("run", "counts", "stages", "wall_seconds", "samples_per_second", "units", "cluster")},
-        "runs": [_run_row(run, history.get(run), runs.get(run)) for run in sorted(set(history) | set(runs))],
+        "runs": [_run_row(run, history.get(run), runs.get(run)) for run in sorted(set(history) | set(runs), reverse=True)
+                 if run in history or runs[run].get("status") != dataset.NOTHING_TO_DO],
+        "idle_runs": sum(1 for run, summary in runs.items() if run not in history and summary.get("status") == dataset.NOTHING_TO_DO),
         "rejects_by_reason": [{"stage": r["stage"], "reason": r["reason"], "count": r["reason_count"]} for r in reasons],
         "units": _by_unit(manifest, rejects),
         "shards": sorted(({"shard": storage.basename(r["shard"]), "run": r["run"], "samples": r["samples"], "bytes": r["bytes"],
@@ -186,11 +214,19 @@ def _run_row(run: str, written: dict | None, summary: dict | None) -> dict:
     created = written.get("created_min")
     return {
         "run": run, "status": summary.get("status", "no summary (killed, or still running)"),
-        "started": created.strftime("%Y-%m-%d %H:%M") if created else run[:8],
+        "started": created.strftime("%Y-%m-%d %H:%M") if created else _started(run),
         "shards": written.get("shard_count", 0), "samples": written.get("samples_sum", 0), "rejects": written.get("rejects_sum", 0),
         "wall_seconds": summary.get("wall_seconds"), "samples_per_second": summary.get("samples_per_second"),
         "units": (summary.get("units") or {}).get("planned"), "version": summary.get("version", ""),
     }
+
+
+def _started(run: str) -> str:
+    """When a run that wrote no shard started, from its id (``20261205T161333Z...``, UTC)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.strptime(run[:16], "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return run
 
 
 # ---- rendering ------------------------------------------------------------------------------------
@@ -245,6 +281,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 8px;border-bot
 .hist text{font-size:10px;fill:#444}.hist text.t{font-size:11px;fill:#111}figcaption{font-size:11px;color:#555}
 table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}
 th{background:#f4f4f4}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}.more{color:#777;font-size:12px}
+.warn{border:1px solid #e0a000;background:#fff8e0;border-radius:6px;padding:8px 12px;margin:12px 0}
 """
 
 
@@ -253,11 +290,22 @@ def _pair(row: dict) -> str:
     return f"<div class=pair>{images}<div>{_e(row['key'])} · {_e(row['caption'])}</div></div>"
 
 
+def _damaged(lines: list[str]) -> str:
+    """A warning for what the sampling could not read (the page is still written): `verify` checks it all."""
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines[:TABLE_ROWS])
+    more = f"<p class=more>{len(lines) - TABLE_ROWS} more not shown</p>" if len(lines) > TABLE_ROWS else ""
+    return (f"<div class=warn id=damaged><b>{len(lines)} damaged item(s) among the sampled shards</b> "
+            f"(run <code>pairmine verify OUTPUT</code> for all of them)<ul>{items}</ul>{more}</div>")
+
+
 def render(data: dict) -> str:
     """The page, from `collect`'s data."""
     totals, sampled, last = data["totals"], data["sampled"], data["last_run"]
-    cards = [("status", data["status"]), ("samples", totals["samples"]), ("shards", totals["shards"]), ("rejects", totals["rejects"]),
-             ("input units", len(data["units"])), ("size", f"{totals['bytes'] / 1e6:,.1f} MB"), ("runs", len(data["runs"]))]
+    status = data["status"] + (f" (run {data['latest_run']} since: nothing to do)" if data.get("latest_run") else "")
+    cards = [("status", status), ("samples", totals["samples"]), ("shards", totals["shards"]), ("rejects", totals["rejects"]),
+             ("input units", len(data["units"])), ("size", f"{totals['bytes'] / 1e6:,.1f} MB"), ("runs", len(data["runs"]) + data["idle_runs"])]
     sheet = "".join(_pair(row) for row in sampled.sheet)
     hists = "".join(histogram_svg(v, name) for name, v in sorted(sampled.signals.items()) if v)
     stages = [{"stage": k, **v} for k, v in (last.get("stages") or {}).items()]
@@ -269,13 +317,15 @@ def render(data: dict) -> str:
 <div class=cards id=totals>{"".join(f'<div class=card><b data-count="{_e(k)}">{_fmt(v)}</b>{_e(k)}</div>' for k, v in cards)}</div>
 <h2>Pairs (source · mask over source · target)</h2><p>{len(sampled.sheet)} pairs drawn from {sampled.shards_read} shards</p>
 <div class=sheet id=sheet>{sheet or '<p>no samples</p>'}</div>
+{_damaged(sampled.damaged)}
 <h2>Signals</h2><p>{sampled.samples_read:,} samples read (their JSON only) from {sampled.shards_read} of {totals['shards']:,} shards</p>
 <div class=hists id=signals>{hists or '<p>no samples</p>'}</div>
 <h2>Rejects by reason</h2>{_table(data['rejects_by_reason'], ['stage', 'reason', 'count'])}
 <h2>Inputs</h2>{_table(data['units'], ['unit', 'ids', 'total', 'rejects'])}
 <h2>Shards</h2>{histogram_svg([s['samples'] for s in data['shards']], 'samples per shard') if data['shards'] else ''}
 {_table(data['shards'], ['shard', 'run', 'samples', 'bytes', 'rejects'])}
-<h2>Runs</h2>{_table(data['runs'], ['run', 'started', 'status', 'units', 'shards', 'samples', 'rejects', 'wall_seconds', 'samples_per_second', 'version'])}
+<h2>Runs</h2><p>newest first{f"; {data['idle_runs']:,} runs that had nothing to do are not listed" if data.get('idle_runs') else ""}</p>
+{_table(data['runs'], ['run', 'started', 'status', 'units', 'shards', 'samples', 'rejects', 'wall_seconds', 'samples_per_second', 'version'])}
 <h2>Last run: stages and counters</h2>{_table(stages, ['stage', 'cpu_seconds', 'items', 'items_per_cpu_second', 'actor_busy_fraction', 'actors', 'actor_start_seconds'])}
 {_table(counts, ['counter', 'value'])}
 <h2>Config</h2><p>hash {_e(data['config_hash'])}</p><pre>{_e(json.dumps(data['config'], indent=2, sort_keys=True))}</pre>
@@ -293,6 +343,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if not storage.is_s3(args.output) and not os.path.isdir(args.output):
         raise UserError(f"output not found: {args.output}")
+    if args.out and dataset.in_layout(args.output, args.out):
+        raise UserError(f"--out {args.out} is inside the output's own files: the page would damage it; write it elsewhere")
     if args.out and storage.info(args.out).type == pafs.FileType.Directory:
         raise UserError(f"--out {args.out} is a folder: give the page's file name (e.g. {storage.join(args.out, 'report.html')})")
     started = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from .. import __version__, logs, storage
-from ..dataset import SUCCESS
+from ..dataset import NOTHING_TO_DO, SUCCESS
 from ..operators.model_stage import ModelStage, runs_model
 from .cli import PIPELINE_EXIT_CODES, Command, add_config_arguments, nonnegative_arg, path_arg
 from .config import ConfigError, config_hash, load_config, to_yaml
@@ -199,7 +199,7 @@ def _run(pipeline: Pipeline, inputs, output, config, digest, units, progress, pe
     written = summary["written"]  # what earlier runs committed plus this run's shards: no second manifest read
     summary["output_totals"] = {"shards": progress.shards + written["shards"], "samples": progress.samples + written["samples"]}
     committed = sum(len(r["shards"]) for r in results)  # manifest rows this run wrote (a folder is listed again every run)
-    summary["status"] = ("incomplete" if summary["counts"].get(LOST) else "nothing_to_do" if not committed
+    summary["status"] = ("incomplete" if summary["counts"].get(LOST) else NOTHING_TO_DO if not committed
                          else "done_with_rejects" if summary["rejects"]["total"] else "done")
     confirm(output, lease)  # a run that lost its lease after its last commit writes no summary beside the live run
     write_success(output, summary)

@@ -58,7 +58,10 @@ def test_the_page_renders_in_chromium_and_shows_the_counts(output, tmp_path):
     count = lambda name: int(re.search(rf'data-count="{name}">([\d,]+)<', dom).group(1).replace(",", ""))  # noqa: E731
     assert count("samples") == samples and count("rejects") == rejects.num_rows
     assert count("shards") == sum(1 for s in manifest["shard"].to_pylist() if s) > 1
-    assert count("runs") == 2 and "nothing_to_do" in dom and "done_with_rejects" in dom  # the history has both runs
+    assert count("runs") == 2 and "done_with_rejects" in dom  # the history has both runs
+    # the second run had nothing to do: the status card and the last run's counters are the first run's, which made the output
+    assert re.search(r'data-count="status">done_with_rejects \(run \w+ since: nothing to do\)<', dom)
+    assert "1 runs that had nothing to do are not listed" in dom and "<td>records</td>" in dom
     assert dom.count("<img") == 3 * min(24, samples)  # source, mask over source, target per pair
     top_reason = rejects.group_by("reason").aggregate([("reason", "count")]).sort_by([("reason_count", "descending")]).to_pylist()[0]
     assert re.search(rf"<td>{top_reason['reason']}</td><td>{top_reason['reason_count']:,}</td>", dom)
@@ -87,3 +90,58 @@ def test_only_the_sampled_samples_are_read(output, tmp_path):
     data = collect(str(copy), per_shard=2, sheet_size=4)
     assert data["sampled"].samples_read == 2 * data["totals"]["shards"]
     assert len(data["sampled"].sheet) == 4 and "<svg" in render(data)
+
+
+def _damage(uri: str, member: dataset.Member, data: bytes) -> None:
+    with open(uri, "r+b") as f:
+        f.seek(member.offset)
+        f.write(data[: member.size])
+
+
+def test_damaged_samples_are_listed_and_the_page_is_still_written(output, tmp_path):
+    """One sample's json and another's source.jpg overwritten with zeros, a shard cut after its first sample: the
+    page failed with a traceback
+    (UnicodeDecodeError, then 'NoneType' has no attribute 'copy'); a cut shard was read without a word."""
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    first, second = dataset.committed_shards(str(copy))[:2]
+    members = dataset.shard_members(first.uri, 2)
+    json_of = next(m for m in members if m.name == "json")
+    source_of = next(m for m in members if m.name == "source.jpg" and m.key != json_of.key)
+    _damage(first.uri, json_of, bytes(json_of.size))
+    _damage(first.uri, source_of, bytes(source_of.size))
+    with open(second.uri, "r+b") as f:
+        f.truncate(max(m.offset + m.size for m in dataset.shard_members(second.uri, 1)))  # its first sample only
+    data = collect(str(copy), per_shard=32, sheet_size=100)
+    damaged = "\n".join(data["sampled"].damaged)
+    assert f"{Path(first.uri).name}: sample {json_of.key}: its json does not read" in damaged
+    assert f"{Path(first.uri).name}: sample {source_of.key}: its source.jpg does not decode" in damaged
+    assert f"{Path(second.uri).name}: 1 samples readable of the {second.samples} asked for" in damaged
+    page = render(data)
+    assert 'id=damaged' in page and "3 damaged item(s)" in page and page.count("<div class=pair>") == len(data["sampled"].sheet) > 0
+
+
+def test_the_page_is_not_written_into_the_output_s_own_files(output, tmp_path):
+    """`--out OUT/_SUCCESS` was accepted: the run summary became HTML and every later report failed; a page in
+    manifest/ made the output unreadable for train, report and verify."""
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    before = (copy / "_SUCCESS").read_bytes()
+    for inside in ("_SUCCESS", "manifest/r.parquet", "shards/page.html", "runs/x.json"):
+        done = cli("report", str(copy), "--out", str(copy / inside), check=False)
+        assert done.returncode == 2 and "inside the output's own files" in done.stderr, inside
+    assert (copy / "_SUCCESS").read_bytes() == before and not (copy / "manifest" / "r.parquet").exists()
+    assert cli("report", str(copy), "--out", str(copy / "report.html")).returncode == 0  # beside them is fine
+
+
+def test_the_runs_table_lists_the_newest_runs_first(output, tmp_path):
+    """Runs were listed oldest first and cut at 200 rows: on a schedule, after ~50 days the page never showed a
+    recent run again."""
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    summary = dataset.read_runs(str(copy))[0]
+    for day in range(1, 251):  # older runs that each wrote something
+        old = summary | {"run": f"2020{(day - 1) // 28 + 1:02d}{(day - 1) % 28 + 1:02d}T000000Zold{day}", "status": "done"}
+        (copy / "runs" / f"{old['run']}.json").write_text(__import__("json").dumps(old))
+    rows = collect(str(copy))["runs"]
+    assert rows[0]["run"] == max(r["run"] for r in rows) == summary["run"] and rows[0]["started"] != summary["run"][:8]
