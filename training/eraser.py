@@ -16,8 +16,10 @@ import json
 import os
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import storage
 from ..operators.checkpoints import CheckpointError, local_path
 from .erasers import EraserParams
 
@@ -81,7 +83,11 @@ class Eraser(torch.nn.Module):
             if not os.path.isfile(path):
                 raise CheckpointError(f"eraser checkpoint {directory} lacks {name}.safetensors")
             try:
-                self.load_checkpoint_state(name, load_file(path, device=device))
+                state = load_file(path, device=device)
+            except (SafetensorError, OSError) as exc:  # cut short or overwritten
+                raise CheckpointError(f"{path} is not a readable safetensors file (damaged?): {storage.first_line(exc)[:200]}") from None
+            try:
+                self.load_checkpoint_state(name, state)
             except RuntimeError as exc:
                 raise CheckpointError(f"{path} does not fit the {self.params.name} {name}: {' '.join(str(exc).split())[:300]}") from None
 

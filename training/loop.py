@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import storage
+from ..operators.checkpoints import CheckpointError
 from .config import TrainParams
 from .data import REASONS
 from .eraser import to_batch
@@ -109,7 +110,11 @@ def _train_loop(config: dict) -> dict:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             eraser.load_trainable(os.path.join(folder, "eraser"))
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+            try:
+                state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+            except Exception as exc:  # pickle, zip and EOF errors of a file cut short or overwritten
+                raise CheckpointError(f"{storage.basename(checkpoint.path)}/{STATE_FILE} does not load (damaged?): "
+                                      f"{type(exc).__name__}: {storage.first_line(exc)[:200]}") from None
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])

@@ -32,8 +32,8 @@ class TrainingError(UserError):
     """A training run that cannot start as configured; the message is one line."""
 
 
-class OutOfSamples(UserError):
-    """A run whose stream ran out of valid samples before max_steps (its steps are checkpointed); exit 1."""
+class TrainingFailed(UserError):
+    """A run that started and could not finish (its workers failed, its data ran out); one line, exit 1."""
 
     exit_code = 1
 
@@ -223,7 +223,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         if isinstance(exc, WorkerGroupError):
             failures = getattr(exc, "worker_failures", {}) or {}
             rank, error = next(iter(failures.items())) if failures else ("?", exc)
-            raise RuntimeError(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
+            raise TrainingFailed(f"training failed on worker {rank} after {scaling.max_failures} restarts: {storage.first_line(error)}") from None
         raise
     finally:
         signal.signal(signal.SIGINT, before)  # Ray Train's handler, left installed, would exit 0 on a later Ctrl-C
@@ -235,7 +235,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         log.warning("training worker failed and the worker group was restarted from its last checkpoint: %s", failure)
     if value.get("steps", 0) < params.max_steps:
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(value.get("skipped", {}).items()) if reason != "valid") or "none"
-        raise OutOfSamples(
+        raise TrainingFailed(
             f"training stopped at step {value.get('steps', 0)} of {params.max_steps}: the data ran out of valid samples "
             f"(skipped: {skipped}); check the sources with `pairmine verify OUTPUT`; rerunning resumes from the last checkpoint")
     summary = {

@@ -388,6 +388,21 @@ def test_a_checkpoint_of_another_eraser_is_refused(eraser, tmp_path, smarteraser
         read_eraser_file(str(tmp_path))
 
 
+def test_a_damaged_weights_file_is_a_one_line_error(eraser, tmp_path):
+    """A truncated or overwritten .safetensors gave safetensors' traceback and exit 1; erase promises exit 2."""
+    eraser.save(str(tmp_path / "eraser"), {"resolution": 64})
+    weights = tmp_path / "eraser" / "unet.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((16, 16, 3), np.uint8))
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "x.png"), "--mask",
+                          str(tmp_path / "m.png"), "--out", str(tmp_path / "out.png"))
+    assert done.returncode == 2 and "unet.safetensors is not a readable safetensors file" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_scores_measure_inside_and_outside_the_mask():
     rng = np.random.default_rng(0)
     source, target = rng.random((32, 32, 3)), rng.random((32, 32, 3))

@@ -372,3 +372,18 @@ def test_a_run_whose_data_runs_out_of_valid_samples_fails_and_keeps_its_steps(ou
     assert not storage.exists(storage.join(run, "summary.json"))
     (kept,) = checkpoints(run)  # checkpoint_every=100: only the one written when the data ran out
     assert 0 < int(kept.rsplit("_", 1)[1]) < 20
+
+
+@slow
+def test_a_failed_run_and_a_damaged_checkpoint_are_one_line_errors(outputs_copy, smarteraser_parts, tmp_path):
+    """A run whose workers fail past max_failures ended in a traceback around its own message; resuming from a
+    checkpoint whose state.pt was damaged failed in pickle's words, naming no file."""
+    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 1.0)], scaling__max_failures=0)
+    failed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
+    assert failed.returncode == 1 and "training failed on worker 0 after 0 restarts: " in failed.stderr, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr
+    run = tmp_path / "runs" / "run"
+    assert checkpoints(str(run)) == ["checkpoint_00000010"]
+    (run / "checkpoint_00000010" / "state.pt").write_bytes(b"not a torch file")
+    resumed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False)
+    assert resumed.returncode == 1 and "checkpoint_00000010/state.pt does not load (damaged?)" in resumed.stderr, resumed.stderr[-3000:]
