@@ -13,8 +13,9 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from .. import dataset
+from .. import dataset, storage
 from ..errors import UserError
 from ..operators.mask_enhance import MaskEnhanceParams
 from .data import Preparation, object_crop, validation_samples
@@ -30,9 +31,16 @@ def evaluate(checkpoints: list[str], outputs: list[str], samples: int, device: s
 
     from . import models
 
-    shards = [s for output in outputs for s in dataset.committed_shards(output)]
-    if not shards:
-        raise UserError(f"no committed shards in {', '.join(outputs)}")
+    shards = []
+    for output in outputs:  # each output asked for is scored on: a mistyped one is an error, not left out
+        found = dataset.committed_shards(output) if dataset.is_output(output) else None
+        if not found:
+            raise UserError(f"--data {output}: " + ("not a pipeline output (not found?)" if found is None else "holds no committed shards"))
+        shards += found
+    if sheet_path and storage.info(sheet_path).type == pafs.FileType.Directory:
+        raise UserError(f"--sheet {sheet_path} is a folder: give the sheet's file name (e.g. {storage.join(sheet_path, 'sheet.png')})")
+    if sheet_path and not sheet_path.lower().endswith(".png"):
+        raise UserError(f"--sheet {sheet_path}: the sheet is a PNG; name it .png")
     target = inference_device(device)
     erasers = []
     for uri in checkpoints:

@@ -301,6 +301,12 @@ def test_evaluate_compares_erasers_on_the_same_held_out_samples(training_outputs
     assert "some of the samples it is scored on are samples it trained on" not in done.stderr
     wider = cli_in_process(*args, "--checkpoint", str(tmp_path / "smarteraser"), "--val-fraction", "0.3", "--samples", "1")
     assert wider.returncode == 0 and "held out val_fraction 0.1 in training, less than the 0.3 evaluated" in wider.stderr
+    # a mistyped --data was left out without a word (the table scored other samples); a --sheet that cannot be written failed last
+    for bad, said in ((["--data", str(tmp_path / "typo")], "typo: not a pipeline output"),
+                      (["--sheet", str(tmp_path)], "is a folder: give the sheet's file name"),
+                      (["--sheet", str(tmp_path / "x.jpg")], "the sheet is a PNG; name it .png")):
+        refused = cli_in_process(*args, *bad, "--checkpoint", str(tmp_path / "smarteraser"))
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
 
 
 def test_the_new_layers_start_from_the_runs_seed(smarteraser_parts, tmp_path):
