@@ -367,6 +367,15 @@ def delete(uri: str) -> None:
         pass
 
 
+def delete_tree(uri: str) -> None:
+    """Remove a folder (an S3 prefix) and everything under it; gone already is fine."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+
+
 def _check_endpoint() -> None:
     """Fail at once when a configured S3 endpoint refuses connections: the SDKs retry that with backoff
     (AWS_MAX_ATTEMPTS times, over a minute) before they give up."""

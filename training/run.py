@@ -16,12 +16,14 @@ import signal
 import threading
 import time
 
+import pyarrow.fs as pafs
+
 from .. import __version__, dataset, logs, storage
 from ..errors import UserError
 from ..pipelines.config import changes_note, config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
-from .metrics import read_progress
+from .metrics import checkpoint_step, read_progress
 
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
@@ -229,6 +231,7 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         signal.signal(signal.SIGINT, before)  # Ray Train's handler, left installed, would exit 0 on a later Ctrl-C
     if interrupted.is_set():
         raise KeyboardInterrupt
+    _prune_checkpoints(uri, params.keep_checkpoints)
     value = result.return_value or {}
     failures = read_board(board, timeout=10).get("failures", [])
     for failure in failures:
@@ -247,6 +250,15 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     }
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _prune_checkpoints(uri: str, keep: int) -> None:
+    """Only the latest `keep` checkpoints stay: Ray prunes those its own fit reported, and a resumed run's start
+    checkpoint (an earlier fit's) stayed beside them, one more folder of weights per interruption."""
+    found = sorted((checkpoint_step(storage.basename(e.path)), storage.uri_of(uri, e)) for e in storage.list_dir(uri)
+                   if e.type == pafs.FileType.Directory and checkpoint_step(storage.basename(e.path)) >= 0)
+    for _, folder in found[:-keep]:
+        storage.delete_tree(folder)
 
 
 def _noting_ctrl_c(trainer) -> threading.Event:
