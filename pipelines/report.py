@@ -343,6 +343,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if not storage.is_s3(args.output) and not os.path.isdir(args.output):
         raise UserError(f"output not found: {args.output}")
+    if storage.is_s3(args.output):
+        storage.check_readable(f"s3://{args.output[len('s3://'):].split('/', 1)[0]}")  # the bucket answers (a prefix may be empty)
     if args.out and dataset.in_layout(args.output, args.out):
         raise UserError(f"--out {args.out} is inside the output's own files: the page would damage it; write it elsewhere")
     if args.out and storage.info(args.out).type == pafs.FileType.Directory:

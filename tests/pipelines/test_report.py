@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, cli_in_process
 from PIL import Image
 from sample_inputs import write_loose_sa1b
 
@@ -76,6 +76,8 @@ def test_an_s3_output_gives_the_same_counts(output, s3_bucket):
     local, remote = collect(str(output)), collect(f"s3://{s3_bucket}/out")
     assert remote["totals"] == local["totals"] and remote["units"] == local["units"]
     assert len(remote["sampled"].sheet) == len(local["sampled"].sheet) > 0
+    missing = cli_in_process("report", "s3://no-such-bucket/out", "--out", "/dev/null")  # it said "holds no pipeline output"
+    assert missing.returncode == 2 and "bucket 'no-such-bucket' is not reachable" in missing.stderr, missing.stderr
 
 
 def test_only_the_sampled_samples_are_read(output, tmp_path):
