@@ -304,12 +304,14 @@ def decode_rows(batch: dict[str, np.ndarray], prep: Preparation) -> dict[str, np
 
 
 def validation_samples(sources: list[dataset.Shard], val_fraction: float, count: int, prep: Preparation) -> list[dict]:
-    """Up to `count` held-out samples prepared for scoring (deterministic), taken round-robin across the shards."""
+    """Up to `count` held-out samples prepared for scoring (deterministic), taken round-robin across the shards.
+    Each shard is streamed only up to the samples taken from it, unverified (verifying would stage every shard
+    whole: its sha256 is known only at its end); a sample that does not decode is passed over."""
     if not count or val_fraction <= 0:
         return []
     wanted = [s for s in sources if any(is_validation(k, val_fraction) for k in s.keys)]
     picked: list[dict] = []
-    iterators = [(s, dataset.iter_shard(s)) for s in wanted]
+    iterators = [(s, dataset.iter_shard(s, verify=False)) for s in wanted]
     while iterators and len(picked) < count:
         shard, samples = iterators.pop(0)
         try:
@@ -323,4 +325,6 @@ def validation_samples(sources: list[dataset.Shard], val_fraction: float, count:
             continue
         picked.append(arrays | {"key": sample["__key__"], "pipeline": shard.pipeline})
         iterators.append((shard, samples))
+    for _, samples in iterators:
+        samples.close()  # the shards' open reads
     return picked
