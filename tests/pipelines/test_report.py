@@ -142,8 +142,9 @@ def test_the_runs_table_lists_the_newest_runs_first(output, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(output, copy)
     summary = dataset.read_runs(str(copy))[0]
-    for day in range(1, 251):  # older runs that each wrote something
+    for day in range(1, 251):  # older runs
         old = summary | {"run": f"2020{(day - 1) // 28 + 1:02d}{(day - 1) % 28 + 1:02d}T000000Zold{day}", "status": "done"}
         (copy / "runs" / f"{old['run']}.json").write_text(__import__("json").dumps(old))
     rows = collect(str(copy))["runs"]
-    assert rows[0]["run"] == max(r["run"] for r in rows) == summary["run"] and rows[0]["started"] != summary["run"][:8]
+    assert len(rows) == 251 and rows[0]["run"] == max(r["run"] for r in rows) and not rows[0]["run"].startswith("2020")
+    assert rows[-1]["run"] == "20200101T000000Zold1" and rows[-1]["started"] == "2020-01-01 00:00"  # from its id: it wrote no shard
