@@ -65,7 +65,9 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             with Image.open(io.BytesIO(data)) as im:
                 profile = im.info.get("icc_profile")
                 rgb = profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None  # not CMYK or grey
-                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, _orientation(im), rgb, getattr(im, "n_frames", 1))
+                # a PNG's EXIF may follow its pixels: Pillow decodes the whole image to look (8 ms for a 2250x1500 mask)
+                turned = 1 if im.format == "PNG" and b"eXIf" not in data else _orientation(im)
+                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, turned, rgb, getattr(im, "n_frames", 1))
     except Image.DecompressionBombError as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for garbage
