@@ -199,11 +199,33 @@ class Preparation:
     train: bool = True  # False: validation (no zoom, crop centred on the object, exact mask)
 
 
-def _decode_rgb(data: bytes | None, name: str) -> np.ndarray:
+def _decode_rgb(data: bytes | None, name: str, shape: tuple[int, int], min_short_side: int) -> tuple[np.ndarray, int]:
+    """An RGB image that must be `shape` (the mask's), a JPEG decoded at the largest DCT scale-down that keeps
+    `min_short_side` (the crop's resize needs no more), and that scale-down (1, 2, 4 or 8)."""
     if data is None:
         raise BadInput("missing_file", f"no {name}")
-    image, _ = decode_image(data, MAX_IMAGE_PIXELS)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image, header = decode_image(data, MAX_IMAGE_PIXELS, min_short_side)
+    if (header.height, header.width) != shape:
+        raise BadInput("size_mismatch", f"{name} is {header.width}x{header.height}, the mask {shape[1]}x{shape[0]}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), -(-header.height // image.shape[0])
+
+
+def _resized(image: np.ndarray, reduced: int, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """An image of full-resolution `shape` resized to `size` on the mask's grid (by size / shape on each axis),
+    from its decode reduced `reduced` times. That decode's last pixels cover a partial block (ceil(width /
+    reduced)) and a resize to a rounded size would stretch it by up to half a pixel, so the exact scale is
+    applied: an area shrink by a whole factor where over 2x is left, then a bilinear warp (within 2x)."""
+    if reduced == 1:
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if size[0] < shape[1] else cv2.INTER_LINEAR)
+    fx, fy = reduced * size[0] / shape[1], reduced * size[1] / shape[0]
+    whole = max(1, int(1 / max(fx, fy)))
+    if whole > 1:  # pad to whole blocks (the edge repeated: the grid stays), then average each block
+        height, width = image.shape[:2]
+        image = cv2.copyMakeBorder(image, 0, -height % whole, 0, -width % whole, cv2.BORDER_REPLICATE)
+        image = cv2.resize(image, (image.shape[1] // whole, image.shape[0] // whole), interpolation=cv2.INTER_AREA)
+        fx, fy = fx * whole, fy * whole
+    to_size = np.float32([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5]])  # pixel centres onto pixel centres
+    return cv2.warpAffine(image, to_size, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _decode_gray(data: bytes | None, name: str) -> np.ndarray:
@@ -240,22 +262,22 @@ def object_crop(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
 def prepare_sample(row: dict, prep: Preparation) -> dict[str, np.ndarray]:
     """One raw row as training arrays: RGB uint8 source/target (R, R, 3), mask/alpha (R, R) uint8 (0/1, 0-255),
     the object crop (C, C, 3); raises BadInput when the sample is unusable."""
-    source, target = _decode_rgb(row.get("source.jpg"), "source.jpg"), _decode_rgb(row.get("target.jpg"), "target.jpg")
     mask = _decode_gray(row.get("mask.png"), "mask.png") > 127
     # Video4Removal pairs carry no alpha: their object layer is the binary mask (set after the crop, below)
     has_alpha = row.get("alpha.png") is not None
     alpha = _decode_gray(row["alpha.png"], "alpha.png") if has_alpha else mask.astype(np.uint8)
-    if not (source.shape == target.shape and mask.shape == alpha.shape == source.shape[:2]):
-        raise BadInput("size_mismatch", f"source {source.shape}, target {target.shape}, mask {mask.shape}, alpha {alpha.shape}")
+    if mask.shape != alpha.shape:
+        raise BadInput("size_mismatch", f"mask {mask.shape}, alpha {alpha.shape}")
     if not mask.any():
         raise BadInput("empty_mask", "the mask is empty")
     rng = np.random.default_rng([prep.seed, row["position"]]) if prep.train else None
     side = prep.resolution
     scale = side / min(mask.shape) * (rng.uniform(1.0, prep.max_zoom) if rng is not None else 1.0)
     size = (max(side, round(mask.shape[1] * scale)), max(side, round(mask.shape[0] * scale)))
-    smooth = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    source, target, alpha = (cv2.resize(a, size, interpolation=smooth) for a in (source, target, alpha))
-    mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    # the photos decoded only as large as the resize needs (a 2250x1500 JPEG at 1/8 for a 256-px crop)
+    source, target = (_resized(*_decode_rgb(row.get(name), name, mask.shape, min(size)), mask.shape, size) for name in ("source.jpg", "target.jpg"))
+    alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT)  # pixel centres, as the photos
     if not mask.any():
         raise BadInput("empty_mask", "the mask vanished when resized")
     x, y = _crop_box(mask, side, rng)

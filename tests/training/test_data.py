@@ -132,6 +132,32 @@ def test_decoded_rows_keep_source_target_and_mask_aligned(training_outputs):
         assert (clip == 255).all(axis=2).any(), "the object crop is on white"
 
 
+@pytest.mark.parametrize("resolution", [64, 128, 256])
+def test_a_large_photo_is_decoded_only_as_large_as_its_crop_needs_and_stays_on_the_mask_s_grid(resolution):
+    """A 2250x1500 JPEG was decoded whole for a 64-px crop; it is now decoded at a DCT scale-down (1/8 to 1/4
+    here) and resized on the mask's grid. The crop equals a full decode's area resize (a half-pixel shift of
+    the sharp-edged object costs ~10 dB) at the offset where the mask equals the full mask's resize. That mask
+    is resized centre to centre: OpenCV's plain nearest resize took each pixel's top-left source pixel, half a
+    pixel off the photo's grid."""
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 255, (1500, 2250, 3), dtype=np.uint8), (0, 0), 4)
+    mask = np.zeros((1500, 2250), np.uint8)
+    mask[613:1077, 1091:1733] = 255  # off every 8-px block edge
+    photo[mask > 0] = (20, 30, 240)
+    row = {"source.jpg": cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(),
+           "mask.png": cv2.imencode(".png", mask)[1].tobytes(), "alpha.png": None, "position": 3}
+    row["target.jpg"] = row["source.jpg"]
+    out = prepare_sample(row, Preparation(resolution=resolution, clip_size=0, max_zoom=1.0, enhance=EXACT, seed=0, train=False))
+    size = (round(2250 * resolution / 1500), resolution)
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(row["source.jpg"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    photos, masks = cv2.resize(decoded, size, interpolation=cv2.INTER_AREA), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST_EXACT)
+    found = [x for x in range(size[0] - resolution + 1) if np.array_equal(masks[:, x : x + resolution] > 0, out["mask"] > 0)]
+    assert found, "the mask is not the full mask's resize (centre to centre) at any offset"
+    x = found[0]
+    psnr = 10 * np.log10(255**2 / ((photos[:, x : x + resolution].astype(float) - out["source"]) ** 2).mean())
+    assert psnr > 34, f"{psnr:.1f} dB against a full decode's area resize"
+
+
 def test_the_same_position_gets_the_same_augmentation(training_outputs):
     _, rows = _stream_rows(training_outputs["syn"], needed=4)
     a, b = decode_rows(_batch(rows), _prep(enhance=LOOSE)), decode_rows(_batch(rows), _prep(enhance=LOOSE))
