@@ -66,8 +66,12 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
                 profile = im.info.get("icc_profile")
                 rgb = profile if isinstance(profile, bytes) and profile[16:20] == b"RGB " else None  # not CMYK or grey
                 # a PNG's EXIF may follow its pixels: Pillow decodes the whole image to look (8 ms for a 2250x1500 mask)
-                turned = 1 if im.format == "PNG" and b"eXIf" not in data else _orientation(im)
-                header = ImageHeader(im.width, im.height, im.format or "?", im.mode, turned, rgb, getattr(im, "n_frames", 1))
+                exif_free = im.format == "PNG" and b"eXIf" not in data and b"Raw profile type exif" not in data
+                turned = 1 if exif_free else _orientation(im)
+                # a multi-picture JPEG (a phone's HDR gain map, a camera's preview) is a JPEG whose first picture is the photo
+                multi = im.format == "MPO"
+                header = ImageHeader(im.width, im.height, "JPEG" if multi else im.format or "?", im.mode, turned, rgb,
+                                     1 if multi else getattr(im, "n_frames", 1))
     except Image.DecompressionBombError as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except Exception as exc:  # PIL raises many types for garbage

@@ -90,6 +90,7 @@ class Candidate:
     target: Frame
     prior: np.ndarray  # MOG2 object mask at analysis resolution
     meta: dict  # analysis facts for the sample's json
+    frame_size: tuple[int, int] = (0, 0)  # (width, height) of the frames the pair was cut from (a region pair's are crops)
 
     def mask_input(self, with_target: bool = True) -> MaskInput:
         return MaskInput(self.source.image, self.target.image if with_target else None, self.prior, whole_frame="crop" not in self.meta)
@@ -295,7 +296,7 @@ def _fetch(work: SegmentWork, source: Source, chosen: list[Choice], frames: list
             box = _full_resolution(choice.crop, (shape[1] / analysed[1], shape[0] / analysed[0]), shape)
             meta["crop"] = list(box)
             source_frame, target_frame = (_cropped(f, box, params.region.max_side) for f in (source_frame, target_frame))
-        candidates.append(Candidate(source_frame, target_frame, choice.prior, meta))
+        candidates.append(Candidate(source_frame, target_frame, choice.prior, meta, (shape[1], shape[0])))
     return candidates
 
 
@@ -416,8 +417,8 @@ def encode_samples(work: SegmentWork, masker_name: str, params: Video4RemovalPar
                 **({"model": work.model} if work.model else {}),
                 "reader": work.reader,
                 # the frames' own size and turn (a stream may change size mid-way); they are written as stored
-                "video_info": work.info.to_dict() | {"width": source.image.shape[1], "height": source.image.shape[0], "rotation": source.rotation,
-                                                     "interlaced": source.interlaced},
+                "video_info": work.info.to_dict() | {"width": candidate.frame_size[0], "height": candidate.frame_size[1],
+                                                     "rotation": source.rotation, "interlaced": source.interlaced},
                 "config_hash": config_hash,
                 "version": __version__,
             }

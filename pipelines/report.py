@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 
 from .. import dataset, storage
 from ..errors import UserError
+from ..operators.codecs import BadInput, decode_image
 from .cli import Command, count_arg, path_arg
 
 # The numbers of a sample's json plotted per pipeline: a path to a dict plots each numeric leaf under it.
@@ -81,14 +82,18 @@ def _thumb(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
 
 
+MAX_SHEET_PIXELS = 100_000_000  # a sample's image larger than this is not drawn (its decode would be ~300 MB)
+
+
 def _sheet_row(uri: str, members: dict[str, dataset.Member], meta: dict, pipeline: str) -> dict | str:
     """Source | mask over source (red) | target thumbnails of one sample, or what is wrong with it."""
     images = {}
-    for name, flags in (("source.jpg", cv2.IMREAD_COLOR), ("target.jpg", cv2.IMREAD_COLOR), ("mask.png", cv2.IMREAD_GRAYSCALE)):
-        images[name] = cv2.imdecode(np.frombuffer(dataset.read_member(uri, members[name]), np.uint8), flags)
-        if images[name] is None:
-            return f"{storage.basename(uri)}: sample {meta.get('key', '?')}: its {name} does not decode"
-    source, target, mask = images["source.jpg"], images["target.jpg"], images["mask.png"] > 0
+    for name in ("source.jpg", "target.jpg", "mask.png"):
+        try:  # the codec's checks: a file cut short (a JPEG without its end marker) is not drawn half grey
+            images[name], _ = decode_image(dataset.read_member(uri, members[name]), MAX_SHEET_PIXELS)
+        except (BadInput, cv2.error, OSError) as exc:
+            return f"{storage.basename(uri)}: sample {meta.get('key', '?')}: its {name} does not decode ({storage.first_line(exc)[:120]})"
+    source, target, mask = images["source.jpg"], images["target.jpg"], cv2.cvtColor(images["mask.png"], cv2.COLOR_BGR2GRAY) > 0
     if not source.shape[:2] == target.shape[:2] == mask.shape:
         return f"{storage.basename(uri)}: sample {meta.get('key', '?')}: its source, target and mask differ in size"
     overlay = source.copy()
@@ -343,14 +348,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if not storage.is_s3(args.output) and not os.path.isdir(args.output):
         raise UserError(f"output not found: {args.output}")
-    if storage.is_s3(args.output):
-        storage.check_readable(f"s3://{args.output[len('s3://'):].split('/', 1)[0]}")  # the bucket answers (a prefix may be empty)
     if args.out and dataset.in_layout(args.output, args.out):
         raise UserError(f"--out {args.out} is inside the output's own files: the page would damage it; write it elsewhere")
     if args.out and storage.info(args.out).type == pafs.FileType.Directory:
         raise UserError(f"--out {args.out} is a folder: give the page's file name (e.g. {storage.join(args.out, 'report.html')})")
     started = time.perf_counter()
-    data = collect(args.output, args.shards, args.per_shard, args.pairs)
+    try:
+        data = collect(args.output, args.shards, args.per_shard, args.pairs)
+    except UserError:
+        if storage.is_s3(args.output):  # a missing or unreachable bucket says so (its root is listed only now: a
+            storage.check_readable(f"s3://{args.output[len('s3://'):].split('/', 1)[0]}")  # key may allow a prefix only)
+        raise
     out = args.out or "report.html"
     storage.write_bytes(out, render(data).encode())
     print(f"report: {out} ({data['totals']['samples']:,} samples in {data['totals']['shards']:,} shards, "

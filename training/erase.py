@@ -94,7 +94,7 @@ def _chroma_sampling(data: bytes) -> int:
     from PIL import JpegImagePlugin
 
     with Image.open(io.BytesIO(data)) as im:
-        return max(0, JpegImagePlugin.get_sampling(im)) if im.format == "JPEG" else 0
+        return max(0, JpegImagePlugin.get_sampling(im)) if im.format in ("JPEG", "MPO") else 0
 
 
 def _encode(rgb: np.ndarray, alpha: np.ndarray | None, extension: str, profile: bytes | None, sampling: int = 0) -> bytes:
@@ -221,7 +221,7 @@ def erase_files(checkpoint: str, image: str, mask: str, out: str, device: str = 
                 log.warning("%s: an animation of %d frames; its first is erased and written", image_path, header.frames)
             keeps_alpha = _extension(out_path) in ALPHA_EXTENSIONS
             alpha = _alpha(image_path, data, header) if keeps_alpha else None
-            if not keeps_alpha and "A" in header.mode:  # RGBA, LA, PA
+            if not keeps_alpha and ("A" in header.mode or header.format == "PNG" and b"tRNS" in data):  # RGBA, LA, PA; P, L with tRNS
                 log.warning("%s: its transparency is not kept in %s (written opaque); name the output .png, .webp or .tif "
                             "to keep it", image_path, _extension(out_path))
             # colour and 16-bit masks as they are (a red object, a 16-bit 0/1 label map), turned by their own EXIF tag

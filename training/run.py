@@ -30,6 +30,9 @@ CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json
 SLACK = 1.05  # extra stream rows per needed row: micro-steps whose rows are all skipped are not steps
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of its checkpoints in the run folder
+
+
 class TrainingError(UserError):
     """A training run that cannot start as configured; the message is one line."""
 
@@ -253,12 +256,16 @@ def _train(plan: dict, progress_bars: bool) -> dict:
 
 
 def _prune_checkpoints(uri: str, keep: int) -> None:
-    """Only the latest `keep` checkpoints stay: Ray prunes those its own fit reported, and a resumed run's start
-    checkpoint (an earlier fit's) stayed beside them, one more folder of weights per interruption."""
+    """Only the latest `keep` checkpoints stay, and those Ray's snapshot lists (Ray refuses to restore a run whose
+    listed checkpoints are gone): Ray prunes those its own fit reported, and a resumed run's start checkpoint
+    (an earlier fit's, committed in progress.json only) stayed beside them, one more folder per interruption."""
+    snapshot = storage.read_json(storage.join(uri, RAY_SNAPSHOT)) or {}
+    listed = {r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results", []) if isinstance(r, dict)}
     found = sorted((checkpoint_step(storage.basename(e.path)), storage.uri_of(uri, e)) for e in storage.list_dir(uri)
                    if e.type == pafs.FileType.Directory and checkpoint_step(storage.basename(e.path)) >= 0)
     for _, folder in found[:-keep]:
-        storage.delete_tree(folder)
+        if storage.basename(folder) not in listed:
+            storage.delete_tree(folder)
 
 
 def _noting_ctrl_c(trainer) -> threading.Event:

@@ -201,8 +201,26 @@ def test_a_png_s_exif_orientation_is_read_before_or_after_its_pixels():
     without = before.replace(chunk, b"")
     end = without.index(b"IEND") - 4
     after = without[:end] + chunk + without[end:]  # legal too: some writers put it after IDAT
-    for data, orientation in ((before, 6), (after, 6), (without, 1)):
+    from PIL import PngImagePlugin
+
+    raw = PngImagePlugin.PngInfo()  # ImageMagick's way: the EXIF in hex in a text chunk
+    raw.add_text("Raw profile type exif", f"\nexif\n{len(exif.tobytes()):8d}\n" + exif.tobytes().hex())
+    magick = io.BytesIO()
+    Image.fromarray(_rgb(40, 70)).save(magick, "PNG", pnginfo=raw)
+    for data, orientation in ((before, 6), (after, 6), (without, 1), (magick.getvalue(), 6)):
         assert read_header(data, BIG).orientation == orientation
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg_of_its_first_picture():
+    """Pillow opens a phone's JPEG with an HDR gain map (MPO) as an animation of 2 frames in format MPO: it was
+    decoded without the JPEG checks and scale-downs, and erase called it an animation."""
+    first = Image.fromarray(_rgb(48, 64))
+    data = io.BytesIO()
+    first.save(data, "MPO", save_all=True, append_images=[Image.fromarray(_rgb(24, 32))])
+    header = read_header(data.getvalue(), BIG)
+    assert (header.format, header.frames, header.width, header.height) == ("JPEG", 1, 64, 48)
+    image, _ = decode_image(data.getvalue(), BIG, min_short_side=24)
+    assert image.shape[:2] == (24, 32), "a 2x DCT scale-down, as for any JPEG"
 
 
 def test_real_sample_jpeg_decodes(sa1b_members):

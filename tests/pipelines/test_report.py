@@ -3,6 +3,7 @@ local and s3:// outputs, and only the sampled samples' files of a shard."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -120,6 +121,14 @@ def test_damaged_samples_are_listed_and_the_page_is_still_written(output, tmp_pa
     assert f"{Path(first.uri).name}: sample {source_of.key}: its source.jpg does not decode" in damaged
     assert f"{Path(second.uri).name}: 1 samples readable of the {second.samples} asked for" in damaged
     page = render(data)
+    cut = tmp_path / "cut"  # the second half of a target.jpg zeroed: OpenCV drew it half grey, unflagged
+    shutil.copytree(output, cut)
+    shard = dataset.committed_shards(str(cut))[0]
+    target_of = next(m for m in dataset.shard_members(shard.uri, 1) if m.name == "target.jpg")
+    half = target_of.size // 2
+    _damage(shard.uri, dataclasses.replace(target_of, offset=target_of.offset + half, size=target_of.size - half), bytes(target_of.size))
+    short = "\n".join(collect(str(cut), per_shard=32, sheet_size=100)["sampled"].damaged)
+    assert f"sample {target_of.key}: its target.jpg does not decode" in short, short
     assert 'id=damaged' in page and "3 damaged item(s)" in page and page.count("<div class=pair>") == len(data["sampled"].sheet) > 0
 
 

@@ -282,7 +282,10 @@ def test_a_stream_that_changes_size_gets_its_crops_in_each_frame_s_own_pixels(tm
         red = (source[..., 0] > 200) & (source[..., 2] < 80)  # RGB
         meta = json.loads(sample["json"])
         sizes.add(meta["source"]["frame"] >= 125)  # from the 640x360 part
-        assert (meta["video_info"]["width"], meta["video_info"]["height"]) == (source.shape[1], source.shape[0]), "the frames' own size"
+        frame = (640, 360) if meta["source"]["frame"] >= 125 else (480, 272)
+        assert (meta["video_info"]["width"], meta["video_info"]["height"]) == frame, "the frames' own size, not the crop's"
+        x0, y0, x1, y1 = meta["crop"]
+        assert x1 <= frame[0] and y1 <= frame[1] and (x1 - x0, y1 - y0) == (source.shape[1], source.shape[0])
         assert red.any() and (red & mask).sum() >= 0.98 * red.sum(), "the whole object inside its crop's mask"
     assert sizes == {False, True}, "a region pair from each size"
 

@@ -207,6 +207,12 @@ def test_erase_keeps_a_png_s_alpha_channel(eraser, tmp_path):
         assert erased.shape == (40, 60, 4) and np.array_equal(erased[..., 3], bgra[..., 3]), out
         assert np.array_equal(erased[mask == 0], bgra[mask == 0]) and not np.array_equal(erased[mask > 0], bgra[mask > 0]), out
     assert cv2.imread(str(tmp_path / "erased.jpg"), cv2.IMREAD_UNCHANGED).shape == (40, 60, 3), "JPEG has no alpha"
+    from PIL import Image
+
+    Image.fromarray(bgra[..., :3]).convert("P").save(tmp_path / "palette.png", transparency=0)  # transparency by tRNS, mode P
+    done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / "palette.png"),
+                          "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "flat.jpg"), "--steps", "1")
+    assert done.returncode == 0 and "transparency is not kept in .jpg" in done.stderr, done.stderr
 
 
 def test_erase_says_an_animation_has_its_first_frame_erased(eraser, tmp_path):
@@ -240,10 +246,11 @@ def test_a_jpeg_output_keeps_the_input_s_chroma_resolution(eraser, tmp_path):
     picture.save(tmp_path / "full.jpg", quality=95, subsampling=0)
     picture.save(tmp_path / "half.jpg", quality=95, subsampling=2)
     picture.save(tmp_path / "lossless.png")
-    for name, sampling in (("full.jpg", 0), ("half.jpg", 2), ("lossless.png", 0)):
+    picture.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[picture.resize((30, 20))], subsampling=2)  # a gain map
+    for name, sampling in (("full.jpg", 0), ("half.jpg", 2), ("lossless.png", 0), ("phone.jpg", 2)):
         done = cli_in_process("erase", "--checkpoint", str(tmp_path / "eraser"), "--image", str(tmp_path / name),
                               "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / f"out-{name}.jpg"), "--steps", "1")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0 and "animation" not in done.stderr, done.stderr
         with Image.open(tmp_path / f"out-{name}.jpg") as out:
             assert JpegImagePlugin.get_sampling(out) == sampling, name
 

@@ -393,3 +393,19 @@ def test_a_failed_run_and_a_damaged_checkpoint_are_one_line_errors(outputs_copy,
     (run / "checkpoint_00000010" / "state.pt").write_bytes(b"not a torch file")
     resumed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False)
     assert resumed.returncode == 1 and "checkpoint_00000010/state.pt does not load (damaged?)" in resumed.stderr, resumed.stderr[-3000:]
+
+
+def test_pruning_keeps_the_latest_checkpoints_and_those_rays_snapshot_lists(tmp_path):
+    """A resumed run's start checkpoint (an earlier fit's) was never pruned; pruning must not delete one that Ray's
+    snapshot lists either (Ray then refuses to restore the run: "corrupted run directory")."""
+    from pairmine.training.run import RAY_SNAPSHOT, _prune_checkpoints
+
+    for step in (10, 20, 30, 40):
+        (tmp_path / f"checkpoint_{step:08d}").mkdir()
+        (tmp_path / f"checkpoint_{step:08d}" / "state.pt").write_bytes(b"x")
+    _prune_checkpoints(str(tmp_path), 3)
+    assert checkpoints(str(tmp_path)) == ["checkpoint_00000020", "checkpoint_00000030", "checkpoint_00000040"]
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_00000020"},
+                                                                            {"checkpoint_dir_name": "checkpoint_00000040"}]}))
+    _prune_checkpoints(str(tmp_path), 1)
+    assert checkpoints(str(tmp_path)) == ["checkpoint_00000020", "checkpoint_00000040"]
