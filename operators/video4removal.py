@@ -90,7 +90,7 @@ class Candidate:
     target: Frame
     prior: np.ndarray  # MOG2 object mask at analysis resolution
     meta: dict  # analysis facts for the sample's json
-    frame_size: tuple[int, int] = (0, 0)  # (width, height) of the frames the pair was cut from (a region pair's are crops)
+    frame_size: tuple[int, int]  # (width, height) of the frames the pair was cut from (a region pair's are crops)
 
     def mask_input(self, with_target: bool = True) -> MaskInput:
         return MaskInput(self.source.image, self.target.image if with_target else None, self.prior, whole_frame="crop" not in self.meta)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import dataset
-from ..operators.codecs import BadInput, decode_image
+from ..operators.codecs import BadInput, decode_image, reduction
 from ..operators.mask_enhance import MaskEnhanceParams, random_enhance
 from ..operators.quality import bounding_window
 
@@ -207,7 +207,7 @@ def _decode_rgb(data: bytes | None, name: str, shape: tuple[int, int], min_short
     image, header = decode_image(data, MAX_IMAGE_PIXELS, min_short_side)
     if (header.height, header.width) != shape:
         raise BadInput("size_mismatch", f"{name} is {header.width}x{header.height}, the mask {shape[1]}x{shape[0]}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), -(-header.height // image.shape[0])
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), reduction(header, min_short_side)
 
 
 def _resized(image: np.ndarray, reduced: int, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

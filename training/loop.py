@@ -135,8 +135,7 @@ def _train_loop(config: dict) -> dict:
             rows = next(rows_iter)
         except StopIteration:  # more rows were invalid than the plan's slack: keep the steps made; the driver says so
             if step > saved:
-                position = int(_all_reduce([float(position)], "max")[0])
-                _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
+                position = _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
             break
         waited += time.perf_counter() - started
         started = time.perf_counter()
@@ -179,8 +178,7 @@ def _train_loop(config: dict) -> dict:
             })
             window_loss, window_samples, waited, computed, last = 0.0, 0, 0.0, 0.0, now
         if step % params.checkpoint_every == 0 or step == params.max_steps:
-            position = int(_all_reduce([float(position)], "max")[0])
-            _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
+            position = _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
             saved = step
     totals = _all_reduce([float(v) for v in skipped])
     return {"steps": step, "resumed_from_step": resumed_from, "position": position, "metrics": metrics.summary(),
@@ -226,11 +224,13 @@ def _start_checkpoint(reported, run_uri: str):
     return ray.train.Checkpoint(path, filesystem)
 
 
-def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank) -> None:
-    """Rank 0 validates and writes the checkpoint; every rank reports (a barrier); then the stream position
-    is recorded, so a rerun's driver starts the stream where this checkpoint left it."""
+def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank) -> int:
+    """Rank 0 validates and writes the checkpoint at the workers' furthest stream position, which it returns;
+    every rank reports (a barrier); then the position is recorded, so a rerun's driver starts the stream where
+    this checkpoint left it."""
     import ray.train
 
+    position = int(_all_reduce([float(position)], "max")[0])
     report = {"step": step, "position": position}
     with tempfile.TemporaryDirectory(prefix="pairmine-ckpt-") as folder:
         checkpoint = None
@@ -249,3 +249,4 @@ def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, ski
     persisted = ray.train.get_checkpoint()  # still the previous one when Ray skipped the report (another worker failed)
     if rank == 0 and persisted is not None and storage.basename(persisted.path) == checkpoint_name(step):
         metrics.checkpoint(report, checkpoint_name(step))
+    return position

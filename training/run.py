@@ -28,8 +28,6 @@ from .metrics import checkpoint_step, read_progress
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
 SLACK = 1.05  # extra stream rows per needed row: micro-steps whose rows are all skipped are not steps
-
-
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of its checkpoints in the run folder
 
 
