@@ -33,7 +33,8 @@ class ScreenParams(Params):
     min_tile_response: float = Field(0.1, ge=0, le=1, description="phase-correlation peak of a tile, at least, to count")
     max_scene_change: float = Field(0.15, gt=0, le=1, description="mean absolute thumbnail difference / 255 per step, at most (scene cut)")
     max_flicker: float = Field(0.05, gt=0, le=1, description="relative change of mean brightness per step, at most")
-    min_static_seconds: float = Field(2.0, ge=0, description="static runs shorter than this are dropped")
+    min_static_seconds: float = Field(
+        2.0, ge=0, description="static runs shorter than this are dropped (a run of n analysed frames spans n strides)")
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,9 @@ def screen(greys: list[np.ndarray], indices: list[int], fps: float, width: int, 
     steps = measure_steps(greys, indices, params)
     labels = label_steps(steps, params)
     runs, dropped, pending = [], [], []  # pending: consecutive dropped runs, merged into one span
+    stride = float(np.median(np.diff(indices))) if len(indices) > 1 else 1.0
     for first, stop in _runs(labels):
-        seconds = (indices[stop - 1] - indices[first] + 1) / fps
+        seconds = (indices[stop - 1] - indices[first] + stride) / fps  # each sample stands for a stride of frames
         if seconds >= params.min_static_seconds and stop - first >= 2:
             runs.append(Span(first, stop))
             if pending:

@@ -181,7 +181,7 @@ def _train_loop(config: dict) -> dict:
             position = _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, skipped, metrics, validation, rank)
             saved = step
     totals = _all_reduce([float(v) for v in skipped])
-    return {"steps": step, "resumed_from_step": resumed_from, "position": position, "metrics": metrics.summary(),
+    return {"steps": step, "resumed_from_step": resumed_from, "position": position,
             "skipped": {REASONS[i] or "valid": int(v) for i, v in enumerate(totals) if v}}
 
 

@@ -46,8 +46,6 @@ class MetricsLog:
         self.run_uri, self.writer, self.log_every = run_uri, writer, log_every
         self.progress = progress  # the driver's progress display (pipelines.progress.Board), or None
         self.pending: list[dict] = []
-        self.losses: list[float] = []
-        self.rates: list[float] = []
         self.board = None
         if writer and not storage.is_s3(run_uri):
             try:
@@ -63,8 +61,6 @@ class MetricsLog:
             return
         record = {"time": round(time.time(), 3), **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}}
         self.pending.append(record)
-        self.losses.append(record["loss"])
-        self.rates.append(record["samples_per_s"])
         if self.progress is not None:
             self.progress.put.remote({k: record[k] for k in ("step", "loss", "samples_per_s")})
         log.info("step %d: loss %.4f, lr %.3g, %.1f samples/s, data wait %.2fs / compute %.2fs, skipped %d",
@@ -91,15 +87,6 @@ class MetricsLog:
                     self.board.add_scalar(f"validation/{name[4:]}", value, step)
             self.board.flush()
 
-    def summary(self) -> dict:
-        window = max(1, len(self.losses) // 4)
-        return {
-            "first_loss": round(float(np.mean(self.losses[:window])), 6) if self.losses else None,
-            "last_loss": round(float(np.mean(self.losses[-window:])), 6) if self.losses else None,
-            "samples_per_s": round(float(np.median(self.rates)), 3) if self.rates else None,
-        }
-
-
 def read_step_metrics(run_uri: str) -> list[dict]:
     """Every step line a run wrote, in step order (the last write of a step wins: a resumed run rewrites)."""
     lines: dict[int, dict] = {}
@@ -109,6 +96,24 @@ def read_step_metrics(run_uri: str) -> list[dict]:
                 record = json.loads(line)
                 lines[record["step"]] = record
     return [lines[step] for step in sorted(lines)]
+
+
+def loss_summary(lines: list[dict]) -> dict:
+    """Mean loss over the first and the last quarter of a run's step lines, and its median rate: the whole run,
+    every fit of it (a resumed one's included)."""
+    losses, rates = [line["loss"] for line in lines], [line["samples_per_s"] for line in lines]
+    window = max(1, len(losses) // 4)
+    return {
+        "first_loss": round(float(np.mean(losses[:window])), 6) if losses else None,
+        "last_loss": round(float(np.mean(losses[-window:])), 6) if losses else None,
+        "samples_per_s": round(float(np.median(rates)), 3) if rates else None,
+    }
+
+
+def read_validation(run_uri: str, step: int) -> dict:
+    """The validation scores written with the checkpoint of `step` (``val_*``); empty if there are none."""
+    report = storage.read_json(storage.join(run_uri, "metrics", f"validation-{step:08d}.json")) or {}
+    return {k: v for k, v in report.items() if k.startswith("val_")}
 
 
 # --- scores -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..pipelines.config import changes_note, config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
-from .metrics import checkpoint_step, read_progress
+from .metrics import checkpoint_step, loss_summary, read_progress, read_step_metrics, read_validation
 
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
@@ -165,10 +165,9 @@ def train(config_path: str | None = None, overrides: list[str] = (), progress_ba
     import ray.train  # noqa: F401  Ray sets up its loggers when imported: run_log reroutes them
 
     plan = prepare(config_path, overrides)
-    done = plan["progress"]["step"] >= plan["params"].max_steps
-    finished = storage.read_json(storage.join(plan["run_uri"], SUMMARY_FILE)) if done else None
-    if finished:  # a rerun of a finished run: its summary stands
+    if plan["progress"]["step"] >= plan["params"].max_steps:  # a rerun of a finished run: its summary stands
         log.info("%s is complete (step %d of %d): nothing to do", plan["run_uri"], plan["progress"]["step"], plan["params"].max_steps)
+        finished = storage.read_json(storage.join(plan["run_uri"], SUMMARY_FILE)) or _rebuilt_summary(plan)
         return finished | {"already_complete": True}
     with logs.run_log(plan["run_uri"], time.strftime("train-%Y%m%dT%H%M%SZ", time.gmtime())):
         return _train(plan, progress_bars)
@@ -244,10 +243,25 @@ def _train(plan: dict, progress_bars: bool) -> dict:
             f"(skipped: {skipped}); check the sources with `pairmine verify OUTPUT`; rerunning resumes from the last checkpoint")
     summary = {
         "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
-        "wall_seconds": round(time.perf_counter() - started, 3), **value,
+        "wall_seconds": round(time.perf_counter() - started, 3), **value, "metrics": loss_summary(read_step_metrics(uri)),
         "checkpoint": storage.join(uri, storage.basename(result.checkpoint.path)) if result.checkpoint else None,  # with its s3://
         "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
         "workers": scaling.num_workers, "use_gpu": scaling.use_gpu, "worker_failures": failures,
+    }
+    storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _rebuilt_summary(plan: dict) -> dict:
+    """The summary of a finished run whose summary.json is gone, from what its checkpoints wrote (its metric lines,
+    the last validation, progress.json), written back; this fit's own figures (wall time, skip counts) are lost."""
+    params, uri, progress = plan["params"], plan["run_uri"], plan["progress"]
+    log.warning("%s is complete but its %s is gone: rebuilt from its metrics and last checkpoint", uri, SUMMARY_FILE)
+    summary = {
+        "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__, "wall_seconds": None,
+        "steps": progress["step"], "position": progress["position"], "metrics": loss_summary(read_step_metrics(uri)),
+        "checkpoint": storage.join(uri, progress["checkpoint"]) if progress.get("checkpoint") else None,
+        "validation": read_validation(uri, progress["step"]), "rebuilt": True,
     }
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
@@ -292,10 +306,12 @@ def format_summary(summary: dict) -> str:
     metrics = summary.get("metrics", {})
     lines = [
         f"{summary['eraser']} training {summary['run']}: {summary.get('steps', 0)} steps "
-        f"(resumed from {summary.get('resumed_from_step', 0)}) in {summary['wall_seconds']:.1f} s",
+        + (f"(resumed from {summary.get('resumed_from_step', 0)}) in {summary['wall_seconds']:.1f} s" if summary.get("wall_seconds") is not None
+           else "(summary rebuilt from the run's metrics: its wall time and skip counts are not known)"),
         f"  loss: {metrics.get('first_loss')} (first quarter) -> {metrics.get('last_loss')} (last quarter); "
         f"{metrics.get('samples_per_s')} samples/s (median)",
-        "  skipped samples: " + (", ".join(f"{k} {v}" for k, v in summary.get("skipped", {}).items() if k != "valid") or "none"),
+        "  skipped samples: " + ((", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if k != "valid") or "none")
+                                 if "skipped" in summary else "not known"),
         "  validation: " + (", ".join(f"{k[4:]} {v}" for k, v in summary.get("validation", {}).items()) or "none"),
         f"  checkpoint: {summary.get('checkpoint')}",
         *([f"  worker failures (retried): {len(summary['worker_failures'])}, last: {summary['worker_failures'][-1]}"]

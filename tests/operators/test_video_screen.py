@@ -89,6 +89,17 @@ def test_short_static_stretches_are_dropped_as_too_short(clips):
     assert result.runs == [] and [s.reject.reason for s in result.dropped] == ["too_short"]
 
 
+def test_a_static_run_as_long_as_min_static_seconds_is_kept(clips):
+    """A clip of exactly 2.0 s (stride 3 at 25 fps: 17 samples, 0..48, the last two frames unanalysed) was "shorter
+    than 2.0 s": its samples' first-to-last span is 1.96 s. A run of n samples spans n strides."""
+    greys, indices, fps, width = clips("synth_static_dev")
+    seconds = 17 * STRIDE / fps
+    kept = screen(greys[:17], indices[:17], fps, width, ScreenParams(min_static_seconds=seconds))
+    assert [(r.first, r.stop) for r in kept.runs] == [(0, 17)]
+    short = screen(greys[:16], indices[:16], fps, width, ScreenParams(min_static_seconds=seconds))
+    assert short.runs == [] and [s.reject.reason for s in short.dropped] == ["too_short"]
+
+
 def test_tile_shift_ignores_an_object_moving_across_one_tile(clips):
     greys = clips("synth_static_dev")[0]
     still = greys[0].astype(np.float32)

@@ -110,6 +110,14 @@ def test_a_killed_two_worker_run_on_s3_resumes_from_its_checkpoint(s3_bucket, tr
     again = pairmine("train", "--config", str(config), "--no-progress", timeout=120)  # it started Ray and wrote a summary of nulls
     assert "already complete: nothing was run" in again.stdout and "40 steps" in again.stdout, again.stdout + again.stderr
     assert storage.read_bytes(storage.join(run, "summary.json")) == written
+    window = len(losses) // 4
+    assert summary["metrics"]["first_loss"] == pytest.approx(np.mean(losses[:window]), abs=1e-6), "the whole run's, not the resumed fit's"
+    storage.delete(storage.join(run, "summary.json"))  # lost: it was rewritten by a fit of no steps, its losses null
+    rebuilt = pairmine("train", "--config", str(config), "--no-progress", timeout=120)
+    assert "summary rebuilt" in rebuilt.stdout and "skipped samples: not known" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    again = summary_of(run)
+    assert again["rebuilt"] and {k: again[k] for k in ("steps", "position", "metrics", "checkpoint", "validation")} == {
+        k: summary[k] for k in ("steps", "position", "metrics", "checkpoint", "validation")}
 
 
 @slow
