@@ -2,7 +2,8 @@
 
 Each step between consecutive sampled frames is measured three ways on the grey analysis frames:
 camera motion (median of per-tile phase-correlation shifts, so that a moving object covering a
-few tiles does not read as camera motion), content change (a scene cut), and mean-brightness
+few tiles does not read as camera motion; over at least 3 frames whatever the stride, so that
+the same footage reads the same), content change (a scene cut), and mean-brightness
 change (flicker, exposure jumps). A run is a stretch of frames joined only by clean steps; runs
 shorter than ``min_static_seconds`` are dropped too. Pairs are only ever made inside one run.
 """
@@ -21,13 +22,15 @@ from .params import Params
 
 CLEAN = "ok"
 _THUMB_WIDTH = 64  # content change is measured on thumbnails: insensitive to noise and small objects
+MOTION_BASELINE = 3  # frames, at least, that camera motion is measured over: a phase correlation's sub-pixel noise
+# divided by fewer frames reads as motion (max_motion is calibrated at stride 3; at stride 1 static footage was rejected)
 
 
 class ScreenParams(Params):
     max_motion: float = Field(
         2e-4, ge=0, le=1,
-        description="camera motion per frame, as a fraction of the frame width, at most (measured at stride 3: static "
-                    "clips <= 6e-5 at p90, hand-held 4e-4, 2 px/frame pan 2e-3)",
+        description="camera motion per frame, as a fraction of the frame width, at most (measured over at least 3 frames "
+                    "whatever the stride: static clips <= 6e-5 at p90, hand-held 4e-4, 2 px/frame pan 2e-3)",
     )
     tiles: int = Field(3, ge=1, le=8, description="motion is the median shift of tiles x tiles phase correlations")
     min_tile_response: float = Field(0.1, ge=0, le=1, description="phase-correlation peak of a tile, at least, to count")
@@ -91,8 +94,15 @@ def measure_steps(greys: list[np.ndarray], indices: list[int], params: ScreenPar
     thumbs = [cv2.resize(f, thumb_size, interpolation=cv2.INTER_AREA) for f in floats]
     means = np.array([max(float(t.mean()), 1.0) for t in thumbs])
     shift = np.array([tile_shift(a, b, params.tiles, params.min_tile_response) for a, b in zip(floats, floats[1:])]).reshape(-1, 2)
-    gaps = np.diff(np.asarray(indices, dtype=np.float64))
-    motion = np.hypot(shift[:, 0], shift[:, 1]) / gaps / width
+    motion = np.hypot(shift[:, 0], shift[:, 1]) / np.diff(np.asarray(indices, dtype=np.float64)) / width
+    for step in range(len(motion)):  # a step under the baseline: its motion is measured from a sample further back
+        back = step
+        while back > 0 and indices[step + 1] - indices[back] < MOTION_BASELINE:
+            back -= 1
+        if back < step:
+            far = tile_shift(floats[back], floats[step + 1], params.tiles, params.min_tile_response)
+            if not np.isnan(far).any():
+                motion[step] = np.hypot(*far) / (indices[step + 1] - indices[back]) / width
     change = np.array([float(cv2.norm(a, b, cv2.NORM_L1)) / a.size / 255 for a, b in zip(thumbs, thumbs[1:])])
     flicker = np.abs(np.diff(means)) / means[:-1]
     return Steps(shift, motion, change, flicker)

@@ -18,14 +18,14 @@ def clips(testdata):
     """Grey analysis frames, frame numbers, fps and full width of each clip, decoded once."""
     cache = {}
 
-    def load(name: str):
-        if name not in cache:
+    def load(name: str, stride: int = STRIDE):
+        if (name, stride) not in cache:
             path = str(testdata / "video" / f"{name}.mp4")
             info = probe(path, DecodeParams())
-            frames = read_frames(path, range(0, info.frames, STRIDE), ("pyav",), analysis_size(info.width, info.height, 480), 1).frames
+            frames = read_frames(path, range(0, info.frames, stride), ("pyav",), analysis_size(info.width, info.height, 480), 1).frames
             greys = [cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY) for f in frames]
-            cache[name] = (greys, [f.index for f in frames], info.fps, info.width)
-        return cache[name]
+            cache[name, stride] = (greys, [f.index for f in frames], info.fps, info.width)
+        return cache[name, stride]
 
     return load
 
@@ -36,6 +36,18 @@ def test_static_clip_is_one_run_with_no_drift(clips):
     assert [(r.first, r.stop) for r in result.runs] == [(0, len(greys))]
     assert result.dropped == [] and set(result.labels) == {CLEAN}
     assert np.abs(result.displacement).max() < 1.0  # analysis pixels, over the whole clip
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_short_stride_reads_static_footage_as_static(clips, stride):
+    """At stride 1, a phase correlation's sub-pixel noise divided by one frame read as camera motion and split a
+    real static clip (01_dog) with camera_motion rejects; motion is measured over at least 3 frames."""
+    result = screen(*clips("01_dog", stride), PARAMS)
+    assert [(r.first, r.stop) for r in result.runs] == [(0, len(result.labels) + 1)] and result.dropped == []
+    at_stride_3 = screen(*clips("01_dog"), PARAMS).steps.motion
+    assert np.nanpercentile(result.steps.motion, 90) < 1.5 * np.nanpercentile(at_stride_3, 90)
+    pan = clips("synth_pan_dev", stride)
+    assert np.median(screen(*pan, PARAMS).steps.motion) * pan[3] == pytest.approx(2.0, abs=0.2), "a pan keeps its true speed"
 
 
 def test_pan_is_measured_at_its_true_speed(clips):
