@@ -20,7 +20,7 @@ import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
@@ -329,30 +329,29 @@ def iter_shard(shard: Shard, verify: bool = True) -> Iterator[dict]:
     if found.size != shard.bytes:
         actual = "missing" if found.size is None else f"{found.size} bytes"
         raise ShardError(f"{shard.uri}: {actual}, the manifest says {shard.bytes} bytes")
-    with _verified_copy(shard) as path, open(path, "rb") as local:
+    with _verified_copy(shard) as local:
         yield from _readable_tar(shard.uri, local)
 
 
 @contextlib.contextmanager
-def _verified_copy(shard: Shard) -> Iterator[str]:
-    """A local path to the shard's bytes, checked against the manifest's sha256: the file itself, or an S3
-    shard's copy in the temp dir (deleted after)."""
-    digest = hashlib.sha256()
-    if not storage.is_s3(shard.uri):
-        with open(shard.uri, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _check_sha256(shard, digest)
-        yield shard.uri
-        return
-    with tempfile.NamedTemporaryFile(prefix="pairmine-shard-", suffix=".tar") as copy:
-        with storage.open_input_stream(shard.uri) as remote:
-            for block in iter(lambda: remote.read(1 << 20), b""):
-                digest.update(block)
+def _verified_copy(shard: Shard) -> Iterator[BinaryIO]:
+    """The shard's bytes, checked against the manifest's sha256, as a file read from its start: a local shard
+    itself (hashed through the handle it is then read by), or an S3 shard's copy in an unnamed temp file
+    (gone with its handle: a killed process leaves no copy behind)."""
+    with contextlib.ExitStack() as stack:
+        if storage.is_s3(shard.uri):
+            source = stack.enter_context(storage.open_input_stream(shard.uri))
+            copy = stack.enter_context(tempfile.TemporaryFile(prefix="pairmine-shard-"))
+        else:
+            source = copy = stack.enter_context(open(shard.uri, "rb"))
+        digest = hashlib.sha256()
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+            if copy is not source:
                 copy.write(block)
-        copy.flush()
         _check_sha256(shard, digest)
-        yield copy.name
+        copy.seek(0)
+        yield copy
 
 
 def _check_sha256(shard: Shard, digest) -> None:

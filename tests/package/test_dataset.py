@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import pyarrow as pa
@@ -172,3 +173,15 @@ def test_the_contract_module_needs_neither_ray_nor_torch():
     )
     found = subprocess.run([sys.executable, "-c", code, os.devnull], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "", f"importing pairmine.dataset loaded {found.stdout.strip()}"
+
+
+def test_a_verified_s3_shard_leaves_no_named_copy_in_the_temp_dir(s3_bucket, tmp_path, monkeypatch):
+    """An S3 shard is staged while it is hashed; the copy was a named file, which a process killed mid-read left
+    behind (up to shards.max_bytes each). It is now unnamed: gone with its handle."""
+    output = f"s3://{s3_bucket}/out"
+    _commit(output, "a", [_sample("k1", "syn4removal"), _sample("k2", "syn4removal")])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    samples = dataset.iter_samples(output)
+    assert next(samples)["__key__"] == "k1"  # mid-read: the copy is open
+    assert os.listdir(tmp_path) == []
+    assert [s["__key__"] for s in samples] == ["k2"]
