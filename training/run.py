@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -103,6 +104,10 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
 
     models.check(params.eraser)
     uri = run_uri(params)
+    if not (params.ray_address or os.environ.get("RAY_ADDRESS")):  # an embedded Ray's CPUs are known before it starts
+        from ..pipelines.runtime import embedded_cpus
+
+        _check_resources(params, {"CPU": embedded_cpus(None)})
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
@@ -140,7 +145,8 @@ def plan_summary(plan: dict) -> dict:
 
 
 def _check_resources(params: TrainParams, cluster: dict) -> None:
-    """Training workers must leave CPUs to the data path: Ray Data gets only what they do not reserve."""
+    """Training workers must leave CPUs to the data path: Ray Data gets only what they do not reserve. `cluster`:
+    Ray's resources (without "GPU": not known yet, unchecked)."""
     scaling = params.scaling
     cpus = float(cluster.get("CPU", 0))
     reserved = 0.0 if scaling.use_gpu else scaling.num_workers * scaling.cpus_per_worker
@@ -150,7 +156,7 @@ def _check_resources(params: TrainParams, cluster: dict) -> None:
             f"and the data path would starve (a deadlock); set scaling.cpus_per_worker to at most "
             f"{max(0.1, (cpus - min(1.0, cpus / 4)) / scaling.num_workers):.2g}"
         )
-    if scaling.use_gpu and float(cluster.get("GPU", 0)) < scaling.num_workers:
+    if scaling.use_gpu and "GPU" in cluster and float(cluster["GPU"]) < scaling.num_workers:
         raise TrainingError(f"scaling: {scaling.num_workers} GPU workers asked for, the cluster has {cluster.get('GPU', 0):g} GPUs")
 
 

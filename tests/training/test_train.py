@@ -24,6 +24,7 @@ from training_inputs import train_config
 from pairmine import dataset, storage
 from pairmine.training.data import is_validation
 from pairmine.training.metrics import read_step_metrics
+from pairmine.pipelines.runtime import embedded_cpus
 from pairmine.training.run import TrainingError, _check_resources
 from pairmine.pipelines.config import load_config
 from pairmine.training.config import TrainParams
@@ -236,7 +237,18 @@ def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
     _check_resources(params.model_copy(update={"scaling": params.scaling.model_copy(update={"cpus_per_worker": 0.5})}), {"CPU": 2.0})
     gpu = params.scaling.model_copy(update={"use_gpu": True})
     with pytest.raises(TrainingError, match="2 GPU workers asked for, the cluster has 0 GPUs"):
-        _check_resources(params.model_copy(update={"scaling": gpu}), {"CPU": 2.0})
+        _check_resources(params.model_copy(update={"scaling": gpu}), {"CPU": 2.0, "GPU": 0.0})
+    _check_resources(params.model_copy(update={"scaling": gpu}), {"CPU": 2.0})  # GPUs not known yet (a dry run): unchecked
+
+
+def test_a_dry_run_refuses_workers_that_starve_an_embedded_ray(training_outputs, smarteraser_parts, tmp_path):
+    """The refusal came only after Ray had started: --dry-run printed a plan for a run that could not start."""
+    cpus = embedded_cpus(None)
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], scaling__num_workers=cpus, scaling__cpus_per_worker=1.0)
+    done = cli_in_process("train", "--config", str(config), "--dry-run")
+    assert done.returncode == 2 and f"reserve {cpus} of the cluster's {cpus} CPUs" in done.stderr, done.stderr
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], scaling__num_workers=cpus, scaling__use_gpu=True)
+    assert cli_in_process("train", "--config", str(config), "--dry-run").returncode == 0, "GPUs are Ray's to count"
 
 
 @slow
