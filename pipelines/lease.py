@@ -30,6 +30,7 @@ from ..errors import UserError
 log = logging.getLogger("pairmine")
 LEASE = "_LEASE"
 LEASE_SECONDS = 120.0  # a lease not renewed for this long is a crashed run's
+NO_VERSION = '"' + "0" * 32 + '"'  # an S3 ETag no lease has: a put conditional on it must be refused
 
 
 class OutputBusy(UserError):
@@ -177,8 +178,22 @@ class Lease:
                 log.info("%s is busy: %s; waiting up to %.0f s", self.output, who, deadline - time.monotonic())
                 said = True
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        if storage.is_s3(self.uri):
+            self._check_conditional_writes()
         self._thread = threading.Thread(target=self._renew, name="pairmine-lease", daemon=True)
         self._thread.start()
+
+    def _check_conditional_writes(self) -> None:
+        """Warn when the S3 store ignores conditional writes (S3-compatible stores that predate them): a put
+        conditional on a version the lease never had must be refused. Without them two runs can both take the
+        lease, and only the writer's check before each commit keeps them from committing side by side."""
+        version = storage.replace_if(self.uri, self._body(), NO_VERSION)
+        if version is None:
+            return
+        self._version = version  # the store wrote it: our own lease, rewritten
+        log.warning("the S3 store of %s ignores conditional writes (If-Match / If-None-Match): two runs started together can "
+                    "both take its lease, and are then kept apart only by the check before each commit; do not start "
+                    "overlapping runs on it", self.output)
 
     def _swap(self, data: bytes | None) -> bool:
         """Write `data` (None: delete) only over this run's own lease, compare-and-swap on its version: a run that

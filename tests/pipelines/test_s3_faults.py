@@ -59,3 +59,26 @@ def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_endpoint, s3_buck
         finally:
             storage._s3_client.cache_clear()
             storage.s3_filesystem.cache_clear()
+
+
+def test_a_store_that_ignores_conditional_writes_is_warned_of(s3_endpoint, s3_bucket, monkeypatch, caplog):
+    """S3-compatible stores that predate conditional writes ignore If-Match / If-None-Match: two runs can then both
+    take an output's lease, with no word. A run on such a store says so; on one that honours them, nothing."""
+    from pairmine import storage
+    from pairmine.pipelines.lease import Lease
+
+    output = f"s3://{s3_bucket}/out"
+    with caplog.at_level("WARNING", "pairmine"), Lease(output, "honoured") as lease:
+        lease.acquire()
+    assert not [r for r in caplog.records if "ignores conditional writes" in r.getMessage()]
+    with FaultyS3(s3_endpoint, share=0.0, unconditional=True) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        storage._s3_client.cache_clear()
+        try:
+            with caplog.at_level("WARNING", "pairmine"), Lease(output, "ignored") as lease:
+                lease.acquire()
+                assert lease._holder()["token"] == lease.owner["token"] and lease._swap(lease._body()), "the lease still works"
+            assert [r for r in caplog.records if "ignores conditional writes" in r.getMessage()]
+            assert not storage.exists(f"{output}/_LEASE")
+        finally:
+            storage._s3_client.cache_clear()
