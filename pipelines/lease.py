@@ -187,7 +187,11 @@ class Lease:
         """Warn when the S3 store ignores conditional writes (S3-compatible stores that predate them): a put
         conditional on a version the lease never had must be refused. Without them two runs can both take the
         lease, and only the writer's check before each commit keeps them from committing side by side."""
-        version = storage.replace_if(self.uri, self._body(), NO_VERSION)
+        try:
+            version = storage.replace_if(self.uri, self._body(), NO_VERSION)
+        except (OSError, storage.StorageError) as exc:  # the renewals will meet it too, and say so
+            log.warning("could not test whether the S3 store of %s honours conditional writes: %s", self.output, storage.first_line(exc))
+            return
         if version is None:
             return
         self._version = version  # the store wrote it: our own lease, rewritten
