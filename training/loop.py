@@ -26,10 +26,9 @@ from ..operators.checkpoints import CheckpointError
 from .config import TrainParams
 from .data import REASONS
 from .eraser import to_batch
-from .metrics import MetricsLog, checkpoint_name, checkpoint_step, read_progress, validate
+from .metrics import REPORT_FILE, STATE_FILE, MetricsLog, checkpoint_name, checkpoint_step, read_progress, validate
 
 log = logging.getLogger("pairmine")
-STATE_FILE = "state.pt"
 FAIL_AT_STEP = "PAIRMINE_TRAIN_FAIL_AT_STEP"  # fault injection for tests: the first attempt fails at this step
 
 
@@ -113,8 +112,9 @@ def _train_loop(config: dict) -> dict:
             try:
                 state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
             except Exception as exc:  # pickle, zip and EOF errors of a file cut short or overwritten
-                raise CheckpointError(f"{storage.basename(checkpoint.path)}/{STATE_FILE} does not load (damaged?): "
-                                      f"{type(exc).__name__}: {storage.first_line(exc)[:200]}") from None
+                name = storage.basename(checkpoint.path)
+                raise CheckpointError(f"{name}/{STATE_FILE} does not load (damaged?): {type(exc).__name__}: {storage.first_line(exc)[:200]}; "
+                                      f"remove the folder {name} and rerun: the run resumes from the checkpoint before it") from None
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
@@ -242,7 +242,7 @@ def _checkpoint(params, eraser, optimizer, schedule, scaler, step, position, ski
             if validation:
                 report |= validate(eraser, validation, folder, params.seed)
             report["skipped"] = int(skipped[1:].sum())
-            with open(os.path.join(folder, "metrics.json"), "w") as f:
+            with open(os.path.join(folder, REPORT_FILE), "w") as f:
                 json.dump(report, f, indent=2)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(step))

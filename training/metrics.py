@@ -22,6 +22,7 @@ from .. import storage
 
 log = logging.getLogger("pairmine")
 PROGRESS_FILE = "progress.json"
+STATE_FILE, REPORT_FILE = "state.pt", "metrics.json"  # in a checkpoint: optimizer, schedule, step and position; its report
 
 
 def checkpoint_name(step: int) -> str:

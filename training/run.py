@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..pipelines.config import changes_note, config_hash, load_config
 from .config import TrainParams
 from .data import Preparation, plan_stream, shard_stream, validation_samples
-from .metrics import checkpoint_step, loss_summary, read_progress, read_step_metrics, read_validation
+from .metrics import PROGRESS_FILE, REPORT_FILE, STATE_FILE, checkpoint_step, loss_summary, read_progress, read_step_metrics, read_validation
 
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
@@ -114,7 +114,7 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}"
                             f"{changes_note(saved.get('config') or {}, params)}); "
                             f"resume it with its own config, or start a new run with --set name=...")
-    progress = read_progress(uri)
+    progress = _resume_point(uri)
     remaining = max(0, params.max_steps - progress["step"])
     sources = _sources(params)
     if remaining:  # a finished run's rerun only shows its summary, whatever its shards became since
@@ -127,6 +127,41 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
     except ValueError as exc:
         raise TrainingError(f"data.sources: {exc}") from None
     return {"params": params, "config_hash": digest, "run_uri": uri, "progress": progress, "sources": sources, "stream": stream}
+
+
+def _checkpoints(uri: str) -> list[tuple[int, str]]:
+    """The run's step-named checkpoint folders, (step, uri), in step order."""
+    return sorted((checkpoint_step(storage.basename(e.path)), storage.uri_of(uri, e)) for e in storage.list_dir(uri)
+                  if e.type == pafs.FileType.Directory and checkpoint_step(storage.basename(e.path)) >= 0)
+
+
+def _resume_point(uri: str) -> dict:
+    """Where the run resumes: its progress.json; or, when the checkpoint that commits is gone (a user removed it as
+    damaged), the newest earlier checkpoint whose files are there (its step and position from its report), or the
+    start when there is none. Those two carry ``fallback``: the run rewrites progress.json before it starts."""
+    progress = read_progress(uri)
+    gone = progress.get("checkpoint")
+    if not gone or storage.exists(storage.join(uri, gone, STATE_FILE)):
+        return progress
+    for step, folder in reversed(_checkpoints(uri)):
+        report = storage.read_json(storage.join(folder, REPORT_FILE))
+        if step < checkpoint_step(gone) and report and storage.exists(storage.join(folder, STATE_FILE)):
+            log.warning("%s: its latest checkpoint %s is gone: the run resumes from %s (step %d)", uri, gone, storage.basename(folder), step)
+            return {"step": report["step"], "position": report["position"], "checkpoint": storage.basename(folder), "fallback": True}
+    log.warning("%s: its latest checkpoint %s is gone and no earlier one is whole: the run starts over from the base weights", uri, gone)
+    return {"step": 0, "position": 0, "fallback": True}
+
+
+def _commit_resume_point(uri: str, progress: dict) -> None:
+    """Make a fallback resume point the run's: progress.json names it (none: removed), and Ray's checkpoint
+    snapshot goes (it lists the removed checkpoint, and Ray refuses to restore a run whose listed checkpoints are gone;
+    the workers start from progress.json's)."""
+    committed = {k: v for k, v in progress.items() if k != "fallback"}
+    if committed.get("checkpoint"):
+        storage.write_bytes(storage.join(uri, PROGRESS_FILE), json.dumps(committed).encode())
+    else:
+        storage.delete(storage.join(uri, PROGRESS_FILE))
+    storage.delete(storage.join(uri, RAY_SNAPSHOT))
 
 
 def plan_summary(plan: dict) -> dict:
@@ -194,6 +229,8 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     cluster = start_ray(RayParams(address=params.ray_address), progress_bars)
     _check_resources(params, cluster)
     storage.check_writable(params.storage)
+    if plan["progress"].get("fallback"):
+        _commit_resume_point(uri, plan["progress"])
     storage.write_bytes(storage.join(uri, CONFIG_FILE), json.dumps(
         {"config_hash": plan["config_hash"], "version": __version__, "config": params.model_dump(mode="json")}, indent=2).encode())
     if not storage.exists(storage.join(uri, DATA_FILE)):
@@ -279,9 +316,7 @@ def _prune_checkpoints(uri: str, keep: int) -> None:
     (an earlier fit's, committed in progress.json only) stayed beside them, one more folder per interruption."""
     snapshot = storage.read_json(storage.join(uri, RAY_SNAPSHOT)) or {}
     listed = {r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results", []) if isinstance(r, dict)}
-    found = sorted((checkpoint_step(storage.basename(e.path)), storage.uri_of(uri, e)) for e in storage.list_dir(uri)
-                   if e.type == pafs.FileType.Directory and checkpoint_step(storage.basename(e.path)) >= 0)
-    for _, folder in found[:-keep]:
+    for _, folder in _checkpoints(uri)[:-keep]:
         if storage.basename(folder) not in listed:
             storage.delete_tree(folder)
 

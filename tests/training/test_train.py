@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -403,16 +404,26 @@ def test_a_run_whose_data_runs_out_of_valid_samples_fails_and_keeps_its_steps(ou
 @slow
 def test_a_failed_run_and_a_damaged_checkpoint_are_one_line_errors(outputs_copy, smarteraser_parts, tmp_path):
     """A run whose workers fail past max_failures ended in a traceback around its own message; resuming from a
-    checkpoint whose state.pt was damaged failed in pickle's words, naming no file."""
-    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 1.0)], scaling__max_failures=0)
-    failed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "15"})
+    checkpoint whose state.pt was damaged failed in pickle's words, naming no file. The error says to remove the
+    damaged checkpoint, and the rerun then resumes from the one before it (progress.json still named the removed
+    one, and Ray's snapshot listed it: the run could not go on at all)."""
+    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 1.0)], scaling__max_failures=0, max_steps=30)
+    failed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "25"})
     assert failed.returncode == 1 and "training failed on worker 0 after 0 restarts: " in failed.stderr, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr
     run = tmp_path / "runs" / "run"
-    assert checkpoints(str(run)) == ["checkpoint_00000010"]
-    (run / "checkpoint_00000010" / "state.pt").write_bytes(b"not a torch file")
+    assert checkpoints(str(run)) == ["checkpoint_00000010", "checkpoint_00000020"]
+    (run / "checkpoint_00000020" / "state.pt").write_bytes(b"not a torch file")
     resumed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False)
-    assert resumed.returncode == 1 and "checkpoint_00000010/state.pt does not load (damaged?)" in resumed.stderr, resumed.stderr[-3000:]
+    assert resumed.returncode == 1 and "checkpoint_00000020/state.pt does not load (damaged?)" in resumed.stderr, resumed.stderr[-3000:]
+    assert "remove the folder checkpoint_00000020 and rerun" in resumed.stderr
+    shutil.rmtree(run / "checkpoint_00000020")
+    again = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "its latest checkpoint checkpoint_00000020 is gone: the run resumes from checkpoint_00000010" in again.stderr
+    summary = summary_of(str(run))
+    assert summary["steps"] == 30 and summary["resumed_from_step"] == 10
+    assert checkpoints(str(run)) == ["checkpoint_00000020", "checkpoint_00000030"]
 
 
 def test_pruning_keeps_the_latest_checkpoints_and_those_rays_snapshot_lists(tmp_path):
