@@ -98,6 +98,12 @@ def normalize(uri: str) -> str:
     return os.path.realpath(os.path.abspath(uri))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute against this process's folder (a Ray Train worker runs in another one); an
+    s3:// URI as given."""
+    return uri if is_s3(uri) else os.path.abspath(uri)
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 

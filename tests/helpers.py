@@ -63,9 +63,9 @@ def check_sample(sample: dict, pipeline: str) -> dict:
 PAIRMINE = str(Path(sys.executable).with_name("pairmine"))
 
 
-def cli(*args: str, timeout: float = 600, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 600, env: dict | None = None, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The `pairmine` CLI in a subprocess (its own Ray), with a timeout that turns a hang into a failure."""
-    done = subprocess.run([PAIRMINE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    done = subprocess.run([PAIRMINE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
     if check:
         assert done.returncode == 0, f"pairmine {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from .. import storage
 from ..operators.mask_enhance import MODES, MaskEnhanceParams
 from ..operators.params import RUNTIME, Params
-from .erasers import AnyEraser
+from .erasers import AnyEraser, Location
 
 # The release's training-time mask enhancement: its six modes (docs/METHODS.md) drawn per sample.
 RELEASE_MASK_MODES = ("exact", "erode", "dilate", "hull", "ellipse", "bbox")
@@ -24,7 +24,7 @@ RELEASE_MASK_MODES = ("exact", "erode", "dilate", "hull", "ellipse", "bbox")
 class Source(Params):
     """One pipeline output to train on, with its share of the samples."""
 
-    output: str = Field(min_length=1, description="a pipeline output folder or s3:// prefix; only shards its manifest lists are read")
+    output: Location = Field(min_length=1, description="a pipeline output folder or s3:// prefix; only shards its manifest lists are read")
     weight: float = Field(1.0, gt=0, description="relative share of the training samples drawn from this output per epoch")
 
 
@@ -105,7 +105,7 @@ class TrainParams(Params):
     data: DataParams
     optim: OptimParams = Field(default_factory=OptimParams)
     # where and how the run executes: runtime
-    storage: str = Field(min_length=1, description="folder or s3:// prefix holding the runs (Ray Train storage)", json_schema_extra=RUNTIME)
+    storage: Location = Field(min_length=1, description="folder or s3:// prefix holding the runs (Ray Train storage)", json_schema_extra=RUNTIME)
     name: str = Field(
         "smarteraser", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the run's folder under storage; rerunning with the same "
         "name resumes from its latest checkpoint", json_schema_extra=RUNTIME,

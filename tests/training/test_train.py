@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 from helpers import PAIRMINE
+from helpers import cli
 from helpers import cli as pairmine
 from helpers import cli_in_process
 from training_inputs import train_config
@@ -406,8 +408,13 @@ def test_a_failed_run_and_a_damaged_checkpoint_are_one_line_errors(outputs_copy,
     """A run whose workers fail past max_failures ended in a traceback around its own message; resuming from a
     checkpoint whose state.pt was damaged failed in pickle's words, naming no file. The error says to remove the
     damaged checkpoint, and the rerun then resumes from the one before it (progress.json still named the removed
-    one, and Ray's snapshot listed it: the run could not go on at all)."""
-    config = train_config(tmp_path, smarteraser_parts, [(outputs_copy["syn"], 1.0)], scaling__max_failures=0, max_steps=30)
+    one, and Ray's snapshot listed it: the run could not go on at all). Every path of its config is relative: Ray Train's
+    workers run in another folder, where relative eraser parts were not found and a relative storage lost
+    progress.json and the metrics to Ray's session folder."""
+    relative = {name: os.path.relpath(path, tmp_path) for name, path in smarteraser_parts.items() if name in ("base", "clip")}
+    config = train_config(tmp_path, smarteraser_parts | relative, [(os.path.relpath(outputs_copy["syn"], tmp_path), 1.0)],
+                          scaling__max_failures=0, max_steps=30, storage="runs")
+    pairmine = functools.partial(cli, cwd=tmp_path)
     failed = pairmine("train", "--config", str(config), "--no-progress", timeout=600, check=False, env={"PAIRMINE_TRAIN_FAIL_AT_STEP": "25"})
     assert failed.returncode == 1 and "training failed on worker 0 after 0 restarts: " in failed.stderr, failed.stderr[-3000:]
     assert "Traceback" not in failed.stderr
@@ -422,7 +429,8 @@ def test_a_failed_run_and_a_damaged_checkpoint_are_one_line_errors(outputs_copy,
     assert again.returncode == 0, again.stderr[-3000:]
     assert "its latest checkpoint checkpoint_00000020 is gone: the run resumes from checkpoint_00000010" in again.stderr
     summary = summary_of(str(run))
-    assert summary["steps"] == 30 and summary["resumed_from_step"] == 10
+    assert summary["steps"] == 30 and summary["resumed_from_step"] == 10 and summary["metrics"]["last_loss"] is not None
+    assert [m["step"] for m in read_step_metrics(str(run))] == list(range(5, 35, 5))
     assert checkpoints(str(run)) == ["checkpoint_00000020", "checkpoint_00000030"]
 
 
