@@ -12,7 +12,7 @@ TRAIN_EXAMPLES = """examples:
   pairmine train --config configs/train_smarteraser.yaml
 
   # the same on a GPU cluster: 8 GPU workers, bf16, shards and checkpoints on S3
-  pairmine train --config configs/train_smarteraser.yaml --set ray_address=auto \\
+  pairmine train --config configs/train_smarteraser.yaml --set ray.address=auto \\
       --set scaling.num_workers=8 --set scaling.use_gpu=true --set mixed_precision=bf16 \\
       --set storage=s3://runs/erasers
 

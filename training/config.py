@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from .. import storage
 from ..operators.mask_enhance import MODES, MaskEnhanceParams
 from ..operators.params import RUNTIME, Params
+from ..pipelines.config import RayParams
 from .erasers import AnyEraser, Location
 
 # The release's training-time mask enhancement: its six modes (docs/METHODS.md) drawn per sample.
@@ -114,7 +115,7 @@ class TrainParams(Params):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage, the latest ones", json_schema_extra=RUNTIME)
     log_every: int = Field(10, ge=1, description="optimizer steps between metric lines (and progress output)", json_schema_extra=RUNTIME)
     scaling: ScalingParams = Field(default_factory=ScalingParams, json_schema_extra=RUNTIME)
-    ray_address: str | None = Field(None, description="null: an embedded local Ray (or join $RAY_ADDRESS when set); 'auto' or HOST:6379 to join a cluster", json_schema_extra=RUNTIME)
+    ray: RayParams = Field(default_factory=RayParams, description="where the job runs: the pipelines' ray settings", json_schema_extra=RUNTIME)
 
     @model_validator(mode="after")
     def _checks(self):

@@ -104,10 +104,10 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
 
     models.check(params.eraser)
     uri = run_uri(params)
-    if not (params.ray_address or os.environ.get("RAY_ADDRESS")):  # an embedded Ray's CPUs are known before it starts
+    if not (params.ray.address or os.environ.get("RAY_ADDRESS")):  # an embedded Ray's CPUs are known before it starts
         from ..pipelines.runtime import embedded_cpus
 
-        _check_resources(params, {"CPU": embedded_cpus(None)})
+        _check_resources(params, {"CPU": embedded_cpus(params.ray.num_cpus)})
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
@@ -219,14 +219,13 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
-    from ..pipelines.config import RayParams
     from ..pipelines.progress import Display, new_board, read_board, train_lines
     from ..pipelines.runtime import io_concurrency, start_ray
     from .loop import train_loop
 
     params, stream, uri = plan["params"], plan["stream"], plan["run_uri"]
     started = time.perf_counter()
-    cluster = start_ray(RayParams(address=params.ray_address), progress_bars)
+    cluster = start_ray(params.ray, progress_bars)
     _check_resources(params, cluster)
     storage.check_writable(params.storage)
     if plan["progress"].get("fallback"):

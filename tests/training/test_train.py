@@ -245,11 +245,13 @@ def test_workers_must_leave_cpus_to_the_data_path(smarteraser_parts, tmp_path):
 
 
 def test_a_dry_run_refuses_workers_that_starve_an_embedded_ray(training_outputs, smarteraser_parts, tmp_path):
-    """The refusal came only after Ray had started: --dry-run printed a plan for a run that could not start."""
+    """The refusal came only after Ray had started: --dry-run printed a plan for a run that could not start. The
+    embedded Ray's size is the pipelines' ray.num_cpus (train had only ray_address, and ray.* was an unknown key)."""
+    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)])
+    done = cli_in_process("train", "--config", str(config), "--dry-run", "--set", "ray.num_cpus=1")
+    assert done.returncode == 2 and "reserve 1 of the cluster's 1 CPUs" in done.stderr, done.stderr
+    assert cli_in_process("train", "--config", str(config), "--dry-run", "--set", "ray.num_cpus=2", "--set", "scaling.cpus_per_worker=0.5").returncode == 0
     cpus = embedded_cpus(None)
-    config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], scaling__num_workers=cpus, scaling__cpus_per_worker=1.0)
-    done = cli_in_process("train", "--config", str(config), "--dry-run")
-    assert done.returncode == 2 and f"reserve {cpus} of the cluster's {cpus} CPUs" in done.stderr, done.stderr
     config = train_config(tmp_path, smarteraser_parts, [(training_outputs["syn"], 1.0)], scaling__num_workers=cpus, scaling__use_gpu=True)
     assert cli_in_process("train", "--config", str(config), "--dry-run").returncode == 0, "GPUs are Ray's to count"
 
