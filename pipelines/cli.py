@@ -123,7 +123,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             epilog=f"{command.examples.rstrip()}\n\n{command.exit_codes}\n", formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
-        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging, and Ray's own log lines and progress bars")
+        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging (and, for a command that runs on Ray, Ray's own log lines and progress bars)")
         sub.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text (default) or JSON objects")
         sub.set_defaults(command=command)
     return parser

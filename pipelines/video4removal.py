@@ -136,8 +136,8 @@ VIDEO4REMOVAL = Pipeline(
     name=PIPELINE,
     help="real pairs from static-camera videos: frames with and without a moving object",
     description="Video4Removal (OmniEraser): MOG2 background subtraction on static segments of each video, frames paired "
-    "by MSE outside the object, object masks from the MOG foreground; writes (source.jpg, mask.png, "
-    "target.jpg, json) samples.",
+    "by MSE outside the object (whole frames, or crops around an object when no whole frame is clean: region.mode), object "
+    "masks from the MOG foreground or GroundingDINO + SAM2; writes (source.jpg, mask.png, effect_mask.png, target.jpg, json) samples.",
     examples=EXAMPLES,
     config_model=Video4RemovalConfig,
     discover=lambda args: discover_all(args, discover_videos),

@@ -283,9 +283,11 @@ def _train(plan: dict, progress_bars: bool) -> dict:
         raise TrainingFailed(
             f"training stopped at step {value.get('steps', 0)} of {params.max_steps}: the data ran out of valid samples "
             f"(skipped: {skipped}); check the sources with `pairmine verify OUTPUT`; rerunning resumes from the last checkpoint")
+    counts = dict(value.pop("skipped", {}))  # by reason, and "valid": the rows trained on
     summary = {
         "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
-        "wall_seconds": round(time.perf_counter() - started, 3), **value, "metrics": loss_summary(read_step_metrics(uri)),
+        "wall_seconds": round(time.perf_counter() - started, 3), **value, "samples": counts.pop("valid", 0), "skipped": counts,
+        "metrics": loss_summary(read_step_metrics(uri)),
         "checkpoint": storage.join(uri, storage.basename(result.checkpoint.path)) if result.checkpoint else None,  # with its s3://
         "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
         "workers": scaling.num_workers, "use_gpu": scaling.use_gpu, "worker_failures": failures,
@@ -350,7 +352,7 @@ def format_summary(summary: dict) -> str:
            else "(summary rebuilt from the run's metrics: its wall time and skip counts are not known)"),
         f"  loss: {metrics.get('first_loss')} (first quarter) -> {metrics.get('last_loss')} (last quarter); "
         f"{metrics.get('samples_per_s')} samples/s (median)",
-        "  skipped samples: " + ((", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if k != "valid") or "none")
+        "  skipped samples: " + ((", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none")
                                  if "skipped" in summary else "not known"),
         "  validation: " + (", ".join(f"{k[4:]} {v}" for k, v in summary.get("validation", {}).items()) or "none"),
         f"  checkpoint: {summary.get('checkpoint')}",
