@@ -93,19 +93,29 @@ def measure_steps(greys: list[np.ndarray], indices: list[int], params: ScreenPar
     floats = [g.astype(np.float32) for g in greys]
     thumbs = [cv2.resize(f, thumb_size, interpolation=cv2.INTER_AREA) for f in floats]
     means = np.array([max(float(t.mean()), 1.0) for t in thumbs])
-    shift = np.array([tile_shift(a, b, params.tiles, params.min_tile_response) for a, b in zip(floats, floats[1:])]).reshape(-1, 2)
-    motion = np.hypot(shift[:, 0], shift[:, 1]) / np.diff(np.asarray(indices, dtype=np.float64)) / width
-    for step in range(len(motion)):  # a step under the baseline: its motion is measured from a sample further back
-        back = step
-        while back > 0 and indices[step + 1] - indices[back] < MOTION_BASELINE:
-            back -= 1
-        if back < step:
-            far = tile_shift(floats[back], floats[step + 1], params.tiles, params.min_tile_response)
-            if not np.isnan(far).any():
-                motion[step] = np.hypot(*far) / (indices[step + 1] - indices[back]) / width
     change = np.array([float(cv2.norm(a, b, cv2.NORM_L1)) / a.size / 255 for a, b in zip(thumbs, thumbs[1:])])
     flicker = np.abs(np.diff(means)) / means[:-1]
+    shift = np.array([tile_shift(a, b, params.tiles, params.min_tile_response) for a, b in zip(floats, floats[1:])]).reshape(-1, 2)
+    motion = np.hypot(shift[:, 0], shift[:, 1]) / np.diff(np.asarray(indices, dtype=np.float64)) / width
+    cut = (change > params.max_scene_change) | (flicker > params.max_flicker)  # a step no baseline reaches across
+    for step in range(len(motion)):
+        first, last = _baseline(indices, cut, step)
+        if (first, last) != (step, step + 1):
+            far = tile_shift(floats[first], floats[last], params.tiles, params.min_tile_response)
+            if not np.isnan(far).any():
+                motion[step] = np.hypot(*far) / (indices[last] - indices[first]) / width
     return Steps(shift, motion, change, flicker)
+
+
+def _baseline(indices: list[int], cut: np.ndarray, step: int) -> tuple[int, int]:
+    """The samples (first, last) that step `step`'s camera motion is measured between: the step's own, widened back
+    (then forward, at a segment's start) to span MOTION_BASELINE frames, never across a cut or a flicker."""
+    first, last = step, step + 1
+    while indices[last] - indices[first] < MOTION_BASELINE and first > 0 and not cut[first - 1]:
+        first -= 1
+    while indices[last] - indices[first] < MOTION_BASELINE and last + 1 < len(indices) and not cut[last]:
+        last += 1
+    return first, last
 
 
 def label_steps(steps: Steps, params: ScreenParams) -> list[str]:

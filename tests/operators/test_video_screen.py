@@ -48,6 +48,20 @@ def test_a_short_stride_reads_static_footage_as_static(clips, stride):
     assert np.nanpercentile(result.steps.motion, 90) < 1.5 * np.nanpercentile(at_stride_3, 90)
     pan = clips("synth_pan_dev", stride)
     assert np.median(screen(*pan, PARAMS).steps.motion) * pan[3] == pytest.approx(2.0, abs=0.2), "a pan keeps its true speed"
+    greys, indices, fps, width = clips("01_dog", stride)
+    for start in (124 // stride, 133 // stride, 193 // stride):  # a segment's first steps: nothing 3 frames back
+        later = screen(greys[start:], indices[start:], fps, width, PARAMS)
+        assert [(r.first, r.stop) for r in later.runs] == [(0, len(greys) - start)] and later.dropped == [], start
+
+
+def test_at_stride_1_a_cut_splits_two_static_shots_where_it_is(clips):
+    """The 3-frame motion baseline never reaches across a cut (its far correlation read the other shot as motion)."""
+    a, b = clips("synth_static_dev", 1), clips("01_dog", 1)
+    size = a[0][0].shape[::-1]
+    greys = a[0][:60] + [cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in b[0][:60]]
+    result = screen(greys, list(range(120)), 25.0, 960, PARAMS)
+    assert result.labels[59] == "scene_cut" and result.labels.count("scene_cut") == 1
+    assert [(r.first, r.stop) for r in result.runs] == [(0, 60), (60, 120)] and result.dropped == []
 
 
 def test_pan_is_measured_at_its_true_speed(clips):
