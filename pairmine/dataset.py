@@ -349,6 +349,8 @@ def _verified_copy(shard: Shard) -> Iterator[BinaryIO]:
             digest.update(block)
             if copy is not source:
                 copy.write(block)
+        if copy is not source:
+            source.close()  # the S3 connection is not held while the copy is read
         _check_sha256(shard, digest)
         copy.seek(0)
         yield copy

@@ -30,7 +30,7 @@ from ..errors import UserError
 log = logging.getLogger("pairmine")
 LEASE = "_LEASE"
 LEASE_SECONDS = 120.0  # a lease not renewed for this long is a crashed run's
-NO_VERSION = '"' + "0" * 32 + '"'  # an S3 ETag no lease has: a put conditional on it must be refused
+NO_VERSION = '"' + "0" * 32 + '"'  # an S3 ETag no object has: a put conditional on it must be refused
 
 
 class OutputBusy(UserError):
@@ -184,20 +184,23 @@ class Lease:
         self._thread.start()
 
     def _check_conditional_writes(self) -> None:
-        """Warn when the S3 store ignores conditional writes (S3-compatible stores that predate them): a put
-        conditional on a version the lease never had must be refused. Without them two runs can both take the
-        lease, and only the writer's check before each commit keeps them from committing side by side."""
+        """Warn when the S3 store ignores conditional writes (S3-compatible stores that predate them), tried on a
+        probe object of this run's beside the lease: a second create-if-absent and a put conditional on a version it
+        never had must both be refused. Without them two runs can both take the lease, and only the writer's check
+        before each commit keeps them from committing side by side."""
+        probe = f"{self.uri}.probe-{self.token}"
         try:
-            version = storage.replace_if(self.uri, self._body(), NO_VERSION)
-        except (OSError, storage.StorageError) as exc:  # the renewals will meet it too, and say so
+            storage.create_exclusive(probe, b"1")
+            ignored = [header for header, refused in (("If-None-Match", not storage.create_exclusive(probe, b"2")),
+                                                      ("If-Match", storage.replace_if(probe, b"3", NO_VERSION) is None)) if not refused]
+            storage.delete(probe)
+        except (OSError, storage.StorageError) as exc:  # the lease's own updates will meet it too, and say so
             log.warning("could not test whether the S3 store of %s honours conditional writes: %s", self.output, storage.first_line(exc))
             return
-        if version is None:
-            return
-        self._version = version  # the store wrote it: our own lease, rewritten
-        log.warning("the S3 store of %s ignores conditional writes (If-Match / If-None-Match): two runs started together can "
-                    "both take its lease, and are then kept apart only by the check before each commit; do not start "
-                    "overlapping runs on it", self.output)
+        if ignored:
+            log.warning("the S3 store of %s ignores conditional writes (%s): two runs started together can both take its lease, "
+                        "and are then kept apart only by the check before each commit; do not start overlapping runs on it",
+                        self.output, " and ".join(ignored))
 
     def _swap(self, data: bytes | None) -> bool:
         """Write `data` (None: delete) only over this run's own lease, compare-and-swap on its version: a run that

@@ -5,8 +5,8 @@ answer cut off halfway through its body (after the server has acted on the reque
 is classified by S3 operation (get, put, list, create-multipart, upload-part, complete-multipart,
 ...); the first request of each operation in `first` fails with the fault given there, so each of
 them is known to have been retried, and the rest fail at random (seeded) with probability `share`.
-With `unconditional`, the proxy drops If-Match and If-None-Match, as S3-compatible stores that do not
-support conditional writes ignore them.
+The proxy drops the request headers named in `unconditional` (If-Match, If-None-Match), as S3-compatible
+stores that do not support conditional writes ignore them.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def operation(method: str, path: str, query: str) -> str:
 class FaultyS3:
     """`with FaultyS3(upstream, share=0.15) as proxy:` then point AWS_ENDPOINT_URL at `proxy.url`."""
 
-    def __init__(self, upstream: str, share: float = 0.15, seed: int = 0, first: dict[str, str] | None = None, unconditional: bool = False):
-        self.upstream, self.unconditional = urlsplit(upstream), unconditional
+    def __init__(self, upstream: str, share: float = 0.15, seed: int = 0, first: dict[str, str] | None = None,
+                 unconditional: tuple[str, ...] = ()):
+        self.upstream, self.unconditional = urlsplit(upstream), tuple(h.lower() for h in unconditional)
         self.share, self.first = share, dict(first or {})
         self.rng, self.lock = random.Random(seed), threading.Lock()
         self.requests: Counter = Counter()
@@ -98,7 +99,7 @@ class FaultyS3:
                     self.end_headers()
                     self.wfile.write(error)
                     return
-                dropped = ("transfer-encoding", "connection") + (("if-match", "if-none-match") if proxy.unconditional else ())
+                dropped = ("transfer-encoding", "connection", *proxy.unconditional)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                 headers["Content-Length"] = str(len(body))
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
