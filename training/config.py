@@ -16,7 +16,7 @@ from .. import storage
 from ..operators.mask_enhance import MODES, MaskEnhanceParams
 from ..operators.params import RUNTIME, Params
 from ..pipelines.config import RayParams
-from .erasers import AnyEraser, Location
+from .erasers import AnyEraser
 
 # The release's training-time mask enhancement: its six modes (docs/METHODS.md) drawn per sample.
 RELEASE_MASK_MODES = ("exact", "erode", "dilate", "hull", "ellipse", "bbox")
@@ -25,7 +25,7 @@ RELEASE_MASK_MODES = ("exact", "erode", "dilate", "hull", "ellipse", "bbox")
 class Source(Params):
     """One pipeline output to train on, with its share of the samples."""
 
-    output: Location = Field(min_length=1, description="a pipeline output folder or s3:// prefix; only shards its manifest lists are read")
+    output: str = Field(min_length=1, description="a pipeline output folder or s3:// prefix; only shards its manifest lists are read")
     weight: float = Field(1.0, gt=0, description="relative share of the training samples drawn from this output per epoch")
 
 
@@ -106,7 +106,7 @@ class TrainParams(Params):
     data: DataParams
     optim: OptimParams = Field(default_factory=OptimParams)
     # where and how the run executes: runtime
-    storage: Location = Field(min_length=1, description="folder or s3:// prefix holding the runs (Ray Train storage)", json_schema_extra=RUNTIME)
+    storage: str = Field(min_length=1, description="folder or s3:// prefix holding the runs (Ray Train storage)", json_schema_extra=RUNTIME)
     name: str = Field(
         "smarteraser", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the run's folder under storage; rerunning with the same "
         "name resumes from its latest checkpoint", json_schema_extra=RUNTIME,
@@ -122,3 +122,13 @@ class TrainParams(Params):
         if self.data.resolution % self.eraser.latent_multiple:
             raise ValueError(f"data.resolution {self.data.resolution} is not a multiple of {self.eraser.latent_multiple}, which {self.eraser.name} needs")
         return self
+
+
+def with_absolute_paths(params: TrainParams) -> TrainParams:
+    """The config with its local paths (eraser parts, sources, storage) made absolute against this process's folder,
+    for the workers: Ray Train runs them in a folder of its own, where a relative path names nothing. The hash is
+    taken over the paths as written."""
+    eraser = params.eraser.model_copy(update={name: storage.absolute(getattr(params.eraser, name)) for name in params.eraser.paths})
+    sources = tuple(source.model_copy(update={"output": storage.absolute(source.output)}) for source in params.data.sources)
+    return params.model_copy(update={"eraser": eraser, "data": params.data.model_copy(update={"sources": sources}),
+                                     "storage": storage.absolute(params.storage)})

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationError
+from pydantic import Discriminator, Field, Tag, ValidationError
 
-from .. import storage
 from ..errors import UserError
 from ..operators.params import Params
-
-# A local path or s3:// URI of the config; a local one is made absolute where the config is read: the training
-# workers run in Ray Train's own folder, where a relative path named nothing (a dry run had passed)
-Location = Annotated[str, AfterValidator(storage.absolute)]
 
 
 class EraserParams(Params):
@@ -24,6 +19,7 @@ class EraserParams(Params):
 
     name: str
     latent_multiple: ClassVar[int] = 8  # image sides must be multiples of this (the VAE's downsampling)
+    paths: ClassVar[tuple[str, ...]] = ()  # the fields that name its parts: local paths or s3:// URIs
     inference_steps: int = Field(50, ge=1, le=1000, description="denoising steps at validation and in `pairmine erase`")
     guidance_scale: float = Field(1.5, ge=1, description="classifier-free guidance at inference (1: no guidance)")
 
@@ -36,11 +32,12 @@ class SmartEraserParams(EraserParams):
     """SmartEraser: SD-inpainting UNet with masked-region guidance and a visual token of the object (docs/METHODS.md)."""
 
     name: Literal["smarteraser"] = "smarteraser"
-    base: Location = Field(
+    paths: ClassVar[tuple[str, ...]] = ("base", "clip")
+    base: str = Field(
         min_length=1, description="local or s3:// folder of a Stable Diffusion inpainting model in diffusers' layout "
         "(unet/ with in_channels 9, vae/, scheduler/); SmartEraser starts from SD 1.5 inpainting",
     )
-    clip: Location = Field(
+    clip: str = Field(
         min_length=1, description="local or s3:// folder of a CLIP model (transformers' save_pretrained: text and vision towers "
         "with projection, and its tokenizer); its text tower is the text encoder (SmartEraser: ViT-L/14)",
     )
@@ -62,7 +59,8 @@ class EraDiffParams(EraserParams):
     """Erase Diffusion: dynamic composition targets, the chain loss, self-rectifying attention (docs/METHODS.md)."""
 
     name: Literal["eradiff"] = "eradiff"
-    base: Location = Field(
+    paths: ClassVar[tuple[str, ...]] = ("base",)
+    base: str = Field(
         min_length=1, description="local or s3:// folder of a Stable Diffusion inpainting model in diffusers' layout (unet/ with "
         "in_channels 9, vae/, scheduler/, text_encoder/, tokenizer/); EraDiff starts from SD 2 inpainting",
     )
@@ -87,11 +85,12 @@ class OmniEraserParams(EraserParams):
 
     name: Literal["omnieraser"] = "omnieraser"
     latent_multiple: ClassVar[int] = 16  # 8x VAE, then 2x2 packing
-    base: Location = Field(
+    paths: ClassVar[tuple[str, ...]] = ("base", "prompt_embeddings")
+    base: str = Field(
         min_length=1, description="local or s3:// folder of FLUX.1-dev in diffusers' layout (transformer/, vae/, scheduler/); "
         "the text encoders are not needed: see prompt_embeddings",
     )
-    prompt_embeddings: Location = Field(
+    prompt_embeddings: str = Field(
         min_length=1, description="local or s3:// safetensors file of the fixed prompt's embeddings (prompt_embeds (1, L, D), "
         "pooled_prompt_embeds (1, P)): \"There is nothing here.\" encoded once by FLUX's text encoders",
     )

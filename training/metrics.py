@@ -88,6 +88,7 @@ class MetricsLog:
                     self.board.add_scalar(f"validation/{name[4:]}", value, step)
             self.board.flush()
 
+
 def read_step_metrics(run_uri: str) -> list[dict]:
     """Every step line a run wrote, in step order (the last write of a step wins: a resumed run rewrites)."""
     lines: dict[int, dict] = {}

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import re
 import signal
+import sys
 import threading
 import time
 
@@ -22,7 +24,7 @@ import pyarrow.fs as pafs
 from .. import __version__, dataset, logs, storage
 from ..errors import UserError
 from ..pipelines.config import changes_note, config_hash, load_config
-from .config import TrainParams
+from .config import TrainParams, with_absolute_paths
 from .data import Preparation, plan_stream, shard_stream, validation_samples
 from .metrics import PROGRESS_FILE, REPORT_FILE, STATE_FILE, checkpoint_step, loss_summary, read_progress, read_step_metrics, read_validation
 
@@ -75,7 +77,7 @@ def _pinned(uri: str, sources: list[tuple[float, list[dataset.Shard]]]) -> list[
     for (weight, _), started in zip(sources, saved["sources"]):
         shards = []
         for entry in started["shards"]:
-            shard = now.get(entry["uri"])
+            shard = now.get(storage.absolute(entry["uri"]))  # recorded as written by runs before paths were made absolute
             if shard is None or shard.sha256 != entry["sha256"]:
                 raise TrainingError(f"{uri} started on {entry['uri']}, which is {'gone' if shard is None else 'rewritten'} since: "
                                     "it cannot resume on the same data; start a new run with --set name=...")
@@ -98,24 +100,25 @@ def _data_record(params: TrainParams, sources: list[tuple[float, list[dataset.Sh
 
 def prepare(config_path: str | None, overrides: list[str]) -> dict:
     """All checks that can fail on user input, before Ray starts; returns the plan of the run."""
-    params = load_config(TrainParams, config_path, overrides)
-    digest = config_hash(params)
+    written = load_config(TrainParams, config_path, overrides)
+    digest = config_hash(written)  # over the paths as written: the same config hashes the same from any folder
+    params = with_absolute_paths(written)
     from . import models  # torch and the model libraries: the checks read their configs
 
     models.check(params.eraser)
     uri = run_uri(params)
-    if not (params.ray.address or os.environ.get("RAY_ADDRESS")):  # an embedded Ray's CPUs are known before it starts
-        from ..pipelines.runtime import embedded_cpus
-
-        _check_resources(params, {"CPU": embedded_cpus(params.ray.num_cpus)})
     storage.check_writable(params.storage, create=False)
     saved = storage.read_json(storage.join(uri, CONFIG_FILE))
     if saved and saved.get("config_hash") != digest:
         raise TrainingError(f"{uri} holds a run made with config {saved.get('config_hash', '?')[:12]} (this one: {digest[:12]}"
-                            f"{changes_note(saved.get('config') or {}, params)}); "
+                            f"{changes_note(saved.get('config') or {}, written)}); "
                             f"resume it with its own config, or start a new run with --set name=...")
     progress = _resume_point(uri)
     remaining = max(0, params.max_steps - progress["step"])
+    if remaining and not _ray_known(params):  # an embedded Ray's CPUs are known before it starts
+        from ..pipelines.runtime import embedded_cpus
+
+        _check_resources(params, embedded_cpus(params.ray.num_cpus), None)
     sources = _sources(params)
     if remaining:  # a finished run's rerun only shows its summary, whatever its shards became since
         sources = _pinned(uri, sources)
@@ -126,7 +129,14 @@ def prepare(config_path: str | None, overrides: list[str]) -> dict:
         stream = plan_stream(sources, params.seed, params.data.val_fraction, needed, start=progress["position"])
     except ValueError as exc:
         raise TrainingError(f"data.sources: {exc}") from None
-    return {"params": params, "config_hash": digest, "run_uri": uri, "progress": progress, "sources": sources, "stream": stream}
+    return {"params": params, "config": written.model_dump(mode="json"), "config_hash": digest, "run_uri": uri, "progress": progress,
+            "sources": sources, "stream": stream}
+
+
+def _ray_known(params: TrainParams) -> bool:
+    """Whether the run joins a Ray that is not this command's to size: a cluster, or one this process started."""
+    ray = sys.modules.get("ray")
+    return bool(params.ray.address or os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
 
 
 def _checkpoints(uri: str) -> list[tuple[int, str]]:
@@ -135,27 +145,52 @@ def _checkpoints(uri: str) -> list[tuple[int, str]]:
                   if e.type == pafs.FileType.Directory and checkpoint_step(storage.basename(e.path)) >= 0)
 
 
+def _whole(folder: str) -> dict | None:
+    """A checkpoint folder's report when its files are there (state, report, the eraser's description), else None."""
+    from .eraser import ERASER_FILE  # torch: prepare has imported it already
+
+    report = storage.read_json(storage.join(folder, REPORT_FILE))
+    found = report and all(storage.exists(storage.join(folder, name)) for name in (STATE_FILE, f"eraser/{ERASER_FILE}"))
+    return report if found else None
+
+
+def _listed(uri: str) -> set[str]:
+    """The checkpoint folders Ray's snapshot of the run lists."""
+    snapshot = storage.read_json(storage.join(uri, RAY_SNAPSHOT)) or {}
+    return {r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results", []) if isinstance(r, dict)} - {None}
+
+
 def _resume_point(uri: str) -> dict:
-    """Where the run resumes: its progress.json; or, when the checkpoint that commits is gone (a user removed it as
-    damaged), the newest earlier checkpoint whose files are there (its step and position from its report), or the
-    start when there is none. Those two carry ``fallback``: the run rewrites progress.json before it starts."""
+    """Where the run resumes: its progress.json, while the checkpoints it and Ray's snapshot name are there. When
+    one is gone (a user removed it as damaged; or Ray pruned the one progress.json named before a kill kept it from
+    naming the next): the newest whole checkpoint folder (its step and position from its report), or the start
+    when there is none. Those carry ``fallback``: the run commits that point before it starts."""
     progress = read_progress(uri)
-    gone = progress.get("checkpoint")
-    if not gone or storage.exists(storage.join(uri, gone, STATE_FILE)):
+    named = _listed(uri) | ({progress["checkpoint"]} if progress.get("checkpoint") else set())
+    gone = sorted(name for name in named if not storage.exists(storage.join(uri, name, STATE_FILE)))
+    if not gone:
         return progress
     for step, folder in reversed(_checkpoints(uri)):
-        report = storage.read_json(storage.join(folder, REPORT_FILE))
-        if step < checkpoint_step(gone) and report and storage.exists(storage.join(folder, STATE_FILE)):
-            log.warning("%s: its latest checkpoint %s is gone: the run resumes from %s (step %d)", uri, gone, storage.basename(folder), step)
+        if report := _whole(folder):
+            log.warning("%s: checkpoint %s is gone: the run resumes from %s (step %d)", uri, ", ".join(gone), storage.basename(folder), step)
             return {"step": report["step"], "position": report["position"], "checkpoint": storage.basename(folder), "fallback": True}
-    log.warning("%s: its latest checkpoint %s is gone and no earlier one is whole: the run starts over from the base weights", uri, gone)
+    log.warning("%s: checkpoint %s is gone and no other is whole: the run starts over from the base weights", uri, ", ".join(gone))
     return {"step": 0, "position": 0, "fallback": True}
 
 
 def _commit_resume_point(uri: str, progress: dict) -> None:
-    """Make a fallback resume point the run's: progress.json names it (none: removed), and Ray's checkpoint
-    snapshot goes (it lists the removed checkpoint, and Ray refuses to restore a run whose listed checkpoints are gone;
+    """Make a fallback resume point the run's: checkpoint folders and metrics past it go (a half-removed folder would
+    mix with the next one of its name; a stale metric line would outlive the rerun's), progress.json names it (none:
+    removed), and Ray's snapshot goes (it lists a checkpoint that is gone, and Ray refuses to restore such a run;
     the workers start from progress.json's)."""
+    step = progress["step"]
+    for later, folder in _checkpoints(uri):
+        if later > step:
+            storage.delete_tree(folder)
+    for entry in storage.list_dir(storage.join(uri, "metrics")):
+        numbers = [int(n) for n in re.findall(r"\d+", storage.basename(entry.path))]
+        if numbers and max(numbers) > step:
+            storage.delete(storage.uri_of(uri, entry))
     committed = {k: v for k, v in progress.items() if k != "fallback"}
     if committed.get("checkpoint"):
         storage.write_bytes(storage.join(uri, PROGRESS_FILE), json.dumps(committed).encode())
@@ -179,11 +214,10 @@ def plan_summary(plan: dict) -> dict:
     }
 
 
-def _check_resources(params: TrainParams, cluster: dict) -> None:
-    """Training workers must leave CPUs to the data path: Ray Data gets only what they do not reserve. `cluster`:
-    Ray's resources (without "GPU": not known yet, unchecked)."""
+def _check_resources(params: TrainParams, cpus: float, gpus: float | None) -> None:
+    """Training workers must leave CPUs to the data path: Ray Data gets only what they do not reserve. `gpus`:
+    the cluster's (None: not known yet, unchecked)."""
     scaling = params.scaling
-    cpus = float(cluster.get("CPU", 0))
     reserved = 0.0 if scaling.use_gpu else scaling.num_workers * scaling.cpus_per_worker
     if reserved and reserved > cpus - min(1.0, cpus / 4):
         raise TrainingError(
@@ -191,8 +225,8 @@ def _check_resources(params: TrainParams, cluster: dict) -> None:
             f"and the data path would starve (a deadlock); set scaling.cpus_per_worker to at most "
             f"{max(0.1, (cpus - min(1.0, cpus / 4)) / scaling.num_workers):.2g}"
         )
-    if scaling.use_gpu and "GPU" in cluster and float(cluster["GPU"]) < scaling.num_workers:
-        raise TrainingError(f"scaling: {scaling.num_workers} GPU workers asked for, the cluster has {cluster.get('GPU', 0):g} GPUs")
+    if scaling.use_gpu and gpus is not None and gpus < scaling.num_workers:
+        raise TrainingError(f"scaling: {scaling.num_workers} GPU workers asked for, the cluster has {gpus:g} GPUs")
 
 
 def _storage_args(params: TrainParams) -> dict:
@@ -226,12 +260,12 @@ def _train(plan: dict, progress_bars: bool) -> dict:
     params, stream, uri = plan["params"], plan["stream"], plan["run_uri"]
     started = time.perf_counter()
     cluster = start_ray(params.ray, progress_bars)
-    _check_resources(params, cluster)
+    _check_resources(params, float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0)))  # Ray leaves out a resource it has none of
     storage.check_writable(params.storage)
     if plan["progress"].get("fallback"):
         _commit_resume_point(uri, plan["progress"])
     storage.write_bytes(storage.join(uri, CONFIG_FILE), json.dumps(
-        {"config_hash": plan["config_hash"], "version": __version__, "config": params.model_dump(mode="json")}, indent=2).encode())
+        {"config_hash": plan["config_hash"], "version": __version__, "config": plan["config"]}, indent=2).encode())
     if not storage.exists(storage.join(uri, DATA_FILE)):
         storage.write_bytes(storage.join(uri, DATA_FILE), _data_record(params, plan["sources"]))
     prep = Preparation(params.data.resolution, params.eraser.object_crop_size(), params.data.max_zoom, params.data.mask_enhancement, params.seed)
@@ -315,8 +349,7 @@ def _prune_checkpoints(uri: str, keep: int) -> None:
     """Only the latest `keep` checkpoints stay, and those Ray's snapshot lists (Ray refuses to restore a run whose
     listed checkpoints are gone): Ray prunes those its own fit reported, and a resumed run's start checkpoint
     (an earlier fit's, committed in progress.json only) stayed beside them, one more folder per interruption."""
-    snapshot = storage.read_json(storage.join(uri, RAY_SNAPSHOT)) or {}
-    listed = {r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results", []) if isinstance(r, dict)}
+    listed = _listed(uri)
     for _, folder in _checkpoints(uri)[:-keep]:
         if storage.basename(folder) not in listed:
             storage.delete_tree(folder)
@@ -352,7 +385,7 @@ def format_summary(summary: dict) -> str:
            else "(summary rebuilt from the run's metrics: its wall time and skip counts are not known)"),
         f"  loss: {metrics.get('first_loss')} (first quarter) -> {metrics.get('last_loss')} (last quarter); "
         f"{metrics.get('samples_per_s')} samples/s (median)",
-        "  skipped samples: " + ((", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none")
+        "  skipped samples: " + ((", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if k != "valid") or "none")  # valid: older runs
                                  if "skipped" in summary else "not known"),
         "  validation: " + (", ".join(f"{k[4:]} {v}" for k, v in summary.get("validation", {}).items()) or "none"),
         f"  checkpoint: {summary.get('checkpoint')}",
