@@ -3,16 +3,35 @@ retried: the run completes and its output verifies, nothing lost or written twic
 
 from __future__ import annotations
 
+import contextlib
+
 import boto3
 import pytest
 from faulty_s3 import FAULTS, FaultyS3
 from helpers import cli
 from sample_inputs import write_sa1b_tars
 
+from pairmine import storage
+from pairmine.pipelines.lease import Lease
 from pairmine.pipelines.verify import verify
 
 pytestmark = pytest.mark.slow
 MUST_RETRY = ("get", "head", "list", "put", "create_multipart", "upload_part", "complete_multipart")
+
+
+@contextlib.contextmanager
+def _through(monkeypatch, proxy: FaultyS3):
+    """This process's S3 clients sent through `proxy` for the block, and back after: they are cached per process,
+    and a filesystem left pointing at a closed proxy sent a later test's Ray reads into endless retries."""
+    with monkeypatch.context() as patched:
+        patched.setenv("AWS_ENDPOINT_URL", proxy.url)
+        storage._s3_client.cache_clear()
+        storage.s3_filesystem.cache_clear()
+        try:
+            yield
+        finally:
+            storage._s3_client.cache_clear()
+            storage.s3_filesystem.cache_clear()
 
 
 def test_a_run_through_a_faulty_s3_completes_and_verifies(s3_endpoint, s3_bucket, tmp_path):
@@ -38,27 +57,17 @@ def test_a_run_through_a_faulty_s3_completes_and_verifies(s3_endpoint, s3_bucket
 def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_endpoint, s3_bucket, monkeypatch):
     """The conditional put succeeded but its answer was cut: the retry gets 412, the lease is still this run's; the
     same for a renewal's compare-and-swap put."""
-    from pairmine import storage
-    from pairmine.pipelines.lease import Lease
-
-    with FaultyS3(s3_endpoint, share=0.0, first={"put": "cut"}) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._s3_client.cache_clear()
-        storage.s3_filesystem.cache_clear()
-        try:
-            with Lease(f"s3://{s3_bucket}/out", "mine") as lease:
-                lease.acquire()
-                assert lease._holder()["token"] == lease.owner["token"]
-            assert proxy.faults == {("put", "cut"): 1}
-            with Lease(f"s3://{s3_bucket}/out", "renewing") as lease:  # a renewal whose answer was cut: retried, 412
-                lease.acquire()
-                proxy.first["put"] = "cut"
-                assert lease._swap(lease._body()), "a conditional put that landed is this run's own heartbeat"
-                assert proxy.faults[("put", "cut")] == 2
-            assert not storage.exists(f"s3://{s3_bucket}/out/_LEASE"), "and the lease is given back on its new version"
-        finally:
-            storage._s3_client.cache_clear()
-            storage.s3_filesystem.cache_clear()
+    with FaultyS3(s3_endpoint, share=0.0, first={"put": "cut"}) as proxy, _through(monkeypatch, proxy):
+        with Lease(f"s3://{s3_bucket}/out", "mine") as lease:
+            lease.acquire()
+            assert lease._holder()["token"] == lease.owner["token"]
+        assert proxy.faults == {("put", "cut"): 1}
+        with Lease(f"s3://{s3_bucket}/out", "renewing") as lease:  # a renewal whose answer was cut: retried, 412
+            lease.acquire()
+            proxy.first["put"] = "cut"
+            assert lease._swap(lease._body()), "a conditional put that landed is this run's own heartbeat"
+            assert proxy.faults[("put", "cut")] == 2
+        assert not storage.exists(f"s3://{s3_bucket}/out/_LEASE"), "and the lease is given back on its new version"
 
 
 @pytest.mark.parametrize("ignored", [("If-Match", "If-None-Match"), ("If-None-Match",), ("If-Match",)])
@@ -66,22 +75,14 @@ def test_a_store_that_ignores_conditional_writes_is_warned_of(s3_endpoint, s3_bu
     """S3-compatible stores that predate conditional writes ignore If-Match / If-None-Match: two runs can then both
     take an output's lease, with no word. A run on such a store says which it ignores; on one that honours both,
     nothing. The test writes a probe object of its own, never the live lease, and leaves nothing behind."""
-    from pairmine import storage
-    from pairmine.pipelines.lease import Lease
-
     output = f"s3://{s3_bucket}/out"
     with caplog.at_level("WARNING", "pairmine"), Lease(output, "honoured") as lease:
         lease.acquire()
     assert not [r for r in caplog.records if "conditional writes" in r.getMessage()]
-    with FaultyS3(s3_endpoint, share=0.0, unconditional=ignored) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._s3_client.cache_clear()
-        try:
-            with caplog.at_level("WARNING", "pairmine"), Lease(output, "ignored") as lease:
-                lease.acquire()
-                assert lease._holder()["token"] == lease.owner["token"], "the lease still works"
-            warned = [r.getMessage() for r in caplog.records if "ignores conditional writes" in r.getMessage()]
-            assert len(warned) == 1 and f"({' and '.join(sorted(ignored, reverse=True))})" in warned[0], warned
-            assert [storage.basename(e.path) for e in storage.list_dir(output)] == [], "no lease, no probe left"
-        finally:
-            storage._s3_client.cache_clear()
+    with FaultyS3(s3_endpoint, share=0.0, unconditional=ignored) as proxy, _through(monkeypatch, proxy):
+        with caplog.at_level("WARNING", "pairmine"), Lease(output, "ignored") as lease:
+            lease.acquire()
+            assert lease._holder()["token"] == lease.owner["token"], "the lease still works"
+    warned = [r.getMessage() for r in caplog.records if "ignores conditional writes" in r.getMessage()]
+    assert len(warned) == 1 and f"({' and '.join(sorted(ignored, reverse=True))})" in warned[0], warned
+    assert [storage.basename(e.path) for e in storage.list_dir(output)] == [], "no lease, no probe left"
