@@ -56,8 +56,23 @@ def _max_attempts() -> int:
 PART_BYTES = int(float(os.environ.get("PAIRMINE_S3_PART_MB") or 16) * 2**20)  # shard uploads above this go in parts of this size
 
 
-@functools.cache
+# What the S3 clients are built from: one client per value of these, so a process whose environment changes (a
+# notebook switching stores, a test's proxy) does not keep talking to the old endpoint with the old keys
+_S3_ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+                   "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _s3_environment() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _S3_ENVIRONMENT)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for the current AWS environment."""
+    return _s3_filesystem(_s3_environment())
+
+
+@functools.cache
+def _s3_filesystem(environment: tuple[str | None, ...]) -> pafs.S3FileSystem:
     kwargs = {"connect_timeout": 5, "request_timeout": 60, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts())}
     if _endpoint():
         kwargs["endpoint_override"] = _endpoint()
@@ -67,8 +82,13 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-@functools.cache
 def _s3_client():
+    """boto3's S3 client for the current AWS environment."""
+    return _boto3_client(_s3_environment())
+
+
+@functools.cache
+def _boto3_client(environment: tuple[str | None, ...]):
     import boto3
     from botocore.config import Config
 

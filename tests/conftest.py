@@ -30,8 +30,6 @@ def s3_endpoint():
     """A real S3 protocol server (moto) on 127.0.0.1; AWS_* variables point every client at it."""
     from moto.server import ThreadedMotoServer
 
-    from pairmine import storage
-
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -39,8 +37,6 @@ def s3_endpoint():
     os.environ.update(
         AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1"
     )
-    storage.s3_filesystem.cache_clear()
-    storage._s3_client.cache_clear()
     yield os.environ["AWS_ENDPOINT_URL"]
     server.stop()
     for key, value in saved.items():
@@ -48,8 +44,6 @@ def s3_endpoint():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    storage.s3_filesystem.cache_clear()
-    storage._s3_client.cache_clear()
 
 
 @pytest.fixture

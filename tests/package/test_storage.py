@@ -67,3 +67,21 @@ def test_s3_settings_come_from_the_aws_environment(s3_bucket):
     assert path == f"{s3_bucket}/k"
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="k", Body=b"v")
     assert storage.read_bytes(f"s3://{s3_bucket}/k") == b"v"
+
+
+def test_the_s3_clients_follow_the_aws_environment(s3_endpoint, s3_bucket, monkeypatch):
+    """The clients were built once per process: after AWS_ENDPOINT_URL changed (a notebook switching stores, a
+    test's proxy) they kept the old endpoint, and a pyarrow filesystem left pointing at a closed one sent later
+    Ray reads into endless retries."""
+    from faulty_s3 import FaultyS3
+
+    uri = f"s3://{s3_bucket}/k"
+    storage.write_bytes(uri, b"v")  # the clients of the real endpoint exist
+    with FaultyS3(s3_endpoint, share=0.0) as proxy, monkeypatch.context() as patched:
+        patched.setenv("AWS_ENDPOINT_URL", proxy.url)
+        assert storage.read_bytes(uri) == b"v" and storage.exists(uri) and storage.list_dir(f"s3://{s3_bucket}")
+        storage.write_bytes(f"{uri}2", b"w")
+        through = sum(proxy.requests.values())
+        assert through >= 4 and {"get", "head", "list"} <= set(proxy.requests), proxy.requests
+    assert storage.read_bytes(f"{uri}2") == b"w" and sum(proxy.requests.values()) == through, "back on the real endpoint"
+    assert storage.s3_filesystem() is storage.s3_filesystem(), "one client per environment"

@@ -3,8 +3,6 @@ retried: the run completes and its output verifies, nothing lost or written twic
 
 from __future__ import annotations
 
-import contextlib
-
 import boto3
 import pytest
 from faulty_s3 import FAULTS, FaultyS3
@@ -17,21 +15,6 @@ from pairmine.pipelines.verify import verify
 
 pytestmark = pytest.mark.slow
 MUST_RETRY = ("get", "head", "list", "put", "create_multipart", "upload_part", "complete_multipart")
-
-
-@contextlib.contextmanager
-def _through(monkeypatch, proxy: FaultyS3):
-    """This process's S3 clients sent through `proxy` for the block, and back after: they are cached per process,
-    and a filesystem left pointing at a closed proxy sent a later test's Ray reads into endless retries."""
-    with monkeypatch.context() as patched:
-        patched.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._s3_client.cache_clear()
-        storage.s3_filesystem.cache_clear()
-        try:
-            yield
-        finally:
-            storage._s3_client.cache_clear()
-            storage.s3_filesystem.cache_clear()
 
 
 def test_a_run_through_a_faulty_s3_completes_and_verifies(s3_endpoint, s3_bucket, tmp_path):
@@ -57,7 +40,8 @@ def test_a_run_through_a_faulty_s3_completes_and_verifies(s3_endpoint, s3_bucket
 def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_endpoint, s3_bucket, monkeypatch):
     """The conditional put succeeded but its answer was cut: the retry gets 412, the lease is still this run's; the
     same for a renewal's compare-and-swap put."""
-    with FaultyS3(s3_endpoint, share=0.0, first={"put": "cut"}) as proxy, _through(monkeypatch, proxy):
+    with FaultyS3(s3_endpoint, share=0.0, first={"put": "cut"}) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # this process's S3 clients follow it; restored after the test
         with Lease(f"s3://{s3_bucket}/out", "mine") as lease:
             lease.acquire()
             assert lease._holder()["token"] == lease.owner["token"]
@@ -79,7 +63,8 @@ def test_a_store_that_ignores_conditional_writes_is_warned_of(s3_endpoint, s3_bu
     with caplog.at_level("WARNING", "pairmine"), Lease(output, "honoured") as lease:
         lease.acquire()
     assert not [r for r in caplog.records if "conditional writes" in r.getMessage()]
-    with FaultyS3(s3_endpoint, share=0.0, unconditional=ignored) as proxy, _through(monkeypatch, proxy):
+    with FaultyS3(s3_endpoint, share=0.0, unconditional=ignored) as proxy, monkeypatch.context() as patched:
+        patched.setenv("AWS_ENDPOINT_URL", proxy.url)  # this process's S3 clients follow it, and back after the block
         with caplog.at_level("WARNING", "pairmine"), Lease(output, "ignored") as lease:
             lease.acquire()
             assert lease._holder()["token"] == lease.owner["token"], "the lease still works"
