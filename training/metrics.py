@@ -23,6 +23,11 @@ from .. import storage
 log = logging.getLogger("pairmine")
 PROGRESS_FILE = "progress.json"
 STATE_FILE, REPORT_FILE = "state.pt", "metrics.json"  # in a checkpoint: optimizer, schedule, step and position; its report
+METRICS = "metrics"  # the run's folder of step lines and validation scores
+
+
+def _validation_uri(run_uri: str, step: int) -> str:
+    return storage.join(run_uri, METRICS, f"validation-{step:08d}.json")
 
 
 def checkpoint_name(step: int) -> str:
@@ -77,10 +82,10 @@ class MetricsLog:
         if self.pending:
             first, last = self.pending[0]["step"], self.pending[-1]["step"]
             lines = "".join(json.dumps(r) + "\n" for r in self.pending)
-            storage.write_bytes(storage.join(self.run_uri, "metrics", f"steps-{first:08d}-{last:08d}.jsonl"), lines.encode())
+            storage.write_bytes(storage.join(self.run_uri, METRICS, f"steps-{first:08d}-{last:08d}.jsonl"), lines.encode())
             self.pending = []
         step = report["step"]
-        storage.write_bytes(storage.join(self.run_uri, "metrics", f"validation-{step:08d}.json"), json.dumps(report, indent=2).encode())
+        storage.write_bytes(_validation_uri(self.run_uri, step), json.dumps(report, indent=2).encode())
         storage.write_bytes(storage.join(self.run_uri, PROGRESS_FILE), json.dumps({"step": step, "position": report["position"], "checkpoint": name}).encode())
         if self.board:
             for name, value in report.items():
@@ -92,7 +97,7 @@ class MetricsLog:
 def read_step_metrics(run_uri: str) -> list[dict]:
     """Every step line a run wrote, in step order (the last write of a step wins: a resumed run rewrites)."""
     lines: dict[int, dict] = {}
-    for entry in storage.list_dir(storage.join(run_uri, "metrics")):
+    for entry in storage.list_dir(storage.join(run_uri, METRICS)):
         if storage.basename(entry.path).startswith("steps-"):
             for line in storage.read_bytes(storage.uri_of(run_uri, entry)).decode().splitlines():
                 record = json.loads(line)
@@ -114,8 +119,15 @@ def loss_summary(lines: list[dict]) -> dict:
 
 def read_validation(run_uri: str, step: int) -> dict:
     """The validation scores written with the checkpoint of `step` (``val_*``); empty if there are none."""
-    report = storage.read_json(storage.join(run_uri, "metrics", f"validation-{step:08d}.json")) or {}
+    report = storage.read_json(_validation_uri(run_uri, step)) or {}
     return {k: v for k, v in report.items() if k.startswith("val_")}
+
+
+def remove_metrics_after(run_uri: str, step: int) -> None:
+    """Delete the metric files that reach past `step` (a run going back to an earlier checkpoint rewrites them)."""
+    for entry in storage.list_dir(storage.join(run_uri, METRICS)):
+        if max(map(int, re.findall(r"\d+", storage.basename(entry.path))), default=-1) > step:
+            storage.delete(storage.uri_of(run_uri, entry))
 
 
 # --- scores -----------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -26,7 +25,8 @@ from ..errors import UserError
 from ..pipelines.config import changes_note, config_hash, load_config
 from .config import TrainParams, with_absolute_paths
 from .data import Preparation, plan_stream, shard_stream, validation_samples
-from .metrics import PROGRESS_FILE, REPORT_FILE, STATE_FILE, checkpoint_step, loss_summary, read_progress, read_step_metrics, read_validation
+from .metrics import (PROGRESS_FILE, REPORT_FILE, STATE_FILE, checkpoint_step, loss_summary, read_progress, read_step_metrics,
+                      read_validation, remove_metrics_after)
 
 log = logging.getLogger("pairmine")
 CONFIG_FILE, SUMMARY_FILE, DATA_FILE = "config.json", "summary.json", "data.json"
@@ -187,10 +187,7 @@ def _commit_resume_point(uri: str, progress: dict) -> None:
     for later, folder in _checkpoints(uri):
         if later > step:
             storage.delete_tree(folder)
-    for entry in storage.list_dir(storage.join(uri, "metrics")):
-        numbers = [int(n) for n in re.findall(r"\d+", storage.basename(entry.path))]
-        if numbers and max(numbers) > step:
-            storage.delete(storage.uri_of(uri, entry))
+    remove_metrics_after(uri, step)
     committed = {k: v for k, v in progress.items() if k != "fallback"}
     if committed.get("checkpoint"):
         storage.write_bytes(storage.join(uri, PROGRESS_FILE), json.dumps(committed).encode())
@@ -318,14 +315,19 @@ def _train(plan: dict, progress_bars: bool) -> dict:
             f"training stopped at step {value.get('steps', 0)} of {params.max_steps}: the data ran out of valid samples "
             f"(skipped: {skipped}); check the sources with `pairmine verify OUTPUT`; rerunning resumes from the last checkpoint")
     counts = dict(value.pop("skipped", {}))  # by reason, and "valid": the rows trained on
-    summary = {
-        "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__,
+    return _write_summary(plan, {
         "wall_seconds": round(time.perf_counter() - started, 3), **value, "samples": counts.pop("valid", 0), "skipped": counts,
-        "metrics": loss_summary(read_step_metrics(uri)),
         "checkpoint": storage.join(uri, storage.basename(result.checkpoint.path)) if result.checkpoint else None,  # with its s3://
         "validation": {k: v for k, v in (result.metrics or {}).items() if k.startswith("val_")},
         "workers": scaling.num_workers, "use_gpu": scaling.use_gpu, "worker_failures": failures,
-    }
+    })
+
+
+def _write_summary(plan: dict, fields: dict) -> dict:
+    """The run's summary.json: what identifies the run, its losses over every fit (from its metric lines), and `fields`."""
+    uri = plan["run_uri"]
+    summary = {"run": uri, "eraser": plan["params"].eraser.name, "config_hash": plan["config_hash"], "version": __version__,
+               "metrics": loss_summary(read_step_metrics(uri)), **fields}
     storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
 
@@ -333,16 +335,13 @@ def _train(plan: dict, progress_bars: bool) -> dict:
 def _rebuilt_summary(plan: dict) -> dict:
     """The summary of a finished run whose summary.json is gone, from what its checkpoints wrote (its metric lines,
     the last validation, progress.json), written back; this fit's own figures (wall time, skip counts) are lost."""
-    params, uri, progress = plan["params"], plan["run_uri"], plan["progress"]
+    uri, progress = plan["run_uri"], plan["progress"]
     log.warning("%s is complete but its %s is gone: rebuilt from its metrics and last checkpoint", uri, SUMMARY_FILE)
-    summary = {
-        "run": uri, "eraser": params.eraser.name, "config_hash": plan["config_hash"], "version": __version__, "wall_seconds": None,
-        "steps": progress["step"], "position": progress["position"], "metrics": loss_summary(read_step_metrics(uri)),
+    return _write_summary(plan, {
+        "wall_seconds": None, "steps": progress["step"], "position": progress["position"],
         "checkpoint": storage.join(uri, progress["checkpoint"]) if progress.get("checkpoint") else None,
         "validation": read_validation(uri, progress["step"]), "rebuilt": True,
-    }
-    storage.write_bytes(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
-    return summary
+    })
 
 
 def _prune_checkpoints(uri: str, keep: int) -> None:
